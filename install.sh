@@ -31,14 +31,14 @@ LATEST_PINS=(
   pytorch-lightning==2.6.6 omegaconf==2.4.0
 )
 COMMON_PINS=(
-  numpy pillow safetensors tqdm scipy imageio trimesh
+  numpy pillow safetensors tqdm scipy imageio trimesh accelerate
   lpips==0.1.4 open_clip_torch==3.3.0 timm==1.0.31 torchmetrics
   pytest ruff
 )
 # pip-installable deps that threestudio's modules import at module level on CPU (the six GPU-only
 # ones are stubbed by our test fixture instead); only used when THREESTUDIO_ROOT is set for tests
-THREESTUDIO_CPU_PINS=(jaxtyping "typeguard==2.13.3" opencv-python-headless matplotlib wandb
-  "imageio[ffmpeg]" networkx PyMCubes xatlas einops kornia)
+THREESTUDIO_CPU_PINS=(jaxtyping "typeguard==2.13.3" opencv-python-headless matplotlib ipython
+  einops wandb)
 
 say()  { printf '\033[1;34m[hifi123]\033[0m %s\n' "$*"; }
 die()  { printf '\033[1;31m[hifi123] error:\033[0m %s\n' "$*" >&2; exit 1; }

@@ -1,0 +1,173 @@
+"""Reading and checking input images, masks and depth maps; compositing; depth conditioning.
+
+Every reader validates before any model is loaded and raises `InputError` naming the file, what was
+expected and the command that fixes it.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+
+PREPROCESS_FIX = "cut the object out and pad it to a square with `hifi123 preprocess {path}` (writes <name>_rgba.png)"
+MIN_SIZE = 32
+
+
+def _open(path: str, role: str):
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.exists(path):
+        raise InputError(f"{role} file not found: {path}", "an existing image file", "check the path")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise InputError(
+            f"{role} file {path} is not a readable image ({type(err).__name__}: {err})",
+            "a PNG (or another format Pillow reads)",
+            "re-export the image as PNG",
+        ) from err
+    return img
+
+
+def _to_float(img) -> np.ndarray:
+    """PIL image -> float32 [H,W,C] in [0,1], handling 16-bit and 32-bit modes."""
+    arr = np.asarray(img)
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype in (np.uint16, np.int32, np.int16) or img.mode.startswith("I"):
+        a = arr.astype(np.float64)
+        top = 65535.0 if a.max() > 255 else 255.0
+        return (a / top).astype(np.float32)
+    if arr.dtype == bool:
+        return arr.astype(np.float32)
+    return arr.astype(np.float32)
+
+
+def load_rgba(path: str, role: str = "image", require_square: bool = True) -> np.ndarray:
+    """Read an RGBA image as float32 [H,W,4] in [0,1]. The alpha channel is required."""
+    img = _open(path, role)
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode == "P" and "transparency" in img.info
+    )
+    if not has_alpha:
+        raise InputError(
+            f"{role} {path} has no alpha channel (mode {img.mode}): the object's mask is unknown",
+            "an RGBA image whose alpha marks the object",
+            PREPROCESS_FIX.format(path=path),
+        )
+    if img.mode in ("I;16", "I;16B", "I"):
+        img = img.convert("I")
+    rgba = np.asarray(img.convert("RGBA")).astype(np.float32) / 255.0
+    h, w = rgba.shape[:2]
+    if min(h, w) < MIN_SIZE:
+        raise InputError(f"{role} {path} is {w}x{h}", f"at least {MIN_SIZE}x{MIN_SIZE} pixels", "use a larger image")
+    if require_square and h != w:
+        raise InputError(
+            f"{role} {path} is {w}x{h}, not square", "a square image (threestudio renders square views)",
+            PREPROCESS_FIX.format(path=path),
+        )
+    if not (rgba[..., 3] > 0.5).any():
+        raise InputError(
+            f"{role} {path} has an empty mask (alpha is 0 everywhere)",
+            "an alpha channel that covers the object",
+            PREPROCESS_FIX.format(path=path),
+        )
+    return rgba
+
+
+def load_depth(path: str, shape: Optional[Tuple[int, int]] = None, role: str = "depth map") -> np.ndarray:
+    """Read a depth/disparity map (threestudio `_depth.png`: near = bright) as float32 [H,W] in [0,1].
+
+    `shape` (H, W) is the image it belongs to; a mismatch is an error.
+    """
+    img = _open(path, role)
+    arr = _to_float(img)
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    if shape is not None and tuple(arr.shape) != tuple(shape):
+        raise InputError(
+            f"{role} {path} is {arr.shape[1]}x{arr.shape[0]} but its image is {shape[1]}x{shape[0]}",
+            "a depth map of the same size as its image",
+            "resize the depth map, or omit it to estimate depth with DPT",
+        )
+    return arr
+
+
+def check_writable_dir(path: str, flag: str = "--out") -> str:
+    path = os.path.abspath(os.path.expanduser(path))
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create output folder {path}: {err.strerror}", "a writable folder", f"pass another {flag}") from err
+    if not os.access(path, os.W_OK):
+        raise InputError(f"output folder {path} is not writable", "a writable folder", f"pass another {flag}")
+    return path
+
+
+# --------------------------------------------------------------------------------- tensors
+
+
+def to_tensor_image(arr: np.ndarray) -> torch.Tensor:
+    """[H,W,C] float -> [1,C,H,W]."""
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float()
+
+
+def resize(x: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=(size, size), mode="nearest")
+    return F.interpolate(x, size=(size, size), mode=mode, align_corners=False, antialias=mode in ("bilinear", "bicubic"))
+
+
+def composite(rgb: torch.Tensor, mask: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """rgb [B,3,H,W] in [0,1] over `background` ([B or 1,3,H,W] or a colour) with mask [B,1,H,W]."""
+    return rgb * mask + background * (1.0 - mask)
+
+
+def normalize_depth(depth: torch.Tensor, mask: Optional[torch.Tensor], eps: float = 1e-3) -> torch.Tensor:
+    """Per-image masked min-max of a disparity map (near = large) to [-1, 1] (decision 4;
+    algorithms.md A.3: d' = 2 (d - min) / (max - min + 0.001) - 1). depth [B,1,H,W]."""
+    if mask is not None:
+        depth = depth * mask
+    flat = depth.flatten(1)
+    lo = flat.min(1).values.view(-1, 1, 1, 1)
+    hi = flat.max(1).values.view(-1, 1, 1, 1)
+    return 2.0 * (depth - lo) / (hi - lo + eps) - 1.0
+
+
+def depth_to_latent(depth_norm: torch.Tensor, latent_size: int) -> torch.Tensor:
+    """Resize the normalised condition to the latent size (bicubic, after normalisation)."""
+    return F.interpolate(depth_norm, size=(latent_size, latent_size), mode="bicubic", align_corners=False)
+
+
+def save_png(path: str, img: torch.Tensor) -> None:
+    """Save [3 or 4,H,W] or [H,W,3/4] in [0,1] as 8-bit PNG."""
+    from PIL import Image
+
+    if img.dim() == 4:
+        img = img[0]
+    if img.shape[0] in (1, 3, 4) and img.shape[-1] not in (3, 4):
+        img = img.permute(1, 2, 0)
+    arr = (img.detach().float().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    if arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    Image.fromarray(arr).save(path)
+
+
+def image_grid(rows: Sequence[Sequence[torch.Tensor]], pad: int = 4) -> torch.Tensor:
+    """Tile [3,H,W] images (all the same size) into one [3, H', W'] sheet on white."""
+    h, w = rows[0][0].shape[-2:]
+    ncol = max(len(r) for r in rows)
+    sheet = torch.ones(3, len(rows) * (h + pad) + pad, ncol * (w + pad) + pad)
+    for i, row in enumerate(rows):
+        for j, im in enumerate(row):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            sheet[:, y : y + h, x : x + w] = resize(im[None, :3].float(), h)[0] if im.shape[-1] != w else im[:3]
+    return sheet

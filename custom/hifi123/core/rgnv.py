@@ -1,0 +1,312 @@
+"""RGNV: reference-guided novel-view enhancement (HiFi-123 §3.2, Fig. 2; algorithms.md A).
+
+Symmetric form (decision 1): the reference and each coarse novel view are DDIM-inverted S steps of
+a T-step grid with the empty prompt and no CFG, each with its own (masked, normalised) depth as the
+5th UNet channel; both are then denoised from level T - S, and in the selected decoder
+self-attention layers the novel view's queries attend over the reference's keys and values
+(mutual self-attention, Eq. 3). The target branch uses CFG on the target prompt; the reference
+branch is unguided with the empty prompt.
+
+The reference branch depends on the reference image alone, so it is computed once into a
+`ReferenceCache` (its inverted latent, its denoising trajectory and its K/V at every step in the
+selected layers) and reused for any number of target views: per view the cost is S inversion
+evaluations plus S (CFG-batched) denoising evaluations.
+
+Defaults (decisions 2, 4, 5): T = 50, S = 30, blocks 12-15 of SD2's 16, CFG 9 (textbook form),
+depth masked for both images and min-max normalised to [-1, 1], reference composited on a
+procedural texture, coarse view on the official constant grey, output composited on white.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from . import ddim
+from .attention import InjectionState, mutual_self_attention, select_layers
+from .images import composite, depth_to_latent, normalize_depth, resize, to_tensor_image
+
+GREY = (126 / 255.0, 129 / 255.0, 127 / 255.0)  # official coarse-view background (util_new.py)
+BACKGROUNDS = ("texture", "grey", "white")
+
+
+@dataclass
+class RGNVConfig:
+    num_steps: int = 50  # T, DDIM grid (official run.sh / infer_rgnv.py)
+    inject_steps: int = 30  # S: inversion depth = injected denoising steps (run.sh --stop_step 30)
+    guidance_scale: float = 9.0  # CFG on the target prompt only (infer_rgnv.py:79)
+    cfg_form: str = "textbook"  # eps_u + s (eps_c - eps_u), as the official code
+    prompt: str = ""  # target prompt (e.g. the caption, "side view of ...")
+    negative_prompt: str = ""  # unconditional prompt of the target branch
+    reference_prompt: str = ""  # the reference branch is unguided with the empty prompt
+    inject: bool = True  # mutual self-attention on; off = plain invert + resample of the view
+    inject_blocks: Tuple[int, ...] = (12, 13, 14, 15)  # execution-order transformer blocks (dec. 2)
+    mask_reference_depth: bool = True  # paper (decision 4); the official code leaves it unmasked
+    reference_background: str = "texture"  # decision 5: SD2-depth dislikes flat backgrounds
+    coarse_background: str = "grey"  # official: constant (126,129,127)
+    texture_seed: int = 0  # seed of our procedural background texture
+    cache_device: Optional[str] = None  # where reference K/V live ("cpu" saves VRAM)
+
+    def validate(self) -> None:
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps (T) must be >= 1, got {self.num_steps}")
+        if not 1 <= self.inject_steps <= self.num_steps:
+            raise ValueError(f"inject_steps (S) must be in [1, num_steps={self.num_steps}], got {self.inject_steps}")
+        for name in ("reference_background", "coarse_background"):
+            if getattr(self, name) not in BACKGROUNDS:
+                raise ValueError(f"{name} must be one of {BACKGROUNDS}, got {getattr(self, name)!r}")
+        if self.cfg_form not in ddim.CFG_FORMS:
+            raise ValueError(f"cfg_form must be one of {ddim.CFG_FORMS}, got {self.cfg_form!r}")
+
+
+@dataclass
+class ReferenceCache:
+    """Everything of the reference branch that target views reuse."""
+
+    z0: torch.Tensor  # clean latent
+    z_start: torch.Tensor  # inverted latent at grid level T - S
+    z_final: torch.Tensor  # the reference's own reconstruction (end of its denoising)
+    depth: torch.Tensor  # [1,1,h,w] condition in [-1,1]
+    mask: torch.Tensor  # [1,1,H,W]
+    image: torch.Tensor  # [1,3,H,W] in [0,1], as composited for the model
+    kv: Dict[int, Dict[str, Tuple[torch.Tensor, torch.Tensor]]]  # step -> layer -> (K, V)
+    layers: List[str]
+    key: Tuple  # (T, S, layers, reference_prompt): the cache is valid only for these
+    unet_evals: int = 0
+
+    def nbytes(self) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for d in self.kv.values() for k, v in d.values())
+
+
+@dataclass
+class RGNVOutput:
+    images: torch.Tensor  # [N,3,H,W] enhanced, composited on white with the coarse masks
+    raw: torch.Tensor  # [N,3,H,W] decoded, not composited
+    masks: torch.Tensor  # [N,1,H,W]
+    latents: torch.Tensor  # [N,4,h,w] final latents
+    inputs: torch.Tensor  # [N,3,H,W] coarse views as fed to the model (composited)
+    records: List[List[ddim.StepRecord]] = field(default_factory=list)
+
+
+class RGNVPipeline:
+    """RGNV on loaded SD2-depth components (`hifi123.models.loader.load_diffusion`)."""
+
+    def __init__(self, components, config: Optional[RGNVConfig] = None, depth_estimator=None, depth_processor=None):
+        self.c = components
+        self.cfg = config or RGNVConfig()
+        self.cfg.validate()
+        if not components.is_depth_model:
+            raise ValueError(
+                f"RGNV needs a depth-conditioned UNet (5 input channels); {components.ref} has "
+                f"{components.unet.config.in_channels}. Use an SD2-depth model."
+            )
+        self.grid = ddim.DDIMGrid.from_scheduler(components.scheduler, self.cfg.num_steps)
+        self.layers = select_layers(components.unet, self.cfg.inject_blocks)
+        self.depth_estimator = depth_estimator if depth_estimator is not None else components.depth_estimator
+        self.depth_processor = depth_processor if depth_processor is not None else components.feature_extractor
+        self.state = InjectionState(store_device=torch.device(self.cfg.cache_device) if self.cfg.cache_device else None)
+        self._emb: Dict[str, torch.Tensor] = {}
+        self.progress: Optional[Callable[[str, int], None]] = None  # called (phase, n_steps) per step
+
+    # ------------------------------------------------------------------ building blocks
+    @property
+    def size(self) -> int:
+        return self.c.image_size
+
+    @property
+    def latent_size(self) -> int:
+        return int(self.c.unet.config.sample_size)
+
+    @property
+    def prediction_type(self) -> str:
+        return getattr(self.c.scheduler.config, "prediction_type", "epsilon")
+
+    @torch.no_grad()
+    def text_embedding(self, prompt: str) -> torch.Tensor:
+        if prompt not in self._emb:
+            tok = self.c.tokenizer(
+                [prompt], padding="max_length", max_length=self.c.tokenizer.model_max_length,
+                truncation=True, return_tensors="pt",
+            )
+            ids = tok.input_ids.to(self.c.text_encoder.device)
+            self._emb[prompt] = self.c.text_encoder(ids)[0]
+        return self._emb[prompt]
+
+    def background(self, kind: str, size: int) -> torch.Tensor:
+        if kind == "white":
+            return torch.ones(1, 3, size, size)
+        if kind == "grey":
+            return torch.tensor(GREY).view(1, 3, 1, 1).expand(1, 3, size, size).clone()
+        from ..sample.make_sample import procedural_background
+
+        return to_tensor_image(np.asarray(procedural_background(size, seed=self.cfg.texture_seed), dtype=np.float32))
+
+    def prepare(self, rgba, background: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        """RGBA ([H,W,4] array or [1,4,H,W] tensor in [0,1]) -> image [1,3,R,R] in [0,1] composited
+        on `background`, binary mask [1,1,R,R] (alpha > 0.5, nearest)."""
+        x = rgba if torch.is_tensor(rgba) else to_tensor_image(np.asarray(rgba, dtype=np.float32))
+        if x.dim() == 3:
+            x = x[None]
+        x = x.float()
+        rgb = resize(x[:, :3], self.size, "bicubic").clamp(0, 1)
+        mask = (resize(x[:, 3:4], self.size, "bilinear") > 0.5).float()
+        return composite(rgb, mask, self.background(background, self.size)), mask
+
+    @torch.no_grad()
+    def estimate_depth(self, image: torch.Tensor) -> torch.Tensor:
+        """DPT disparity (near = large) of image [B,3,R,R] in [0,1], resized to R."""
+        if self.depth_estimator is None:
+            raise ValueError("no depth map given and no depth estimator loaded (SD2-depth ships one)")
+        proc = self.depth_processor
+        size = proc.size
+        hw = (size["height"], size["width"]) if isinstance(size, dict) and "height" in size else (384, 384)
+        mean = torch.tensor(proc.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(proc.image_std).view(1, 3, 1, 1)
+        x = torch.nn.functional.interpolate(image.float(), size=hw, mode="bicubic", align_corners=False)
+        dev = next(self.depth_estimator.parameters()).device
+        dt = next(self.depth_estimator.parameters()).dtype
+        x = ((x - mean) / std).to(dev, dt)
+        pred = self.depth_estimator(pixel_values=x).predicted_depth[:, None].float().cpu()
+        return torch.nn.functional.interpolate(pred, size=(self.size, self.size), mode="bicubic", align_corners=False)
+
+    def depth_condition(self, image, mask, depth=None, apply_mask: bool = True) -> torch.Tensor:
+        """Depth channel [B,1,h,w] in [-1,1]: given or DPT disparity, masked, min-max, resized."""
+        if depth is None:
+            d = self.estimate_depth(image)
+        else:
+            d = depth if torch.is_tensor(depth) else torch.from_numpy(np.asarray(depth, dtype=np.float32))
+            d = d.float()
+            while d.dim() < 4:
+                d = d[None]
+            d = resize(d, self.size, "bicubic")
+        d = normalize_depth(d, mask if apply_mask else None)
+        return depth_to_latent(d, self.latent_size)
+
+    @torch.no_grad()
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """VAE posterior MEAN x scaling factor (A.1) of image [B,3,R,R] in [0,1]."""
+        vae = self.c.vae
+        p = next(vae.parameters())
+        post = vae.encode((image * 2 - 1).to(p.device, p.dtype)).latent_dist
+        return post.mean.float() * vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        vae = self.c.vae
+        p = next(vae.parameters())
+        x = vae.decode((z / vae.config.scaling_factor).to(p.device, p.dtype)).sample.float()
+        return (x / 2 + 0.5).clamp(0, 1)
+
+    def _eps(self, prompt: str, depth: torch.Tensor, guided: bool) -> ddim.UNetNoisePredictor:
+        dev = self.c.device
+        return ddim.UNetNoisePredictor(
+            self.c.unet,
+            self.grid.alphas_cumprod,
+            self.text_embedding(prompt).to(dev),
+            depth=depth.to(dev),
+            text_uncond=self.text_embedding(self.cfg.negative_prompt).to(dev) if guided else None,
+            guidance_scale=self.cfg.guidance_scale,
+            cfg_form=self.cfg.cfg_form,
+            prediction_type=self.prediction_type,
+            before_call=self._set_step,
+        )
+
+    def _set_step(self, step_index: Optional[int]) -> None:
+        self.state.step = step_index
+        if self.progress is not None:
+            self.progress(self.state.mode, 1)
+
+    def cache_key(self) -> Tuple:
+        return (self.cfg.num_steps, self.cfg.inject_steps, tuple(self.layers), self.cfg.reference_prompt)
+
+    # ------------------------------------------------------------------ the two branches
+    @torch.no_grad()
+    def build_reference(self, ref_rgba, ref_depth=None) -> ReferenceCache:
+        """Run the reference branch once: invert S steps, denoise S steps recording K/V."""
+        T, S = self.cfg.num_steps, self.cfg.inject_steps
+        image, mask = self.prepare(ref_rgba, self.cfg.reference_background)
+        depth = self.depth_condition(image, mask, ref_depth, apply_mask=self.cfg.mask_reference_depth)
+        z0 = self.encode(image)
+        eps_fn = self._eps(self.cfg.reference_prompt, depth, guided=False)
+        self.state.mode = "off"
+        z_start = ddim.invert(eps_fn, z0, self.grid, S)
+        self.state.store = {}
+        self.state.mode = "record"
+        try:
+            with mutual_self_attention(self.c.unet, self.layers, self.state):
+                z_final = ddim.sample(eps_fn, z_start, self.grid, start=T - S)
+        finally:
+            self.state.mode = "off"
+        kv, self.state.store = self.state.store, {}
+        return ReferenceCache(z0, z_start, z_final, depth, mask, image, kv, list(self.layers), self.cache_key(), 2 * S)
+
+    @torch.no_grad()
+    def enhance(
+        self,
+        cache: Optional[ReferenceCache],
+        coarse: Sequence,
+        depths: Optional[Sequence] = None,
+        batch_size: int = 1,
+        stop: Optional[int] = None,
+        record: bool = False,
+    ) -> RGNVOutput:
+        """Enhance coarse views (RGBA arrays/tensors) with the reference branch in `cache`.
+
+        `stop` (grid index) ends denoising early (RGSD's t > 0 states); `record` keeps every
+        step's (z, eps, x0) per view.
+        """
+        if self.cfg.inject:
+            if cache is None:
+                raise ValueError("injection is on but no reference cache was given (build_reference)")
+            if cache.key != self.cache_key():
+                raise ValueError(f"reference cache was built for (T, S, layers, prompt) = {cache.key}, not {self.cache_key()}")
+        T, S = self.cfg.num_steps, self.cfg.inject_steps
+        depths = list(depths) if depths is not None else [None] * len(coarse)
+        if len(depths) != len(coarse):
+            raise ValueError(f"{len(coarse)} coarse views but {len(depths)} depth maps")
+        prepared = [self.prepare(v, self.cfg.coarse_background) for v in coarse]
+        outs, raws, lats, records = [], [], [], []
+        for s in range(0, len(coarse), batch_size):
+            chunk = prepared[s : s + batch_size]
+            image = torch.cat([c[0] for c in chunk])
+            mask = torch.cat([c[1] for c in chunk])
+            depth = torch.cat([self.depth_condition(c[0], c[1], d) for c, d in zip(chunk, depths[s : s + batch_size])])
+            z0 = self.encode(image)
+            self.state.mode = "off"
+            z_start = ddim.invert(self._eps("", depth, guided=False), z0, self.grid, S)
+            rec: Optional[List[ddim.StepRecord]] = [] if record else None
+            sampler = self._eps(self.cfg.prompt, depth, guided=True)
+            if self.cfg.inject:
+                self.state.store = cache.kv
+                self.state.mode = "inject"
+            try:
+                with mutual_self_attention(self.c.unet, self.layers, self.state):
+                    z = ddim.sample(sampler, z_start, self.grid, start=T - S, stop=stop, record=rec)
+            finally:
+                self.state.mode = "off"
+                self.state.store = {}
+            raw = self.decode(z) if stop is None or stop == T else torch.zeros_like(image)
+            outs.append(composite(raw, mask, torch.ones_like(raw)))
+            raws.append(raw)
+            lats.append(z)
+            if record:
+                records.extend([[_slice_record(r, i) for r in rec] for i in range(z.shape[0])])
+        return RGNVOutput(
+            torch.cat(outs), torch.cat(raws), torch.cat([c[1] for c in prepared]), torch.cat(lats),
+            torch.cat([c[0] for c in prepared]), records,
+        )
+
+    def __call__(self, ref_rgba, coarse: Sequence, ref_depth=None, depths=None, batch_size: int = 1) -> RGNVOutput:
+        cache = self.build_reference(ref_rgba, ref_depth) if self.cfg.inject else None
+        return self.enhance(cache, coarse, depths, batch_size=batch_size)
+
+    def reference_reconstruction(self, cache: ReferenceCache) -> torch.Tensor:
+        """The reference branch's own output, decoded and composited on white with its mask."""
+        raw = self.decode(cache.z_final)
+        return composite(raw, cache.mask, torch.ones_like(raw))
+
+
+def _slice_record(r: ddim.StepRecord, i: int) -> ddim.StepRecord:
+    return ddim.StepRecord(r.index, r.t, r.z_in[i : i + 1], r.eps[i : i + 1], r.x0[i : i + 1], r.z_out[i : i + 1])

