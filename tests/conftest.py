@@ -71,3 +71,29 @@ def _threestudio_for_marked_tests(request):
     """Every ``threestudio``-marked test gets `threestudio_env` set up, even without asking."""
     if request.node.get_closest_marker("threestudio") is not None:
         request.getfixturevalue("threestudio_env")
+
+
+# ------------------------------------------------------------------------------ tiny models
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """The tiny offline model family, written once per test session (same layout as the hub)."""
+    from hifi123.models.tiny import write_tiny_models
+
+    return write_tiny_models(str(tmp_path_factory.mktemp("tiny-models")))
+
+
+@pytest.fixture(scope="session")
+def sd2_depth(tiny_models):
+    """Tiny SD2-depth components (with its DPT), loaded through the project's loader."""
+    import torch
+    from hifi123.models.loader import load_diffusion
+
+    torch.set_num_threads(2)
+    return load_diffusion(tiny_models["sd2-depth"], "model", with_depth_estimator=True)
+
+
+@pytest.fixture(scope="session")
+def sample_rgba():
+    from hifi123.core.images import load_rgba
+
+    return load_rgba(str(EXTENSION_DIR / "assets" / "sample_rgba.png"))

@@ -143,8 +143,11 @@ def normalize_depth(depth: torch.Tensor, mask: Optional[torch.Tensor], eps: floa
 
 
 def depth_to_latent(depth_norm: torch.Tensor, latent_size: int) -> torch.Tensor:
-    """Resize the normalised condition to the latent size (bicubic, after normalisation)."""
-    return F.interpolate(depth_norm, size=(latent_size, latent_size), mode="bicubic", align_corners=False)
+    """Resize the normalised condition to the latent size (bicubic, after normalisation, as the
+    official code). Bicubic overshoots at mask edges (up to ~1.2); we clamp back to [-1, 1], the
+    range SD2-depth was trained on (the official code does not clamp)."""
+    d = F.interpolate(depth_norm, size=(latent_size, latent_size), mode="bicubic", align_corners=False)
+    return d.clamp(-1.0, 1.0)
 
 
 def save_png(path: str, img: torch.Tensor) -> None:

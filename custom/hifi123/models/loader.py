@@ -226,3 +226,19 @@ def load_clip(ref: str, field: str = "clip_model", *, dtype=torch.float32, devic
         raise _wrap_load_error(ref, field, err) from err
     model.requires_grad_(False).eval().to(device or "cpu")
     return model, proc
+
+
+def _projected(out) -> torch.Tensor:
+    # transformers < 5 returns the projected embedding; 5.x returns an output object whose
+    # pooler_output is that projected embedding
+    return out if torch.is_tensor(out) else out.pooler_output
+
+
+def clip_image_embeds(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Projected CLIP image embeddings [B, D] on both transformers 4.x and 5.x (with grad)."""
+    return _projected(model.get_image_features(pixel_values=pixel_values))
+
+
+def clip_text_embeds(model, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
+    """Projected CLIP text embeddings [B, D] on both transformers 4.x and 5.x."""
+    return _projected(model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))

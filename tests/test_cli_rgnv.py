@@ -1,0 +1,98 @@
+"""`hifi123 rgnv` and `hifi123 tiny-models` as a user runs them."""
+import os
+
+import numpy as np
+import pytest
+from hifi123 import cli
+from hifi123.models import loader
+from PIL import Image
+
+SAMPLE = os.path.join(os.path.dirname(__file__), "..", "custom", "hifi123", "assets", "sample_rgba.png")
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(loader, "load_diffusion", boom)
+
+
+def _run(capsys, *argv):
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def _png(path, arr, mode=None):
+    Image.fromarray(arr, mode=mode).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["rgb", "empty", "unreadable", "missing", "nonsquare", "depth_size", "depth_count", "model_dir"])
+def test_bad_inputs_fail_early_with_clear_errors(case, tmp_path, capsys, no_model_loading):
+    good = SAMPLE
+    args = ["rgnv", "--ref", good, "--coarse", good, "--out", str(tmp_path / "out")]
+    expect = {
+        "rgb": ("no alpha channel", "hifi123 preprocess"),
+        "empty": ("empty mask", "hifi123 preprocess"),
+        "unreadable": ("not a readable image", "PNG"),
+        "missing": ("not found", "bad.png"),
+        "nonsquare": ("not square", "hifi123 preprocess"),
+        "depth_size": ("depth map", "but its image is 512x512"),
+        "depth_count": ("--depth maps", "one --depth per --coarse"),
+        "model_dir": ("no directory at", "--model"),
+    }[case]
+    if case == "rgb":
+        args[4] = _png(tmp_path / "rgb.png", np.full((64, 64, 3), 200, np.uint8))
+    elif case == "empty":
+        args[4] = _png(tmp_path / "empty.png", np.zeros((64, 64, 4), np.uint8))
+    elif case == "unreadable":
+        p = tmp_path / "bad.png"
+        p.write_text("not an image")
+        args[4] = str(p)
+    elif case == "missing":
+        args[4] = str(tmp_path / "bad.png")
+    elif case == "nonsquare":
+        a = np.zeros((64, 96, 4), np.uint8)
+        a[20:40, 30:60] = 255
+        args[4] = _png(tmp_path / "wide.png", a)
+    elif case == "depth_size":
+        args += ["--depth", _png(tmp_path / "d.png", np.zeros((64, 64), np.uint8))]
+    elif case == "depth_count":
+        d = _png(tmp_path / "d.png", np.zeros((512, 512), np.uint8))
+        args += ["--depth", d, d]
+    elif case == "model_dir":
+        args += ["--model", str(tmp_path / "no-such-model")]
+    code, err = _run(capsys, *args)
+    assert code == 2
+    for needle in expect:
+        assert needle in err, err
+    assert "Traceback" not in err
+
+
+def test_rgnv_command_end_to_end_on_the_tiny_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    from hifi123.sample.make_sample import render_sample
+
+    r = render_sample(5.0, 120.0, size=128)
+    rgba = np.concatenate([r["rgb"], r["alpha"][..., None]], -1)
+    coarse = _png(tmp_path / "view_rgba.png", (rgba * 255).round().astype(np.uint8))
+    out = tmp_path / "out"
+    code = cli.main(["rgnv", "--ref", SAMPLE, "--coarse", coarse, "--out", str(out), "--tiny",
+                     "--steps", "6", "--inject-steps", "4", "--quiet", "--prompt", "a toy"])
+    assert code == 0, capsys.readouterr().err
+    enhanced = np.asarray(Image.open(out / "view_enhanced.png"))
+    sheet = Image.open(out / "comparison.png")
+    assert enhanced.shape == (64, 64, 3)  # the tiny model's native size
+    assert sheet.size[0] > 3 * 64 and sheet.size[1] > 64  # reference | coarse | enhanced
+    mask = np.asarray(Image.fromarray((r["alpha"] * 255).astype(np.uint8)).resize((64, 64), Image.BILINEAR)) > 127
+    assert (enhanced[~mask] == 255).all()  # composited on white outside the coarse view's mask
+    assert enhanced[mask].std() > 0
+
+
+def test_tiny_models_command_writes_loadable_models(tmp_path, capsys):
+    code = cli.main(["tiny-models", "--out", str(tmp_path / "tiny")])
+    assert code == 0
+    assert "sd2-depth" in capsys.readouterr().out
+    comps = loader.load_diffusion(str(tmp_path / "tiny" / "sd2-depth"), "--model", with_depth_estimator=True)
+    assert comps.is_depth_model and comps.depth_estimator is not None
