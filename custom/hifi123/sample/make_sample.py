@@ -653,6 +653,18 @@ def _save_png(arr, path, mode):
     img.save(path, optimize=True, compress_level=9)
 
 
+def coarse_demo_view(size: int = REF_SIZE, azimuth_deg: float = 90.0, elevation_deg: float = 10.0) -> np.ndarray:
+    """A deliberately coarse novel view (rendered at 1/4 resolution, nearest-upsampled), standing in
+    for a Zero-1-to-3 / coarse-3D render in the `hifi123 rgnv` demo. uint8 RGBA [size, size, 4]."""
+    low = size // 4
+    r = render_sample(elevation_deg, azimuth_deg, REF_DISTANCE, REF_FOVY_DEG, low, supersample=1)
+    small = np.zeros((low, low, 4), dtype=np.uint8)
+    small[..., :3] = _to_u8(r["rgb"])
+    small[..., :3][~r["alpha"]] = 0
+    small[..., 3] = np.where(r["alpha"], 255, 0).astype(np.uint8)
+    return np.repeat(np.repeat(small, 4, axis=0), 4, axis=1)
+
+
 def write_sample_assets(out_dir=None, size: int = REF_SIZE, verbose: bool = False) -> dict:
     """Render the reference view and write all sample assets into ``out_dir``."""
     out = Path(out_dir) if out_dir is not None else DEFAULT_ASSETS_DIR
@@ -673,6 +685,7 @@ def write_sample_assets(out_dir=None, size: int = REF_SIZE, verbose: bool = Fals
     _save_png(encode_normal_png(r["normal_world"], mask), out / "sample_normal.png", "RGB")
     _save_png(_to_u8(procedural_background(size, seed=0)), out / "bg_texture.png", "RGB")
     (out / "sample_caption.txt").write_text(CAPTION + "\n")
+    _save_png(coarse_demo_view(size), out / "sample_coarse_az090_rgba.png", "RGBA")
 
     geo = {
         "c2w": r["c2w"],
