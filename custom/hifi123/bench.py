@@ -73,8 +73,87 @@ def bench_rgnv(views: int = 4, steps: int = 50, inject_steps: int = 30, repeats:
     return results
 
 
+def bench_rgsd(iterations: int = 8, steps: int = 20, inject_steps: int = 12, repeats: int = 3, log=print) -> dict:
+    """RGSD per-iteration UNet evaluations and CPU time: ours (reference branch cached once,
+    fixed-view targets once) vs a naive loop that re-runs the reference branch every iteration.
+    Both follow the same alternating schedule (t = 0 fixed view, t > 0 random view) with the same
+    t sequence; every iteration back-propagates to the rendering as training does."""
+    from .core.rgsd import RGSD, FixedViewSchedule, RGSDConfig
+    from .models.loader import load_diffusion
+    from .models.tiny import ensure_tiny_models
+    from .testing.counter import count_unet_evals
+
+    comps = load_diffusion(ensure_tiny_models()["sd2-depth"], "bench", with_depth_estimator=True)
+    ref, views = _sample_views(iterations + 2, size=64)
+    ref_t = torch.from_numpy(ref)
+
+    def as_render(v):
+        x = torch.from_numpy(v)[None]
+        return x[..., :3] * x[..., 3:] + (1 - x[..., 3:]), x[..., 3:], None
+
+    fixed = [as_render(v) for v in views[:2]]
+    randoms = [as_render(v) for v in views[2:]]
+    sched = FixedViewSchedule(n_fixed=2, every=2)
+    gen = torch.Generator().manual_seed(0)
+    cfg = RGSDConfig(num_steps=steps, inject_steps=inject_steps, prompt="a toy")
+    ts = [int(torch.randint(1, inject_steps + 1, (1,), generator=gen)) for _ in range(iterations)]
+
+    def make():
+        m = RGSD(comps, cfg)
+        m.set_reference(ref_t)
+        rgb = torch.cat([f[0] for f in fixed])
+        m.compute_fixed_targets(rgb, torch.cat([f[1] for f in fixed]))
+        return m
+
+    def loop(m, naive: bool):
+        for i in range(iterations):
+            if naive:  # re-run the reference branch every iteration
+                m.cache = None
+                m.set_reference(ref_t)
+            if sched.is_fixed(i):
+                rgb, a, _ = fixed[sched.fixed_index(i)]
+                rgb = rgb.clone().requires_grad_(True)
+                out = m.loss_fixed(rgb, sched.fixed_index(i), a)
+            else:
+                rgb, a, _ = randoms[i]
+                rgb = rgb.clone().requires_grad_(True)
+                out = m.loss_random(rgb, a, t=ts[i])
+            out["loss_rgsd"].backward()
+
+    res = {}
+    models = {"ours": make(), "naive": make()}
+    for name, naive in (("ours", False), ("naive", True)):
+        with count_unet_evals(comps.unet) as n:
+            loop(models[name], naive)  # counted run (also warms up)
+        res[name] = {"calls": n.calls, "items": n.items}
+    times = {"ours": [], "naive": []}
+    for _ in range(repeats):  # interleaved, so machine load affects both alike
+        for name, naive in (("ours", False), ("naive", True)):
+            t0 = time.perf_counter()
+            loop(models[name], naive)
+            times[name].append(time.perf_counter() - t0)
+    for name in times:
+        res[name]["seconds"] = statistics.median(times[name])
+    nfe_ratio = res["ours"]["calls"] / res["naive"]["calls"]
+    time_ratio = res["ours"]["seconds"] / res["naive"]["seconds"]
+    log(f"RGSD, tiny SD2-depth on CPU ({torch.get_num_threads()} threads), T={steps}, S={inject_steps}, "
+        f"{iterations} iterations alternating t=0 fixed / t>0 random (same t sequence {ts})")
+    log("one-time setup (reference branch + 2 fixed-view targets) excluded from both")
+    for name in ("ours", "naive"):
+        r = res[name]
+        log(f"  {name:6s} UNet calls/iter {r['calls'] / iterations:6.2f}  items/iter {r['items'] / iterations:6.2f}"
+            f"  time/iter {r['seconds'] / iterations:.3f} s (median of {repeats})")
+    log(f"NFE ratio: {nfe_ratio:.2f}")
+    log(f"time ratio: {time_ratio:.2f}")
+    res.update(nfe_ratio=nfe_ratio, time_ratio=time_ratio)
+    return res
+
+
 def run(args) -> int:
     if args.bench == "rgnv":
         bench_rgnv(args.views, args.steps, args.inject_steps, args.repeats)
+        return 0
+    if args.bench == "rgsd":
+        bench_rgsd(args.iterations, args.steps, args.inject_steps, args.repeats)
         return 0
     raise SystemExit(f"unknown benchmark {args.bench!r}")

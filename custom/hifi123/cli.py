@@ -151,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--steps", type=int, default=50)
     br.add_argument("--inject-steps", type=int, default=30)
     br.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
+    bg = bsub.add_parser("rgsd", help="RGSD per-iteration cost: ours vs re-running the reference branch")
+    bg.add_argument("--iterations", type=int, default=8)
+    bg.add_argument("--steps", type=int, default=20)
+    bg.add_argument("--inject-steps", type=int, default=12)
+    bg.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
     b.set_defaults(func=_cmd_bench)
     return p
 

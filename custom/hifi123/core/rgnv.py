@@ -109,6 +109,8 @@ class RGNVPipeline:
         self.state = InjectionState(store_device=torch.device(self.cfg.cache_device) if self.cfg.cache_device else None)
         self._emb: Dict[str, torch.Tensor] = {}
         self.progress: Optional[Callable[[str, int], None]] = None  # called (phase, n_steps) per step
+        # tests plug an oracle here: noise_model(prompt, depth, guided) -> eps_fn (default: the UNet)
+        self.noise_model: Optional[Callable[[str, torch.Tensor, bool], Callable]] = None
 
     # ------------------------------------------------------------------ building blocks
     @property
@@ -199,7 +201,9 @@ class RGNVPipeline:
         x = vae.decode((z / vae.config.scaling_factor).to(p.device, p.dtype)).sample.float()
         return (x / 2 + 0.5).clamp(0, 1)
 
-    def _eps(self, prompt: str, depth: torch.Tensor, guided: bool) -> ddim.UNetNoisePredictor:
+    def _eps(self, prompt: str, depth: torch.Tensor, guided: bool):
+        if self.noise_model is not None:
+            return self.noise_model(prompt, depth, guided)
         dev = self.c.device
         return ddim.UNetNoisePredictor(
             self.c.unet,
@@ -262,7 +266,7 @@ class RGNVPipeline:
                 raise ValueError("injection is on but no reference cache was given (build_reference)")
             if cache.key != self.cache_key():
                 raise ValueError(f"reference cache was built for (T, S, layers, prompt) = {cache.key}, not {self.cache_key()}")
-        T, S = self.cfg.num_steps, self.cfg.inject_steps
+        T = self.cfg.num_steps
         depths = list(depths) if depths is not None else [None] * len(coarse)
         if len(depths) != len(coarse):
             raise ValueError(f"{len(coarse)} coarse views but {len(depths)} depth maps")
@@ -274,20 +278,10 @@ class RGNVPipeline:
             mask = torch.cat([c[1] for c in chunk])
             depth = torch.cat([self.depth_condition(c[0], c[1], d) for c, d in zip(chunk, depths[s : s + batch_size])])
             z0 = self.encode(image)
-            self.state.mode = "off"
-            z_start = ddim.invert(self._eps("", depth, guided=False), z0, self.grid, S)
             rec: Optional[List[ddim.StepRecord]] = [] if record else None
-            sampler = self._eps(self.cfg.prompt, depth, guided=True)
-            if self.cfg.inject:
-                self.state.store = cache.kv
-                self.state.mode = "inject"
-            try:
-                with mutual_self_attention(self.c.unet, self.layers, self.state):
-                    z = ddim.sample(sampler, z_start, self.grid, start=T - S, stop=stop, record=rec)
-            finally:
-                self.state.mode = "off"
-                self.state.store = {}
-            raw = self.decode(z) if stop is None or stop == T else torch.zeros_like(image)
+            z = self.denoise_latents(cache, z0, depth, stop=stop, record=rec)
+            # decoded on the model's device; composite with the mask on the inputs' device
+            raw = self.decode(z).to(image.device) if stop is None or stop == T else torch.zeros_like(image)
             outs.append(composite(raw, mask, torch.ones_like(raw)))
             raws.append(raw)
             lats.append(z)
@@ -298,13 +292,44 @@ class RGNVPipeline:
             torch.cat([c[0] for c in prepared]), records,
         )
 
+    @torch.no_grad()
+    def denoise_latents(
+        self,
+        cache: Optional[ReferenceCache],
+        z0: torch.Tensor,
+        depth: torch.Tensor,
+        stop: Optional[int] = None,
+        record: Optional[List[ddim.StepRecord]] = None,
+    ) -> torch.Tensor:
+        """The target branch on clean latents z0 [B,4,h,w] with depth [B,1,h,w]: invert S steps
+        (empty prompt, no CFG), then denoise from level T - S (to grid index `stop`, default the
+        end) with CFG on the target prompt and, when on, the reference's K/V injected."""
+        if self.cfg.inject:
+            if cache is None:
+                raise ValueError("injection is on but no reference cache was given (build_reference)")
+            if cache.key != self.cache_key():
+                raise ValueError(f"reference cache was built for (T, S, layers, prompt) = {cache.key}, not {self.cache_key()}")
+        T, S = self.cfg.num_steps, self.cfg.inject_steps
+        self.state.mode = "off"
+        z_start = ddim.invert(self._eps("", depth, guided=False), z0, self.grid, S)
+        sampler = self._eps(self.cfg.prompt, depth, guided=True)
+        if self.cfg.inject:
+            self.state.store = cache.kv
+            self.state.mode = "inject"
+        try:
+            with mutual_self_attention(self.c.unet, self.layers, self.state):
+                return ddim.sample(sampler, z_start, self.grid, start=T - S, stop=stop, record=record)
+        finally:
+            self.state.mode = "off"
+            self.state.store = {}
+
     def __call__(self, ref_rgba, coarse: Sequence, ref_depth=None, depths=None, batch_size: int = 1) -> RGNVOutput:
         cache = self.build_reference(ref_rgba, ref_depth) if self.cfg.inject else None
         return self.enhance(cache, coarse, depths, batch_size=batch_size)
 
     def reference_reconstruction(self, cache: ReferenceCache) -> torch.Tensor:
         """The reference branch's own output, decoded and composited on white with its mask."""
-        raw = self.decode(cache.z_final)
+        raw = self.decode(cache.z_final).to(cache.mask.device)
         return composite(raw, cache.mask, torch.ones_like(raw))
 
 

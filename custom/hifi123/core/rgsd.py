@@ -1,0 +1,253 @@
+"""RGSD: reference-guided state distillation (HiFi-123 §3.3, Eq. 4-5, Sup. §2.2, Algorithm 1).
+
+The authors never released this part; this is our reconstruction (algorithms.md B.3, decisions
+7-11). Notation: g = the rendering, z = E(g) its SD latent (gradient flows through the VAE
+encoder), ẑ = the DDIM inversion of sg(z) by S steps of a T-step grid, R = RGNV denoising with
+the reference's self-attention K/V injected (the reference branch comes from a `ReferenceCache`
+computed once per run).
+
+Two kinds of iterations alternate (decision 9):
+
+* t = 0, fixed view j: loss = mean ‖z − z̃0_j‖², where z̃0_j is the fully enhanced latent of fixed
+  view j, computed ONCE at the start of refinement (`compute_fixed_targets`), stored in the
+  checkpoint (`state_dict`) and restored on resume.
+* t > 0, random view: t ~ U{1..S} counts the denoising steps still to go. R runs S − t steps from
+  ẑ to the state z̃_t, and one more (injected, CFG) evaluation there gives ε̃ and the clean
+  prediction x̂0 = (z̃_t − sqrt(1 − ā_t) ε̃) / sqrt(ā_t). The paper builds the rendering's state as
+  z_t = sqrt(ā_t) z + sqrt(1 − ā_t) ε̃ (gradient only through z), and the noise cancels:
+
+        z_t − z̃_t = sqrt(ā_t) (z − x̂0)            (decision 8)
+
+  so the loss w(t) ‖z_t − sg(z̃_t)‖² is the ā_t-weighted latent MSE w(t) ā_t ‖z − sg(x̂0)‖²,
+  which is what `loss_random` computes (mean over latent elements).
+
+Defaults (decision 7): T = 20, S = 12, CFG 7.5 (textbook form) on the target branch with the
+caption as prompt and "" as negative; reference branch "". Depth condition of renders: the rendered
+depth as disparity, masked, normalised (decision 11); DPT is a switch.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from . import ddim
+from .images import composite, depth_to_latent, normalize_depth, resize
+from .rgnv import GREY, RGNVConfig, RGNVPipeline
+
+WEIGHTINGS = ("uniform", "one_minus_alpha")
+
+
+@dataclass
+class RGSDConfig:
+    num_steps: int = 20  # T (HiFi-123 Sup. §3.4)
+    inject_steps: int = 12  # S: lost in the paper; 30/50 scaled to T = 20 (decision 7; sweep 8-14)
+    guidance_scale: float = 7.5  # CFG on the target branch (paper §4.1)
+    cfg_form: str = "textbook"  # eps_u + s (eps_c - eps_u)
+    prompt: str = ""  # the image caption (decision 7)
+    negative_prompt: str = ""
+    inject_blocks: Tuple[int, ...] = (12, 13, 14, 15)  # as RGNV (decision 2)
+    weighting: str = "uniform"  # w(t) = 1 (decision 8); "one_minus_alpha" = SDS-style 1 - ā_t
+    depth_source: str = "render"  # decision 11: rendered depth; "dpt" = estimate from the render
+    depth_is_disparity: bool = False  # render depth is distance/z (converted to 1/d in the mask)
+    mask_reference_depth: bool = True
+    reference_background: str = "texture"
+    coarse_background: str = "grey"
+    # decision 9: two fixed views, (elevation, azimuth) in degrees RELATIVE to the reference view
+    fixed_views: Tuple[Tuple[float, float], ...] = ((0.0, 90.0), (0.0, -90.0))
+
+    def validate(self) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if self.depth_source not in ("render", "dpt"):
+            raise ValueError(f"depth_source must be 'render' or 'dpt', got {self.depth_source!r}")
+        if not self.fixed_views:
+            raise ValueError("fixed_views must list at least one (elevation, azimuth) pair")
+        self.rgnv_config().validate()
+
+    def rgnv_config(self) -> RGNVConfig:
+        return RGNVConfig(
+            num_steps=self.num_steps, inject_steps=self.inject_steps, guidance_scale=self.guidance_scale,
+            cfg_form=self.cfg_form, prompt=self.prompt, negative_prompt=self.negative_prompt,
+            inject=True, inject_blocks=tuple(self.inject_blocks), mask_reference_depth=self.mask_reference_depth,
+            reference_background=self.reference_background, coarse_background=self.coarse_background,
+        )
+
+
+def broadcast_from_rank0(t: torch.Tensor) -> torch.Tensor:
+    """Make `t` identical on every rank (no-op without an initialised process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast(t, src=0)
+    return t
+
+
+class RGSD:
+    """The RGSD loss on a loaded SD2-depth (`RGNVPipeline`)."""
+
+    def __init__(self, pipe_or_components, config: Optional[RGSDConfig] = None):
+        self.cfg = config or RGSDConfig()
+        self.cfg.validate()
+        if isinstance(pipe_or_components, RGNVPipeline):
+            self.pipe = pipe_or_components
+            self.pipe.cfg = self.cfg.rgnv_config()
+        else:
+            self.pipe = RGNVPipeline(pipe_or_components, self.cfg.rgnv_config())
+        self.cache = None
+        self.fixed_targets: Optional[torch.Tensor] = None  # [N,4,h,w] enhanced clean latents z̃0
+
+    # ------------------------------------------------------------------ setup (once per run)
+    def set_reference(self, ref_rgba, ref_depth=None) -> None:
+        """Build the reference branch once (decision 10). Calling again is a no-op."""
+        if self.cache is None:
+            self.cache = self.pipe.build_reference(ref_rgba, ref_depth)
+
+    def _require_reference(self):
+        if self.cache is None:
+            raise RuntimeError("RGSD: call set_reference(reference_rgba) before computing losses")
+        return self.cache
+
+    # ------------------------------------------------------------------ renders -> model inputs
+    def prepare_render(self, rgb: torch.Tensor, opacity: Optional[torch.Tensor] = None, depth: Optional[torch.Tensor] = None):
+        """threestudio render tensors -> (image [B,3,R,R] with grad, mask [B,1,R,R], depth cond).
+
+        rgb [B,H,W,3] in [0,1]; opacity [B,H,W,1] (None: the whole image is the object); depth
+        [B,H,W,1] (z-depth/distance, or disparity with `depth_is_disparity`; None: DPT).
+        """
+        x = rgb.permute(0, 3, 1, 2)
+        size = self.pipe.size
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        if opacity is None:
+            mask = torch.ones_like(x[:, :1])
+        else:
+            m = F.interpolate(opacity.permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear", align_corners=False)
+            mask = (m > 0.5).to(x.dtype)
+        bg = torch.tensor(GREY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        if self.cfg.coarse_background == "white":
+            bg = torch.ones_like(bg)
+        image = composite(x, mask, bg)
+        with torch.no_grad():
+            cond = self.depth_condition(image.detach(), mask, depth)
+        return image, mask, cond
+
+    @torch.no_grad()
+    def depth_condition(self, image: torch.Tensor, mask: torch.Tensor, depth: Optional[torch.Tensor]) -> torch.Tensor:
+        if self.cfg.depth_source == "dpt" or depth is None:
+            return self.pipe.depth_condition(image.float().cpu(), mask.cpu()).to(image.device)
+        d = depth.detach().permute(0, 3, 1, 2).float()
+        d = resize(d, self.pipe.size, "bilinear")
+        if not self.cfg.depth_is_disparity:
+            d = torch.where(mask > 0, 1.0 / d.clamp_min(1e-6), torch.zeros_like(d))
+        return depth_to_latent(normalize_depth(d, mask), self.pipe.latent_size)
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """VAE posterior mean x scaling factor, WITH gradient to the image ([0,1] input)."""
+        vae = self.pipe.c.vae
+        p = next(vae.parameters())
+        z = vae.encode((image * 2 - 1).to(p.device, p.dtype)).latent_dist.mean
+        return z.float() * vae.config.scaling_factor
+
+    # ------------------------------------------------------------------ t = 0 branch
+    @torch.no_grad()
+    def compute_fixed_targets(self, rgb: torch.Tensor, opacity=None, depth=None) -> torch.Tensor:
+        """Full RGNV enhancement (invert S, denoise S) of the fixed views' renders -> z̃0 [N,4,h,w].
+
+        Computed once at the start of refinement; identical on every rank (broadcast from rank 0).
+        """
+        cache = self._require_reference()
+        image, mask, cond = self.prepare_render(rgb, opacity, depth)
+        z = self.encode(image)
+        targets = torch.cat([self.pipe.denoise_latents(cache, z[i : i + 1], cond[i : i + 1]) for i in range(z.shape[0])])
+        self.fixed_targets = broadcast_from_rank0(targets.contiguous())
+        return self.fixed_targets
+
+    def loss_fixed(self, rgb: torch.Tensor, view_index, opacity=None, depth=None) -> Dict[str, torch.Tensor]:
+        """t = 0: mean ‖E(g) − z̃0_j‖² for renders of fixed views `view_index` (int or [B] ints)."""
+        if self.fixed_targets is None:
+            raise RuntimeError(
+                "RGSD: fixed-view targets are missing: compute_fixed_targets() at refine start, "
+                "or restore them from the checkpoint (load_state_dict)"
+            )
+        image, _, _ = self.prepare_render(rgb, opacity, depth)
+        z = self.encode(image)
+        idx = torch.as_tensor(view_index, device=self.fixed_targets.device).long().reshape(-1)
+        target = self.fixed_targets[idx].to(z)
+        loss = F.mse_loss(z, target.expand_as(z), reduction="mean")
+        return {"loss_rgsd": loss, "rgsd_t": torch.zeros(()), "rgsd_target_latent": target}
+
+    # ------------------------------------------------------------------ t > 0 branch
+    def weight(self, a_t: float) -> float:
+        return 1.0 if self.cfg.weighting == "uniform" else 1.0 - a_t
+
+    def sample_t(self, generator: Optional[torch.Generator] = None) -> int:
+        return int(torch.randint(1, self.cfg.inject_steps + 1, (1,), generator=generator))
+
+    def random_state(self, z: torch.Tensor, cond: torch.Tensor, t: int) -> ddim.StepRecord:
+        """No-grad RGNV of sg(z) stopped with t steps to go: the record of the evaluation at z̃_t
+        (z_in = z̃_t, eps = ε̃, x0 = x̂0, level ā_t = alpha(index))."""
+        T, S = self.cfg.num_steps, self.cfg.inject_steps
+        if not 1 <= t <= S:
+            raise ValueError(f"t must be in 1..S={S}, got {t}")
+        rec: List[ddim.StepRecord] = []
+        k = S - t + 1  # denoising evaluations: S - t steps to reach z̃_t, one more at z̃_t
+        self.pipe.denoise_latents(self._require_reference(), z.detach(), cond, stop=T - S + k, record=rec)
+        return rec[-1]
+
+    def loss_random(self, rgb: torch.Tensor, opacity=None, depth=None, t: Optional[int] = None,
+                    generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+        """t > 0 on a random view: w(t) ā_t mean ‖z − sg(x̂0)‖² (= w(t) mean ‖z_t − sg(z̃_t)‖²)."""
+        image, _, cond = self.prepare_render(rgb, opacity, depth)
+        z = self.encode(image)
+        t = self.sample_t(generator) if t is None else int(t)
+        r = self.random_state(z, cond, t)
+        a_t = self.pipe.grid.alpha(r.index)
+        x0 = r.x0.to(z)
+        loss = self.weight(a_t) * a_t * F.mse_loss(z, x0, reduction="mean")
+        return {"loss_rgsd": loss, "rgsd_t": torch.tensor(float(t)), "rgsd_alpha_t": torch.tensor(a_t),
+                "rgsd_target_latent": x0}
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> Dict[str, object]:
+        return {
+            "fixed_targets": None if self.fixed_targets is None else self.fixed_targets.detach().cpu().clone(),
+            "config": asdict(self.cfg),
+        }
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        saved = state.get("config", {})
+        mine = asdict(self.cfg)
+        keys = ("num_steps", "inject_steps", "guidance_scale", "cfg_form", "prompt", "negative_prompt", "inject_blocks")
+        diff = {k: (saved.get(k), mine[k]) for k in keys if k in saved and _norm(saved[k]) != _norm(mine[k])}
+        if diff:
+            raise ValueError(
+                f"RGSD checkpoint targets were computed with other settings {diff} (saved, now); "
+                "resume with the saved settings or start the refine stage again"
+            )
+        t = state.get("fixed_targets")
+        self.fixed_targets = None if t is None else torch.as_tensor(t).clone()
+
+
+def _norm(v):
+    return tuple(_norm(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+@dataclass
+class FixedViewSchedule:
+    """Alternation of t = 0 fixed-view and t > 0 random-view iterations (decision 9)."""
+
+    n_fixed: int = 2
+    every: int = 2  # one fixed-view iteration every `every` iterations
+
+    def is_fixed(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def fixed_index(self, step: int) -> int:
+        return (step // self.every) % self.n_fixed
+
+
+def relative_fixed_cameras(fixed_views: Sequence[Tuple[float, float]], ref_elevation: float, ref_azimuth: float):
+    """Absolute (elevation, azimuth) in degrees of fixed views given relative to the reference."""
+    return [(ref_elevation + e, ((ref_azimuth + a + 180.0) % 360.0) - 180.0) for e, a in fixed_views]

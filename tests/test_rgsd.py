@@ -1,0 +1,151 @@
+"""RGSD (HiFi-123 §3.3; decisions 7-11): our reconstruction, checked exactly."""
+import io
+
+import numpy as np
+import pytest
+import torch
+from hifi123.core.rgsd import RGSD, FixedViewSchedule, RGSDConfig, relative_fixed_cameras
+from hifi123.sample.make_sample import render_sample
+from hifi123.testing.counter import count_unet_evals
+from hifi123.testing.oracle import CleanLatentOracle
+
+T, S = 8, 5
+
+
+def render(azimuth, elevation=0.0, size=64):
+    r = render_sample(elevation, azimuth, size=size)
+    rgb = torch.from_numpy(r["rgb"]).float()[None]
+    alpha = torch.from_numpy(r["alpha"]).float()[None, ..., None]
+    rgb = rgb * alpha + (1 - alpha)  # threestudio-like render on white
+    depth = torch.from_numpy(r["depth_z"]).float()[None, ..., None]
+    return rgb, alpha, depth
+
+
+@pytest.fixture
+def rgsd(sd2_depth, sample_rgba):
+    m = RGSD(sd2_depth, RGSDConfig(num_steps=T, inject_steps=S, prompt="a toy"))
+    m.set_reference(sample_rgba)
+    return m
+
+
+def test_t_positive_term_is_the_alpha_weighted_latent_mse(rgsd):
+    rgb, alpha, depth = render(70.0)
+    rgb = rgb.requires_grad_(True)
+    out = rgsd.loss_random(rgb, alpha, depth, t=3)
+    (g_ours,) = torch.autograd.grad(out["loss_rgsd"], rgb)
+    # the paper's form: z_t = sqrt(a) z + sqrt(1-a) eps~ vs the RGNV state z~_t, both built explicitly
+    rgb2 = rgb.detach().clone().requires_grad_(True)
+    image, _, cond = rgsd.prepare_render(rgb2, alpha, depth)
+    z = rgsd.encode(image)
+    r = rgsd.random_state(z, cond, 3)
+    a = rgsd.pipe.grid.alpha(r.index)
+    z_t = a**0.5 * z + (1 - a) ** 0.5 * r.eps
+    explicit = torch.mean((z_t - r.z_in) ** 2)
+    (g_paper,) = torch.autograd.grad(explicit, rgb2)
+    assert out["loss_rgsd"].item() == pytest.approx(explicit.item(), rel=1e-4, abs=1e-9)
+    assert torch.allclose(g_ours, g_paper, rtol=1e-3, atol=1e-8)
+    assert r.index == T - 3  # t = 3 steps to go: evaluated at grid index T - t
+    assert out["loss_rgsd"].item() > 0
+
+
+def test_oracle_zero_gradient_at_the_target_and_descent_lowers_the_distance(rgsd):
+    rgb, alpha, depth = render(-40.0)
+    with torch.no_grad():
+        image, _, _ = rgsd.prepare_render(rgb, alpha, depth)
+        z_target = rgsd.encode(image)
+    ac = rgsd.pipe.grid.alphas_cumprod
+    # oracle denoiser whose clean prediction is exactly z_target: RGSD's target IS the rendering
+    rgsd.pipe.noise_model = lambda prompt, d, guided: CleanLatentOracle(z_target.double(), ac)
+    x = rgb.clone().requires_grad_(True)
+    out = rgsd.loss_random(x, alpha, depth, t=2)
+    (g,) = torch.autograd.grad(out["loss_rgsd"], x)
+    assert out["loss_rgsd"].item() < 1e-10 and g.abs().max().item() < 1e-8
+    # a different target: one gradient step on the rendering lowers the distance
+    z_other = z_target + 0.3 * torch.randn_like(z_target, generator=torch.Generator().manual_seed(0))
+    rgsd.pipe.noise_model = lambda prompt, d, guided: CleanLatentOracle(z_other.double(), ac)
+    x = rgb.clone().requires_grad_(True)
+    before = rgsd.loss_random(x, alpha, depth, t=2)
+    (g,) = torch.autograd.grad(before["loss_rgsd"], x)
+    assert torch.allclose(before["rgsd_target_latent"], z_other, atol=1e-5)  # x̂0 exact
+    after = rgsd.loss_random((x - 0.05 * g / g.abs().max()).detach(), alpha, depth, t=2)
+    assert after["loss_rgsd"].item() < before["loss_rgsd"].item()
+
+
+def test_fixed_view_loss_zero_at_target_and_descent(rgsd):
+    rgb, alpha, depth = render(90.0)
+    with torch.no_grad():
+        image, _, _ = rgsd.prepare_render(rgb, alpha, depth)
+        rgsd.fixed_targets = torch.cat([rgsd.encode(image), rgsd.encode(image) + 0.5])
+    x = rgb.clone().requires_grad_(True)
+    out = rgsd.loss_fixed(x, 0, alpha, depth)
+    (g,) = torch.autograd.grad(out["loss_rgsd"], x)
+    assert out["loss_rgsd"].item() < 1e-12 and g.abs().max() < 1e-10
+    x = rgb.clone().requires_grad_(True)
+    before = rgsd.loss_fixed(x, 1, alpha, depth)["loss_rgsd"]
+    (g,) = torch.autograd.grad(before, x)
+    after = rgsd.loss_fixed((x - 0.05 * g / g.abs().max()).detach(), 1, alpha, depth)["loss_rgsd"]
+    assert after < before
+
+
+def test_reference_branch_runs_once_per_run(sd2_depth, sample_rgba):
+    m = RGSD(sd2_depth, RGSDConfig(num_steps=T, inject_steps=S, prompt="a toy"))
+    rgb, alpha, depth = render(120.0)
+    ts = [1, 3, 5]
+    with count_unet_evals(sd2_depth.unet) as n:
+        m.set_reference(sample_rgba)
+        m.set_reference(sample_rgba)  # idempotent
+        for t in ts:
+            m.loss_random(rgb, alpha, depth, t=t)
+    ref = 2 * S
+    per_iter = sum(S + (S - t + 1) for t in ts)  # S inversions + (S - t + 1) CFG evaluations
+    assert n.calls == ref + per_iter
+
+
+def test_fixed_targets_computed_once_and_survive_checkpoint_bit_exactly(sd2_depth, sample_rgba, rgsd):
+    views = [render(a) for a in (90.0, -90.0)]
+    rgb = torch.cat([v[0] for v in views])
+    alpha = torch.cat([v[1] for v in views])
+    depth = torch.cat([v[2] for v in views])
+    with count_unet_evals(sd2_depth.unet) as n:
+        targets = rgsd.compute_fixed_targets(rgb, alpha, depth)
+    assert n.calls == 2 * (S + S) and targets.shape[0] == 2
+    buf = io.BytesIO()
+    torch.save({"hifi123_rgsd": rgsd.state_dict()}, buf)
+    buf.seek(0)
+    restored = RGSD(sd2_depth, RGSDConfig(num_steps=T, inject_steps=S, prompt="a toy"))
+    restored.load_state_dict(torch.load(buf, weights_only=False)["hifi123_rgsd"])
+    assert torch.equal(restored.fixed_targets, targets)
+    with count_unet_evals(sd2_depth.unet) as n:  # t = 0 iterations need no UNet evaluation
+        a = rgsd.loss_fixed(views[0][0], 0, views[0][1], views[0][2])["loss_rgsd"]
+        b = restored.loss_fixed(views[0][0], 0, views[0][1], views[0][2])["loss_rgsd"]
+    assert n.calls == 0 and torch.equal(a, b)
+    other = RGSD(sd2_depth, RGSDConfig(num_steps=T, inject_steps=S - 1, prompt="a toy"))
+    with pytest.raises(ValueError, match="other settings"):
+        other.load_state_dict(rgsd.state_dict())
+    fresh = RGSD(sd2_depth, RGSDConfig(num_steps=T, inject_steps=S))
+    with pytest.raises(RuntimeError, match="fixed-view targets are missing"):
+        fresh.loss_fixed(views[0][0], 0)
+
+
+def test_render_depth_becomes_a_near_bright_masked_condition(rgsd):
+    _, alpha, depth = render(0.0)
+    image = torch.zeros(1, 3, 64, 64)
+    mask = alpha.permute(0, 3, 1, 2)
+    cond = rgsd.depth_condition(image, mask, depth)
+    z = depth[0, ..., 0]
+    near = torch.nonzero(z == z[alpha[0, ..., 0] > 0].min())[0]
+    small = torch.nn.functional.interpolate(mask, size=(32, 32))
+    grown = torch.nn.functional.max_pool2d(small, 5, stride=1, padding=2)  # away from the border
+    far_bg = cond[0, 0][grown[0, 0] == 0]
+    assert cond[0, 0, near[0] // 2, near[1] // 2] > 0.5  # nearest surface point -> near +1
+    assert far_bg.max() <= -0.99  # background -> -1
+
+
+def test_schedule_and_fixed_cameras():
+    s = FixedViewSchedule(n_fixed=2, every=2)
+    steps = range(8)
+    assert [s.is_fixed(i) for i in steps] == [True, False] * 4
+    assert [s.fixed_index(i) for i in steps if s.is_fixed(i)] == [0, 1, 0, 1]
+    cams = relative_fixed_cameras(RGSDConfig().fixed_views, 0.0, 0.0)
+    assert cams == [(0.0, 90.0), (0.0, -90.0)]
+    assert np.allclose(relative_fixed_cameras([(0.0, 90.0)], 5.0, 120.0), [(5.0, -150.0)])
