@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     bg.add_argument("--inject-steps", type=int, default=12)
     bg.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
     b.set_defaults(func=_cmd_bench)
+
+    from .preprocess.cli import add_parser as add_preprocess_parser
+
+    add_preprocess_parser(sub)
     return p
 
 

@@ -154,7 +154,7 @@ class RGNVPipeline:
         x = x.float()
         rgb = resize(x[:, :3], self.size, "bicubic").clamp(0, 1)
         mask = (resize(x[:, 3:4], self.size, "bilinear") > 0.5).float()
-        return composite(rgb, mask, self.background(background, self.size)), mask
+        return composite(rgb, mask, self.background(background, self.size).to(rgb)), mask
 
     @torch.no_grad()
     def estimate_depth(self, image: torch.Tensor) -> torch.Tensor:
@@ -164,13 +164,13 @@ class RGNVPipeline:
         proc = self.depth_processor
         size = proc.size
         hw = (size["height"], size["width"]) if isinstance(size, dict) and "height" in size else (384, 384)
-        mean = torch.tensor(proc.image_mean).view(1, 3, 1, 1)
-        std = torch.tensor(proc.image_std).view(1, 3, 1, 1)
         x = torch.nn.functional.interpolate(image.float(), size=hw, mode="bicubic", align_corners=False)
+        mean = torch.tensor(proc.image_mean).view(1, 3, 1, 1).to(x)
+        std = torch.tensor(proc.image_std).view(1, 3, 1, 1).to(x)
         dev = next(self.depth_estimator.parameters()).device
         dt = next(self.depth_estimator.parameters()).dtype
         x = ((x - mean) / std).to(dev, dt)
-        pred = self.depth_estimator(pixel_values=x).predicted_depth[:, None].float().cpu()
+        pred = self.depth_estimator(pixel_values=x).predicted_depth[:, None].float().to(image.device)
         return torch.nn.functional.interpolate(pred, size=(self.size, self.size), mode="bicubic", align_corners=False)
 
     def depth_condition(self, image, mask, depth=None, apply_mask: bool = True) -> torch.Tensor:

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..models.loader import DEFAULT_MODELS
-from .rgnv import BACKGROUNDS, RGNVConfig, RGNVPipeline, ReferenceCache
+from .rgnv import BACKGROUNDS, ReferenceCache, RGNVConfig, RGNVPipeline
 
 LOSS_TYPES = ("mse", "l1")
 DEPTH_TYPES = ("z", "disparity")
@@ -89,34 +89,43 @@ class RGNVLossConfig:
     depth_weighted_by_opacity: bool = True  # threestudio NeRF depth is sum w_i t_i: divide by opacity
     target_background: str = "render"  # outside the mask: "render" (no loss) or "white"
 
-    def validate(self, check_files: bool = True) -> None:
-        """Check values (and, optionally, that the files exist) without loading anything."""
-        for name, allowed in (
+    def validate(self, check_files: bool = True, field_names: Optional[Dict[str, str]] = None) -> None:
+        """Check values (and, optionally, that the files exist) without loading anything.
+
+        `field_names` maps our field names to the caller's (an adapter's config) for the messages.
+        """
+        names = field_names or {}
+
+        def n(key: str) -> str:
+            return names.get(key, key)
+
+        for key, allowed in (
             ("loss_type", LOSS_TYPES),
             ("depth_type", DEPTH_TYPES),
             ("target_background", TARGET_BACKGROUNDS),
             ("reference_background", BACKGROUNDS),
             ("coarse_background", BACKGROUNDS),
         ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{n(key)} must be one of {allowed}, got {getattr(self, key)!r}")
         self.rgnv_config().validate()
         if not self.load_depth_estimator and not self.reference_depth_path:
             raise ValueError(
-                "load_depth_estimator is False but no reference_depth_path is given: the reference "
-                "needs a depth map or the DPT estimator"
+                f"load_depth_estimator is False but no {n('reference_depth_path')} is given: the "
+                "reference needs a depth map or the DPT estimator"
             )
-        if check_files:
-            for name in ("reference_image_path", "reference_depth_path"):
-                path = getattr(self, name)
-                if name == "reference_image_path" and not path:
-                    raise InputError(
-                        "no reference image given (reference_image_path is empty)",
-                        "the path of the reference RGBA image (<name>_rgba.png)",
-                        "set it in the config, e.g. `...reference_image_path=load/images/x_rgba.png`",
-                    )
-                if path and not os.path.isfile(os.path.expanduser(path)):
-                    raise InputError(f"{name}: file not found: {path}", "an existing image file", f"fix {name}")
+        if not check_files:
+            return
+        if not self.reference_image_path:
+            raise InputError(
+                f"no reference image given ({n('reference_image_path')} is empty)",
+                "the path of the reference RGBA image (<name>_rgba.png, object in the alpha channel)",
+                f"set {n('reference_image_path')}=path/to/<name>_rgba.png in the config",
+            )
+        for key in ("reference_image_path", "reference_depth_path"):
+            path = getattr(self, key)
+            if path and not os.path.isfile(os.path.expanduser(path)):
+                raise InputError(f"{n(key)}: file not found: {path}", "an existing image file", f"fix {n(key)}")
 
     def rgnv_config(self) -> RGNVConfig:
         """The RGNV pipeline settings (the fields both configs share, by name)."""
@@ -173,6 +182,8 @@ def render_disparity(
     d = depth.detach().float()
     if d.dim() == 3:
         d = d[..., None]
+    if opacity is not None and opacity.dim() == 3:
+        opacity = opacity[..., None]
     if d.dim() != 4 or d.shape[-1] != 1:
         raise ValueError(f"depth must be [B,H,W,1] or [B,H,W], got {tuple(depth.shape)}")
     mask = object_mask(opacity, d).float()
@@ -220,17 +231,26 @@ class RGNVImageLoss:
         self.reference_builds = 0  # how often the reference branch ran (1 in normal use)
 
     @classmethod
-    def from_config(cls, cfg: RGNVLossConfig, device: Optional[Union[str, torch.device]] = None) -> "RGNVImageLoss":
-        """Validate `cfg`, read the reference, then load the model (fp16 only on CUDA) on `device`."""
+    def from_config(
+        cls,
+        cfg: RGNVLossConfig,
+        device: Optional[Union[str, torch.device]] = None,
+        field_names: Optional[Dict[str, str]] = None,
+    ) -> "RGNVImageLoss":
+        """Validate `cfg`, read the reference, then load the model (fp16 only on CUDA) on `device`.
+        `field_names` renames config fields in error messages (see `RGNVLossConfig.validate`)."""
         from ..models.loader import load_diffusion
         from .images import load_depth, load_rgba
 
-        cfg.validate()
-        ref = load_rgba(os.path.expanduser(cfg.reference_image_path), role="reference image (reference_image_path)")
+        names = field_names or {}
+        cfg.validate(field_names=names)
+        img_field = names.get("reference_image_path", "reference_image_path")
+        ref = load_rgba(os.path.expanduser(cfg.reference_image_path), role=f"reference image ({img_field})")
         ref_depth = None
         if cfg.reference_depth_path:
+            depth_field = names.get("reference_depth_path", "reference_depth_path")
             ref_depth = load_depth(
-                os.path.expanduser(cfg.reference_depth_path), shape=ref.shape[:2], role="reference depth (reference_depth_path)"
+                os.path.expanduser(cfg.reference_depth_path), shape=ref.shape[:2], role=f"reference depth ({depth_field})"
             )
         device = torch.device(device) if device is not None else torch.device("cpu")
         dtype = torch.float16 if cfg.half_precision_weights and device.type == "cuda" else torch.float32
@@ -278,6 +298,11 @@ class RGNVImageLoss:
         Returns (target, mask, enhanced, inputs), each [B,H,W,C] on rgb's device and dtype.
         """
         _check_render(rgb, opacity, depth)
+        if depth is None and self.pipeline.depth_estimator is None:
+            raise ValueError(
+                "no render depth given and no depth estimator loaded: pass the renderer's depth "
+                "or set load_depth_estimator=True"
+            )
         if opacity is not None and opacity.dim() == 3:
             opacity = opacity[..., None]
         B, H, W, _ = rgb.shape

@@ -26,6 +26,10 @@ DEFAULT_MODELS: Dict[str, str] = {
     "sd_x4_upscaler": "sd2-community/stable-diffusion-x4-upscaler",
     "dpt": "Intel/dpt-hybrid-midas",
     "clip": "openai/clip-vit-base-patch16",
+    # preprocessing (hifi123 preprocess): text-prompted foreground segmentation (Apache-2.0) and
+    # the captioner Make-It-3D uses (MIT)
+    "segmenter": "CIDAS/clipseg-rd64-refined",
+    "blip2": "Salesforce/blip2-opt-2.7b",
 }
 
 #: sub-folders each diffusion layout must have
@@ -242,3 +246,44 @@ def clip_image_embeds(model, pixel_values: torch.Tensor) -> torch.Tensor:
 def clip_text_embeds(model, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
     """Projected CLIP text embeddings [B, D] on both transformers 4.x and 5.x."""
     return _projected(model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+
+
+def load_segmenter(ref: str, field: str = "--seg-model", *, dtype=torch.float32, device=None):
+    """A transformers segmentation model and its processor.
+
+    CLIPSeg (`model_type == "clipseg"`, text-prompted) loads as CLIPSegForImageSegmentation +
+    CLIPSegProcessor; any other type loads as AutoModelForSemanticSegmentation +
+    AutoImageProcessor (Segformer, DPT, BEiT, MobileViT, UperNet heads)."""
+    from transformers import AutoConfig
+
+    ref = preflight(ref, field, files=("config.json",))
+    try:
+        model_type = AutoConfig.from_pretrained(ref).model_type
+        if model_type == "clipseg":
+            from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+
+            model = CLIPSegForImageSegmentation.from_pretrained(ref, torch_dtype=dtype)
+            proc = CLIPSegProcessor.from_pretrained(ref)
+        else:
+            from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+            model = AutoModelForSemanticSegmentation.from_pretrained(ref, torch_dtype=dtype)
+            proc = AutoImageProcessor.from_pretrained(ref)
+    except (OSError, EnvironmentError, ValueError, KeyError) as err:
+        raise _wrap_load_error(ref, field, err) from err
+    model.requires_grad_(False).eval().to(device or "cpu")
+    return model, proc
+
+
+def load_blip2(ref: str, field: str = "--caption-model", *, dtype=torch.float32, device=None):
+    """A BLIP-2 captioner (Blip2ForConditionalGeneration) and its Blip2Processor."""
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    ref = preflight(ref, field, files=("config.json",))
+    try:
+        model = Blip2ForConditionalGeneration.from_pretrained(ref, torch_dtype=dtype)
+        proc = Blip2Processor.from_pretrained(ref)
+    except (OSError, EnvironmentError, ValueError, KeyError) as err:
+        raise _wrap_load_error(ref, field, err) from err
+    model.requires_grad_(False).eval().to(device or "cpu")
+    return model, proc

@@ -238,11 +238,22 @@ def write_clip(out_dir: str) -> None:
     shutil.rmtree(tok_dir)
 
 
+def _preprocess_tiny(name):
+    def write(d):
+        from ..preprocess.tiny import PREPROCESS_TINY_MODELS
+
+        PREPROCESS_TINY_MODELS[name](d)
+
+    return write
+
+
 TINY_MODELS = {
     "sd2-depth": lambda d: write_sd(d, depth=True),
     "sd2-base": lambda d: write_sd(d, depth=False),
     "dpt": write_dpt,
     "clip": write_clip,
+    # preprocessing (hifi123 preprocess): segmenters and a captioner
+    **{n: _preprocess_tiny(n) for n in ("clipseg", "segformer", "blip2")},
 }
 
 
@@ -272,25 +283,41 @@ def write_tiny_models(out: str, only=None) -> Dict[str, str]:
 _CACHE: Dict[str, Dict[str, str]] = {}
 
 
-def ensure_tiny_models(out: str = None) -> Dict[str, str]:
-    """Write the tiny family once per process (into `out` or a per-user cache dir) and return it."""
-    if out is None:
-        import diffusers
-        import transformers
+def default_tiny_root() -> str:
+    """Per-user cache folder of the tiny family, tagged with our and the libraries' versions."""
+    import diffusers
+    import transformers
 
-        from .. import __version__
+    from .. import __version__
 
-        tag = f"{__version__}-d{diffusers.__version__}-t{transformers.__version__}"
-        out = os.path.join(
-            os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "hifi123",
-            "tiny-models", tag,
-        )
-    key = os.path.abspath(out)
-    if key not in _CACHE:
-        stamp = os.path.join(key, ".complete")
-        if os.path.isfile(stamp):
-            _CACHE[key] = {n: os.path.join(key, n) for n in TINY_MODELS}
-        else:
-            _CACHE[key] = write_tiny_models(key)
-            open(stamp, "w").close()
-    return _CACHE[key]
+    tag = f"{__version__}-d{diffusers.__version__}-t{transformers.__version__}"
+    return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "hifi123", "tiny-models", tag)
+
+
+def ensure_tiny_models(out: str = None, names=None) -> Dict[str, str]:
+    """The tiny family under `out` (default: `default_tiny_root()`), each model written atomically
+    the first time it is needed; returns {name: directory} for `names` (default: all)."""
+    import shutil
+    import tempfile
+
+    key = os.path.abspath(os.path.expanduser(out or default_tiny_root()))
+    names = list(names) if names is not None else list(TINY_MODELS)
+    done = _CACHE.setdefault(key, {})
+    for name in names:
+        if name in done:
+            continue
+        d = os.path.join(key, name)
+        if not os.path.isfile(os.path.join(d, ".hifi123-complete")):
+            os.makedirs(key, exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=key)
+            try:
+                TINY_MODELS[name](tmp)
+                open(os.path.join(tmp, ".hifi123-complete"), "w").close()
+                if os.path.isdir(d):  # an interrupted or stale leftover
+                    shutil.rmtree(d)
+                os.replace(tmp, d)
+            finally:
+                if os.path.isdir(tmp):
+                    shutil.rmtree(tmp, ignore_errors=True)
+        done[name] = d
+    return {n: done[n] for n in names}

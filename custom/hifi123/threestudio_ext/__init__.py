@@ -6,6 +6,8 @@ Each module registers its names through :func:`register`, which is idempotent fo
 """
 from __future__ import annotations
 
+# component modules are imported here as later issues add them (importing registers)
+from . import (
+    rgnv_guidance,  # noqa: F401  hifi123-rgnv-guidance (issue 3 item 5)
+)
 from .registry import register  # noqa: F401
-
-# component modules are imported here as later issues add them
