@@ -31,7 +31,7 @@ LATEST_PINS=(
   pytorch-lightning==2.6.6 omegaconf==2.4.0
 )
 COMMON_PINS=(
-  numpy pillow safetensors tqdm scipy imageio trimesh accelerate
+  numpy pillow safetensors tqdm scipy imageio imageio-ffmpeg trimesh accelerate
   lpips==0.1.4 open_clip_torch==3.3.0 timm==1.0.31 torchmetrics
   pytest ruff
 )

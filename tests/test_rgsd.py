@@ -128,17 +128,19 @@ def test_fixed_targets_computed_once_and_survive_checkpoint_bit_exactly(sd2_dept
 
 
 def test_render_depth_becomes_a_near_bright_masked_condition(rgsd):
-    _, alpha, depth = render(0.0)
-    image = torch.zeros(1, 3, 64, 64)
-    mask = alpha.permute(0, 3, 1, 2)
-    cond = rgsd.depth_condition(image, mask, depth)
+    rgb, alpha, depth = render(0.0)
+    _, mask, cond = rgsd.prepare_render(rgb, alpha, depth)
     z = depth[0, ..., 0]
     near = torch.nonzero(z == z[alpha[0, ..., 0] > 0].min())[0]
     small = torch.nn.functional.interpolate(mask, size=(32, 32))
     grown = torch.nn.functional.max_pool2d(small, 5, stride=1, padding=2)  # away from the border
-    far_bg = cond[0, 0][grown[0, 0] == 0]
     assert cond[0, 0, near[0] // 2, near[1] // 2] > 0.5  # nearest surface point -> near +1
-    assert far_bg.max() <= -0.99  # background -> -1
+    assert cond[0, 0][grown[0, 0] == 0].max() <= -0.99  # background -> -1
+    # disparity input gives the same condition as the z-depth it came from
+    rgsd.cfg.depth_type = "disparity"
+    disp = torch.where(alpha > 0, 1.0 / depth.clamp_min(1e-6), torch.zeros_like(depth))
+    _, _, cond_disp = rgsd.prepare_render(rgb, alpha, disp)
+    assert torch.allclose(cond, cond_disp, atol=1e-5)
 
 
 def test_schedule_and_fixed_cameras():

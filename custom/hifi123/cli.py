@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .preprocess.cli import add_parser as add_preprocess_parser
 
     add_preprocess_parser(sub)
+    from .evaluation.cli import add_parser as add_eval_parser
+
+    add_eval_parser(sub)
     return p
 
 

@@ -41,98 +41,38 @@ the models on their own device; the target is returned on the render's device an
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
-from ..errors import InputError
-from ..models.loader import DEFAULT_MODELS
-from .rgnv import BACKGROUNDS, ReferenceCache, RGNVConfig, RGNVPipeline
+from .refine_common import (  # noqa: F401  (re-exported: object_mask, render_disparity, DEPTH_TYPES)
+    DEPTH_TYPES,
+    MASK_THRESHOLD,
+    RGNVGuidanceConfig,
+    check_render,
+    load_pipeline_and_reference,
+    move_pipeline,
+    object_mask,
+    render_disparity,
+    resize_to,
+)
+from .rgnv import ReferenceCache, RGNVPipeline
 
 LOSS_TYPES = ("mse", "l1")
-DEPTH_TYPES = ("z", "disparity")
 TARGET_BACKGROUNDS = ("render", "white")
-MASK_THRESHOLD = 0.5  # object = opacity > 0.5, as RGNVPipeline.prepare thresholds alpha
 
 
 @dataclass
-class RGNVLossConfig:
-    """Every setting of the RGNV image loss. RGNV defaults follow the refine stage (decision 7)."""
+class RGNVLossConfig(RGNVGuidanceConfig):
+    """Every setting of the RGNV image loss: the shared RGNV-guidance settings (model, reference,
+    sampler, render depth; `core/refine_common.py`) plus the loss's own."""
 
-    # model (decision 13: hub id or local directory; the loader's SD2-depth mirror by default)
-    pretrained_model_name_or_path: str = DEFAULT_MODELS["sd2_depth"]
-    half_precision_weights: bool = True  # fp16 weights on CUDA (threestudio's default); fp32 on CPU
-    load_depth_estimator: bool = True  # SD2-depth's DPT; needed when renders or reference lack depth
-    # reference (RGBA, object in alpha; threestudio `_rgba.png`) and optional disparity map
-    reference_image_path: Optional[str] = None
-    reference_depth_path: Optional[str] = None  # near = bright (threestudio `_depth.png`); else DPT
-    # RGNV sampler (decisions 1, 2, 7)
-    num_steps: int = 20  # T: RGSD's grid (Sup. §3.4), so the ablation differs from RGSD only in the loss
-    inject_steps: int = 12  # S: 30/50 scaled to T = 20 (decision 7)
-    guidance_scale: float = 7.5  # CFG on the target branch (paper §4.1 refine stage)
-    cfg_form: str = "textbook"  # eps_u + s (eps_c - eps_u), as the official RGNV code
-    prompt: str = ""  # target prompt: the image caption (decision 7)
-    negative_prompt: str = ""  # unconditional prompt of the target branch (decision 7)
-    reference_prompt: str = ""  # reference branch unguided with the empty prompt (decision 2)
-    inject_blocks: Tuple[int, ...] = (12, 13, 14, 15)  # SD2 transformer blocks (decision 2)
-    mask_reference_depth: bool = True  # paper (decision 4); False = official code
-    reference_background: str = "texture"  # decision 5
-    coarse_background: str = "grey"  # official constant (126, 129, 127)
-    texture_seed: int = 0
-    cache_device: Optional[str] = None  # where the reference K/V cache lives ("cpu" saves VRAM)
-    # the loss
     loss_type: str = "mse"  # image-space distance: "mse" or "l1" (the paper says "reconstruction loss")
-    depth_type: str = "z"  # render depth given as "z" (distance, near small) or "disparity"
-    depth_weighted_by_opacity: bool = True  # threestudio NeRF depth is sum w_i t_i: divide by opacity
     target_background: str = "render"  # outside the mask: "render" (no loss) or "white"
 
-    def validate(self, check_files: bool = True, field_names: Optional[Dict[str, str]] = None) -> None:
-        """Check values (and, optionally, that the files exist) without loading anything.
-
-        `field_names` maps our field names to the caller's (an adapter's config) for the messages.
-        """
-        names = field_names or {}
-
-        def n(key: str) -> str:
-            return names.get(key, key)
-
-        for key, allowed in (
-            ("loss_type", LOSS_TYPES),
-            ("depth_type", DEPTH_TYPES),
-            ("target_background", TARGET_BACKGROUNDS),
-            ("reference_background", BACKGROUNDS),
-            ("coarse_background", BACKGROUNDS),
-        ):
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"{n(key)} must be one of {allowed}, got {getattr(self, key)!r}")
-        self.rgnv_config().validate()
-        if not self.load_depth_estimator and not self.reference_depth_path:
-            raise ValueError(
-                f"load_depth_estimator is False but no {n('reference_depth_path')} is given: the "
-                "reference needs a depth map or the DPT estimator"
-            )
-        if not check_files:
-            return
-        if not self.reference_image_path:
-            raise InputError(
-                f"no reference image given ({n('reference_image_path')} is empty)",
-                "the path of the reference RGBA image (<name>_rgba.png, object in the alpha channel)",
-                f"set {n('reference_image_path')}=path/to/<name>_rgba.png in the config",
-            )
-        for key in ("reference_image_path", "reference_depth_path"):
-            path = getattr(self, key)
-            if path and not os.path.isfile(os.path.expanduser(path)):
-                raise InputError(f"{n(key)}: file not found: {path}", "an existing image file", f"fix {n(key)}")
-
-    def rgnv_config(self) -> RGNVConfig:
-        """The RGNV pipeline settings (the fields both configs share, by name)."""
-        names = {f.name for f in fields(RGNVConfig)}
-        kw = {k: getattr(self, k) for k in names if hasattr(self, k)}
-        kw["inject_blocks"] = tuple(int(b) for b in kw["inject_blocks"])
-        return RGNVConfig(**kw)
+    def _choices(self):
+        return super()._choices() + (("loss_type", LOSS_TYPES), ("target_background", TARGET_BACKGROUNDS))
 
 
 @dataclass
@@ -156,50 +96,6 @@ def image_distance(rgb: torch.Tensor, target: torch.Tensor, loss_type: str = "ms
     diff = rgb - target.detach().to(rgb)
     per_pixel = diff.square() if loss_type == "mse" else diff.abs()
     return per_pixel.flatten(1).mean(1).sum() / rgb.shape[0]
-
-
-def object_mask(opacity: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """[B,H,W,1] float mask: opacity > 0.5, or all ones when the renderer gave no opacity."""
-    if opacity is None:
-        return torch.ones_like(like[..., :1])
-    return (opacity.detach() > MASK_THRESHOLD).to(like.dtype)
-
-
-def render_disparity(
-    depth: torch.Tensor,
-    opacity: Optional[torch.Tensor] = None,
-    depth_type: str = "z",
-    weighted_by_opacity: bool = True,
-    eps: float = 1e-6,
-) -> torch.Tensor:
-    """Render depth [B,H,W,1] or [B,H,W] -> disparity [B,1,H,W] (near = large), 0 outside the mask.
-
-    z-depth: 1 / z (after z / opacity when the renderer weighted it by opacity). Disparity: as
-    given. Both masked with `object_mask(opacity)`; RGNV then min-max normalises inside the mask.
-    """
-    if depth_type not in DEPTH_TYPES:
-        raise ValueError(f"depth_type must be one of {DEPTH_TYPES}, got {depth_type!r}")
-    d = depth.detach().float()
-    if d.dim() == 3:
-        d = d[..., None]
-    if opacity is not None and opacity.dim() == 3:
-        opacity = opacity[..., None]
-    if d.dim() != 4 or d.shape[-1] != 1:
-        raise ValueError(f"depth must be [B,H,W,1] or [B,H,W], got {tuple(depth.shape)}")
-    mask = object_mask(opacity, d).float()
-    if depth_type == "z":
-        if weighted_by_opacity and opacity is not None:
-            d = d / opacity.detach().float().clamp_min(eps)
-        d = 1.0 / d.clamp_min(eps)
-    return (d * mask).permute(0, 3, 1, 2)
-
-
-def _resize_to(x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
-    """[B,C,h,w] -> [B,C,H,W] (bilinear, antialiased when shrinking)."""
-    if tuple(x.shape[-2:]) == tuple(hw):
-        return x
-    shrink = hw[0] < x.shape[-2] or hw[1] < x.shape[-1]
-    return F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=shrink)
 
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:
@@ -239,26 +135,8 @@ class RGNVImageLoss:
     ) -> "RGNVImageLoss":
         """Validate `cfg`, read the reference, then load the model (fp16 only on CUDA) on `device`.
         `field_names` renames config fields in error messages (see `RGNVLossConfig.validate`)."""
-        from ..models.loader import load_diffusion
-        from .images import load_depth, load_rgba
-
-        names = field_names or {}
-        cfg.validate(field_names=names)
-        img_field = names.get("reference_image_path", "reference_image_path")
-        ref = load_rgba(os.path.expanduser(cfg.reference_image_path), role=f"reference image ({img_field})")
-        ref_depth = None
-        if cfg.reference_depth_path:
-            depth_field = names.get("reference_depth_path", "reference_depth_path")
-            ref_depth = load_depth(
-                os.path.expanduser(cfg.reference_depth_path), shape=ref.shape[:2], role=f"reference depth ({depth_field})"
-            )
-        device = torch.device(device) if device is not None else torch.device("cpu")
-        dtype = torch.float16 if cfg.half_precision_weights and device.type == "cuda" else torch.float32
-        components = load_diffusion(
-            cfg.pretrained_model_name_or_path, "pretrained_model_name_or_path",
-            dtype=dtype, device=device, with_depth_estimator=cfg.load_depth_estimator,
-        )
-        return cls(RGNVPipeline(components, cfg.rgnv_config()), ref, ref_depth, cfg)
+        pipeline, ref, ref_depth = load_pipeline_and_reference(cfg, device, field_names)
+        return cls(pipeline, ref, ref_depth, cfg)
 
     # -------------------------------------------------------------------------- state
     @property
@@ -267,11 +145,7 @@ class RGNVImageLoss:
 
     def to(self, device: Union[str, torch.device]) -> "RGNVImageLoss":
         """Move the models (not the reference cache, whose K/V follow the UNet when injected)."""
-        c = self.pipeline.c
-        for m in (c.unet, c.vae, c.text_encoder, c.depth_estimator):
-            if m is not None:
-                m.to(device)
-        self.pipeline._emb.clear()
+        move_pipeline(self.pipeline, device)
         return self
 
     def reference_cache(self) -> ReferenceCache:
@@ -297,7 +171,7 @@ class RGNVImageLoss:
 
         Returns (target, mask, enhanced, inputs), each [B,H,W,C] on rgb's device and dtype.
         """
-        _check_render(rgb, opacity, depth)
+        check_render(rgb, opacity, depth)
         if depth is None and self.pipeline.depth_estimator is None:
             raise ValueError(
                 "no render depth given and no depth estimator loaded: pass the renderer's depth "
@@ -318,8 +192,8 @@ class RGNVImageLoss:
             )
             depths = [disp[i : i + 1] for i in range(B)]
         out = self.pipeline.enhance(self.reference_cache(), views, depths, batch_size=B)
-        enhanced = _nhwc(_resize_to(out.raw.float().cpu(), (H, W))).clamp(0, 1)
-        inputs = _nhwc(_resize_to(out.inputs.float().cpu(), (H, W))).clamp(0, 1)
+        enhanced = _nhwc(resize_to(out.raw.float().cpu(), (H, W))).clamp(0, 1)
+        inputs = _nhwc(resize_to(out.inputs.float().cpu(), (H, W))).clamp(0, 1)
         background = x if self.cfg.target_background == "render" else torch.ones_like(x)
         target = enhanced * mask + background * (1.0 - mask)
         to = dict(device=rgb.device, dtype=rgb.dtype)
@@ -343,17 +217,6 @@ class RGNVImageLoss:
                 "mask_fraction": mask.float().mean(),
             }
         return RGNVLossOutput(loss, target, mask, enhanced, inputs, logs)
-
-
-def _check_render(rgb: torch.Tensor, opacity: Optional[torch.Tensor], depth: Optional[torch.Tensor]) -> None:
-    if not torch.is_tensor(rgb) or rgb.dim() != 4 or rgb.shape[-1] != 3:
-        got = tuple(rgb.shape) if torch.is_tensor(rgb) else type(rgb).__name__
-        raise ValueError(f"rgb must be a [B,H,W,3] tensor in [0,1] (threestudio comp_rgb), got {got}")
-    B, H, W, _ = rgb.shape
-    if opacity is not None and tuple(opacity.shape) not in ((B, H, W, 1), (B, H, W)):
-        raise ValueError(f"opacity must be [B,H,W,1] like rgb {tuple(rgb.shape)}, got {tuple(opacity.shape)}")
-    if depth is not None and tuple(depth.shape) not in ((B, H, W, 1), (B, H, W)):
-        raise ValueError(f"depth must be [B,H,W,1] like rgb {tuple(rgb.shape)}, got {tuple(depth.shape)}")
 
 
 __all__ = [

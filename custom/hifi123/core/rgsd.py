@@ -35,45 +35,34 @@ import torch.nn.functional as F
 
 from . import ddim
 from .images import composite, depth_to_latent, normalize_depth, resize
-from .rgnv import GREY, RGNVConfig, RGNVPipeline
+from .refine_common import (
+    RGNVGuidanceConfig,
+    check_render,
+    load_pipeline_and_reference,
+    render_disparity,
+)
+from .rgnv import RGNVPipeline
 
 WEIGHTINGS = ("uniform", "one_minus_alpha")
 
 
 @dataclass
-class RGSDConfig:
-    num_steps: int = 20  # T (HiFi-123 Sup. §3.4)
-    inject_steps: int = 12  # S: lost in the paper; 30/50 scaled to T = 20 (decision 7; sweep 8-14)
-    guidance_scale: float = 7.5  # CFG on the target branch (paper §4.1)
-    cfg_form: str = "textbook"  # eps_u + s (eps_c - eps_u)
-    prompt: str = ""  # the image caption (decision 7)
-    negative_prompt: str = ""
-    inject_blocks: Tuple[int, ...] = (12, 13, 14, 15)  # as RGNV (decision 2)
+class RGSDConfig(RGNVGuidanceConfig):
+    """RGSD settings: the shared RGNV-guidance settings (model, reference, sampler with T = 20,
+    S = 12, CFG 7.5; render depth — `core/refine_common.py`) plus RGSD's own."""
+
     weighting: str = "uniform"  # w(t) = 1 (decision 8); "one_minus_alpha" = SDS-style 1 - ā_t
-    depth_source: str = "render"  # decision 11: rendered depth; "dpt" = estimate from the render
-    depth_is_disparity: bool = False  # render depth is distance/z (converted to 1/d in the mask)
-    mask_reference_depth: bool = True
-    reference_background: str = "texture"
-    coarse_background: str = "grey"
+    depth_source: str = "render"  # decision 11: the render's depth; "dpt" = estimate from the render
     # decision 9: two fixed views, (elevation, azimuth) in degrees RELATIVE to the reference view
     fixed_views: Tuple[Tuple[float, float], ...] = ((0.0, 90.0), (0.0, -90.0))
 
-    def validate(self) -> None:
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        if self.depth_source not in ("render", "dpt"):
-            raise ValueError(f"depth_source must be 'render' or 'dpt', got {self.depth_source!r}")
-        if not self.fixed_views:
-            raise ValueError("fixed_views must list at least one (elevation, azimuth) pair")
-        self.rgnv_config().validate()
+    def _choices(self):
+        return super()._choices() + (("weighting", WEIGHTINGS), ("depth_source", ("render", "dpt")))
 
-    def rgnv_config(self) -> RGNVConfig:
-        return RGNVConfig(
-            num_steps=self.num_steps, inject_steps=self.inject_steps, guidance_scale=self.guidance_scale,
-            cfg_form=self.cfg_form, prompt=self.prompt, negative_prompt=self.negative_prompt,
-            inject=True, inject_blocks=tuple(self.inject_blocks), mask_reference_depth=self.mask_reference_depth,
-            reference_background=self.reference_background, coarse_background=self.coarse_background,
-        )
+    def validate(self, check_files: bool = False, field_names: Optional[Dict[str, str]] = None) -> None:
+        super().validate(check_files, field_names)
+        if not self.fixed_views or any(len(v) != 2 for v in self.fixed_views):
+            raise ValueError(f"fixed_views must list (elevation, azimuth) pairs, got {self.fixed_views!r}")
 
 
 def broadcast_from_rank0(t: torch.Tensor) -> torch.Tensor:
@@ -98,12 +87,23 @@ class RGSD:
             self.pipe = RGNVPipeline(pipe_or_components, self.cfg.rgnv_config())
         self.cache = None
         self.fixed_targets: Optional[torch.Tensor] = None  # [N,4,h,w] enhanced clean latents z̃0
+        self.reference_builds = 0
+
+    @classmethod
+    def from_config(cls, cfg: RGSDConfig, device=None, field_names: Optional[Dict[str, str]] = None) -> "RGSD":
+        """Validate (files included), read the reference, load SD2-depth on `device`, build the
+        reference branch."""
+        pipe, ref, ref_depth = load_pipeline_and_reference(cfg, device, field_names)
+        m = cls(pipe, cfg)
+        m.set_reference(ref, ref_depth)
+        return m
 
     # ------------------------------------------------------------------ setup (once per run)
     def set_reference(self, ref_rgba, ref_depth=None) -> None:
         """Build the reference branch once (decision 10). Calling again is a no-op."""
         if self.cache is None:
             self.cache = self.pipe.build_reference(ref_rgba, ref_depth)
+            self.reference_builds += 1
 
     def _require_reference(self):
         if self.cache is None:
@@ -114,34 +114,28 @@ class RGSD:
     def prepare_render(self, rgb: torch.Tensor, opacity: Optional[torch.Tensor] = None, depth: Optional[torch.Tensor] = None):
         """threestudio render tensors -> (image [B,3,R,R] with grad, mask [B,1,R,R], depth cond).
 
-        rgb [B,H,W,3] in [0,1]; opacity [B,H,W,1] (None: the whole image is the object); depth
-        [B,H,W,1] (z-depth/distance, or disparity with `depth_is_disparity`; None: DPT).
+        rgb [B,H,W,3] in [0,1]; opacity [B,H,W,1] (None: the whole frame is the object); depth
+        [B,H,W,1] in `depth_type` (None, or `depth_source="dpt"`: DPT). See refine_common.
         """
-        x = rgb.permute(0, 3, 1, 2)
+        check_render(rgb, opacity, depth)
+        if opacity is not None and opacity.dim() == 3:
+            opacity = opacity[..., None]
         size = self.pipe.size
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        x = F.interpolate(rgb.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         if opacity is None:
             mask = torch.ones_like(x[:, :1])
         else:
-            m = F.interpolate(opacity.permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear", align_corners=False)
+            m = F.interpolate(opacity.detach().permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear", align_corners=False)
             mask = (m > 0.5).to(x.dtype)
-        bg = torch.tensor(GREY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        if self.cfg.coarse_background == "white":
-            bg = torch.ones_like(bg)
-        image = composite(x, mask, bg)
+        image = composite(x, mask, self.pipe.background(self.cfg.coarse_background, size).to(x))
         with torch.no_grad():
-            cond = self.depth_condition(image.detach(), mask, depth)
+            if self.cfg.depth_source == "dpt" or depth is None:
+                cond = self.pipe.depth_condition(image.detach().float(), mask.float())
+            else:
+                disp = render_disparity(depth, opacity, self.cfg.depth_type, self.cfg.depth_weighted_by_opacity)
+                disp = resize(disp.to(x.device), size, "bilinear")
+                cond = depth_to_latent(normalize_depth(disp, mask.float()), self.pipe.latent_size)
         return image, mask, cond
-
-    @torch.no_grad()
-    def depth_condition(self, image: torch.Tensor, mask: torch.Tensor, depth: Optional[torch.Tensor]) -> torch.Tensor:
-        if self.cfg.depth_source == "dpt" or depth is None:
-            return self.pipe.depth_condition(image.float().cpu(), mask.cpu()).to(image.device)
-        d = depth.detach().permute(0, 3, 1, 2).float()
-        d = resize(d, self.pipe.size, "bilinear")
-        if not self.cfg.depth_is_disparity:
-            d = torch.where(mask > 0, 1.0 / d.clamp_min(1e-6), torch.zeros_like(d))
-        return depth_to_latent(normalize_depth(d, mask), self.pipe.latent_size)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """VAE posterior mean x scaling factor, WITH gradient to the image ([0,1] input)."""

@@ -238,13 +238,19 @@ def write_clip(out_dir: str) -> None:
     shutil.rmtree(tok_dir)
 
 
-def _preprocess_tiny(name):
-    def write(d):
-        from ..preprocess.tiny import PREPROCESS_TINY_MODELS
+def _lazy(module: str, table: str, name: str):
+    """A writer that imports its module on first use (those modules import this one)."""
 
-        PREPROCESS_TINY_MODELS[name](d)
+    def write(d):
+        import importlib
+
+        getattr(importlib.import_module(module, __package__), table)[name](d)
 
     return write
+
+
+def _preprocess_tiny(name):
+    return _lazy("..preprocess.tiny", "PREPROCESS_TINY_MODELS", name)
 
 
 TINY_MODELS = {
@@ -254,6 +260,8 @@ TINY_MODELS = {
     "clip": write_clip,
     # preprocessing (hifi123 preprocess): segmenters and a captioner
     **{n: _preprocess_tiny(n) for n in ("clipseg", "segformer", "blip2")},
+    # evaluation (hifi123 eval): open_clip CLIP, VGG19 features (contextual loss), LPIPS
+    **{n: _lazy("..evaluation.models", "TINY_EVAL_WRITERS", n) for n in ("open-clip", "vgg19", "lpips")},
 }
 
 

@@ -1,0 +1,134 @@
+"""`hifi123 eval`: both papers' evaluation protocols in one command.
+
+    hifi123 eval single-view --ref REF_RGBA --views TRIAL_DIR|FOLDER|VIDEO [--ref-view I|FILE]
+                             [--ref-azimuth DEG] [--out report.json] [--tiny] [model/size options]
+    hifi123 eval gso --pred DIR --gt DIR [--pred-mesh M --gt-mesh M] [--out report.json] [--tiny]
+
+The markdown report is printed; with --out the JSON is written there and the markdown next to it
+(same name, .md). Inputs are checked before any model loads; user errors exit with code 2.
+Wire it into the main parser with ``add_parser(sub)``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..errors import InputError
+from .defaults import DEFAULT_EVAL_MODELS
+
+
+def _check_out(path):
+    if not path:
+        return None
+    out = os.path.abspath(os.path.expanduser(path))
+    folder = os.path.dirname(out)
+    if os.path.isdir(out):
+        raise InputError(f"--out {path} is a directory", "a file path for the JSON report, e.g. report.json",
+                         f"pass --out {os.path.join(path, 'report.json')}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create the folder of --out {path}: {err.strerror}", "a writable folder",
+                         "pass another --out") from err
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"--out folder {folder} is not writable", "a writable folder", "pass another --out")
+    return out
+
+
+def _finish(report, args) -> int:
+    from .report import attach_papers, to_markdown, write_report
+
+    attach_papers(report)
+    print(to_markdown(report))
+    if args.out:
+        j, md = write_report(report, args.out)
+        print(f"wrote {j}\nwrote {md}")
+    return 0
+
+
+def _cmd_single_view(args) -> int:
+    from .protocols import SingleViewSettings, run_single_view
+
+    _check_out(args.out)
+    s = SingleViewSettings(
+        ref=args.ref, views=args.views, ref_view=args.ref_view, ref_azimuth=args.ref_azimuth,
+        clip_model=args.clip_model, vgg_model=args.vgg_model, lpips_model=args.lpips_model,
+        lpips_net=args.lpips_net, lpips_size=args.lpips_size, cx_size=args.cx_size, cx_layer=args.cx_layer,
+        cx_band_width=args.cx_band_width, mask_with_opacity=not args.keep_background, tiny=args.tiny,
+        device=args.device,
+    )
+    return _finish(run_single_view(s), args)
+
+
+def _cmd_gso(args) -> int:
+    from .protocols import GSOSettings, run_gso
+
+    _check_out(args.out)
+    s = GSOSettings(
+        pred=args.pred, gt=args.gt, pred_mesh=args.pred_mesh, gt_mesh=args.gt_mesh, size=args.size,
+        lpips_model=args.lpips_model, lpips_net=args.lpips_net, chamfer_points=args.chamfer_points,
+        depth_size=args.depth_size, voxel_size=args.voxel_size, iou_resolution=args.iou_resolution,
+        mesh_normalize=args.mesh_normalize, up=args.up, surface_samples=args.surface_samples,
+        mask_with_opacity=not args.keep_background, tiny=args.tiny, device=args.device,
+    )
+    return _finish(run_gso(s), args)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, help="write the JSON report here (and the markdown next to it, .md)")
+    p.add_argument("--tiny", action="store_true",
+                   help="tiny random metric models (offline smoke run; the numbers are meaningless)")
+    p.add_argument("--lpips-model", default=DEFAULT_EVAL_MODELS["lpips"],
+                   help="LPIPS backbone: `torchvision` (torch hub cache) or a folder with the torchvision checkpoint")
+    p.add_argument("--keep-background", action="store_true",
+                   help="do not whiten pixels outside the opacity panel of threestudio frames")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `eval` with its `single-view` and `gso` sub-commands to the main parser's subparsers."""
+    e = subparsers.add_parser("eval", help="evaluation: single-view (Make-It-3D/HiFi-123) and GSO (SyncDreamer) protocols")
+    esub = e.add_subparsers(dest="eval_protocol", metavar="PROTOCOL")
+    e.set_defaults(func=lambda args: (e.print_help(), 1)[1])
+
+    s = esub.add_parser("single-view", help="LPIPS at the reference view; CLIP and contextual distance of novel views")
+    s.add_argument("--ref", required=True, help="the input reference image (RGBA)")
+    s.add_argument("--views", required=True,
+                   help="a threestudio trial directory (its save/it<N>-test renders), a folder of images or a video")
+    s.add_argument("--ref-view", default=None,
+                   help="the reference-view render: a frame index, a file name in the set, or an image file "
+                        "(default: the threestudio frame at --ref-azimuth; else the first image)")
+    s.add_argument("--ref-azimuth", type=float, default=None,
+                   help="reference azimuth of a threestudio trial (default: data.default_azimuth_deg from "
+                        "configs/parsed.yaml, else 0)")
+    s.add_argument("--clip-model", default=DEFAULT_EVAL_MODELS["clip"],
+                   help="open_clip:NAME/TAG, hf-hub:ORG/REPO, an open_clip folder, or a transformers CLIP id/folder")
+    s.add_argument("--vgg-model", default=DEFAULT_EVAL_MODELS["vgg19"],
+                   help="VGG19 for the contextual distance: hub id / folder in timm layout, or `torchvision`")
+    s.add_argument("--lpips-net", default="alex", choices=["alex", "vgg"])
+    s.add_argument("--lpips-size", type=int, default=256)
+    s.add_argument("--cx-size", type=int, default=256, help="image size for the contextual distance")
+    s.add_argument("--cx-layer", default="relu5_4", help="VGG19 layer for the contextual distance")
+    s.add_argument("--cx-band-width", type=float, default=0.5)
+    _common(s)
+    s.set_defaults(func=_cmd_single_view)
+
+    g = esub.add_parser("gso", help="PSNR/SSIM/LPIPS over 16 views; Chamfer distance and volume IoU of meshes")
+    g.add_argument("--pred", required=True, help="folder of predicted views (paired with --gt in sorted order)")
+    g.add_argument("--gt", required=True, help="folder of ground-truth views")
+    g.add_argument("--pred-mesh", default=None, help="predicted mesh (.obj/.ply/.glb)")
+    g.add_argument("--gt-mesh", default=None, help="ground-truth mesh")
+    g.add_argument("--size", type=int, default=256, help="evaluation image size (protocol: 256)")
+    g.add_argument("--lpips-net", default="vgg", choices=["alex", "vgg"])
+    g.add_argument("--chamfer-points", default="depth", choices=["depth", "surface"],
+                   help="points from 16 rendered depth maps (protocol) or area-uniform surface samples")
+    g.add_argument("--depth-size", type=int, default=256, help="depth map size for the Chamfer points")
+    g.add_argument("--surface-samples", type=int, default=100_000)
+    g.add_argument("--voxel-size", type=float, default=0.01)
+    g.add_argument("--iou-resolution", type=int, default=64)
+    g.add_argument("--mesh-normalize", default="unit-bbox", choices=["unit-bbox", "none"],
+                   help="unit-bbox: centre each mesh and scale its longest side to 1; none: keep coordinates")
+    g.add_argument("--up", default="z", choices=["z", "y"], help="up axis of both meshes")
+    _common(g)
+    g.set_defaults(func=_cmd_gso)
+    return e
