@@ -49,22 +49,32 @@ def test_registered_by_the_launch_style_load(threestudio_env):
     assert not issubclass(RGNVGuidance, torch.nn.Module)  # a BaseObject: SD weights stay out of ckpts
 
 
-def test_config_mirrors_the_core_config(threestudio_env):
-    from hifi123.core.rgnv_loss import RGNVLossConfig
-    from hifi123.threestudio_ext.rgnv_guidance import RENAMED, RGNVGuidance
+@pytest.mark.parametrize("adapter,core", [
+    ("hifi123.threestudio_ext.rgnv_guidance:RGNVGuidance", "hifi123.core.rgnv_loss:RGNVLossConfig"),
+    ("hifi123.threestudio_ext.rgsd_guidance:RGSDGuidance", "hifi123.core.rgsd:RGSDConfig"),
+])
+def test_config_mirrors_the_core_config(threestudio_env, adapter, core):
+    import importlib
 
-    ours = {RENAMED.get(f.name, f.name) for f in dataclasses.fields(RGNVGuidance.Config)}
-    core = {f.name for f in dataclasses.fields(RGNVLossConfig)}
-    assert ours == core
+    from hifi123.threestudio_ext.rgnv_common import RENAMED
+
+    def get(ref):
+        mod, name = ref.split(":")
+        return getattr(importlib.import_module(mod), name)
+
+    Adapter, Core = get(adapter), get(core)
+    skip = set(Adapter.skip_fields) | set(getattr(Adapter, "adapter_only_fields", ()))
+    ours = {RENAMED.get(f.name, f.name) for f in dataclasses.fields(Adapter.Config) if f.name not in skip}
+    assert ours == {f.name for f in dataclasses.fields(Core)}
     # and the defaults agree (lists vs tuples aside)
-    defaults = RGNVLossConfig()
-    for f in dataclasses.fields(RGNVGuidance.Config):
+    defaults = Core()
+    for f in dataclasses.fields(Adapter.Config):
+        if f.name in skip or f.name == "cond_image_path":
+            continue  # cond_image_path: "" (threestudio) vs None (core), both "not given"
         ours_default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         core_default = getattr(defaults, RENAMED.get(f.name, f.name))
-        if f.name == "cond_image_path":
-            continue  # required in practice: "" (threestudio) vs None (core), both "not given"
         if isinstance(core_default, tuple):
-            ours_default = tuple(ours_default)
+            ours_default = tuple(tuple(x) if isinstance(x, list) else x for x in ours_default)
         assert ours_default == core_default, f.name
 
 

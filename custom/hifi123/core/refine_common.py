@@ -190,3 +190,10 @@ def resize_to(x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
         return x
     shrink = hw[0] < x.shape[-2] or hw[1] < x.shape[-1]
     return F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def surface_distance(positions: torch.Tensor, camera_positions: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
+    """Per-pixel distance [B,H,W,1] from the camera centre [B,3] to rasterised world positions
+    [B,H,W,3]; 0 where `hit` [B,H,W,1] is False (the mesh renderer's `depth`)."""
+    d = (positions - camera_positions[:, None, None, :]).norm(dim=-1, keepdim=True)
+    return torch.where(hit, d, torch.zeros_like(d))

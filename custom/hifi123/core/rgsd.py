@@ -210,16 +210,22 @@ class RGSD:
             "config": asdict(self.cfg),
         }
 
-    def load_state_dict(self, state: Dict[str, object]) -> None:
-        saved = state.get("config", {})
-        mine = asdict(self.cfg)
-        keys = ("num_steps", "inject_steps", "guidance_scale", "cfg_form", "prompt", "negative_prompt", "inject_blocks")
+    @staticmethod
+    def check_state(state: Dict[str, object], cfg: RGSDConfig) -> None:
+        """Refuse targets computed with other sampler settings (never recompute them silently)."""
+        saved = state.get("config", {}) or {}
+        mine = asdict(cfg)
+        keys = ("num_steps", "inject_steps", "guidance_scale", "cfg_form", "prompt", "negative_prompt",
+                "inject_blocks", "fixed_views")
         diff = {k: (saved.get(k), mine[k]) for k in keys if k in saved and _norm(saved[k]) != _norm(mine[k])}
         if diff:
             raise ValueError(
                 f"RGSD checkpoint targets were computed with other settings {diff} (saved, now); "
                 "resume with the saved settings or start the refine stage again"
             )
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        self.check_state(state, self.cfg)
         t = state.get("fixed_targets")
         self.fixed_targets = None if t is None else torch.as_tensor(t).clone()
 

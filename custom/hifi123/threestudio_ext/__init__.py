@@ -8,6 +8,11 @@ from __future__ import annotations
 
 # component modules are imported here as later issues add them (importing registers)
 from . import (
+    data,  # noqa: F401  makeit3d-single-image-datamodule (issue 5)
+    makeit3d_guidance,  # noqa: F401  makeit3d-guidance (issue 5)
+    renderers,  # noqa: F401  hifi123-nvdiff-rasterizer (issue 4)
     rgnv_guidance,  # noqa: F401  hifi123-rgnv-guidance (issue 3 item 5)
+    rgsd_guidance,  # noqa: F401  hifi123-rgsd-guidance (issue 4)
+    systems,  # noqa: F401  makeit3d-system (issue 5)
 )
 from .registry import register  # noqa: F401

@@ -27,78 +27,41 @@ is loaded.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
 
-import threestudio  # noqa: F401  (adapters may import threestudio; the core never does)
 import torch
 from threestudio.utils.base import BaseObject
 
 from ..core.rgnv_loss import RGNVImageLoss, RGNVLossConfig
-from ..models.loader import DEFAULT_MODELS
 from .registry import register
-
-#: adapter field -> core field, where threestudio's naming differs from ours
-RENAMED = {"cond_image_path": "reference_image_path", "cond_depth_path": "reference_depth_path"}
-#: core field -> adapter field, for error messages
-FIELD_NAMES = {core: ours for ours, core in RENAMED.items()}
+from .rgnv_common import LazyRGNVCore, RGNVGuidanceFields
 
 
 @register("hifi123-rgnv-guidance")
-class RGNVGuidance(BaseObject):
+class RGNVGuidance(LazyRGNVCore, BaseObject):
     @dataclass
-    class Config(BaseObject.Config):
-        # every field mirrors RGNVLossConfig (hifi123.core.rgnv_loss); see there for the sources
-        pretrained_model_name_or_path: str = DEFAULT_MODELS["sd2_depth"]  # hub id or local dir
-        half_precision_weights: bool = True  # fp16 on CUDA; ignored on CPU
-        load_depth_estimator: bool = True  # DPT, for renders/reference without depth
-        cond_image_path: str = ""  # reference RGBA (threestudio's zero123 field name); required
-        cond_depth_path: Optional[str] = None  # reference disparity map (near bright); else DPT
-        num_steps: int = 20  # T (decision 7)
-        inject_steps: int = 12  # S (decision 7)
-        guidance_scale: float = 7.5  # CFG on the target branch (paper §4.1)
-        cfg_form: str = "textbook"  # eps_u + s (eps_c - eps_u) (official RGNV code)
-        prompt: str = ""  # target prompt, e.g. the image caption (decision 7)
-        negative_prompt: str = ""
-        reference_prompt: str = ""  # reference branch unguided (decision 2)
-        inject_blocks: List[int] = field(default_factory=lambda: [12, 13, 14, 15])  # decision 2
-        mask_reference_depth: bool = True  # paper (decision 4)
-        reference_background: str = "texture"  # decision 5
-        coarse_background: str = "grey"  # official constant grey
-        texture_seed: int = 0
-        cache_device: Optional[str] = None  # "cpu" keeps the reference K/V off the GPU
+    class Config(RGNVGuidanceFields):
+        # the shared RGNV fields (rgnv_common.RGNVGuidanceFields), plus the image loss's own
         loss_type: str = "mse"  # "mse" or "l1"
-        depth_type: str = "z"  # the depth passed in is "z" (distance) or "disparity"
-        depth_weighted_by_opacity: bool = True  # NeRF renderers return sum w_i t_i
         target_background: str = "render"  # outside the mask: "render" (no loss) or "white"
 
     cfg: Config
+    core_config_cls = RGNVLossConfig
+    core_cls = RGNVImageLoss
 
     def configure(self) -> None:
-        self.core_config = self.to_core_config()
-        self.core_config.validate(field_names=FIELD_NAMES)  # values and files, before any model
-        self.loss_fn: Optional[RGNVImageLoss] = None
-        self.device = None  # set from the first input; threestudio's get_device() is CUDA-only
+        self.setup_core()  # values and files, before any model
 
-    def to_core_config(self) -> RGNVLossConfig:
-        kw: Dict[str, Any] = {}
-        for name in self.Config.__dataclass_fields__:
-            if name == "weights":  # BaseModule-only field, should a subclass add it
-                continue
-            value = getattr(self.cfg, name)
-            if name == "inject_blocks":
-                value = tuple(int(b) for b in value)
-            kw[RENAMED.get(name, name)] = value
-        return RGNVLossConfig(**kw)
+    @property
+    def loss_fn(self) -> Optional[RGNVImageLoss]:
+        return self.core
 
-    def _loss_on(self, device: torch.device) -> RGNVImageLoss:
-        if self.loss_fn is None:
-            threestudio.info(f"hifi123-rgnv-guidance: loading {self.cfg.pretrained_model_name_or_path} on {device}")
-            self.loss_fn = RGNVImageLoss.from_config(self.core_config, device, FIELD_NAMES)
-        elif self.loss_fn.device != device:
-            self.loss_fn.to(device)
-        self.device = device
-        return self.loss_fn
+    def core_device(self) -> torch.device:
+        return self.core.device
+
+    def move_core(self, device: torch.device) -> None:
+        self.core.to(device)
 
     def __call__(
         self,
@@ -120,7 +83,7 @@ class RGNVGuidance(BaseObject):
                 "hifi123-rgnv-guidance takes rgb and at most one positional argument (prompt_utils); "
                 "pass elevation/azimuth/camera_distances by keyword (**batch)"
             )
-        out = self._loss_on(rgb.device)(rgb, opacity=opacity, depth=depth)
+        out = self.core_on(rgb.device)(rgb, opacity=opacity, depth=depth)
         result: Dict[str, Any] = {"loss_rgnv": out.loss, "rgnv_target": out.target.detach()}
         result.update({f"rgnv_{k}": v for k, v in out.logs.items()})
         if guidance_eval:

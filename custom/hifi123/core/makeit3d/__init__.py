@@ -1,0 +1,31 @@
+"""Make-It-3D coarse stage, threestudio-free (Tang et al., ICCV 2023; algorithms.md C).
+
+* `prior`     SDS at large t + CLIP-D at small t on novel views (paper §3.2 Eq. 3-4), and the
+              official raw-render CLIP terms.
+* `depth`     the depth prior: 1 - Pearson inside the eroded mask (Eq. 5).
+* `cameras`   progressive azimuth ranges, back views, the official azimuth mixture, the 25%
+              reference-view schedule (§3.2 "progressive training", §4.1 "camera setting").
+* `reference` the caption file and the reference image as CLIP sees it.
+
+The threestudio adapters live in `hifi123.threestudio_ext` (`makeit3d-guidance`,
+`makeit3d-system`, `makeit3d-single-image-datamodule`).
+"""
+from .cameras import (  # noqa: F401
+    ReferenceSchedule,
+    azimuth_range,
+    is_back_view,
+    mixture_components,
+    progressive_half_range,
+    relative_azimuth,
+    sample_relative_azimuth,
+)
+from .depth import erode_mask, pearson_correlation, pearson_depth_loss  # noqa: F401
+from .prior import (  # noqa: F401
+    TERMS,
+    GuidedNoisePredictor,
+    MakeIt3DPrior,
+    MakeIt3DPriorConfig,
+    build_prior_from_models,
+    select_clip_d,
+)
+from .reference import caption_path, reference_on_white, resolve_prompt  # noqa: F401

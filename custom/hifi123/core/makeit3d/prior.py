@@ -1,0 +1,441 @@
+"""Make-It-3D's diffusion prior for novel views: SDS at large t, CLIP-D at small t (paper §3.2,
+Eq. 3-4; algorithms.md C.4; decision 14).
+
+Everything is written against four callables, so tests can drive the exact mechanism with oracles:
+
+* ``eps_fn(z_t, t) -> eps``: the guided noise prediction (t is a [B] long tensor). Built from an SD
+  UNet by :class:`GuidedNoisePredictor`: CFG in the paper's form (1 + w) eps_c - w eps_u with
+  w = 10, i.e. `cfg_combine(..., form="threestudio", scale=10)` (textbook CFG at 11). Always
+  called under ``torch.no_grad`` (no gradient through the UNet).
+* ``encode_fn(rgb) -> z``: the rendering ([B,3,S,S] in [0,1], S the model's image size) to scaled
+  latents, WITH gradient. The official code uses a posterior sample (sd.py:212-220); `latent_mode
+  = "mean"` uses the posterior mean instead (deterministic).
+* ``decode_fn(z) -> rgb``: latents to [B,3,S,S] in [0,1], WITH gradient.
+* ``clip.encode_image(rgb) -> e``: L2-normalised CLIP image embeddings, WITH gradient (see
+  `hifi123.models.clip_encoder`).
+
+Per novel view (every item draws its own t ~ U{min_step, ..., max_step}, t/1000 in [0.2, 0.6]):
+
+    z_t  = sqrt(a_t) z + sqrt(1 - a_t) eps,            eps ~ N(0, I)
+    e^   = eps_fn(z_t, t)                              no grad
+    CLIP-D branch  (t <= 400 and not a back view):
+        x0^ = (z_t - sqrt(1 - a_t) sg(e^)) / sqrt(a_t)  grad flows through z (d x0^ / d z = I)
+        loss_clip_d     = -cos(CLIP(decode(x0^)), CLIP(reference))     paper Eq. 4
+        loss_clip_d_txt = -cos(CLIP(decode(x0^)), CLIP_text(caption))  official code only
+    SDS branch (otherwise):
+        grad = w(t) (e^ - eps), w(t) = 1 - a_t ("sds"; the official sd.py:164-171) or 1 ("uniform",
+               the paper's wording)
+        loss_sds = 0.5 || z - sg(z - grad) ||^2 / B,  so d loss_sds / d z = grad / B (threestudio)
+    Raw-render CLIP terms (official code, not in the paper; weight 0 by default in our configs):
+        loss_clip_img = -cos(CLIP(render), CLIP(reference)),  loss_clip_txt = -cos(CLIP(render), CLIP_text(caption))
+
+The official code builds z_t and decodes under ``no_grad`` (and decodes z_{t-1}, not x0^), so its
+CLIP-D sends no gradient to the NeRF; this implementation follows the paper (decision 14).
+
+Batch reduction: each per-item term is summed over the items of its branch and divided by the
+batch size B, so with B = 1 (Make-It-3D) every loss is the per-view value, and for B > 1 the
+losses of the two branches add up to per-batch means.
+
+Back views: |azimuth - reference azimuth| >= 135 deg (see `cameras.is_back_view`); they always use
+SDS. Pass the relative azimuth per item; None means "no back views".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..ddim import CFG_FORMS, cfg_combine
+from .cameras import is_back_view
+
+TERMS = ("sds", "clip_d", "clip_d_txt", "clip_img", "clip_txt")
+DIFFUSION_TERMS = ("sds", "clip_d", "clip_d_txt")
+CLIP_D_TERMS = ("clip_d", "clip_d_txt")
+RAW_CLIP_TERMS = ("clip_img", "clip_txt")
+WEIGHTINGS = ("sds", "uniform")
+LATENT_MODES = ("sample", "mean")
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+@dataclass
+class MakeIt3DPriorConfig:
+    guidance_scale: float = 10.0  # w in (1 + w) eps_c - w eps_u (official main.py:30, sd.py:151)
+    cfg_form: str = "threestudio"  # eps_c + w (eps_c - eps_u) == (1 + w) eps_c - w eps_u
+    min_step_percent: float = 0.2  # t ~ U[200, 600] (official --step_range 0.2 0.6)
+    max_step_percent: float = 0.6
+    clip_d_max_step_percent: float = 0.4  # CLIP-D when t <= 400 (official sd.py:153); 0 = never
+    back_threshold_deg: float = 135.0  # back view: |relative azimuth| >= 180 - 45
+    weighting: str = "sds"  # w(t) = 1 - a_t (official); "uniform": 1 (the paper's text)
+    latent_mode: str = "sample"  # VAE posterior sample (official) or "mean"
+    grad_clip: Optional[float] = None  # clamp of the SDS gradient (None: only nan -> 0, official)
+
+    def validate(self, field_names: Optional[Dict[str, str]] = None) -> None:
+        def name(f: str) -> str:
+            return (field_names or {}).get(f, f)
+
+        if self.cfg_form not in CFG_FORMS:
+            raise ValueError(f"{name('cfg_form')} must be one of {CFG_FORMS}, got {self.cfg_form!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"{name('weighting')} must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if self.latent_mode not in LATENT_MODES:
+            raise ValueError(f"{name('latent_mode')} must be one of {LATENT_MODES}, got {self.latent_mode!r}")
+        lo, hi = float(self.min_step_percent), float(self.max_step_percent)
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(
+                f"need 0 <= {name('min_step_percent')} <= {name('max_step_percent')} <= 1, got {lo}, {hi}"
+            )
+        if self.guidance_scale < 0:
+            raise ValueError(f"{name('guidance_scale')} must be >= 0, got {self.guidance_scale}")
+
+    @classmethod
+    def field_names(cls) -> Sequence[str]:
+        return [f.name for f in fields(cls)]
+
+
+def step_from_percent(p: float, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> int:
+    """threestudio's int(T * p), rounded so that 0.6 * 1000 is 600 whatever the float error."""
+    return int(round(float(p) * num_train_timesteps))
+
+
+def select_clip_d(
+    t: torch.Tensor,
+    relative_azimuth: Optional[torch.Tensor],
+    clip_d_max_step: int,
+    back_threshold_deg: float = 135.0,
+) -> torch.Tensor:
+    """[B] bool: True where the CLIP-D branch applies (t <= clip_d_max_step and not a back view)."""
+    small_t = t <= clip_d_max_step
+    if relative_azimuth is None:
+        return small_t
+    back = is_back_view(relative_azimuth.to(t.device).float(), 0.0, back_threshold_deg)
+    return small_t & ~back
+
+
+# ------------------------------------------------------------------------------------- models
+
+
+class GuidedNoisePredictor:
+    """eps_fn from a diffusers UNet: one batched call on [uncond; cond], CFG in a named form.
+
+    `text_cond` / `text_uncond` are [1 or B, L, D] encoder states. v-prediction models are
+    converted to epsilon with the cumulative alphas.
+    """
+
+    def __init__(
+        self,
+        unet,
+        text_cond: torch.Tensor,
+        text_uncond: torch.Tensor,
+        guidance_scale: float,
+        cfg_form: str = "threestudio",
+        prediction_type: str = "epsilon",
+        alphas_cumprod: Optional[torch.Tensor] = None,
+    ):
+        if prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"unsupported prediction type {prediction_type!r}")
+        if prediction_type == "v_prediction" and alphas_cumprod is None:
+            raise ValueError("v-prediction needs alphas_cumprod")
+        self.unet = unet
+        self.text_cond = text_cond
+        self.text_uncond = text_uncond
+        self.guidance_scale = float(guidance_scale)
+        self.cfg_form = cfg_form
+        self.prediction_type = prediction_type
+        self.alphas_cumprod = alphas_cumprod
+
+    def __call__(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b = z.shape[0]
+        dtype = next(self.unet.parameters()).dtype
+        t = t.to(z.device).long().reshape(-1).expand(b)
+
+        def rows(x):
+            x = x.to(z.device, dtype)
+            return x.expand(b, *x.shape[1:]) if x.shape[0] == 1 else x
+
+        inp = torch.cat([z, z], 0).to(dtype)
+        ctx = torch.cat([rows(self.text_uncond), rows(self.text_cond)], 0)
+        out = self.unet(inp, torch.cat([t, t], 0), encoder_hidden_states=ctx).sample.to(z.dtype)
+        if self.prediction_type == "v_prediction":
+            a = self.alphas_cumprod.to(z.device, z.dtype)[torch.cat([t, t], 0)].view(-1, 1, 1, 1)
+            out = a.sqrt() * out + (1 - a).sqrt() * inp.to(z.dtype)
+        eps_u, eps_c = out.chunk(2)
+        return cfg_combine(eps_u, eps_c, self.guidance_scale, self.cfg_form)
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, texts: Sequence[str], device) -> torch.Tensor:
+    """SD text-encoder states [N, L, D] for `texts` (padded to the tokenizer's max length)."""
+    ids = tokenizer(
+        list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
+    return text_encoder(ids)[0]
+
+
+def vae_codec(vae, latent_mode: str = "sample", generator: Optional[torch.Generator] = None):
+    """(encode_fn, decode_fn) for a diffusers AutoencoderKL, both differentiable."""
+    scale = float(getattr(vae.config, "scaling_factor", 0.18215))
+
+    def encode(rgb: torch.Tensor) -> torch.Tensor:
+        dtype = next(vae.parameters()).dtype
+        posterior = vae.encode((rgb * 2.0 - 1.0).to(dtype)).latent_dist
+        z = posterior.mean if latent_mode == "mean" else posterior.sample(generator=generator)
+        return z.float() * scale
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        dtype = next(vae.parameters()).dtype
+        img = vae.decode((z / scale).to(dtype)).sample.float()
+        return (img * 0.5 + 0.5).clamp(0.0, 1.0)
+
+    return encode, decode
+
+
+def enable_vae_gradient_checkpointing(vae) -> None:
+    """Recompute VAE activations in the backward pass (CLIP-D decodes a 512^2 image with grad).
+
+    diffusers < 0.2x only checkpoints in training mode; the VAE has no dropout or batch norm, so
+    putting its encoder/decoder in training mode changes nothing else.
+    """
+    vae.enable_gradient_checkpointing()
+    vae.encoder.train()
+    vae.decoder.train()
+
+
+# -------------------------------------------------------------------------------------- prior
+
+
+class MakeIt3DPrior:
+    """SDS + CLIP-D (+ raw-render CLIP) on novel views. See the module docstring."""
+
+    def __init__(
+        self,
+        cfg: MakeIt3DPriorConfig,
+        alphas_cumprod: torch.Tensor,
+        eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        encode_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        decode_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        clip=None,
+        reference_embedding: Optional[torch.Tensor] = None,
+        text_embedding: Optional[torch.Tensor] = None,
+        image_size: int = 512,
+        latent_size: int = 64,
+    ):
+        cfg.validate()
+        self.cfg = cfg
+        self.alphas_cumprod = alphas_cumprod.detach().float()
+        self.eps_fn = eps_fn
+        self.encode_fn = encode_fn
+        self.decode_fn = decode_fn
+        self.clip = clip
+        self.reference_embedding = reference_embedding
+        self.text_embedding = text_embedding
+        self.image_size = int(image_size)
+        self.latent_size = int(latent_size)
+
+    # -------------------------------------------------------------------- steps
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.alphas_cumprod.numel())
+
+    @property
+    def min_step(self) -> int:
+        return step_from_percent(self.cfg.min_step_percent, self.num_train_timesteps)
+
+    @property
+    def max_step(self) -> int:
+        return step_from_percent(self.cfg.max_step_percent, self.num_train_timesteps)
+
+    @property
+    def clip_d_max_step(self) -> int:
+        return step_from_percent(self.cfg.clip_d_max_step_percent, self.num_train_timesteps)
+
+    def sample_timesteps(self, b: int, device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """t ~ U{min_step, ..., max_step} (inclusive, as the official randint), one per item."""
+        t = torch.randint(self.min_step, self.max_step + 1, (b,), generator=generator)
+        return t.to(device)
+
+    # ----------------------------------------------------------------- pieces
+    def alpha(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return self.alphas_cumprod.to(like.device)[t.to(like.device).long()].to(like.dtype).view(-1, 1, 1, 1)
+
+    def noisy_latents(self, latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        a = self.alpha(t, latents)
+        return a.sqrt() * latents + (1 - a).sqrt() * noise
+
+    def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.eps_fn(z_t.detach(), t).to(z_t.dtype)
+
+    def predict_x0(self, z_t: torch.Tensor, t: torch.Tensor, eps_hat: torch.Tensor) -> torch.Tensor:
+        """x0^ = (z_t - sqrt(1 - a_t) sg(eps^)) / sqrt(a_t), differentiable in z_t."""
+        a = self.alpha(t, z_t)
+        return (z_t - (1 - a).sqrt() * eps_hat.detach()) / a.sqrt()
+
+    def sds_gradient(self, eps_hat: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        w = 1 - self.alpha(t, eps_hat) if self.cfg.weighting == "sds" else torch.ones_like(eps_hat[:, :1, :1, :1])
+        grad = torch.nan_to_num(w * (eps_hat - noise))
+        if self.cfg.grad_clip is not None:
+            grad = grad.clamp(-float(self.cfg.grad_clip), float(self.cfg.grad_clip))
+        return grad
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        if self.encode_fn is None:
+            raise RuntimeError("this prior has no encoder: pass latents (as_latents=True)")
+        x = images
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return self.encode_fn(x)
+
+    def _clip_image(self, images: torch.Tensor) -> torch.Tensor:
+        if self.clip is None:
+            raise RuntimeError("this prior has no CLIP encoder")
+        return self.clip.encode_image(images).float()
+
+    def _need(self, what: Optional[torch.Tensor], name: str) -> torch.Tensor:
+        if what is None:
+            raise RuntimeError(f"this prior has no {name} embedding")
+        return what
+
+    # -------------------------------------------------------------------- call
+    def __call__(
+        self,
+        images: torch.Tensor,
+        relative_azimuth: Optional[torch.Tensor] = None,
+        terms: Optional[Iterable[str]] = None,
+        t: Optional[torch.Tensor] = None,
+        noise: Optional[torch.Tensor] = None,
+        as_latents: bool = False,
+        generator: Optional[torch.Generator] = None,
+        return_eval: bool = False,
+    ) -> Dict[str, Any]:
+        """Losses for a batch of novel views.
+
+        images: [B,3,H,W] renderings in [0,1] (any size; resized to the model's), or with
+          `as_latents` [B,4,h,w] latents (resized to the latent size).
+        relative_azimuth: [B] degrees from the reference (None: no back views).
+        terms: the subset of TERMS to compute (None: all). Terms not asked for are not computed
+          and not returned; the diffusion model runs only if a diffusion term is asked for.
+        t, noise: fix the timesteps ([B] long) and the noise (like the latents); drawn otherwise.
+        Returns `loss_<term>` scalars plus `t`, `use_clip_d`, `is_back` ([B]), `grad_norm`,
+        `latents`, `x0_pred` (detached) and, with `return_eval`, an `eval` dict of images.
+        """
+        want = set(TERMS if terms is None else terms)
+        unknown = want - set(TERMS)
+        if unknown:
+            raise ValueError(f"unknown Make-It-3D prior terms {sorted(unknown)}; known: {TERMS}")
+        b = images.shape[0]
+        device = images.device
+        out: Dict[str, Any] = {}
+        if relative_azimuth is not None:
+            relative_azimuth = torch.as_tensor(relative_azimuth, device=device).float().reshape(-1).expand(b)
+            out["is_back"] = is_back_view(relative_azimuth, 0.0, self.cfg.back_threshold_deg)
+        else:
+            out["is_back"] = torch.zeros(b, dtype=torch.bool, device=device)
+
+        if want & set(RAW_CLIP_TERMS):
+            if as_latents:
+                raise ValueError("the raw-render CLIP terms need images, not latents")
+            emb = self._clip_image(images)
+            if "clip_img" in want:
+                ref = self._need(self.reference_embedding, "reference").to(emb)
+                out["loss_clip_img"] = -(emb * ref).sum(-1).mean()
+            if "clip_txt" in want:
+                txt = self._need(self.text_embedding, "text").to(emb)
+                out["loss_clip_txt"] = -(emb * txt).sum(-1).mean()
+
+        if not want & set(DIFFUSION_TERMS):
+            return out
+
+        if as_latents:
+            latents = images.float()
+            if latents.shape[-2:] != (self.latent_size, self.latent_size):
+                latents = F.interpolate(latents, (self.latent_size, self.latent_size), mode="bilinear", align_corners=False)
+        else:
+            latents = self.encode(images)
+        if t is None:
+            t = self.sample_timesteps(b, device, generator)
+        t = torch.as_tensor(t, device=device).long().reshape(-1).expand(b)
+        if noise is None:
+            if generator is None:
+                noise = torch.randn_like(latents)
+            else:
+                noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents)
+        use_clip_d = select_clip_d(t, relative_azimuth, self.clip_d_max_step, self.cfg.back_threshold_deg)
+        z_t = self.noisy_latents(latents, t, noise)
+        eps_hat = self.predict_noise(z_t, t)
+        x0 = self.predict_x0(z_t, t, eps_hat)
+        zero = latents.sum() * 0.0  # a zero that keeps the graph (a step with no active item)
+
+        if "sds" in want:
+            grad = self.sds_gradient(eps_hat, noise, t) * (~use_clip_d).to(latents.dtype).view(-1, 1, 1, 1)
+            target = (latents - grad).detach()
+            out["loss_sds"] = 0.5 * F.mse_loss(latents, target, reduction="sum") / b
+            out["grad_norm"] = grad.norm()
+
+        if want & set(CLIP_D_TERMS):
+            idx = use_clip_d.nonzero(as_tuple=True)[0]
+            if idx.numel() == 0:
+                for k in CLIP_D_TERMS:
+                    if k in want:
+                        out[f"loss_{k}"] = zero
+            else:
+                if self.decode_fn is None:
+                    raise RuntimeError("CLIP-D needs a decoder")
+                emb = self._clip_image(self.decode_fn(x0[idx]))
+                if "clip_d" in want:
+                    ref = self._need(self.reference_embedding, "reference").to(emb)
+                    out["loss_clip_d"] = -(emb * ref).sum(-1).sum() / b
+                if "clip_d_txt" in want:
+                    txt = self._need(self.text_embedding, "text").to(emb)
+                    out["loss_clip_d_txt"] = -(emb * txt).sum(-1).sum() / b
+
+        out.update(t=t, use_clip_d=use_clip_d, latents=latents.detach(), x0_pred=x0.detach(), noise=noise)
+        if return_eval:
+            out["eval"] = self._eval_images(z_t, t, eps_hat, x0)
+        return out
+
+    @torch.no_grad()
+    def _eval_images(self, z_t, t, eps_hat, x0) -> Dict[str, torch.Tensor]:
+        """Decoded z_t, the one-step z_{t-1} of the official CLIP-D (1000-step grid) and x0^."""
+        if self.decode_fn is None:
+            return {}
+        a_prev = self.alpha((t - 1).clamp_min(0), z_t)
+        z_prev = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps_hat
+        return {
+            "imgs_noisy": self.decode_fn(z_t),
+            "imgs_1step": self.decode_fn(z_prev),
+            "imgs_1orig": self.decode_fn(x0),
+        }
+
+
+def build_prior_from_models(
+    cfg: MakeIt3DPriorConfig,
+    components,
+    clip,
+    prompt: str,
+    negative_prompt: str,
+    reference_rgb: torch.Tensor,
+    generator: Optional[torch.Generator] = None,
+) -> MakeIt3DPrior:
+    """A prior from loaded SD components (`hifi123.models.loader.DiffusionComponents`), a
+    `ClipEncoder`, the prompt pair and the reference image ([1,3,H,W] on white, in [0,1])."""
+    device = components.device
+    cfg.validate()
+    cond = encode_prompts(components.tokenizer, components.text_encoder, [prompt], device)
+    uncond = encode_prompts(components.tokenizer, components.text_encoder, [negative_prompt], device)
+    sched = components.scheduler
+    ac = sched.alphas_cumprod.detach().float()
+    eps_fn = GuidedNoisePredictor(
+        components.unet, cond, uncond, cfg.guidance_scale, cfg.cfg_form,
+        getattr(sched.config, "prediction_type", "epsilon"), ac,
+    )
+    encode_fn, decode_fn = vae_codec(components.vae, cfg.latent_mode, generator)
+    with torch.no_grad():
+        ref_emb = clip.encode_image(reference_rgb.to(clip.device)).float()
+        txt_emb = clip.encode_text([prompt]).float()
+    return MakeIt3DPrior(
+        cfg, ac, eps_fn, encode_fn, decode_fn, clip, ref_emb, txt_emb,
+        image_size=components.image_size, latent_size=int(components.unet.config.sample_size),
+    )

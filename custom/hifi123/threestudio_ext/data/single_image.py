@@ -1,0 +1,174 @@
+"""Single-image datamodules that extend threestudio's (`threestudio/data/image.py`, `uncond.py`).
+
+* :class:`DeviceSafeSingleImageDataModule` (not registered): threestudio's single-image datamodule
+  with one change, the device of the reference tensors is the `device` field (None: `cuda:<rank>`
+  when CUDA is available, else CPU) instead of a hard-wired `.to(rank)`. Lightning moves batches
+  to the model's device anyway, so CPU tensors are correct everywhere.
+* `makeit3d-single-image-datamodule`: adds Make-It-3D's progressive cameras to the random views
+  (decision 16; algorithms.md C.3). The pure schedule math is in `hifi123.core.makeit3d.cameras`:
+
+  - relative azimuth in +-`phase1_azimuth_half_range` (45) around the reference azimuth
+    (`default_azimuth_deg`) for the first `progressive_fraction` (0.4) of `max_steps`, then
+    +-`phase2_azimuth_half_range` (180, i.e. 360 deg);
+  - `azimuth_sampling`: "uniform" over that range, or "makeit3d" for the official mixture (one
+    component per batch; with batch size 1, as Make-It-3D, exactly the official sampler);
+  - the FOV jitter (15-25 deg), elevation and distance ranges are threestudio's own
+    `random_camera` fields (`fovy_range`, `elevation_range`, `camera_distance_range`);
+    `random_camera.azimuth_range` is replaced by the schedule, and threestudio's
+    `progressive_until` interpolation is not used.
+
+  The 25% reference iterations are the system's business (`reference_schedule` of
+  `hifi123.threestudio_ext.systems.base.ImageConditionedSystem`): every training batch carries the
+  reference view AND a random view, as in threestudio.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+import torch
+from threestudio.data.image import (
+    SingleImageDataModule,
+    SingleImageDataModuleConfig,
+    SingleImageDataset,
+    SingleImageIterableDataset,
+)
+from threestudio.data.uncond import RandomCameraDataModuleConfig, RandomCameraIterableDataset
+from threestudio.utils.config import parse_structured
+
+from ...core.makeit3d.cameras import (
+    AZIMUTH_SAMPLING,
+    mixture_components,
+    pick_component,
+    progressive_half_range,
+)
+from ..registry import register
+
+
+def resolve_data_device(device: Optional[str], rank: int) -> str:
+    if device:
+        return device
+    return f"cuda:{rank}" if torch.cuda.is_available() else "cpu"
+
+
+class _DeviceFromConfig:
+    """Mixin for threestudio's `SingleImageDataBase`: load the images onto the configured device.
+
+    threestudio's `load_images` ends with `.to(self.rank)`; we run it with `self.rank` temporarily
+    set to the resolved device (a string `.to()` accepts)."""
+
+    def load_images(self):
+        rank = self.rank
+        self.rank = resolve_data_device(getattr(self.cfg, "device", None), rank)
+        try:
+            super().load_images()
+        finally:
+            self.rank = rank
+
+
+@dataclass
+class DeviceSafeSingleImageDataModuleConfig(SingleImageDataModuleConfig):
+    device: Optional[str] = None  # None: cuda:<rank> if available, else cpu
+
+
+class DeviceSafeSingleImageIterableDataset(_DeviceFromConfig, SingleImageIterableDataset):
+    pass
+
+
+class DeviceSafeSingleImageDataset(_DeviceFromConfig, SingleImageDataset):
+    pass
+
+
+class DeviceSafeSingleImageDataModule(SingleImageDataModule):
+    """threestudio's single-image datamodule with a configurable data device. Subclasses set
+    `Config` and may override `make_train_dataset`."""
+
+    Config = DeviceSafeSingleImageDataModuleConfig
+    train_dataset_cls = DeviceSafeSingleImageIterableDataset
+    eval_dataset_cls = DeviceSafeSingleImageDataset
+
+    def __init__(self, cfg: Optional[Any] = None) -> None:
+        pl.LightningDataModule.__init__(self)  # the parent would parse with its own (smaller) config
+        self.cfg = parse_structured(self.Config, cfg)
+        self.validate()
+
+    def validate(self) -> None:
+        pass
+
+    def setup(self, stage=None) -> None:
+        if stage in (None, "fit"):
+            self.train_dataset = self.train_dataset_cls(self.cfg, "train")
+        if stage in (None, "fit", "validate"):
+            self.val_dataset = self.eval_dataset_cls(self.cfg, "val")
+        if stage in (None, "test", "predict"):
+            self.test_dataset = self.eval_dataset_cls(self.cfg, "test")
+
+
+@register("hifi123-single-image-datamodule")
+class HiFi123SingleImageDataModule(DeviceSafeSingleImageDataModule):
+    """threestudio's `single-image-datamodule`, same fields plus `device` (None: cuda:<rank> when
+    available, else cpu), so the HiFi-123 stages also run on CPU in tests."""
+
+
+# ------------------------------------------------------------------------------- Make-It-3D
+
+
+@dataclass
+class MakeIt3DSingleImageDataModuleConfig(DeviceSafeSingleImageDataModuleConfig):
+    max_steps: int = 5000  # the run length the progressive fraction refers to (${trainer.max_steps})
+    progressive_fraction: float = 0.4  # official: 2000 of 5000 iterations in phase 1
+    phase1_azimuth_half_range: float = 45.0  # official phase 1: phi in [135, 225]
+    phase2_azimuth_half_range: float = 180.0  # official phase 2: phi in [0, 360]
+    azimuth_sampling: str = "uniform"  # uniform | makeit3d (official mixture)
+
+
+class MakeIt3DRandomCameraIterableDataset(RandomCameraIterableDataset):
+    """threestudio's random-view generator with the progressive azimuth schedule."""
+
+    def __init__(self, cfg: Any, schedule: MakeIt3DSingleImageDataModuleConfig) -> None:
+        self.schedule = schedule
+        self.reference_azimuth = float(schedule.default_azimuth_deg)
+        self.half_range = 0.0
+        super().__init__(cfg)
+        self.progressive_view(0)
+
+    def progressive_view(self, global_step: int) -> None:  # called by threestudio's update_step
+        s = self.schedule
+        self.half_range = progressive_half_range(
+            global_step, s.max_steps, s.progressive_fraction, s.phase1_azimuth_half_range, s.phase2_azimuth_half_range
+        )
+        self.elevation_range = self.cfg.elevation_range
+        self.azimuth_range = [self.reference_azimuth - self.half_range, self.reference_azimuth + self.half_range]
+
+    def collate(self, batch) -> dict:
+        lo, hi = pick_component(mixture_components(self.half_range, self.schedule.azimuth_sampling), random.random())
+        self.azimuth_range = [self.reference_azimuth + lo, self.reference_azimuth + hi]
+        return super().collate(batch)
+
+
+class _MakeIt3DTrainDataset(DeviceSafeSingleImageIterableDataset):
+    def setup(self, cfg, split):
+        super().setup(cfg, split)
+        if self.cfg.use_random_camera and split == "train":
+            rc = parse_structured(RandomCameraDataModuleConfig, self.cfg.get("random_camera", {}))
+            self.random_pose_generator = MakeIt3DRandomCameraIterableDataset(rc, self.cfg)
+
+
+@register("makeit3d-single-image-datamodule")
+class MakeIt3DSingleImageDataModule(DeviceSafeSingleImageDataModule):
+    Config = MakeIt3DSingleImageDataModuleConfig
+    train_dataset_cls = _MakeIt3DTrainDataset
+
+    def validate(self) -> None:
+        c = self.cfg
+        if c.azimuth_sampling not in AZIMUTH_SAMPLING:
+            raise ValueError(f"data.azimuth_sampling must be one of {AZIMUTH_SAMPLING}, got {c.azimuth_sampling!r}")
+        if not 0.0 <= c.progressive_fraction <= 1.0:
+            raise ValueError(f"data.progressive_fraction must be in [0, 1], got {c.progressive_fraction}")
+        if c.max_steps <= 0:
+            raise ValueError(f"data.max_steps must be positive (set it to ${{trainer.max_steps}}), got {c.max_steps}")
+        for name in ("phase1_azimuth_half_range", "phase2_azimuth_half_range"):
+            if not 0.0 <= getattr(c, name) <= 180.0:
+                raise ValueError(f"data.{name} must be in [0, 180], got {getattr(c, name)}")

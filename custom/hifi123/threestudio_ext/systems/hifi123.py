@@ -1,0 +1,216 @@
+"""`hifi123-system`: HiFi-123's image-to-3D pipeline (paper §3.3, §4.1; Sup. §2) on the shared
+image-conditioned base.
+
+Coarse stage (`refinement: false`; decision 12): a NeRF with the reference-view losses of the base
+(rgb, mask, depth as 1 - Pearson, normal) and hybrid SDS on random views: the 2D guidance
+(`guidance_type`, DeepFloyd IF by default, with its prompt processor and the caption) gives
+`loss_sds` (weighted by `lambda_sds`), the 3D guidance (`guidance_3d_type`, Zero-1-to-3 or Stable
+Zero123) gives its `loss_sds`, logged and weighted as `loss_3d_sds` / `lambda_3d_sds`. Either
+guidance is skipped when its type is empty or its lambda is 0.
+
+Refine stage (`refinement: true`; decisions 9-11): DMTet with frozen geometry (texture only), the
+reference rgb loss every iteration and RGSD (`hifi123-rgsd-guidance`), alternating
+
+* a t = 0 iteration on one of the fixed views (`fixed_view_every`: every 2nd iteration), whose
+  enhanced targets are computed ONCE in `on_fit_start` from the initial refine model, saved in the
+  checkpoint (`hifi123_rgsd`) and restored on resume (never recomputed silently), and
+* a t > 0 iteration on the datamodule's random view.
+
+Both RGSD sub-steps pass the renderer's `opacity` and `depth` (use `hifi123-nvdiff-rasterizer`,
+which adds depth to threestudio's mesh rasterizer). Devices come from the batch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+import threestudio
+import torch
+import torch.nn.functional as F
+
+from ..registry import register
+from .base import ImageConditionedSystem
+
+COARSE_TERMS = ("sds", "3d_sds")
+REFINE_TERMS = ("rgsd",)
+CHECKPOINT_KEY = "hifi123_rgsd"
+
+
+def fixed_view_batch(elevation_deg: float, azimuth_deg: float, like: Dict[str, Any], height: int, width: int) -> Dict[str, Any]:
+    """A one-view camera batch in threestudio's conventions (as its random-camera generator builds
+    them) at the given pose, with distance and field of view taken from batch `like`."""
+    from threestudio.utils.ops import (
+        get_mvp_matrix,
+        get_projection_matrix,
+        get_ray_directions,
+        get_rays,
+    )
+
+    dev = like["camera_distances"].device
+    dist = like["camera_distances"].reshape(-1)[:1].float()
+    fovy = like["fovy"].reshape(-1)[:1].float()  # radians
+    e, a = math.radians(elevation_deg), math.radians(azimuth_deg)
+    pos = torch.stack([dist * math.cos(e) * math.cos(a), dist * math.cos(e) * math.sin(a), dist * math.sin(e)], -1)
+    up = torch.tensor([[0.0, 0.0, 1.0]], device=dev)
+    lookat = F.normalize(-pos, dim=-1)
+    right = F.normalize(torch.cross(lookat, up, dim=-1), dim=-1)
+    up = F.normalize(torch.cross(right, lookat, dim=-1), dim=-1)
+    c2w3x4 = torch.cat([torch.stack([right, up, -lookat], -1), pos[:, :, None]], -1)
+    c2w = torch.cat([c2w3x4, torch.zeros_like(c2w3x4[:, :1])], 1)
+    c2w[:, 3, 3] = 1.0
+    focal = 0.5 * height / torch.tan(0.5 * fovy)
+    dirs = get_ray_directions(height, width, float(focal)).to(dev)[None]
+    rays_o, rays_d = get_rays(dirs, c2w, keepdim=True)
+    proj = get_projection_matrix(fovy.cpu(), width / height, 0.1, 1000.0).to(dev)
+    return {
+        "rays_o": rays_o, "rays_d": rays_d, "mvp_mtx": get_mvp_matrix(c2w, proj), "c2w": c2w,
+        "camera_positions": pos, "light_positions": pos,
+        "elevation": torch.tensor([elevation_deg], device=dev), "azimuth": torch.tensor([azimuth_deg], device=dev),
+        "camera_distances": dist, "fovy": fovy, "height": height, "width": width,
+    }
+
+
+@register("hifi123-system")
+class HiFi123System(ImageConditionedSystem):
+    @dataclass
+    class Config(ImageConditionedSystem.Config):
+        guidance_3d_type: str = ""  # coarse: zero123-guidance | stable-zero123-guidance ("" = none)
+        guidance_3d: dict = field(default_factory=dict)
+        fixed_view_every: int = 2  # refine: a t = 0 fixed-view iteration every N iterations (decision 9)
+        fixed_view_resolution: Optional[int] = None  # fixed-view render size (default: the random views')
+        image_path: str = ""  # the reference (${data.image_path}): an empty 2D prompt reads its caption file
+
+    cfg: Config
+
+    @classmethod
+    def loss_terms_for(cls, refinement: bool = False) -> Tuple[str, ...]:
+        base = super().loss_terms_for(refinement)
+        # the base adds guidance_terms(); ours depend on the stage
+        return base + (REFINE_TERMS if refinement else COARSE_TERMS)
+
+    def configure(self) -> None:
+        super().configure()
+        if self.cfg.fixed_view_every < 1:
+            raise ValueError(f"system.fixed_view_every must be >= 1, got {self.cfg.fixed_view_every}")
+        self.guidance_3d = None
+        self._rgsd_state: Optional[Dict[str, Any]] = None
+        self._fixed_index = 0
+
+    # ------------------------------------------------------------------ guidance
+    def build_guidance(self) -> None:
+        pp = self.cfg.prompt_processor
+        if self.cfg.prompt_processor_type and not str(pp.get("prompt", "") or "").strip():
+            from ..rgnv_common import caption_for
+
+            caption = caption_for(self.cfg.image_path)
+            if not caption:
+                from ...errors import InputError
+
+                raise InputError(
+                    "system.prompt_processor.prompt is empty and there is no caption file next to "
+                    f"system.image_path ({self.cfg.image_path or 'not set'})",
+                    "a prompt for the 2D guidance (HiFi-123 uses the image caption)",
+                    "run `hifi123 preprocess <image>` (writes <name>_caption.txt) or set "
+                    "system.prompt_processor.prompt=\"a photo of ...\"",
+                )
+            pp["prompt"] = caption
+            threestudio.info(f"hifi123-system: 2D guidance prompt from the caption file: {caption!r}")
+        super().build_guidance()
+        if not self.cfg.refinement and self.cfg.guidance_3d_type:
+            self.guidance_3d = threestudio.find(self.cfg.guidance_3d_type)(self.cfg.guidance_3d)
+        if self.cfg.refinement:
+            if not hasattr(self.guidance, "compute_fixed_targets"):
+                raise ValueError(
+                    f"system.refinement is true but guidance_type {self.cfg.guidance_type!r} is not RGSD; "
+                    "set system.guidance_type=hifi123-rgsd-guidance"
+                )
+            if self._rgsd_state is not None:  # resumed: restore, never recompute
+                self.guidance.load_state_dict(self._rgsd_state)
+                self._rgsd_state = None
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.cfg.refinement and not self.guidance.has_fixed_targets:
+            self.compute_fixed_targets()
+
+    def fixed_batches(self, like: Dict[str, Any]):
+        ref_e = float(like["elevation"].reshape(-1)[0])
+        ref_a = float(like["azimuth"].reshape(-1)[0])
+        rnd = like.get("random_camera", like)
+        size = self.cfg.fixed_view_resolution or int(rnd["height"])
+        return [fixed_view_batch(e, a, like, size, size) for e, a in self.guidance.fixed_cameras(ref_e, ref_a)]
+
+    @torch.no_grad()
+    def compute_fixed_targets(self, like: Optional[Dict[str, Any]] = None) -> None:
+        """Render the fixed views with the initial refine model and enhance them once (RGSD t = 0).
+        `like`: a training batch (default: one from the trainer's datamodule) for the reference pose."""
+        like = like if like is not None else self._reference_camera()
+        outs = [self.renderer(**b) for b in self.fixed_batches(like)]
+        rgb = torch.cat([o["comp_rgb"] for o in outs])
+        opacity = torch.cat([o["opacity"] for o in outs])
+        depth = torch.cat([o["depth"] for o in outs]) if all("depth" in o for o in outs) else None
+        self.guidance.compute_fixed_targets(rgb, opacity, depth)
+        threestudio.info(f"hifi123-system: computed {rgb.shape[0]} fixed-view RGSD targets")
+
+    def _reference_camera(self) -> Dict[str, Any]:
+        dm = getattr(self.trainer, "datamodule", None)
+        ds = getattr(dm, "train_dataset", None)
+        if ds is None:
+            raise RuntimeError("hifi123-system needs the training datamodule to place the fixed views")
+        return ds.collate(None) if hasattr(ds, "collate") else next(iter(dm.train_dataloader()))
+
+    # ------------------------------------------------------------------ training
+    def substeps(self, step: int) -> Tuple[str, ...]:
+        if not self.cfg.refinement:
+            return super().substeps(step)
+        novel = "fixed" if step % self.cfg.fixed_view_every == 0 else "novel"
+        return ("ref", novel) if self.reference_schedule.is_reference(step) else (novel,)
+
+    def substep_batch(self, batch: Dict[str, Any], kind: str) -> Dict[str, Any]:
+        if kind != "fixed":
+            return super().substep_batch(batch, kind)
+        j = (self.true_global_step // self.cfg.fixed_view_every) % len(self.guidance.core_config.fixed_views)
+        self._fixed_index = j
+        sub = self.fixed_batches(batch)[j]
+        sub["bg_color"] = None
+        return sub
+
+    def guidance_losses(self, kind, batch, out, full_batch) -> Dict[str, torch.Tensor]:
+        if self.cfg.refinement:
+            if not self.wants("rgsd"):
+                return {}
+            fixed = {"fixed_view_index": self._fixed_index} if kind == "fixed" else {}
+            g = self.guidance(
+                out["comp_rgb"], **batch, **fixed, opacity=out["opacity"], depth=out.get("depth"), rgb_as_latents=False
+            )
+            if "rgsd_t" in g:
+                self.log(f"train/{kind}/rgsd_t", g["rgsd_t"])
+            return {"loss_rgsd": g[f"loss_{self.guidance.cfg.loss_name}"]}
+        terms: Dict[str, torch.Tensor] = {}
+        due = self.guidance_eval_due()
+        if self.guidance is not None and self.wants("sds"):
+            g = self.guidance(out["comp_rgb"], self.prompt_utils, **batch, rgb_as_latents=False, guidance_eval=due)
+            terms["loss_sds"] = g["loss_sds"]
+            if due:
+                self.save_guidance_eval(out, g)
+        if self.guidance_3d is not None and self.wants("3d_sds"):
+            g3 = self.guidance_3d(out["comp_rgb"], **batch, rgb_as_latents=False)
+            terms["loss_3d_sds"] = g3["loss_sds"]
+        return terms
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.cfg.refinement and self.guidance is not None and self.guidance.has_fixed_targets:
+            checkpoint[CHECKPOINT_KEY] = self.guidance.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get(CHECKPOINT_KEY)
+        if state is None:
+            return
+        if self.guidance is not None:
+            self.guidance.load_state_dict(state)
+        else:
+            self._rgsd_state = state

@@ -1,0 +1,77 @@
+"""`makeit3d-system`: Make-It-3D's coarse stage (paper §3.2; algorithms.md C) on the shared
+image-conditioned base.
+
+Per iteration, `reference_schedule` (default: exactly 25% reference iterations, shuffled per block
+of 100, as the official loader) picks the reference sub-step or a novel-view sub-step:
+
+* reference view (albedo shading): `rgb` (L1 x 1000 in the official code), `depth` (1 - Pearson in
+  the eroded mask), plus the base's optional `mask` / `normal`;
+* novel view: the `makeit3d-guidance` terms `sds`, `clip_d`, `clip_d_txt`, `clip_img`, `clip_txt`
+  (only those whose lambda is > 0 at this step are computed, so the official "no diffusion loss
+  before iteration 400" is a lambda schedule), with the reference azimuth of the batch;
+* both: the base regularisers, plus `opacity`: mean(opacity^2), multiplied by
+  `back_view_opacity_factor` (10, official) on back views (|relative azimuth| >= back_threshold_deg).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Tuple
+
+import torch
+
+from ...core.makeit3d.cameras import is_back_view
+from ...core.makeit3d.prior import TERMS
+from ..registry import register
+from .base import ImageConditionedSystem
+
+
+@register("makeit3d-system")
+class MakeIt3DSystem(ImageConditionedSystem):
+    @dataclass
+    class Config(ImageConditionedSystem.Config):
+        back_threshold_deg: float = 135.0  # back view: |azimuth - reference| >= 180 - 45
+        back_view_opacity_factor: float = 10.0  # official utils.py:521-524
+
+    cfg: Config
+
+    @classmethod
+    def guidance_terms(cls) -> Tuple[str, ...]:
+        return TERMS
+
+    @classmethod
+    def extra_terms(cls) -> Tuple[str, ...]:
+        return ("opacity",)
+
+    @staticmethod
+    def reference_azimuth(full_batch: Dict[str, Any]) -> float:
+        az = full_batch["azimuth"]
+        return float(az.reshape(-1)[0]) if torch.is_tensor(az) else float(az)
+
+    def guidance_losses(self, kind, batch, out, full_batch) -> Dict[str, torch.Tensor]:
+        active = [t for t in TERMS if self.wants(t)]
+        if not active:
+            return {}
+        due = self.guidance_eval_due()
+        g = self.guidance(
+            out["comp_rgb"], **batch, rgb_as_latents=False, guidance_eval=due,
+            terms=active, reference_azimuth_deg=self.reference_azimuth(full_batch),
+        )
+        if "timesteps" in g:
+            self.log("train/timestep", g["timesteps"].float().mean())
+            self.log("train/clip_d_fraction", g["use_clip_d"].float().mean())
+        self.log("train/back_view_fraction", g["is_back"].float().mean())
+        if due:
+            self.save_guidance_eval(out, g)
+        return {k: v for k, v in g.items() if k.startswith("loss_")}
+
+    def regularizer_losses(self, kind, batch, out, full_batch) -> Dict[str, torch.Tensor]:
+        losses = super().regularizer_losses(kind, batch, out, full_batch)
+        if not self.cfg.refinement and self.wants("opacity"):
+            per_view = (out["opacity"] ** 2).flatten(1).mean(1)
+            factor = torch.ones_like(per_view)
+            if kind != "ref" and "azimuth" in batch and self.cfg.back_view_opacity_factor != 1.0:
+                ref = self.reference_azimuth(full_batch)
+                back = is_back_view(batch["azimuth"].to(per_view.device).float(), ref, self.cfg.back_threshold_deg)
+                factor = torch.where(back, torch.full_like(per_view, self.cfg.back_view_opacity_factor), factor)
+            losses["loss_opacity"] = (factor * per_view).mean()
+        return losses

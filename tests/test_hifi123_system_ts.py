@@ -1,0 +1,132 @@
+"""`hifi123-system` refine stage on CPU: DMTet (texture only) through `hifi123-nvdiff-rasterizer`
+(with the torch stand-in for nvdiffrast), the reference loss and RGSD alternating t = 0 fixed views
+and t > 0 random views, fixed-view targets kept in the checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.threestudio
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "custom" / "hifi123" / "configs"
+SAMPLE = ROOT / "custom" / "hifi123" / "assets" / "sample_rgba.png"
+T, S = 6, 4
+
+
+def _refine_cfg(tmp_path, tiny):
+    from omegaconf import OmegaConf
+    from threestudio.utils.config import load_config
+
+    cfg = load_config(str(CONFIGS / "refine.yaml"), cli_args=[f"exp_root_dir={tmp_path}"])
+    cfg.data.image_path = str(SAMPLE)
+    cfg.data.device = "cpu"
+    for key in ("height", "width"):
+        cfg.data[key] = 32
+        cfg.data.random_camera[key] = 32
+    s = cfg.system
+    s.geometry_convert_from = None  # no coarse run here: the SDF is set from the sample's ground truth
+    s.geometry.isosurface_resolution = 32
+    s.geometry.pos_encoding_config = OmegaConf.create({"otype": "ProgressiveBandFrequency", "n_frequencies": 4})
+    s.geometry.mlp_network_config = OmegaConf.create(
+        {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": 16, "n_hidden_layers": 1}
+    )
+    s.image_path = str(SAMPLE)  # load_config resolved ${data.image_path} already
+    s.guidance.update(pretrained_model_name_or_path=tiny["sd2-depth"], num_steps=T, inject_steps=S, cond_image_path=str(SAMPLE))
+    return cfg
+
+
+def _system(find, cfg):
+    from hifi123.sample.make_sample import sample_sdf
+    from hifi123.testing.torch_rasterizer import TorchRasterizerContext
+    from threestudio.utils.ops import scale_tensor
+
+    system = find(cfg.system_type)(cfg.system)
+    geo = system.geometry
+    pts = scale_tensor(geo.isosurface_helper.grid_vertices, geo.isosurface_helper.points_range, geo.isosurface_bbox)
+    geo.sdf.data = -torch.from_numpy(sample_sdf(pts.numpy())).float()[:, None]  # DMTet: positive inside
+    system.renderer.ctx = TorchRasterizerContext()
+    return system
+
+
+def test_refine_steps_alternate_fixed_and_random_views_and_checkpoint_targets(threestudio_env, tiny_models, tmp_path, monkeypatch):
+    from hifi123.testing.counter import count_unet_evals
+
+    torch.set_num_threads(2)
+    monkeypatch.chdir(threestudio_env.root)  # DMTet loads load/tets/<res>_tets.npz from the cwd
+    find = threestudio_env.threestudio.find
+    cfg = _refine_cfg(tmp_path, tiny_models)
+    dm = find(cfg.data_type)(cfg.data)
+    dm.setup("fit")
+    system = _system(find, cfg)
+    system.set_save_dir(str(tmp_path / "save"))
+    logged = {}
+    system.log = lambda name, value, *a, **k: logged.__setitem__(name, value)
+    assert system.substeps(0) == ("ref", "fixed") and system.substeps(1) == ("ref", "novel")
+
+    system.build_guidance()
+    batch = dm.train_dataset.collate(None)
+    system.compute_fixed_targets(batch)  # refine start: both fixed views enhanced once
+    g = system.guidance
+    assert g.has_fixed_targets and g.core.fixed_targets.shape[0] == 2
+    params = [p for p in system.parameters() if p.requires_grad]
+    assert params and not system.geometry.sdf.requires_grad  # texture only
+
+    def step(i):
+        system.set_resume_status(0, i)
+        system.do_update_step(0, i)
+        logged.clear()
+        with count_unet_evals(g.core.pipe.c.unet) as n:
+            loss = system.training_step(dm.train_dataset.collate(None), 0)["loss"]
+        return loss, dict(logged), n.calls
+
+    loss, log, calls = step(0)  # t = 0 on fixed view 0: no UNet evaluation
+    assert calls == 0 and float(log["train/fixed/rgsd_t"]) == 0.0
+    assert {"train/ref/loss_rgb", "train/fixed/loss_rgsd"} <= set(log)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    assert any(gr is not None and gr.abs().sum() > 0 for gr in grads)
+    loss, log, calls = step(1)  # t > 0 on a random view: S inversions + (S - t + 1) CFG evaluations
+    t = int(log["train/novel/rgsd_t"])
+    assert 1 <= t <= S and calls == S + (S - t + 1)
+    assert torch.isfinite(loss) and g.core.reference_builds == 1
+
+    # the targets travel in the checkpoint and are restored, not recomputed, on resume
+    ckpt = {"state_dict": system.state_dict()}
+    system.on_save_checkpoint(ckpt)
+    assert "hifi123_rgsd" in ckpt and not any(k.startswith("guidance.") for k in ckpt["state_dict"])
+    from hifi123.core.rgsd import RGSD
+
+    def no_recompute(*a, **k):
+        raise AssertionError("fixed-view targets recomputed on resume")
+
+    monkeypatch.setattr(RGSD, "compute_fixed_targets", no_recompute)
+    resumed = _system(find, cfg)
+    resumed.on_load_checkpoint(ckpt)
+    resumed.build_guidance()
+    assert resumed.guidance.has_fixed_targets  # so on_fit_start will not compute them again
+    rgb, opacity, depth = _fixed_render(resumed, dm)
+    out = resumed.guidance(rgb, opacity=opacity, depth=depth, fixed_view_index=0)  # loads the model lazily
+    assert torch.equal(resumed.guidance.core.fixed_targets, g.core.fixed_targets)
+    assert resumed.guidance.core.reference_builds == 1 and torch.isfinite(out["loss_rgsd"])
+
+
+def _fixed_render(system, dm):
+    with torch.no_grad():
+        out = system.renderer(**system.fixed_batches(dm.train_dataset.collate(None))[0])
+    return out["comp_rgb"], out["opacity"], out["depth"]
+
+
+def test_a_render_has_depth_for_the_rgsd_condition(threestudio_env, tiny_models, tmp_path, monkeypatch):
+    monkeypatch.chdir(threestudio_env.root)
+    find = threestudio_env.threestudio.find
+    cfg = _refine_cfg(tmp_path, tiny_models)
+    dm = find(cfg.data_type)(cfg.data)
+    dm.setup("fit")
+    system = _system(find, cfg)
+    system.build_guidance()  # configures RGSD (fixed cameras); loads no model
+    assert system.guidance.core is None
+    out = system.renderer(**system.fixed_batches(dm.train_dataset.collate(None))[1])
+    hit = out["opacity"][..., 0] > 0.5
+    assert hit.any() and (out["depth"][..., 0][hit] > 3.0).all() and (out["depth"][..., 0][~hit] == 0).all()
