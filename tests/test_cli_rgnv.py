@@ -96,3 +96,24 @@ def test_tiny_models_command_writes_loadable_models(tmp_path, capsys):
     assert "sd2-depth" in capsys.readouterr().out
     comps = loader.load_diffusion(str(tmp_path / "tiny" / "sd2-depth"), "--model", with_depth_estimator=True)
     assert comps.is_depth_model and comps.depth_estimator is not None
+
+
+def test_rgnv_x4_upscale_on_the_tiny_upscaler(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    coarse = os.path.join(os.path.dirname(SAMPLE), "sample_coarse_az090_rgba.png")
+    code = cli.main(["rgnv", "--ref", SAMPLE, "--coarse", coarse, "--out", str(out), "--tiny", "--steps", "4",
+                     "--inject-steps", "2", "--quiet", "--upscale", "--upscale-steps", "2"])
+    assert code == 0, capsys.readouterr().err
+    up = np.asarray(Image.open(out / "sample_coarse_az090_upsample.png"))
+    base = np.asarray(Image.open(out / "sample_coarse_az090_enhanced.png"))
+    assert up.shape == (2 * base.shape[0], 2 * base.shape[1], 3)  # half-size input, x4 upscaler
+    outside = (base == 255).all(-1)  # the enhanced view's white background (outside the coarse mask)
+    outside_up = np.repeat(np.repeat(outside, 2, 0), 2, 1)  # nearest-upsampled, as the pipeline does
+    assert (up[outside_up] == 255).all() and up[~outside_up].std() > 0
+
+
+def test_missing_upscaler_fails_before_any_model_loads(tmp_path, capsys, no_model_loading):
+    code, err = _run(capsys, "rgnv", "--ref", SAMPLE, "--coarse", SAMPLE, "--out", str(tmp_path / "o"), "--upscale",
+                     "--upscaler-model", str(tmp_path / "nope"), "--model", str(tmp_path))
+    assert code == 2 and ("--upscaler-model" in err or "--model" in err)

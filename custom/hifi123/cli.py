@@ -68,15 +68,19 @@ def _cmd_rgnv(args) -> int:
         cfg.validate()
     except ValueError as err:
         raise Hifi123Error(f"bad option: {err}", fix="see `hifi123 rgnv --help`") from err
-    if args.tiny:
-        from .models.tiny import ensure_tiny_models
+    from .models.tiny import ensure_tiny_models
 
+    if args.tiny:
         model = ensure_tiny_models()["sd2-depth"]
     else:
         model = args.model or DEFAULT_MODELS["sd2_depth"]
     need_dpt = ref_depth is None or depths is None
     subs = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] + (["depth_estimator", "feature_extractor"] if need_dpt else [])
     preflight(model, "--model", subfolders=subs)
+    upscaler_ref = None
+    if args.upscale:
+        upscaler_ref = ensure_tiny_models()["sd-x4-upscaler"] if args.tiny else (args.upscaler_model or DEFAULT_MODELS["sd_x4_upscaler"])
+        preflight(upscaler_ref, "--upscaler-model", subfolders=["unet", "vae", "text_encoder", "tokenizer", "scheduler", "low_res_scheduler"])
 
     # 2. models
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -103,6 +107,16 @@ def _cmd_rgnv(args) -> int:
         print(f"wrote {dst}")
         coarse_img = pipe.prepare(to_tensor_image(coarse[i]), "white")[0][0]
         rows.append([ref_img, coarse_img, out.images[i]])
+    if upscaler_ref is not None:
+        from .core.rgnv import upscale_x4
+        from .models.loader import load_upscaler
+
+        up = upscale_x4(load_upscaler(upscaler_ref, dtype=dtype, device=device), out.raw, out.masks,
+                        prompt=args.prompt, steps=args.upscale_steps)
+        for i, path in enumerate(args.coarse):
+            dst = os.path.join(out_dir, f"{_default_out_name(path)}_upsample.png")
+            save_png(dst, up[i])
+            print(f"wrote {dst}")
     sheet = os.path.join(out_dir, "comparison.png")
     save_png(sheet, image_grid(rows))
     print(f"wrote {sheet}  (columns: reference | coarse | enhanced)")
@@ -139,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-inject", action="store_true", help="switch mutual self-attention off (ablation)")
     r.add_argument("--unmasked-reference-depth", action="store_true", help="official-code behaviour: do not mask the reference depth")
     r.add_argument("--batch-size", type=int, default=1, help="coarse views per UNet batch")
+    r.add_argument("--upscale", action="store_true", help="also write x4-upscaled views (SD x4 upscaler; decision 6)")
+    r.add_argument("--upscaler-model", default=None, help="x4 upscaler hub id or folder (default: sd2-community/stable-diffusion-x4-upscaler)")
+    r.add_argument("--upscale-steps", type=int, default=75, help="upscaler denoising steps (default 75)")
     r.add_argument("--device", default=None)
     r.add_argument("--fp16", action="store_true", help="half precision on CUDA")
     r.add_argument("--quiet", action="store_true")

@@ -333,5 +333,24 @@ class RGNVPipeline:
         return composite(raw, cache.mask, torch.ones_like(raw))
 
 
+@torch.no_grad()
+def upscale_x4(upscaler, raw: torch.Tensor, masks: torch.Tensor, prompt: str = "", noise_level: int = 50,
+               steps: int = 75, guidance_scale: float = 9.0, seed: int = 42) -> torch.Tensor:
+    """Decision 6 / algorithms.md A.8 (optional): bilinear-resize the UNMASKED RGNV output to half
+    size, run the SD x4 upscaler (noise level 50, 75 steps, CFG 9, seed 42 by default), then
+    composite on white with the nearest-upsampled mask. raw [N,3,H,W], masks [N,1,H,W] in [0,1];
+    returns [N,3,2H,2W]."""
+    n, _, h, w = raw.shape
+    low = torch.nn.functional.interpolate(raw.float(), size=(h // 2, w // 2), mode="bilinear", align_corners=False, antialias=True)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    up = upscaler(
+        prompt=[prompt] * n, image=low * 2 - 1, noise_level=noise_level, num_inference_steps=steps,
+        guidance_scale=guidance_scale, generator=gen, output_type="np",
+    ).images
+    up = torch.from_numpy(up).permute(0, 3, 1, 2).float().clamp(0, 1)
+    m = torch.nn.functional.interpolate(masks.float(), size=up.shape[-2:], mode="nearest")
+    return up * m + (1 - m)
+
+
 def _slice_record(r: ddim.StepRecord, i: int) -> ddim.StepRecord:
     return ddim.StepRecord(r.index, r.t, r.z_in[i : i + 1], r.eps[i : i + 1], r.x0[i : i + 1], r.z_out[i : i + 1])

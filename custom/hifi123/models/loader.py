@@ -207,6 +207,21 @@ def _load_dpt_parts(ref, dtype, subfolder_model=None, subfolder_proc=None):
     return model, proc
 
 
+def load_upscaler(ref: str, field: str = "--upscaler-model", *, dtype=torch.float32, device=None):
+    """The SD x4 upscaler pipeline (diffusers StableDiffusionUpscalePipeline layout)."""
+    from diffusers import StableDiffusionUpscalePipeline
+
+    ref = preflight(ref, field, subfolders=list(DIFFUSION_SUBFOLDERS) + ["low_res_scheduler"])
+    try:
+        pipe = StableDiffusionUpscalePipeline.from_pretrained(
+            ref, torch_dtype=dtype, safety_checker=None, feature_extractor=None, watermarker=None
+        )
+    except (OSError, EnvironmentError, ValueError) as err:
+        raise _wrap_load_error(ref, field, err) from err
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device or "cpu")
+
+
 def load_dpt(ref: str, field: str = "depth_model", *, dtype=torch.float32, device=None):
     """A DPT depth estimator (transformers layout) and its image processor."""
     ref = preflight(ref, field, files=("config.json", "preprocessor_config.json"))

@@ -8,6 +8,8 @@
     DIR/sd2-base/    StableDiffusionPipeline layout (4-channel UNet), no safety checker
     DIR/dpt/         DPTForDepthEstimation + DPTImageProcessor (Intel/dpt-hybrid-midas layout)
     DIR/clip/        CLIPModel + CLIPProcessor (openai/clip-vit-base-patch16 layout)
+    DIR/sd-x4-upscaler/  StableDiffusionUpscalePipeline layout (x4; optional RGNV upscaling)
+    (+ the preprocessing and evaluation models registered below)
 
 The UNets keep SD2's *structure* (3 cross-attention down blocks with 2 transformer blocks each, a
 mid block, 3 cross-attention up blocks with 3 each: 16 transformer blocks in execution order), so
@@ -204,6 +206,47 @@ def write_sd(out_dir: str, depth: bool) -> None:
     pipe.save_pretrained(out_dir, safe_serialization=True)
 
 
+def write_upscaler(out_dir: str) -> None:
+    """A tiny StableDiffusionUpscalePipeline (x4: the VAE downsamples x4, the UNet takes the latent
+    and the low-res image: 7 channels, and a noise-level class embedding)."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    os.makedirs(out_dir, exist_ok=True)
+    tok_dir = os.path.join(out_dir, "tokenizer")
+    vocab_size = write_tokenizer(tok_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    _seed(5)
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=7, out_channels=4, layers_per_block=1,
+        block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_DIM,
+        attention_head_dim=2, norm_num_groups=8, use_linear_projection=True, num_class_embeds=1000,
+    )
+    _seed(6)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16), layers_per_block=1,
+        latent_channels=4, norm_num_groups=8, sample_size=128, scaling_factor=0.08333,
+    )
+    _seed(7)
+    text_encoder = CLIPTextModel(_text_config(vocab_size))
+    low_res = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02)
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02,
+                          prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, low_res_scheduler=low_res,
+        scheduler=sched, max_noise_level=350,
+    )
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+
+
 def write_dpt(out_dir: str) -> None:
     _seed(3)
     dpt, proc = tiny_dpt()
@@ -258,6 +301,7 @@ TINY_MODELS = {
     "sd2-base": lambda d: write_sd(d, depth=False),
     "dpt": write_dpt,
     "clip": write_clip,
+    "sd-x4-upscaler": write_upscaler,
     # preprocessing (hifi123 preprocess): segmenters and a captioner
     **{n: _preprocess_tiny(n) for n in ("clipseg", "segformer", "blip2")},
     # evaluation (hifi123 eval): open_clip CLIP, VGG19 features (contextual loss), LPIPS
