@@ -130,3 +130,97 @@ def test_a_render_has_depth_for_the_rgsd_condition(threestudio_env, tiny_models,
     out = system.renderer(**system.fixed_batches(dm.train_dataset.collate(None))[1])
     hit = out["opacity"][..., 0] > 0.5
     assert hit.any() and (out["depth"][..., 0][hit] > 3.0).all() and (out["depth"][..., 0][~hit] == 0).all()
+
+
+# ------------------------------------------------------------------------------------ coarse stage
+def _register_fakes(ts):
+    """Stand-ins for DeepFloyd IF (+ its prompt processor) and Zero123, with their call signatures:
+    the 2D guidance takes prompt_utils positionally, the 3D one does not."""
+    from dataclasses import dataclass
+
+    from threestudio.utils.base import BaseObject
+
+    if "hifi123-test-guidance-2d" in ts.__modules__:
+        return
+
+    class PromptOut:
+        def __init__(self, prompt):
+            self.prompt = prompt
+
+    @dataclass
+    class PPConfig(BaseObject.Config):
+        prompt: str = ""
+        pretrained_model_name_or_path: str = ""
+
+    class FakePromptProcessor(BaseObject):
+        Config = PPConfig
+
+        def configure(self):
+            pass
+
+        def __call__(self):
+            return PromptOut(self.cfg.prompt)
+
+    class Fake2D(BaseObject):
+        def configure(self):
+            self.prompts = []
+
+        def __call__(self, rgb, prompt_utils, **kw):
+            assert isinstance(prompt_utils, PromptOut) and not kw["rgb_as_latents"]
+            self.prompts.append(prompt_utils.prompt)
+            return {"loss_sds": ((rgb - 0.3) ** 2).mean()}
+
+    class Fake3D(BaseObject):
+        def configure(self):
+            pass
+
+        def __call__(self, rgb, **kw):
+            assert "elevation" in kw and "azimuth" in kw  # the camera comes as keywords
+            return {"loss_sds": ((rgb - 0.7) ** 2).mean()}
+
+    ts.register("hifi123-test-prompt-processor")(FakePromptProcessor)
+    ts.register("hifi123-test-guidance-2d")(Fake2D)
+    ts.register("hifi123-test-guidance-3d")(Fake3D)
+
+
+def test_coarse_hybrid_sds_steps_on_cpu(threestudio_env, tmp_path):
+    from hifi123.testing.torch_renderer import register_torch_volume_renderer
+    from omegaconf import OmegaConf
+    from threestudio.utils.config import load_config
+
+    torch.set_num_threads(2)
+    ts = threestudio_env.threestudio
+    _register_fakes(ts)
+    cfg = load_config(str(CONFIGS / "coarse.yaml"), cli_args=[f"exp_root_dir={tmp_path}"])
+    cfg.data.update(image_path=str(SAMPLE), device="cpu", height=16, width=16, resolution_milestones=[])
+    cfg.data.random_camera.update(height=16, width=16, batch_size=1, resolution_milestones=[])
+    s = cfg.system
+    s.image_path = str(SAMPLE)
+    s.geometry.pos_encoding_config = OmegaConf.create({"otype": "ProgressiveBandFrequency", "n_frequencies": 4})
+    s.geometry.mlp_network_config = OmegaConf.create(
+        {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": 16, "n_hidden_layers": 1}
+    )
+    s.renderer_type = register_torch_volume_renderer()
+    s.renderer = OmegaConf.create({"radius": 2.0, "num_samples_per_ray": 8, "return_comp_normal": True, "return_normal_perturb": True})
+    s.prompt_processor_type, s.prompt_processor = "hifi123-test-prompt-processor", OmegaConf.create({"prompt": ""})
+    s.guidance_type, s.guidance = "hifi123-test-guidance-2d", OmegaConf.create({})
+    s.guidance_3d_type, s.guidance_3d = "hifi123-test-guidance-3d", OmegaConf.create({})
+    dm = ts.find(cfg.data_type)(cfg.data)
+    dm.setup("fit")
+    system = ts.find(cfg.system_type)(cfg.system)
+    system.set_save_dir(str(tmp_path / "save"))
+    logged = {}
+    system.log = lambda name, value, *a, **k: logged.__setitem__(name, value)
+    system.build_guidance()
+    caption = " ".join((SAMPLE.parent / "sample_caption.txt").read_text().split())
+    assert system.prompt_utils.prompt == caption  # empty prompt -> the caption file
+    system.set_resume_status(0, 0)
+    system.do_update_step(0, 0)
+    loss = system.training_step(dm.train_dataset.collate(None), 0)["loss"]
+    assert system.substeps(0) == ("ref", "novel")
+    for key in ("loss_sds", "loss_3d_sds"):
+        raw, w = logged[f"train/novel/{key}"], logged[f"train/novel/{key}_w"]
+        assert torch.allclose(w, raw * float(cfg.system.loss[key.replace("loss_", "lambda_")]))
+    assert {"train/ref/loss_rgb", "train/ref/loss_mask", "train/ref/loss_depth"} <= set(logged)
+    grads = torch.autograd.grad(loss, [p for p in system.geometry.parameters() if p.requires_grad], allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
