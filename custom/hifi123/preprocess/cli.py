@@ -7,8 +7,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import Hifi123Error
-
 EPILOG = """\
 outputs (in --out, default <input folder>/preprocessed):
   <name>_rgba.png  <name>_depth.png  <name>_normal.png  <name>_caption.txt  <name>_sheet.png
@@ -100,15 +98,10 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Stand-alone entry (`python -m hifi123.preprocess.cli ...`), same error handling as `hifi123`."""
-    parser = argparse.ArgumentParser(prog="hifi123")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["preprocess", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args) or 0)
-    except Hifi123Error as err:
-        print(f"hifi123: error: {err.render()}", file=sys.stderr)
-        return 2
+    """Stand-alone entry (`python -m hifi123.preprocess.cli ...`): `hifi123 preprocess ...`."""
+    from ..cli import main as hifi123_main
+
+    return hifi123_main(["preprocess", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
