@@ -4,6 +4,10 @@
     hifi123 rgnv --ref R --coarse V1 [V2 ...] --out DIR [--prompt P] [--steps 50] [--inject-steps 30]
                  [--model ID_OR_DIR] [--tiny]
     hifi123 bench rgnv [--views 4] [--steps 50] [--inject-steps 30]
+    hifi123 bench rgsd [--iterations 8] [--steps 20] [--inject-steps 12]
+    hifi123 preprocess IMAGE_OR_DIR [--out DIR] ...
+    hifi123 eval single-view|gso ...
+    hifi123 run IMAGE | --manifest FILE [--method hifi123|makeit3d] [--gpu 0 | --gpus 0,1] [--lowvram] [--dry-run]
 
 User errors (bad files, missing models) print a short explanation and exit with code 2; they are
 raised before any model is loaded.
@@ -181,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluation.cli import add_parser as add_eval_parser
 
     add_eval_parser(sub)
+    from .run.cli import add_parser as add_run_parser
+
+    add_run_parser(sub)
     return p
 
 

@@ -1,0 +1,393 @@
+"""Asset exports beside threestudio's mesh exporter: GLB from its OBJ/MTL, and the coloured PLY of
+Make-It-3D's point cloud.
+
+    obj_to_glb(obj_path, glb_path=None)        OBJ + MTL + texture (threestudio `mesh-exporter`,
+                                               fmt obj-mtl) -> binary glTF with the same texture
+    write_ply(path, positions, colours)        binary little-endian PLY: float x y z, uchar r g b
+    read_ply(path) -> (positions, colours)     our PLYs and any ascii / binary vertex-first PLY
+    checkpoint_to_ply(ckpt, ply)               the point cloud of a Lightning checkpoint -> PLY
+
+Axes: threestudio's world is z-up with the reference camera on +x ("front"); glTF is y-up and
+viewers look at the +z side first. The GLB is therefore written in glTF axes (x, y, z)_gltf =
+(y, z, x)_threestudio, a rotation (no mirroring, winding kept), so the asset stands upright and
+shows the photographed side. `axes="keep"` keeps threestudio's coordinates. The OBJ and the PLY
+keep threestudio's coordinates.
+
+Material: the OBJ's diffuse texture (`map_Kd`, threestudio's albedo) becomes the glTF base colour
+texture, embedded as PNG (the decoded pixels exactly; re-encoding the JPEG would lose detail a
+second time), with metallic 0 and roughness 1 (glTF's defaults would make the albedo look metallic). Vertex colours (mesh-exporter fmt obj) are kept.
+
+Command line (used by `hifi123 run`):
+    python -m hifi123.run.export glb TRIAL_DIR|MODEL.obj [--out MODEL.glb]
+    python -m hifi123.run.export ply CKPT|NPZ --out POINTS.ply [--position-key K] [--colour-key K]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import sys
+import tempfile
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..errors import Hifi123Error, InputError
+
+#: threestudio (x front, y, z up) -> glTF (x, y up, z towards the default viewer)
+THREESTUDIO_TO_GLTF = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+
+_MAP_KEYS = ("map_kd", "map_ks", "map_bump", "bump", "map_pm", "map_pr", "map_ka", "norm")
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _atomic_write_bytes(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".hifi123-", suffix=os.path.splitext(path)[1], dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _obj_references(obj_path: str) -> List[Tuple[str, str]]:
+    """(kind, path) of the MTL files an OBJ names and of the textures those MTLs name."""
+    folder = os.path.dirname(os.path.abspath(obj_path))
+    refs: List[Tuple[str, str]] = []
+    with open(obj_path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("mtllib"):
+                name = line[len("mtllib"):].strip()
+                if name:
+                    refs.append(("material library", os.path.join(folder, name)))
+    for kind, mtl in list(refs):
+        if not os.path.isfile(mtl):
+            continue
+        mfolder = os.path.dirname(mtl)
+        with open(mtl, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.strip().split()
+                if parts and parts[0].lower() in _MAP_KEYS and len(parts) > 1:
+                    refs.append((f"texture ({parts[0]} in {os.path.basename(mtl)})", os.path.join(mfolder, parts[-1])))
+    return refs
+
+
+def check_obj(obj_path: str) -> None:
+    """Raise InputError when the OBJ or a file it references is missing."""
+    if not os.path.isfile(obj_path):
+        raise InputError(f"mesh {obj_path} not found", "an OBJ written by threestudio's mesh-exporter",
+                         "export the trial first: python launch.py --config <trial>/configs/parsed.yaml --export "
+                         "--gpu 0 resume=<trial>/ckpts/last.ckpt system.exporter_type=mesh-exporter")
+    for kind, path in _obj_references(obj_path):
+        if not os.path.isfile(path):
+            raise InputError(f"{os.path.basename(obj_path)}: its {kind} {path} is missing",
+                             "the OBJ, its .mtl and its textures together in one folder, as the exporter wrote them",
+                             "copy the whole export folder (model.obj, model.mtl, texture_*.jpg), or re-run the export")
+
+
+def find_exported_obj(trial: str) -> str:
+    """The newest `save/it<N>-export/model.obj` of a threestudio trial folder."""
+    hits = glob.glob(os.path.join(glob.escape(trial), "save", "it*-export", "model.obj"))
+    if not hits:
+        raise InputError(f"{trial} has no exported mesh (save/it<N>-export/model.obj)",
+                         "a trial exported with threestudio's mesh-exporter",
+                         f"python launch.py --config {trial}/configs/parsed.yaml --export --gpu 0 "
+                         f"resume={trial}/ckpts/last.ckpt system.exporter_type=mesh-exporter")
+
+    def step(p):
+        m = re.search(r"it(\d+)-export", p)
+        return int(m.group(1)) if m else -1
+
+    return max(hits, key=step)
+
+
+# ---------------------------------------------------------------------------------------- GLB
+
+
+def _material_for_glb(visual):
+    """PBR material for a TextureVisuals: the diffuse texture as base colour, metallic 0, roughness 1."""
+    from trimesh.visual.material import PBRMaterial
+
+    mat = getattr(visual, "material", None)
+    image = getattr(mat, "image", None)
+    if image is None:
+        image = getattr(mat, "baseColorTexture", None)
+    if image is not None:
+        # a copy has no `format`, so trimesh embeds it as PNG: lossless. (It would re-encode a JPEG
+        # at PIL's default quality, a second lossy pass over the texture.)
+        image = image.copy() if image.mode in ("RGB", "RGBA", "L", "LA") else image.convert("RGBA")
+        factor = [255, 255, 255, 255]  # threestudio writes map_Kd without Kd: the texture is the colour
+    else:
+        diffuse = getattr(mat, "diffuse", None)
+        if diffuse is None:
+            diffuse = getattr(mat, "baseColorFactor", None)
+        factor = [int(x) for x in np.asarray(diffuse if diffuse is not None else [255, 255, 255, 255]).ravel()[:4]]
+    return PBRMaterial(name=getattr(mat, "name", None) or "material", baseColorTexture=image,
+                       baseColorFactor=factor, metallicFactor=0.0, roughnessFactor=1.0)
+
+
+def obj_to_glb(obj_path: str, glb_path: Optional[str] = None, *, axes: str = "gltf") -> str:
+    """Convert an OBJ (+ MTL + textures) to a GLB with the same geometry, UVs and texture.
+
+    Face order and per-corner UVs are kept (trimesh splits a vertex where its UVs differ, as glTF
+    requires). Returns the GLB path (default: the OBJ path with `.glb`)."""
+    import trimesh
+    from trimesh.visual import ColorVisuals, TextureVisuals
+
+    if axes not in ("gltf", "keep"):
+        raise ValueError(f"axes must be 'gltf' or 'keep', not {axes!r}")
+    check_obj(obj_path)
+    glb_path = glb_path or os.path.splitext(obj_path)[0] + ".glb"
+    try:
+        src = trimesh.load(obj_path, force="scene", process=False)  # NOT maintain_order: it drops UV seams
+    except Exception as err:  # trimesh raises many kinds on a malformed file
+        raise InputError(f"cannot read the mesh {obj_path}: {err}", "a Wavefront OBJ",
+                         "re-run the export") from err
+    meshes = [(name, g) for name, g in src.geometry.items() if isinstance(g, trimesh.Trimesh) and len(g.faces)]
+    if not meshes:
+        raise InputError(f"{obj_path} holds no triangles", "a non-empty mesh",
+                         "check the export (an isosurface threshold that is too high gives an empty mesh)")
+    rot = THREESTUDIO_TO_GLTF if axes == "gltf" else np.eye(3)
+    out = trimesh.Scene()
+    for name, g in meshes:
+        # the scene graph of an OBJ is the identity, but honour it anyway
+        node = next((n for n in src.graph.nodes_geometry if src.graph[n][1] == name), None)
+        transform = src.graph[node][0] if node is not None else np.eye(4)
+        verts = trimesh.transform_points(np.asarray(g.vertices, dtype=np.float64), transform) @ rot.T
+        visual = None
+        if isinstance(g.visual, TextureVisuals) and g.visual.uv is not None:
+            visual = TextureVisuals(uv=np.asarray(g.visual.uv), material=_material_for_glb(g.visual))
+        elif isinstance(g.visual, ColorVisuals) and g.visual.kind in ("vertex", "face"):
+            visual = g.visual.copy()
+        mesh = trimesh.Trimesh(vertices=verts, faces=np.asarray(g.faces), visual=visual, process=False)
+        out.add_geometry(mesh, node_name=os.path.splitext(name)[0], geom_name=os.path.splitext(name)[0])
+    data = trimesh.exchange.gltf.export_glb(out)
+    _atomic_write_bytes(glb_path, data)
+    return glb_path
+
+
+# ---------------------------------------------------------------------------------------- PLY
+
+_PLY_TYPES = {
+    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
+    "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+}
+
+
+def _colours_u8(colours) -> np.ndarray:
+    c = np.asarray(colours)
+    if c.dtype == np.uint8:
+        return c
+    if np.issubdtype(c.dtype, np.integer):
+        return np.clip(c, 0, 255).astype(np.uint8)
+    c = np.nan_to_num(c.astype(np.float64), nan=0.0)
+    return (np.clip(c, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def write_ply(path: str, positions, colours=None) -> str:
+    """Write a point cloud: positions [N,3] (float32 in the file), colours [N,3] uint8, or float in
+    [0,1] (rounded to uint8). Binary little-endian, vertex element only."""
+    pos = np.asarray(positions, dtype=np.float64)
+    if pos.ndim != 2 or pos.shape[1] != 3:
+        raise ValueError(f"positions must be [N, 3], got {pos.shape}")
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    col = None
+    if colours is not None:
+        col = _colours_u8(colours)
+        if col.shape != (len(pos), 3):
+            raise ValueError(f"colours must be [N, 3] like the positions ({len(pos)}), got {col.shape}")
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    arr = np.empty(len(pos), dtype=fields)
+    arr["x"], arr["y"], arr["z"] = pos[:, 0], pos[:, 1], pos[:, 2]
+    if col is not None:
+        arr["red"], arr["green"], arr["blue"] = col[:, 0], col[:, 1], col[:, 2]
+    header = ["ply", "format binary_little_endian 1.0", "comment written by hifi123",
+              f"element vertex {len(pos)}", "property float x", "property float y", "property float z"]
+    if col is not None:
+        header += ["property uchar red", "property uchar green", "property uchar blue"]
+    header.append("end_header")
+    _atomic_write_bytes(path, ("\n".join(header) + "\n").encode("ascii") + arr.tobytes())
+    return path
+
+
+def read_ply(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Positions float32 [N,3] and colours uint8 [N,3] (None without red/green/blue) of the first
+    element, which must be `vertex` (true of point-cloud PLYs). ascii and binary, either endianness."""
+    with open(path, "rb") as f:
+        if f.readline().strip() != b"ply":
+            raise InputError(f"{path} is not a PLY file", "a file starting with 'ply'", "check the path")
+        fmt, elements = None, []  # elements: [name, count, [(prop, dtype)]]
+        while True:
+            line = f.readline()
+            if not line:
+                raise InputError(f"{path}: the PLY header has no end_header", "a complete PLY file", "re-export it")
+            parts = line.decode("ascii", errors="replace").split()
+            if not parts or parts[0] in ("comment", "obj_info"):
+                continue
+            if parts[0] == "end_header":
+                break
+            if parts[0] == "format":
+                fmt = parts[1]
+            elif parts[0] == "element":
+                elements.append([parts[1], int(parts[2]), []])
+            elif parts[0] == "property":
+                if parts[1] == "list":
+                    elements[-1][2].append((parts[-1], None))
+                else:
+                    elements[-1][2].append((parts[2], _PLY_TYPES[parts[1]]))
+        if not elements or elements[0][0] != "vertex":
+            raise InputError(f"{path}: the first PLY element is not 'vertex'", "a point-cloud PLY", "re-export it")
+        _, n, props = elements[0]
+        if any(t is None for _, t in props):
+            raise InputError(f"{path}: list properties in the vertex element", "scalar vertex properties", "re-export it")
+        names = [p for p, _ in props]
+        if fmt == "ascii":
+            rows = [f.readline().split() for _ in range(n)]
+            data = {p: np.array([float(r[i]) for r in rows]) for i, p in enumerate(names)}
+        elif fmt in ("binary_little_endian", "binary_big_endian"):
+            end = "<" if fmt == "binary_little_endian" else ">"
+            dt = np.dtype([(p, end + t) for p, t in props])
+            raw = f.read(dt.itemsize * n)
+            if len(raw) < dt.itemsize * n:
+                raise InputError(f"{path}: the file is truncated ({len(raw)} of {dt.itemsize * n} vertex bytes)",
+                                 "a complete PLY file", "re-export it")
+            arr = np.frombuffer(raw, dtype=dt, count=n)
+            data = {p: arr[p] for p in names}
+        else:
+            raise InputError(f"{path}: unknown PLY format {fmt!r}", "ascii or binary", "re-export it")
+    pos = np.stack([data["x"], data["y"], data["z"]], axis=-1).astype(np.float32)
+    col = None
+    if all(k in data for k in ("red", "green", "blue")):
+        col = np.stack([data["red"], data["green"], data["blue"]], axis=-1)
+        if not np.issubdtype(col.dtype, np.integer):  # float colours: [0, 1], or [0, 255] in ascii files
+            col = np.asarray(col, dtype=np.float64)
+            col = col if col.size == 0 or col.max() <= 1.0 else col / 255.0
+        col = _colours_u8(col)
+    return pos, col
+
+
+# ---------------------------------------------------------------------- point cloud from ckpt
+
+#: state-dict key endings searched when no key is given (the Make-It-3D refine system's contract:
+#: point positions [N, 3]; colours [N, 3] or descriptors [N, C >= 3] whose first 3 channels are RGB
+#: in [0, 1])
+POSITION_SUFFIXES = ("points", "positions", "xyz", "point_positions")
+COLOUR_SUFFIXES = ("colors", "colours", "rgb", "point_colors", "descriptors", "features")
+
+
+def _pick(state: Dict[str, "object"], key: Optional[str], suffixes, n: Optional[int], what: str, flag: str, ckpt: str):
+    def shape(v):
+        return tuple(getattr(v, "shape", ()))
+
+    if key is not None:
+        if key not in state:
+            raise InputError(f"{ckpt} has no entry {key!r} ({flag})", f"one of: {', '.join(sorted(state)[:20])}",
+                             f"pass the right {flag}")
+        return key
+    cands = []
+    for suffix in suffixes:  # suffix order is the priority
+        for k, v in state.items():
+            s = shape(v)
+            if k.split(".")[-1] == suffix and len(s) == 2 and s[1] >= 3 and (n is None or s[0] == n):
+                if what == "positions" and s[1] != 3:
+                    continue
+                cands.append(k)
+        if cands:
+            break
+    if len(cands) != 1:
+        two_d = [f"{k} {list(shape(v))}" for k, v in state.items() if len(shape(v)) == 2][:20]
+        raise InputError(
+            f"{ckpt}: {'no' if not cands else 'several'} point {what} found "
+            f"({'candidates: ' + ', '.join(cands) if cands else 'names ending in ' + ', '.join(suffixes)})",
+            f"one [N, {'3' if what == 'positions' else 'C>=3'}] tensor; 2-D entries: {', '.join(two_d) or 'none'}",
+            f"name it with {flag}",
+        )
+    return cands[0]
+
+
+def load_point_cloud(source: str, position_key: Optional[str] = None,
+                     colour_key: Optional[str] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Positions [N,3] and colours (uint8 [N,3] or None) from a Lightning checkpoint (its
+    `state_dict`) or an .npz (keys positions/points and colors/colours)."""
+    if not os.path.isfile(source):
+        raise InputError(f"point-cloud source {source} not found",
+                         "the Make-It-3D refine trial's ckpts/last.ckpt (or an .npz)", "run the refine stage first")
+    if source.endswith(".npz"):
+        with np.load(source) as z:
+            state = {k: z[k] for k in z.files}
+    else:
+        import torch
+
+        try:
+            ckpt = torch.load(source, map_location="cpu", weights_only=False)  # our own checkpoint
+        except Exception as err:
+            raise InputError(f"cannot read the checkpoint {source}: {err}", "a Lightning checkpoint",
+                             "re-run the refine stage (the file may be truncated)") from err
+        state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else {}
+    pk = _pick(state, position_key, POSITION_SUFFIXES, None, "positions", "--position-key", source)
+    pos = np.asarray(_to_numpy(state[pk]), dtype=np.float64)
+    ck = None
+    try:
+        ck = _pick(state, colour_key, COLOUR_SUFFIXES, len(pos), "colours", "--colour-key", source)
+    except InputError:
+        if colour_key is not None:
+            raise
+    col = None
+    if ck is not None:
+        c = _to_numpy(state[ck])[:, :3]
+        col = _colours_u8(c)
+    return pos, col
+
+
+def _to_numpy(v) -> np.ndarray:
+    if hasattr(v, "detach"):
+        v = v.detach().float().cpu().numpy()
+    return np.asarray(v)
+
+
+def checkpoint_to_ply(source: str, ply_path: str, position_key: Optional[str] = None,
+                      colour_key: Optional[str] = None) -> str:
+    pos, col = load_point_cloud(source, position_key, colour_key)
+    return write_ply(ply_path, pos, col)
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hifi123.run.export", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    g = sub.add_parser("glb", help="OBJ/MTL/texture -> GLB")
+    g.add_argument("source", help="a threestudio trial folder (its newest save/it<N>-export/model.obj) or an OBJ file")
+    g.add_argument("--out", default=None, help="GLB path (default: next to the OBJ, model.glb)")
+    g.add_argument("--keep-axes", action="store_true", help="keep threestudio's z-up coordinates (default: glTF y-up)")
+    q = sub.add_parser("ply", help="point cloud of a checkpoint -> coloured PLY")
+    q.add_argument("source", help="a Lightning checkpoint (ckpts/last.ckpt) or an .npz")
+    q.add_argument("--out", required=True, help="PLY path")
+    q.add_argument("--position-key", default=None, help="state-dict key of the [N,3] positions (default: search)")
+    q.add_argument("--colour-key", default=None, help="state-dict key of the [N,C>=3] colours (default: search)")
+    args = p.parse_args(argv)
+    try:
+        if args.what == "glb":
+            obj = find_exported_obj(args.source) if os.path.isdir(args.source) else args.source
+            out = obj_to_glb(obj, args.out, axes="keep" if args.keep_axes else "gltf")
+        else:
+            out = checkpoint_to_ply(args.source, args.out, args.position_key, args.colour_key)
+    except Hifi123Error as err:
+        print(f"hifi123: error: {err.render()}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

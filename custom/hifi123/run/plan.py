@@ -1,0 +1,499 @@
+"""The stage plan of `hifi123 run`: a pure function of (method, options, outputs tree state).
+
+    scan_state(layout)               reads the outputs tree (the only I/O in this module)
+    plan_stages(opts, state, ran)    -> [Stage, ...] in order; `Stage.skip` says why one does not run
+
+Stages, in order (`ply` only for Make-It-3D):
+
+    preprocess  python -m hifi123.cli preprocess IMAGE --out OUT/preprocessed/TAG
+    coarse      python launch.py --config custom/hifi123/configs/<coarse>.yaml --train --gpu G ...
+    refine      python launch.py --config .../<refine>.yaml --train ... system.geometry_convert_from=<coarse>/ckpts/last.ckpt
+    export      python launch.py --config <trial>/configs/parsed.yaml --export ... system.exporter_type=mesh-exporter
+    glb         python -m hifi123.run.export glb <trial>           (next to model.obj)
+    ply         python -m hifi123.run.export ply <refine>/ckpts/last.ckpt --out <refine>/save/pointcloud.ply
+    video       python launch.py --config <refine>/configs/parsed.yaml --test ...   (normally already
+                made by the refine run's own test pass, so skipped)
+    eval        python -m hifi123.cli eval single-view --ref RGBA --views <refine> --out <refine>/save/eval/single_view.json
+
+Layout (deterministic, so a re-run finds everything; threestudio's own `<name>/<tag>` layout with
+`use_timestamp=false`):
+
+    OUT/preprocessed/TAG/<name>_rgba.png, _depth.png, _normal.png, _caption.txt, _preprocess.json
+    OUT/<run name>/TAG/{ckpts,configs,save,...}     one threestudio trial per training stage
+    OUT/logs/TAG/<variant>-<stage>.log               what each stage printed
+    OUT/runs/TAG.<variant>.json                      the run record (stage timings, outputs, metrics)
+
+Completion evidence ("done"):
+    preprocess  the RGBA, depth, normal and caption files and the `_preprocess.json` sidecar (the
+                preprocessor writes the sidecar last)
+    training    `<trial>/hifi123_stage.json` (written by the runner after launch.py exits 0 and the
+                trial has `ckpts/last.ckpt` and `configs/parsed.yaml`) plus `ckpts/last.ckpt`.
+                A `last.ckpt` without the marker is an interrupted run: it resumes with `resume=`.
+    others      their output files (each is written last or atomically by its writer)
+A stage also runs when a stage it depends on runs (or ran earlier in this invocation: `ran`); a
+training stage forced that way starts fresh, and the runner moves its old trial folder aside.
+"""
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+
+# ------------------------------------------------------------------------------- stage table
+
+#: where our configs live, relative to the threestudio root (install.sh links custom/hifi123 there)
+CONFIG_DIR = "custom/hifi123/configs"
+
+MARKER = "hifi123_stage.json"
+EVAL_REPORT = os.path.join("save", "eval", "single_view.json")
+POINTCLOUD = os.path.join("save", "pointcloud.ply")
+
+
+@dataclass(frozen=True)
+class TrainingStage:
+    config: str  # file in custom/hifi123/configs/
+    name: str  # threestudio `name=`: the trials go to OUT/<name>/<tag>/
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method's row of the stage table."""
+
+    stages: Dict[bool, Dict[str, TrainingStage]]  # lowvram -> {"coarse": ..., "refine": ...}
+    chain_key: str  # refine override that points at the coarse checkpoint
+    prompt_key: Optional[str]  # override that receives the caption (None: the config reads <name>_caption.txt)
+    mesh_from: str  # the training stage whose geometry the mesh exporter exports
+    pointcloud: bool  # Make-It-3D: a coloured PLY of the refine stage's point cloud
+
+
+def _ts(config: str) -> TrainingStage:
+    return TrainingStage(config, os.path.splitext(config)[0])
+
+
+#: THE stage table: adjust config files and run names here, nowhere else.
+METHODS: Dict[str, MethodSpec] = {
+    "hifi123": MethodSpec(
+        stages={
+            False: {"coarse": TrainingStage("coarse.yaml", "hifi123-coarse"),
+                    "refine": TrainingStage("refine.yaml", "hifi123-refine")},
+            True: {"coarse": TrainingStage("coarse-lowvram.yaml", "hifi123-coarse-lowvram"),
+                   "refine": TrainingStage("refine-lowvram.yaml", "hifi123-refine-lowvram")},
+        },
+        chain_key="system.geometry_convert_from",
+        prompt_key=None,  # an empty prompt in coarse/refine.yaml reads <name>_caption.txt
+        mesh_from="refine",  # the refined DMTet mesh
+        pointcloud=False,
+    ),
+    "makeit3d": MethodSpec(
+        stages={
+            False: {"coarse": _ts("makeit3d-coarse.yaml"), "refine": _ts("makeit3d-refine.yaml")},
+            True: {"coarse": _ts("makeit3d-coarse-lowvram.yaml"), "refine": _ts("makeit3d-refine-lowvram.yaml")},
+        },
+        chain_key="system.geometry_convert_from",
+        prompt_key=None,  # makeit3d-guidance reads <name>_caption.txt next to data.image_path
+        mesh_from="coarse",  # the refine stage is a point cloud: the mesh comes from the coarse NeRF
+        pointcloud=True,
+    ),
+}
+
+#: stage order and what each one needs
+STAGE_ORDER = ("preprocess", "coarse", "refine", "export", "glb", "ply", "video", "eval")
+TRAINING_STAGES = ("coarse", "refine")
+#: stages `--set STAGE:KEY=VALUE` may address (launch.py stages)
+OVERRIDABLE = ("coarse", "refine", "export", "video")
+
+CAPTION_PLACEHOLDER = "<the caption in {path}>"
+
+
+# ---------------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    image: str  # absolute path of the input photo
+    method: str = "hifi123"
+    out: str = "outputs"  # absolute after `normalized()`
+    gpu: str = "0"  # launch.py --gpu: "0" or "0,1" (DDP inside one object)
+    lowvram: bool = False
+    threestudio_root: str = ""
+    python: str = "python"
+    prompt: Optional[str] = None  # instead of the BLIP-2 caption
+    overrides: Tuple[Tuple[Optional[str], str], ...] = ()  # (stage or None = both training stages, "key=value")
+    tag: Optional[str] = None  # default: sanitized image name
+
+    @property
+    def spec(self) -> MethodSpec:
+        return METHODS[self.method]
+
+    @property
+    def variant(self) -> str:
+        return self.method + ("-lowvram" if self.lowvram else "")
+
+    @property
+    def run_tag(self) -> str:
+        return self.tag or make_tag(self.image)
+
+    def training(self, stage: str) -> TrainingStage:
+        return self.spec.stages[self.lowvram][stage]
+
+
+def output_name(path: str) -> str:
+    """The preprocessor's output name (`photo.jpg` -> `photo`, `cat_rgba.png` -> `cat`)."""
+    from ..preprocess.inputs import output_name as _output_name
+
+    return _output_name(path)
+
+
+def make_tag(image: str) -> str:
+    """A threestudio tag from the image name: letters, digits, `.`, `_`, `-` only."""
+    tag = re.sub(r"[^A-Za-z0-9._-]+", "_", output_name(image)).strip("._")
+    return tag or "image"
+
+
+def parse_override(text: str) -> Tuple[Optional[str], str]:
+    """`[STAGE:]KEY=VALUE` -> (stage or None, "KEY=VALUE"); raises ValueError when malformed."""
+    m = re.match(r"^(?:([a-z]+):)?([A-Za-z_][\w.\-]*=.*)$", text, re.S)
+    if not m:
+        raise ValueError(f"{text!r} is not KEY=VALUE or STAGE:KEY=VALUE")
+    stage = m.group(1)
+    if stage is not None and stage not in OVERRIDABLE:
+        raise ValueError(f"{text!r}: unknown stage {stage!r} (one of {', '.join(OVERRIDABLE)})")
+    return stage, m.group(2)
+
+
+# left unquoted: words and absolute paths that YAML reads back as the same string (no number,
+# no .inf/.nan, no leading sign)
+_PLAIN = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./@+-]*$")
+
+
+def override(key: str, value: str) -> str:
+    """`key=value` for launch.py. OmegaConf YAML-parses the value, so anything that is not a plain
+    path-like token is single-quoted (a caption like `a cat: sitting` would otherwise become a
+    mapping). `${` cannot survive threestudio's double resolution and is dropped to `{`."""
+    value = str(value).replace("${", "{")
+    if "\n" in value:
+        value = " ".join(value.split())
+    if _PLAIN.match(value) and value.lower() not in ("true", "false", "yes", "no", "on", "off", "null", "none", "~"):
+        return f"{key}={value}"
+    return f"{key}='" + value.replace("'", "''") + "'"
+
+
+# ----------------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class Layout:
+    out: str
+    tag: str
+    variant: str
+    image: str
+    name: str  # preprocessor output name
+
+    @classmethod
+    def of(cls, opts: RunOptions) -> "Layout":
+        return cls(opts.out, opts.run_tag, opts.variant, opts.image, output_name(opts.image))
+
+    @property
+    def preprocessed_dir(self) -> str:
+        return os.path.join(self.out, "preprocessed", self.tag)
+
+    def pre(self, suffix: str) -> str:
+        return os.path.join(self.preprocessed_dir, self.name + suffix)
+
+    @property
+    def rgba(self) -> str:
+        return self.pre("_rgba.png")
+
+    @property
+    def caption(self) -> str:
+        return self.pre("_caption.txt")
+
+    @property
+    def preprocessed_files(self) -> Tuple[str, ...]:
+        return tuple(self.pre(s) for s in ("_rgba.png", "_depth.png", "_normal.png", "_caption.txt", "_preprocess.json"))
+
+    def trial(self, run_name: str) -> str:
+        return os.path.join(self.out, run_name, self.tag)
+
+    @property
+    def logs_dir(self) -> str:
+        return os.path.join(self.out, "logs", self.tag)
+
+    def log(self, stage: str) -> str:
+        return os.path.join(self.logs_dir, ("preprocess" if stage == "preprocess" else f"{self.variant}-{stage}") + ".log")
+
+    @property
+    def record(self) -> str:
+        return os.path.join(self.out, "runs", f"{self.tag}.{self.variant}.json")
+
+
+def trial_outputs(trial: str) -> Dict[str, str]:
+    """Glob patterns of a trial's outputs (the fixed part escaped)."""
+    t = glob.escape(trial)
+    return {
+        "ckpt": os.path.join(t, "ckpts", "last.ckpt"),
+        "parsed": os.path.join(t, "configs", "parsed.yaml"),
+        "marker": os.path.join(t, MARKER),
+        "obj": os.path.join(t, "save", "it*-export", "model.obj"),
+        "glb": os.path.join(t, "save", "it*-export", "model.glb"),
+        "video": os.path.join(t, "save", "it*-test.mp4"),
+        "ply": os.path.join(t, POINTCLOUD),
+        "eval": os.path.join(t, EVAL_REPORT),
+    }
+
+
+# ------------------------------------------------------------------------------------ state
+
+
+@dataclass(frozen=True)
+class State:
+    """What exists in the outputs tree: a set of file paths, and the caption text if written."""
+
+    files: FrozenSet[str] = frozenset()
+    caption: Optional[str] = None
+
+    def matches(self, pattern: str) -> List[str]:
+        parts = pattern.split(os.sep)
+        hits = [f for f in self.files if _match_parts(f.split(os.sep), parts)]
+        return sorted(hits, key=_step_key)
+
+    def has(self, pattern: str) -> bool:
+        return bool(self.matches(pattern))
+
+
+def _match_parts(path: Sequence[str], pattern: Sequence[str]) -> bool:
+    return len(path) == len(pattern) and all(fnmatch.fnmatchcase(a, b) for a, b in zip(path, pattern))
+
+
+def _step_key(path: str):
+    """Sort `.../it5000-export/...` after `.../it900-export/...`."""
+    m = re.findall(r"it(\d+)-", path)
+    return (int(m[-1]) if m else -1, path)
+
+
+def newest(paths: Iterable[str]) -> Optional[str]:
+    paths = sorted(paths, key=_step_key)
+    return paths[-1] if paths else None
+
+
+def scan_state(opts: RunOptions) -> State:
+    """Read the outputs tree of one image and method (no writes)."""
+    lay = Layout.of(opts)
+    files = {p for p in lay.preprocessed_files if os.path.isfile(p)}
+    for st in TRAINING_STAGES:
+        trial = lay.trial(opts.training(st).name)
+        for pattern in trial_outputs(trial).values():
+            files.update(p for p in glob.glob(pattern) if os.path.isfile(p))
+    caption = None
+    if lay.caption in files:
+        try:
+            with open(lay.caption, encoding="utf-8") as f:
+                caption = f.read().strip()
+        except (OSError, UnicodeDecodeError):
+            caption = None
+    return State(frozenset(files), caption)
+
+
+# ------------------------------------------------------------------------------------ stages
+
+
+@dataclass
+class Stage:
+    name: str
+    argv: List[str]
+    cwd: str
+    env: Dict[str, str] = field(default_factory=dict)  # set on top of the caller's environment
+    outputs: List[str] = field(default_factory=list)  # glob patterns that must exist afterwards
+    skip: Optional[str] = None  # why it does not run; None: it runs
+    why: str = ""  # why it runs
+    needs_gpu: bool = False
+    trial: Optional[str] = None  # training stages: the threestudio trial folder
+    resume: Optional[str] = None  # training stages: the checkpoint it resumes from
+    move_aside: Optional[str] = None  # a stale trial folder the runner renames before running
+    log: str = ""
+
+    @property
+    def runs(self) -> bool:
+        return self.skip is None
+
+    def command(self) -> str:
+        """The exact shell command (cd + environment + argv)."""
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        return f"cd {shlex.quote(self.cwd)} && " + (env + " " if env else "") + shlex.join(self.argv)
+
+
+def gpu_env(gpu: str) -> Dict[str, str]:
+    """Pin a stage to `gpu` by PCI bus id (launch.py's own convention for --gpu)."""
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": gpu}
+
+
+def _deps(opts: RunOptions) -> Dict[str, Tuple[str, ...]]:
+    spec = opts.spec
+    d = {
+        "preprocess": (),
+        "coarse": ("preprocess",),
+        "refine": ("coarse",),
+        "export": (spec.mesh_from,),
+        "glb": ("export",),
+        "video": ("refine",),  # but a refine run makes the video itself (see plan_stages)
+        "eval": ("preprocess", "refine", "video"),
+    }
+    if spec.pointcloud:
+        d["ply"] = ("refine",)
+    return d
+
+
+def stage_names(method: str) -> Tuple[str, ...]:
+    return tuple(s for s in STAGE_ORDER if s != "ply" or METHODS[method].pointcloud)
+
+
+def _short(path: str, base: str) -> str:
+    try:
+        rel = os.path.relpath(path, base)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def plan_stages(opts: RunOptions, state: State, ran: Iterable[str] = ()) -> List[Stage]:
+    """The stages for one image, in order, each with its exact command and whether it runs.
+
+    Pure: depends only on `opts`, `state` (the outputs tree) and `ran` (stages already run in this
+    invocation, whose dependents must run again)."""
+    lay = Layout.of(opts)
+    spec = opts.spec
+    ts_root = opts.threestudio_root
+    py = opts.python
+    ran = set(ran)
+    deps = _deps(opts)
+    trials = {st: lay.trial(opts.training(st).name) for st in TRAINING_STAGES}
+    outs = {st: trial_outputs(t) for st, t in trials.items()}
+    env = gpu_env(opts.gpu)
+    launch = [py, "launch.py"]
+
+    def user_overrides(stage: str) -> List[str]:
+        return [kv for st, kv in opts.overrides if st == stage or (st is None and stage in TRAINING_STAGES)]
+
+    stages: List[Stage] = []
+    pending: set = set()
+
+    for name in stage_names(opts.method):
+        # a dependency that runs, or ran in this invocation after this stage last ran, forces a redo
+        upstream = [d for d in deps[name] if d in pending or (d in ran and name not in ran)]
+        if name == "video" and "refine" in upstream:
+            # `launch.py --train` ends with a test pass that writes save/it<N>-test.mp4: a refine
+            # run that is pending or just ran makes the video, no separate test run is needed
+            upstream.remove("refine")
+            made_by_refine = "refine" in pending
+        else:
+            made_by_refine = False
+        stage = Stage(name=name, argv=[], cwd=opts.out, log=lay.log(name))
+        done: Optional[bool] = None  # training stages decide it themselves (marker + checkpoint)
+
+        if name == "preprocess":
+            stage.argv = [py, "-m", "hifi123.cli", "preprocess", opts.image, "--out", lay.preprocessed_dir]
+            if opts.prompt is not None:
+                stage.argv += ["--caption", opts.prompt]
+            stage.env = dict(env)
+            stage.outputs = [glob.escape(p) for p in lay.preprocessed_files]
+            # the preprocessor writes --caption as one line with whitespace runs collapsed
+            if opts.prompt is not None and state.caption is not None and state.caption != " ".join(opts.prompt.split()):
+                done = False  # --prompt changed: re-caption (and redo what depends on the caption)
+                stage.why = "the caption differs from --prompt"
+
+        elif name in TRAINING_STAGES:
+            ts = opts.training(name)
+            trial, o = trials[name], outs[name]
+            stage.cwd, stage.env, stage.needs_gpu, stage.trial = ts_root, dict(env), True, trial
+            stage.argv = launch + [
+                "--config", f"{CONFIG_DIR}/{ts.config}", "--train", "--gpu", opts.gpu,
+                override("data.image_path", lay.rgba), override("exp_root_dir", opts.out),
+                override("name", ts.name), override("tag", lay.tag),
+                "use_timestamp=false",  # deterministic trial folder OUT/<name>/<tag>: resumable
+                "checkpoint.save_last=true",  # ckpts/last.ckpt: what refine, export and resume use
+            ]
+            if name == "refine":
+                stage.argv.append(override(spec.chain_key, os.path.join(trials["coarse"], "ckpts", "last.ckpt")))
+            if spec.prompt_key:
+                text = opts.prompt if opts.prompt is not None else state.caption
+                stage.argv.append(override(spec.prompt_key, text if text is not None
+                                           else CAPTION_PLACEHOLDER.format(path=lay.caption)))
+            stage.outputs = [o["ckpt"], o["parsed"]]
+            done = state.has(o["marker"]) and state.has(o["ckpt"])
+            if not done or upstream:
+                if state.has(o["ckpt"]) and not upstream:
+                    stage.resume = os.path.join(trial, "ckpts", "last.ckpt")
+                    stage.argv.append(override("resume", stage.resume))
+                    stage.why = "resume: ckpts/last.ckpt without a completion marker (interrupted run)"
+                elif state.has(o["ckpt"]) or state.has(o["marker"]):
+                    stage.move_aside = trial
+                    stage.why = (f"redo from scratch, {', '.join(upstream)} runs again" if upstream
+                                 else "the trial has no usable checkpoint: from scratch")
+            stage.argv += user_overrides(name)
+
+        elif name == "export":
+            trial, o = trials[spec.mesh_from], outs[spec.mesh_from]
+            stage.cwd, stage.env, stage.needs_gpu, stage.trial = ts_root, dict(env), True, trial
+            stage.argv = launch + [
+                "--config", os.path.join(trial, "configs", "parsed.yaml"), "--export", "--gpu", opts.gpu,
+                override("resume", os.path.join(trial, "ckpts", "last.ckpt")),
+                "system.exporter_type=mesh-exporter", "system.exporter.fmt=obj-mtl",
+                "system.exporter.context_type=cuda",  # nvdiffrast without an OpenGL context (headless)
+            ] + user_overrides(name)
+            stage.outputs = [o["obj"]]
+
+        elif name == "glb":
+            trial, o = trials[spec.mesh_from], outs[spec.mesh_from]
+            stage.argv = [py, "-m", "hifi123.run.export", "glb", trial]
+            stage.outputs = [o["glb"]]
+            stage.trial = trial
+            obj = newest(state.matches(o["obj"]))  # the GLB must belong to the newest export
+            done = obj is not None and state.has(os.path.join(glob.escape(os.path.dirname(obj)), "model.glb"))
+
+        elif name == "ply":
+            trial, o = trials["refine"], outs["refine"]
+            stage.argv = [py, "-m", "hifi123.run.export", "ply", os.path.join(trial, "ckpts", "last.ckpt"),
+                          "--out", os.path.join(trial, POINTCLOUD)]
+            stage.outputs = [o["ply"]]
+            stage.trial = trial
+
+        elif name == "video":
+            trial, o = trials["refine"], outs["refine"]
+            stage.cwd, stage.env, stage.needs_gpu, stage.trial = ts_root, dict(env), True, trial
+            stage.argv = launch + [
+                "--config", os.path.join(trial, "configs", "parsed.yaml"), "--test", "--gpu", opts.gpu,
+                override("resume", os.path.join(trial, "ckpts", "last.ckpt")),
+            ] + user_overrides(name)
+            stage.outputs = [o["video"]]
+
+        elif name == "eval":
+            trial, o = trials["refine"], outs["refine"]
+            stage.argv = [py, "-m", "hifi123.cli", "eval", "single-view", "--ref", lay.rgba, "--views", trial,
+                          "--out", os.path.join(trial, EVAL_REPORT)]
+            stage.env = dict(env)
+            stage.outputs = [o["eval"]]
+            stage.trial = trial
+
+        if done is None:
+            done = all(state.has(p) for p in stage.outputs)
+        if made_by_refine:
+            stage.skip = "made by the refine run (launch.py --train ends with a test pass)"
+        elif done and not upstream:
+            shown = [_short(newest(state.matches(p)) or p, opts.out) for p in stage.outputs]
+            stage.skip = "done: " + ", ".join(shown)
+            if name == "video":
+                stage.skip += " (written by the refine run's test pass)"
+        else:
+            pending.add(name)
+            if not stage.why:
+                stage.why = f"redo, {', '.join(upstream)} runs again" if done else "not done yet"
+        stages.append(stage)
+    return stages
+
+
+def pending_stages(stages: Sequence[Stage]) -> List[Stage]:
+    return [s for s in stages if s.runs]
