@@ -4,7 +4,6 @@ import os
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from hifi123.core.rgsd import broadcast_from_rank0
 
 
