@@ -177,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     bg.add_argument("--steps", type=int, default=20)
     bg.add_argument("--inject-steps", type=int, default=12)
     bg.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
+    bq = bsub.add_parser("raster", help="Make-It-3D refine: point rasterisation (K scales) vs one U-Net pass, fwd+bwd")
+    bq.add_argument("--size", type=int, default=256, help="render size (multiple of 4; the official refine uses 800)")
+    bq.add_argument("--repeats", type=int, default=5, help="timing repeats (median)")
+    bq.add_argument("--threads", type=int, default=1, help="torch CPU threads for both (0: torch's default; 1 is stable on a busy machine)")
+    bq.add_argument("--azimuths", type=int, default=12, help="build views per elevation (3 elevations)")
     b.set_defaults(func=_cmd_bench)
 
     from .preprocess.cli import add_parser as add_preprocess_parser

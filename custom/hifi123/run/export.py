@@ -28,11 +28,12 @@ import glob
 import os
 import re
 import sys
-import tempfile
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..core.point_export import atomic_write_bytes, colors_to_uint8, write_ply  # noqa: F401
+from ..core.point_export import read_ply as _read_ply
 from ..errors import Hifi123Error, InputError
 
 #: threestudio (x front, y, z up) -> glTF (x, y up, z towards the default viewer)
@@ -44,18 +45,7 @@ _MAP_KEYS = ("map_kd", "map_ks", "map_bump", "bump", "map_pm", "map_pr", "map_ka
 # ------------------------------------------------------------------------------------ helpers
 
 
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".hifi123-", suffix=os.path.splitext(path)[1], dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+_atomic_write_bytes = atomic_write_bytes
 
 
 def _obj_references(obj_path: str) -> List[Tuple[str, str]]:
@@ -183,103 +173,18 @@ _PLY_TYPES = {
 }
 
 
-def _colours_u8(colours) -> np.ndarray:
-    c = np.asarray(colours)
-    if c.dtype == np.uint8:
-        return c
-    if np.issubdtype(c.dtype, np.integer):
-        return np.clip(c, 0, 255).astype(np.uint8)
-    c = np.nan_to_num(c.astype(np.float64), nan=0.0)
-    return (np.clip(c, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def write_ply(path: str, positions, colours=None) -> str:
-    """Write a point cloud: positions [N,3] (float32 in the file), colours [N,3] uint8, or float in
-    [0,1] (rounded to uint8). Binary little-endian, vertex element only."""
-    pos = np.asarray(positions, dtype=np.float64)
-    if pos.ndim != 2 or pos.shape[1] != 3:
-        raise ValueError(f"positions must be [N, 3], got {pos.shape}")
-    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
-    col = None
-    if colours is not None:
-        col = _colours_u8(colours)
-        if col.shape != (len(pos), 3):
-            raise ValueError(f"colours must be [N, 3] like the positions ({len(pos)}), got {col.shape}")
-        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
-    arr = np.empty(len(pos), dtype=fields)
-    arr["x"], arr["y"], arr["z"] = pos[:, 0], pos[:, 1], pos[:, 2]
-    if col is not None:
-        arr["red"], arr["green"], arr["blue"] = col[:, 0], col[:, 1], col[:, 2]
-    header = ["ply", "format binary_little_endian 1.0", "comment written by hifi123",
-              f"element vertex {len(pos)}", "property float x", "property float y", "property float z"]
-    if col is not None:
-        header += ["property uchar red", "property uchar green", "property uchar blue"]
-    header.append("end_header")
-    _atomic_write_bytes(path, ("\n".join(header) + "\n").encode("ascii") + arr.tobytes())
-    return path
+_colours_u8 = colors_to_uint8
 
 
 def read_ply(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Positions float32 [N,3] and colours uint8 [N,3] (None without red/green/blue) of the first
-    element, which must be `vertex` (true of point-cloud PLYs). ascii and binary, either endianness."""
-    with open(path, "rb") as f:
-        if f.readline().strip() != b"ply":
-            raise InputError(f"{path} is not a PLY file", "a file starting with 'ply'", "check the path")
-        fmt, elements = None, []  # elements: [name, count, [(prop, dtype)]]
-        while True:
-            line = f.readline()
-            if not line:
-                raise InputError(f"{path}: the PLY header has no end_header", "a complete PLY file", "re-export it")
-            parts = line.decode("ascii", errors="replace").split()
-            if not parts or parts[0] in ("comment", "obj_info"):
-                continue
-            if parts[0] == "end_header":
-                break
-            if parts[0] == "format":
-                fmt = parts[1]
-            elif parts[0] == "element":
-                elements.append([parts[1], int(parts[2]), []])
-            elif parts[0] == "property":
-                if parts[1] == "list":
-                    elements[-1][2].append((parts[-1], None))
-                else:
-                    elements[-1][2].append((parts[2], _PLY_TYPES[parts[1]]))
-        if not elements or elements[0][0] != "vertex":
-            raise InputError(f"{path}: the first PLY element is not 'vertex'", "a point-cloud PLY", "re-export it")
-        _, n, props = elements[0]
-        if any(t is None for _, t in props):
-            raise InputError(f"{path}: list properties in the vertex element", "scalar vertex properties", "re-export it")
-        names = [p for p, _ in props]
-        if fmt == "ascii":
-            rows = [f.readline().split() for _ in range(n)]
-            data = {p: np.array([float(r[i]) for r in rows]) for i, p in enumerate(names)}
-        elif fmt in ("binary_little_endian", "binary_big_endian"):
-            end = "<" if fmt == "binary_little_endian" else ">"
-            dt = np.dtype([(p, end + t) for p, t in props])
-            raw = f.read(dt.itemsize * n)
-            if len(raw) < dt.itemsize * n:
-                raise InputError(f"{path}: the file is truncated ({len(raw)} of {dt.itemsize * n} vertex bytes)",
-                                 "a complete PLY file", "re-export it")
-            arr = np.frombuffer(raw, dtype=dt, count=n)
-            data = {p: arr[p] for p in names}
-        else:
-            raise InputError(f"{path}: unknown PLY format {fmt!r}", "ascii or binary", "re-export it")
-    pos = np.stack([data["x"], data["y"], data["z"]], axis=-1).astype(np.float32)
-    col = None
-    if all(k in data for k in ("red", "green", "blue")):
-        col = np.stack([data["red"], data["green"], data["blue"]], axis=-1)
-        if not np.issubdtype(col.dtype, np.integer):  # float colours: [0, 1], or [0, 255] in ascii files
-            col = np.asarray(col, dtype=np.float64)
-            col = col if col.size == 0 or col.max() <= 1.0 else col / 255.0
-        col = _colours_u8(col)
-    return pos, col
+    """`hifi123.core.point_export.read_ply`, with a user-facing error for a file that is not a PLY."""
+    try:
+        return _read_ply(path)
+    except ValueError as err:
+        raise InputError(f"{path} is not a readable PLY file ({err})", "a PLY point cloud", "check the path") from err
 
 
-# ---------------------------------------------------------------------- point cloud from ckpt
-
-#: state-dict key endings searched when no key is given (the Make-It-3D refine system's contract:
-#: point positions [N, 3]; colours [N, 3] or descriptors [N, C >= 3] whose first 3 channels are RGB
-#: in [0, 1])
+#: state-dict key endings of a point cloud's positions and colours (makeit3d-point-cloud and others)
 POSITION_SUFFIXES = ("points", "positions", "xyz", "point_positions")
 COLOUR_SUFFIXES = ("colors", "colours", "rgb", "point_colors", "descriptors", "features")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from . import (
     data,  # noqa: F401  makeit3d-single-image-datamodule (issue 5)
     makeit3d_guidance,  # noqa: F401  makeit3d-guidance (issue 5)
+    point_cloud,  # noqa: F401  makeit3d-point-cloud, makeit3d-deferred-renderer (issue 6)
     renderers,  # noqa: F401  hifi123-nvdiff-rasterizer (issue 4)
     rgnv_guidance,  # noqa: F401  hifi123-rgnv-guidance (issue 3 item 5)
     rgsd_guidance,  # noqa: F401  hifi123-rgsd-guidance (issue 4)

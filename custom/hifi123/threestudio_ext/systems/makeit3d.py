@@ -14,15 +14,28 @@ of 100, as the official loader) picks the reference sub-step or a novel-view sub
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Tuple
 
+import threestudio
 import torch
 
 from ...core.makeit3d.cameras import is_back_view
 from ...core.makeit3d.prior import TERMS
+from ...core.point_refine import REFINE_TERMS
+from ...core.pointcloud import PointCloudConfig
+from ..point_cloud import (
+    build_refine_point_cloud,
+    refine_config,
+    refine_reference_terms,
+    refine_regularizer_terms,
+    save_initial_point_cloud,
+    save_refine_exports,
+)
 from ..registry import register
 from .base import ImageConditionedSystem
+
+STAGES = ("coarse", "refine")
 
 
 @register("makeit3d-system")
@@ -31,8 +44,58 @@ class MakeIt3DSystem(ImageConditionedSystem):
     class Config(ImageConditionedSystem.Config):
         back_threshold_deg: float = 135.0  # back view: |azimuth - reference| >= 180 - 45
         back_view_opacity_factor: float = 10.0  # official utils.py:521-524
+        stage: str = "coarse"  # coarse: NeRF (paper §3.2) | refine: point cloud + deferred renderer (§3.3)
+        refine: dict = field(default_factory=dict)  # stage refine: hifi123.core.point_refine.RefineConfig
 
     cfg: Config
+
+    def configure(self) -> None:
+        if self.cfg.stage not in STAGES:
+            raise ValueError(f"system.stage must be one of {STAGES}, got {self.cfg.stage!r}")
+        self.refine = None
+        self._coarse_checkpoint = None
+        if self.cfg.stage == "refine":
+            self.refine = refine_config(self.cfg.refine)
+            # the point cloud needs the whole coarse model and the reference image: it is built in
+            # on_fit_start; threestudio's single-geometry conversion (create_from) must not run
+            self._coarse_checkpoint, self.cfg.geometry_convert_from = self.cfg.geometry_convert_from, None
+        super().configure()
+
+    def loss_terms(self):
+        terms = super().loss_terms()
+        return terms + REFINE_TERMS if self.cfg.stage == "refine" else terms
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.cfg.stage == "refine" and self.geometry.n_points == 0:  # not resumed / loaded
+            cloud = build_refine_point_cloud(
+                self._coarse_checkpoint, self.refine, self.cfg.geometry_convert_override,
+                device=self.device, log=threestudio.info,
+            )
+            self.geometry.set_from_point_cloud(cloud)  # in place: the optimiser keeps the parameters
+            if self.refine.save_initial_point_cloud and self._save_dir is not None:
+                save_initial_point_cloud(self, cloud)
+
+    def reference_losses(self, batch, out):
+        losses = super().reference_losses(batch, out)
+        if self.cfg.stage == "refine" and self.wants("ref_l1"):
+            losses.update(refine_reference_terms(batch, out, self.refine))
+        return losses
+
+    def _export_refine(self, video: bool) -> None:
+        size = PointCloudConfig(**self.refine.point_cloud).resolution
+        save_refine_exports(self, self.true_global_step, self.renderer, self.refine, size, size, video=video)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        every = self.refine.export_every_n_steps if self.refine is not None else 0
+        if every and self._save_dir is not None and self.true_global_step % every == 0:
+            self._export_refine(video=False)
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        if self.cfg.stage == "refine" and self._save_dir is not None:
+            self._export_refine(video=True)
 
     @classmethod
     def guidance_terms(cls) -> Tuple[str, ...]:
@@ -74,4 +137,6 @@ class MakeIt3DSystem(ImageConditionedSystem):
                 back = is_back_view(batch["azimuth"].to(per_view.device).float(), ref, self.cfg.back_threshold_deg)
                 factor = torch.where(back, torch.full_like(per_view, self.cfg.back_view_opacity_factor), factor)
             losses["loss_opacity"] = (factor * per_view).mean()
+        if self.cfg.stage == "refine":
+            losses.update(refine_regularizer_terms(self.geometry, out, self.refine, self.wants))
         return losses
