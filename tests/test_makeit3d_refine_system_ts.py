@@ -15,34 +15,6 @@ CONFIGS = ROOT / "custom" / "hifi123" / "configs"
 SAMPLE = ROOT / "custom" / "hifi123" / "assets" / "sample_rgba.png"
 
 
-def _coarse_checkpoint(tmp_path, find):
-    """A coarse threestudio trial (configs/parsed.yaml + ckpts/last.ckpt) with a pure-torch NeRF."""
-    import yaml
-
-    system = {
-        "geometry_type": "implicit-volume",
-        "geometry": {
-            "radius": 1.0, "normal_type": "analytic", "density_bias": "blob_magic3d", "density_activation": "softplus",
-            "density_blob_scale": 10.0, "density_blob_std": 0.5,
-            "pos_encoding_config": {"otype": "ProgressiveBandFrequency", "n_frequencies": 2},
-            "mlp_network_config": {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none",
-                                   "n_neurons": 16, "n_hidden_layers": 1},
-        },
-        "material_type": "diffuse-with-point-light-material", "material": {"ambient_only_steps": 0},
-        "background_type": "solid-color-background", "background": {},
-        "renderer_type": "nerf-volume-renderer", "renderer": {"radius": 1.0},
-    }
-    trial = tmp_path / "coarse"
-    (trial / "configs").mkdir(parents=True)
-    (trial / "ckpts").mkdir()
-    (trial / "configs" / "parsed.yaml").write_text(yaml.safe_dump({"system": system}))
-    torch.manual_seed(0)
-    modules = {k: find(system[f"{k}_type"])(system[k]) for k in ("geometry", "material", "background")}
-    state = {f"{k}.{n}": t for k, m in modules.items() for n, t in m.state_dict().items()}
-    torch.save({"state_dict": state, "epoch": 0, "global_step": 10}, trial / "ckpts" / "last.ckpt")
-    return trial / "ckpts" / "last.ckpt"
-
-
 def test_refine_stage_fits_and_exports_on_cpu(threestudio_env, tiny_models, tmp_path):
     import pytorch_lightning as pl
     from hifi123.core.point_export import read_ply
@@ -51,7 +23,9 @@ def test_refine_stage_fits_and_exports_on_cpu(threestudio_env, tiny_models, tmp_
 
     torch.set_num_threads(2)
     find = threestudio_env.threestudio.find
-    ckpt = _coarse_checkpoint(tmp_path, find)
+    from hifi123.testing.coarse_trial import write_coarse_trial
+
+    ckpt = write_coarse_trial(tmp_path)
     cfg = load_config(
         str(CONFIGS / "makeit3d-refine.yaml"),
         cli_args=[f"exp_root_dir={tmp_path}", f"system.geometry_convert_from={ckpt}", f"data.image_path={SAMPLE}",

@@ -420,34 +420,14 @@ def test_geometry_and_renderer_forward_on_cpu(threestudio_env, tmp_path):
 def test_point_cloud_from_a_coarse_checkpoint(tmp_path, threestudio_env):
     """The chain the refine stage uses: a coarse threestudio checkpoint (+ its parsed.yaml) ->
     geometry/material/background/renderer -> renders -> point cloud (CPU test renderer)."""
-    import yaml
     from hifi123.core.pointcloud import PointCloudConfig, ViewCamera
     from hifi123.testing.torch_renderer import register_torch_volume_renderer
     from hifi123.threestudio_ext.point_cloud import build_point_cloud_from_checkpoint
 
-    find = threestudio_env.threestudio.find
     renderer_name = register_torch_volume_renderer()
-    system = {
-        "geometry_type": "implicit-volume",
-        "geometry": {
-            "radius": 1.0, "normal_type": "analytic", "density_bias": "blob_magic3d", "density_activation": "softplus",
-            "density_blob_scale": 10.0, "density_blob_std": 0.5,
-            "pos_encoding_config": {"otype": "ProgressiveBandFrequency", "n_frequencies": 2},
-            "mlp_network_config": {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": 16, "n_hidden_layers": 1},
-        },
-        "material_type": "diffuse-with-point-light-material", "material": {"ambient_only_steps": 0},
-        "background_type": "solid-color-background", "background": {},
-        "renderer_type": "nerf-volume-renderer", "renderer": {"radius": 1.0},
-    }
-    trial = tmp_path / "coarse"
-    (trial / "configs").mkdir(parents=True)
-    (trial / "ckpts").mkdir()
-    (trial / "configs" / "parsed.yaml").write_text(yaml.safe_dump({"system": system}))
-    torch.manual_seed(0)
-    modules = {k: find(system[f"{k}_type"])(system[k]) for k in ("geometry", "material", "background")}
-    state = {f"{k}.{n}": t for k, m in modules.items() for n, t in m.state_dict().items()}
-    ckpt = trial / "ckpts" / "last.ckpt"
-    torch.save({"state_dict": state, "epoch": 0, "global_step": 10}, ckpt)
+    from hifi123.testing.coarse_trial import write_coarse_trial
+
+    ckpt = write_coarse_trial(tmp_path)
     ref = np.ones((32, 32, 4), np.float32)
     cloud = build_point_cloud_from_checkpoint(
         str(ckpt), ref, ViewCamera.orbit(0.0, 0.0, 3.0, 40.0, 32),

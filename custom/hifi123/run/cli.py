@@ -117,15 +117,10 @@ def run(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Stand-alone entry with the `hifi123` error handling (exit code 2 on user errors)."""
-    parser = argparse.ArgumentParser(prog="hifi123")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["run", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args) or 0)
-    except Hifi123Error as err:
-        print(f"hifi123: error: {err.render()}", file=sys.stderr)
-        return 2
+    """Stand-alone entry (`python -m hifi123.run.cli ...`): `hifi123 run ...`."""
+    from ..cli import main as hifi123_main
+
+    return hifi123_main(["run", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
