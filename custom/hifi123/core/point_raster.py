@@ -38,14 +38,16 @@ slabs, never over points):
    cloud this removes most of the far side. Used for footprints of 4x4 pixels or more (the full
    scale); the smaller scales run one slab, where culling costs more than it saves.
 3. Splatting: each remaining point yields the pixels whose centres lie within its radius (a fixed
-   window per point, masked). Fragments are sorted once by the packed key (pixel << 32 | float bits
-   of z; stable, so equal depths keep the lower point index first), ranked within their pixel,
+   window per point, masked). Each slab's points are sorted by z once per camera (stable, so equal
+   depths keep the lower point index first); a stable sort of the fragments by pixel alone then
+   gives (pixel, z) order. Fragments are ranked within their pixel,
    capped at `points_per_pixel` minus what the pixel already holds, and composited with a per-pixel
    cumprod table. Memory: `max_fragments_per_chunk` bounds the fragments generated per slab (more
    slabs when needed); the composited fragments are at most `points_per_pixel` per pixel.
-4. The differentiable part is a gather of the features of the kept fragments, multiplied by their
-   (constant) weights and `index_add`-ed into the image, so gradients reach exactly the features of
-   points with a non-zero weight somewhere, and the background only through T_res.
+4. The differentiable part is the product of the (constant) sparse [pixels, points] weight matrix
+   with the features (a CSR matmul forward; the transposed CSR product backward), so gradients reach
+   exactly the features of points with a non-zero weight somewhere, and the background only through
+   T_res.
 
 Positions get no gradient (Make-It-3D does not optimise them). Outputs per scale: the descriptor
 image [B, C, h, w], the coverage sum_k w_k = 1 - T (Make-It-3D's rasterised "ones" image, which it
@@ -55,6 +57,7 @@ coverage, like threestudio's NeRF `depth`).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import List, NamedTuple, Optional, Sequence, Union
 
@@ -214,6 +217,11 @@ def _depth_slabs(z: torch.Tensor, ids: torch.Tensor, n_slabs: int) -> List[torch
     return [part for part in torch.split(ids[order], counts) if part.numel()]
 
 
+def _sort_by_z(slabs: List[torch.Tensor], z: torch.Tensor) -> List[torch.Tensor]:
+    """Each slab's ids reordered by z (stable: equal depths keep their order in the slab)."""
+    return [ids.index_select(0, torch.sort(z.index_select(0, ids).float(), stable=True)[1]) for ids in slabs]
+
+
 @torch.no_grad()
 def select_fragments(
     u: torch.Tensor,
@@ -228,6 +236,7 @@ def select_fragments(
     depth_slabs: int = 4,
     max_fragments_per_chunk: int = 1 << 22,
     slabs: Optional[List[torch.Tensor]] = None,
+    slabs_z_sorted: bool = False,
 ) -> Fragments:
     """Per pixel, the `points_per_pixel` nearest points (by `z`) whose projection (u, v) lies within
     `radius` pixels of the pixel centre, with their compositing weights (see the module doc).
@@ -248,6 +257,8 @@ def select_fragments(
     offs = torch.arange(n_win, device=device)
     if slabs is None:
         slabs = point_slabs(u / w, v / h, z, r / w, r / h, znear, depth_slabs, n_win * n_win, max_fragments_per_chunk)
+    if not slabs_z_sorted:
+        slabs = _sort_by_z(slabs, z)
     first = True
     for pid in slabs:
         uu, vv = u[pid], v[pid]
@@ -268,22 +279,22 @@ def select_fragments(
         d2 = (dy[:, :, None] + dx[:, None, :]).view(-1)  # [n * L * L], (point, y, x) major
         cand = (d2 <= r * r).nonzero().squeeze(1)
         pixw = ((jj * w).int()[:, :, None] + ii.int()[:, None, :]).view(-1)  # int32: less traffic
-        pix = pixw.index_select(0, cand).long()
+        pix = pixw.index_select(0, cand)
         if not first:  # drop fragments of pixels that are already full
             keep_c = open_px.index_select(0, pix).nonzero().squeeze(1)
             cand, pix = cand.index_select(0, keep_c), pix.index_select(0, keep_c)
         first = False
         if pix.numel() == 0:
             continue
-        local = torch.div(cand, n_win * n_win, rounding_mode="floor")  # point within the slab
-        fz = z.index_select(0, pid.index_select(0, local))
-        key, order = torch.sort((pix << 32) | _z_sort_bits(fz), stable=True)  # ties: lower point index first
-        pix_s = key >> 32
-        nf = key.numel()
+        # the slab's points are in (z, index) order and the candidates (point, y, x)-major, so a stable
+        # sort by pixel alone yields (pixel, z) order with ties on the lower point index first
+        pix_s, order = torch.sort(pix, stable=True)
+        pix_s = pix_s.long()
+        nf = pix_s.numel()
         ar = torch.arange(nf, device=device)
         is_start = torch.ones(nf, dtype=torch.bool, device=device)
         is_start[1:] = pix_s[1:] != pix_s[:-1]
-        rank = ar - torch.cummax(torch.where(is_start, ar, torch.zeros_like(ar)), 0).values
+        rank = ar - is_start.nonzero().squeeze(1).index_select(0, torch.cumsum(is_start, 0) - 1)
         base = count.index_select(0, pix_s)
         sel = (base + rank < K).nonzero().squeeze(1)  # a prefix of every pixel's run
         order = order.index_select(0, sel)
@@ -294,13 +305,14 @@ def select_fragments(
         alpha = alpha_from_d2(f_d2)
         # per-pixel front-to-back transmittance through a [pixels, K] cumprod table
         seg = torch.cumsum(is_start.long(), 0) - 1
-        seg_pix = pix_s[is_start]
+        seg_pix = pix_s.index_select(0, is_start.nonzero().squeeze(1))
         t0 = trans.index_select(0, seg_pix)
         table = torch.zeros((seg_pix.numel(), K), device=device, dtype=dtype)
-        table[seg, rank] = alpha
+        slot = seg * K + rank  # flat [pixels, K] index
+        table.view(-1).index_copy_(0, slot, alpha)
         t_incl = torch.cumprod(1.0 - table, 1) * t0[:, None]
         t_excl = torch.cat([t0[:, None], t_incl[:, :-1]], 1)
-        t_before = t_excl[seg, rank]
+        t_before = t_excl.view(-1).index_select(0, slot)
         n_counted = torch.zeros(seg_pix.numel(), device=device, dtype=torch.long)
         if eps > 0:
             counted = t_before >= eps  # a prefix of every pixel's run
@@ -310,18 +322,19 @@ def select_fragments(
             n_counted.index_add_(0, seg, torch.ones_like(seg))
             out_i = None
         last = (n_counted - 1).clamp_min(0)
-        trans[seg_pix] = torch.where(n_counted > 0, t_incl.gather(1, last[:, None])[:, 0], t0)
-        count[seg_pix] += n_counted
-        open_px[seg_pix] = (count[seg_pix] < K) & (trans[seg_pix] >= eps) if eps > 0 else count[seg_pix] < K
-        cols = (
-            pix_s,
-            pid.index_select(0, local.index_select(0, order)),
-            fz.index_select(0, order),
-            f_d2,
-            base + rank,
-            alpha * t_before,
-        )
-        parts.append(cols if out_i is None else tuple(c.index_select(0, out_i) for c in cols))
+        new_t = torch.where(n_counted > 0, t_incl.gather(1, last[:, None])[:, 0], t0)
+        new_c = count.index_select(0, seg_pix) + n_counted
+        trans.index_copy_(0, seg_pix, new_t)  # seg_pix holds each pixel once
+        count.index_copy_(0, seg_pix, new_c)
+        open_px.index_copy_(0, seg_pix, (new_c < K) & (new_t >= eps) if eps > 0 else new_c < K)
+        if out_i is not None:
+            pix_s, c_sel, f_d2, rank, base = (c.index_select(0, out_i) for c in (pix_s, c_sel, f_d2, rank, base))
+            wt = (alpha * t_before).index_select(0, out_i)
+        else:
+            wt = alpha * t_before
+        f_pid = pid.index_select(0, torch.div(c_sel, n_win * n_win, rounding_mode="floor"))
+        cols = (pix_s, f_pid, z.index_select(0, f_pid), f_d2, base + rank, wt)
+        parts.append(cols)
     if parts:
         cols = [torch.cat(c) for c in zip(*parts)]
     else:
@@ -380,6 +393,68 @@ def composite_features(
     return out
 
 
+class _CompositeCSR(torch.autograd.Function):
+    """out [P, C] = W @ features [N, C] + res b^T with W [P, N] the sparse fragment weights and res
+    [P] the residual transmittance (both constant): a CSR product forward; backward a gather /
+    index_add (only the fragments' points get gradient) and a mat-vec for the background."""
+
+    @staticmethod
+    def forward(ctx, features, background, pix, point, weight, res):
+        n_pix = res.numel()
+        order = torch.sort(pix.int(), stable=True)[1]  # group the fragments by pixel (CSR rows)
+        crow = torch.zeros(n_pix + 1, dtype=torch.long, device=pix.device)
+        torch.cumsum(torch.bincount(pix, minlength=n_pix), 0, out=crow[1:])
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore")
+            mat = torch.sparse_csr_tensor(
+                crow, point.index_select(0, order), weight.index_select(0, order), (n_pix, features.shape[0]),
+                check_invariants=False,
+            )
+        out = mat @ features
+        if background is not None:
+            out.addr_(res, background)
+        ctx.save_for_backward(pix, point, weight, res)
+        ctx.n_points = features.shape[0]
+        ctx.has_background = background is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        pix, point, weight, res = ctx.saved_tensors
+        gf = gb = None
+        if ctx.needs_input_grad[0]:  # W^T @ grad as a CSR product (rows: points; empty rows give exact 0)
+            order = torch.sort(point.int(), stable=True)[1]
+            crow = torch.zeros(ctx.n_points + 1, dtype=torch.long, device=point.device)
+            torch.cumsum(torch.bincount(point, minlength=ctx.n_points), 0, out=crow[1:])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                mat_t = torch.sparse_csr_tensor(
+                    crow, pix.index_select(0, order), weight.index_select(0, order), (ctx.n_points, res.numel()),
+                    check_invariants=False,
+                )
+            gf = mat_t @ grad_out.contiguous()
+        if ctx.has_background and ctx.needs_input_grad[1]:
+            gb = (grad_out.t() * res[None, :]).sum(1)  # the reduction of the plain autograd expression
+        return gf, gb, None, None, None, None
+
+
+def _composite_rows(
+    features: torch.Tensor, frags: Fragments, background: Optional[torch.Tensor], min_transmittance: float
+) -> torch.Tensor:
+    """composite_features for row-major `features` [N, C] -> [P, C] through a sparse CSR product."""
+    P = frags.height * frags.width
+    dt = features.dtype
+    w = frags.weight if frags.weight.dtype == dt else frags.weight.to(dt)
+    res = residual_transmittance(frags, min_transmittance).to(dt)
+    if frags.pix.numel():
+        bg = None if background is None else background.reshape(-1).to(dt)
+        return _CompositeCSR.apply(features, bg, frags.pix, frags.point, w, res)
+    out = features.new_zeros((P, features.shape[1])).index_add(0, frags.pix, features.index_select(0, frags.point))
+    if background is not None:
+        out = out + res[:, None] * background.reshape(-1).to(dt)[None, :]
+    return out
+
+
 # --------------------------------------------------------------------------------- top level
 def scale_sizes(height: int, width: int, n_scales: int) -> List[tuple]:
     """(h, w) of each scale; H and W must be divisible by 2^(n_scales - 1)."""
@@ -420,7 +495,7 @@ def rasterize_points(
     fov = _as_batch(fovy, B, pts)
     sizes = scale_sizes(int(height), int(width), s.n_scales)
     per_scale: List[List[tuple]] = [[] for _ in sizes]
-    feats_cf = features.t().contiguous()  # [C, N]: gathers and scatters run along contiguous rows
+    feats_rm = features.contiguous()  # [N, C]: rows of the sparse product
     for b in range(B):  # cameras; everything inside is vectorised over points
         with torch.no_grad():
             u, v, z = project_points(pts, c2w[b], fov[b], height, width)
@@ -429,6 +504,7 @@ def rasterize_points(
                 u / width, v / height, z, s.radius_px / width, s.radius_px / height, s.znear,
                 s.depth_slabs, n_win * n_win, s.max_fragments_per_chunk,
             )  # the same at every scale
+            slabs = _sort_by_z(slabs, z)
             whole = [torch.cat(slabs)] if len(slabs) > 1 and s.max_fragments_per_chunk >= n_win * n_win * sum(
                 x.numel() for x in slabs) else slabs
         for k, (h, w) in enumerate(sizes):
@@ -438,16 +514,17 @@ def rasterize_points(
             use = slabs if (math.floor(2.0 * r) + 1) ** 2 >= 16 else whole
             frags = select_fragments(
                 u * scale, v * scale, z, h, w, r, s.points_per_pixel,
-                s.min_transmittance, s.znear, s.depth_slabs, s.max_fragments_per_chunk, use,
+                s.min_transmittance, s.znear, s.depth_slabs, s.max_fragments_per_chunk, use, True,
             )
-            feat = composite_features(feats_cf, frags, background, s.min_transmittance, channels_first=True)
+            feat = _composite_rows(feats_rm, frags, background, s.min_transmittance).t()  # [C, P] view
             with torch.no_grad():
                 cov = 1.0 - frags.transmittance
                 dep = torch.zeros_like(cov).index_add_(0, frags.pix, frags.weight * frags.z)
             per_scale[k].append((feat, cov, dep))
     outs: List[ScaleOutput] = []
     for k, (h, w) in enumerate(sizes):
-        feats = torch.stack([f.reshape(-1, h, w) for f, _, _ in per_scale[k]])
+        feats = torch.stack([f.view(-1, h, w) if f.is_contiguous() else f.t().view(h, w, -1).permute(2, 0, 1)
+                             for f, _, _ in per_scale[k]])
         cov = torch.stack([c.reshape(1, h, w) for _, c, _ in per_scale[k]]).to(features.dtype)
         dep = torch.stack([d.reshape(1, h, w) for _, _, d in per_scale[k]]).to(features.dtype)
         outs.append(ScaleOutput(feats, cov, dep))
