@@ -21,7 +21,7 @@ Call (threestudio's guidance contract, docs/threestudio.md §3)::
 It is a `BaseObject` (not an `nn.Module`): the SD2 and CLIP weights never enter the Lightning
 checkpoint. `configure` validates the config, the reference image, the prompt and the model
 references (no model is loaded); the models load on the first call on the device of `rgb` (fp16
-there when `half_precision_weights` and CUDA). threestudio's `get_device()` (always CUDA) is never
+there when `half_precision_weights` and CUDA). threestudio's `get_device` (always CUDA) is never
 used.
 """
 from __future__ import annotations
@@ -98,7 +98,7 @@ class MakeIt3DGuidance(BaseObject):
         preflight(self.cfg.pretrained_model_name_or_path, "pretrained_model_name_or_path", subfolders=DIFFUSION_SUBFOLDERS)
         preflight_clip(self.cfg.clip_backend, self.cfg.clip_model, self.cfg.clip_pretrained)
         self.prior: Optional[MakeIt3DPrior] = None
-        self.device = None  # set from the first input; threestudio's get_device() is CUDA-only
+        self.device = None  # set from the first input; threestudio's get_device is CUDA-only
 
     def to_core_config(self, epoch: int, global_step: int) -> MakeIt3DPriorConfig:
         kw: Dict[str, Any] = {}

@@ -4,7 +4,7 @@
 built from a `hifi123.core.refine_common.RGNVGuidanceConfig` subclass. Their threestudio `Config`
 mirrors those fields (threestudio naming for the reference: `cond_image_path`, `cond_depth_path`),
 `configure` validates values and files before any model loads, and the model is loaded lazily on
-the first call, on the device of the input (threestudio's `get_device()` is CUDA-only and is never
+the first call, on the device of the input (threestudio's `get_device` is CUDA-only and is never
 used: `self.device` reports the input's device once known). Both are `BaseObject`s, so the
 SD2-depth weights never enter the Lightning checkpoint.
 """
@@ -78,7 +78,7 @@ class LazyRGNVCore:
         self.core_config = self.to_core_config()
         self.core_config.validate(check_files=True, field_names=FIELD_NAMES)
         self.core = None
-        self.device = None  # set from the first input; threestudio's get_device() is CUDA-only
+        self.device = None  # set from the first input; threestudio's get_device is CUDA-only
 
     def to_core_config(self):
         core_fields = {f.name for f in fields(self.core_config_cls)}

@@ -19,7 +19,7 @@ Call (threestudio's guidance contract, section 3 of docs/threestudio.md)::
   the coarse view as RGNV saw it, `imgs_1step`/`imgs_1orig` the decoded enhancement, `imgs_final`
   the target.
 
-Device: threestudio's `BaseObject.__init__` sets `self.device = get_device()`, which is always
+Device: threestudio's `BaseObject.__init__` sets `self.device = get_device`, which is always
 CUDA. This class never uses it: the model is loaded lazily on the first call, on the device of
 `rgb` (fp16 there if `half_precision_weights` and CUDA), and `self.device` then reports that
 device. `configure` only validates the config and the files, so errors surface before any model

@@ -24,7 +24,7 @@ HiFi-123's refine stage alternating fixed and random views as extra sub-step kin
 :meth:`regularizer_losses` / :meth:`extra_terms` (extra regularisers). Losses of sub-step `kind`
 are logged as `train/<kind>/loss_<x>` (and `..._w` weighted).
 
-Devices come from the batch and the modules; nothing here calls threestudio's `get_device()`.
+Devices come from the batch and the modules; nothing here calls threestudio's `get_device`.
 """
 from __future__ import annotations
 
