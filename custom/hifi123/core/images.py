@@ -18,7 +18,7 @@ PREPROCESS_FIX = "cut the object out and pad it to a square with `hifi123 prepro
 MIN_SIZE = 32
 
 
-def _open(path: str, role: str):
+def open_image(path: str, role: str):
     from PIL import Image, UnidentifiedImageError
 
     if not os.path.exists(path):
@@ -51,7 +51,7 @@ def _to_float(img) -> np.ndarray:
 
 def load_rgba(path: str, role: str = "image", require_square: bool = True) -> np.ndarray:
     """Read an RGBA image as float32 [H,W,4] in [0,1]. The alpha channel is required."""
-    img = _open(path, role)
+    img = open_image(path, role)
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         img.mode == "P" and "transparency" in img.info
     )
@@ -86,7 +86,7 @@ def load_depth(path: str, shape: Optional[Tuple[int, int]] = None, role: str = "
 
     `shape` (H, W) is the image it belongs to; a mismatch is an error.
     """
-    img = _open(path, role)
+    img = open_image(path, role)
     arr = _to_float(img)
     if arr.ndim == 3:
         arr = arr[..., 0]

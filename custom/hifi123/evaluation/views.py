@@ -81,16 +81,9 @@ class ViewSet:
 
 def _read_image(path: str, role: str) -> np.ndarray:
     """[H,W,3 or 4] float32 in [0,1]."""
-    from PIL import Image, UnidentifiedImageError
+    from ..core.images import open_image
 
-    try:
-        img = Image.open(path)
-        img.load()
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise InputError(
-            f"{role} {path} is not a readable image ({type(err).__name__})",
-            "a PNG or JPEG image", "re-export the file, or remove it from the folder",
-        ) from err
+    img = open_image(path, role)
     has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
     img = img.convert("RGBA" if has_alpha else "RGB")
     return np.asarray(img).astype(np.float32) / 255.0

@@ -222,29 +222,31 @@ def load_upscaler(ref: str, field: str = "--upscaler-model", *, dtype=torch.floa
     return pipe.to(device or "cpu")
 
 
-def load_dpt(ref: str, field: str = "depth_model", *, dtype=torch.float32, device=None):
-    """A DPT depth estimator (transformers layout) and its image processor."""
-    ref = preflight(ref, field, files=("config.json", "preprocessor_config.json"))
+def _load_pair(ref: str, field: str, files, load, device=None, errors=(OSError, EnvironmentError, ValueError)):
+    """preflight -> `load(ref)` returning (model, processor) -> frozen model on `device`; loading
+    errors become ModelNotFoundError naming the model and the field."""
+    ref = preflight(ref, field, files=files)
     try:
-        model, proc = _load_dpt_parts(ref, dtype)
-    except (OSError, EnvironmentError, ValueError) as err:
+        model, proc = load(ref)
+    except errors as err:
         raise _wrap_load_error(ref, field, err) from err
     model.requires_grad_(False).eval().to(device or "cpu")
     return model, proc
+
+
+def load_dpt(ref: str, field: str = "depth_model", *, dtype=torch.float32, device=None):
+    """A DPT depth estimator (transformers layout) and its image processor."""
+    return _load_pair(ref, field, ("config.json", "preprocessor_config.json"), lambda r: _load_dpt_parts(r, dtype), device)
 
 
 def load_clip(ref: str, field: str = "clip_model", *, dtype=torch.float32, device=None):
     """A transformers CLIP model (image + text towers) and its processor."""
     from transformers import CLIPModel, CLIPProcessor
 
-    ref = preflight(ref, field, files=("config.json",))
-    try:
-        model = CLIPModel.from_pretrained(ref, torch_dtype=dtype)
-        proc = CLIPProcessor.from_pretrained(ref)
-    except (OSError, EnvironmentError, ValueError) as err:
-        raise _wrap_load_error(ref, field, err) from err
-    model.requires_grad_(False).eval().to(device or "cpu")
-    return model, proc
+    return _load_pair(
+        ref, field, ("config.json",),
+        lambda r: (CLIPModel.from_pretrained(r, torch_dtype=dtype), CLIPProcessor.from_pretrained(r)), device,
+    )
 
 
 def _projected(out) -> torch.Tensor:
@@ -269,36 +271,26 @@ def load_segmenter(ref: str, field: str = "--seg-model", *, dtype=torch.float32,
     CLIPSeg (`model_type == "clipseg"`, text-prompted) loads as CLIPSegForImageSegmentation +
     CLIPSegProcessor; any other type loads as AutoModelForSemanticSegmentation +
     AutoImageProcessor (Segformer, DPT, BEiT, MobileViT, UperNet heads)."""
-    from transformers import AutoConfig
+    def load(r):
+        from transformers import AutoConfig
 
-    ref = preflight(ref, field, files=("config.json",))
-    try:
-        model_type = AutoConfig.from_pretrained(ref).model_type
-        if model_type == "clipseg":
+        if AutoConfig.from_pretrained(r).model_type == "clipseg":
             from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
-            model = CLIPSegForImageSegmentation.from_pretrained(ref, torch_dtype=dtype)
-            proc = CLIPSegProcessor.from_pretrained(ref)
-        else:
-            from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+            return CLIPSegForImageSegmentation.from_pretrained(r, torch_dtype=dtype), CLIPSegProcessor.from_pretrained(r)
+        from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-            model = AutoModelForSemanticSegmentation.from_pretrained(ref, torch_dtype=dtype)
-            proc = AutoImageProcessor.from_pretrained(ref)
-    except (OSError, EnvironmentError, ValueError, KeyError) as err:
-        raise _wrap_load_error(ref, field, err) from err
-    model.requires_grad_(False).eval().to(device or "cpu")
-    return model, proc
+        return AutoModelForSemanticSegmentation.from_pretrained(r, torch_dtype=dtype), AutoImageProcessor.from_pretrained(r)
+
+    return _load_pair(ref, field, ("config.json",), load, device, errors=(OSError, EnvironmentError, ValueError, KeyError))
 
 
 def load_blip2(ref: str, field: str = "--caption-model", *, dtype=torch.float32, device=None):
     """A BLIP-2 captioner (Blip2ForConditionalGeneration) and its Blip2Processor."""
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-    ref = preflight(ref, field, files=("config.json",))
-    try:
-        model = Blip2ForConditionalGeneration.from_pretrained(ref, torch_dtype=dtype)
-        proc = Blip2Processor.from_pretrained(ref)
-    except (OSError, EnvironmentError, ValueError, KeyError) as err:
-        raise _wrap_load_error(ref, field, err) from err
-    model.requires_grad_(False).eval().to(device or "cpu")
-    return model, proc
+    return _load_pair(
+        ref, field, ("config.json",),
+        lambda r: (Blip2ForConditionalGeneration.from_pretrained(r, torch_dtype=dtype), Blip2Processor.from_pretrained(r)),
+        device, errors=(OSError, EnvironmentError, ValueError, KeyError),
+    )
