@@ -185,7 +185,7 @@ def bench_raster(size: int = 256, repeats: int = 5, threads: int = 1, azimuths: 
     cam = ViewCamera.orbit(10.0, 30.0, REF_DISTANCE, REF_FOVY_DEG, size)
     c2w = cam.c2w_tensor()
     unet = DeferredUNet()
-    grads = [torch.randn(1, 19, size >> k, size >> k) for k in range(settings.n_scales)]
+    grads: list = []  # upstream gradients in the layout the U-Net returns them (that of its inputs)
     grad_rgb = torch.randn(1, 3, size, size)
 
     def raster():
@@ -194,6 +194,8 @@ def bench_raster(size: int = 256, repeats: int = 5, threads: int = 1, azimuths: 
         feats.grad = background.grad = None
         return outs
 
+    grads[:] = [torch.randn_like(o.features) for o in rasterize_points(
+        cloud.positions, feats.detach(), c2w, cam.fovy, size, size, settings, background.detach())]
     outs = raster()  # warm-up; the U-Net gets the real descriptor images
     inputs = [o.features.detach().requires_grad_(True) for o in outs]
 
