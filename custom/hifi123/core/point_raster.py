@@ -251,7 +251,8 @@ def select_fragments(
 ) -> Fragments:
     """Per pixel, the `points_per_pixel` nearest points (by `z`, ties to the lower index) whose
     projection (u, v) lies within `radius` pixels of the pixel centre, with their compositing
-    weights (see the module doc). The fragments come sorted by (pixel, rank).
+    weights (see the module doc). The fragments come grouped by pixel in front-to-back runs (one
+    run per pixel and depth slab, the slabs in depth order).
 
     `min_transmittance` > 0 stops compositing a pixel once its transmittance falls below it (the
     fragments behind are not returned); 0 returns the plain K nearest. `order` (from
