@@ -97,3 +97,14 @@ def sample_rgba():
     from hifi123.core.images import load_rgba
 
     return load_rgba(str(EXTENSION_DIR / "assets" / "sample_rgba.png"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small index-heavy tensors: one thread is fastest, and immune to a busy second core."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -35,13 +35,7 @@ REFINE_YAMLS = ("makeit3d-refine.yaml", "makeit3d-refine-lowvram.yaml")
 FOV = math.radians(30.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small index-heavy tensors: one thread is fastest, and immune to a busy second core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small index-heavy tensors (conftest)
 
 
 def _camera(distance=3.0):

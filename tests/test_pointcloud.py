@@ -41,13 +41,7 @@ def _cfg(**kw):
     return PointCloudConfig(resolution=SIZE, n_azimuths=AZIMUTHS, **kw)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small index-heavy tensors: one thread is fastest, and immune to a busy second core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small index-heavy tensors (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -93,6 +93,20 @@ class SingleViewSettings:
     device: Optional[str] = None
 
 
+def _report(protocol: str, metrics, settings, per_view, diffs: List[str], notes, t0: float) -> Dict[str, Any]:
+    """The result dict every protocol returns (what `report.py` writes as JSON and markdown)."""
+    return {
+        "protocol": protocol,
+        "metrics": metrics,
+        "settings": settings,
+        "per_view": per_view,
+        "protocol_matches": not diffs,
+        "protocol_differences": diffs,
+        "notes": notes,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
 def _single_view_differences(s: SingleViewSettings, refs: Dict[str, str]) -> List[str]:
     d = []
     if s.tiny:
@@ -188,16 +202,8 @@ def run_single_view(s: SingleViewSettings) -> Dict[str, Any]:
         "arguments": asdict(s),
         "versions": _versions(),
     }
-    return {
-        "protocol": PROTOCOL_SINGLE_VIEW,
-        "metrics": {"lpips_ref": lpips_ref, "contextual": float(cx.mean()), "clip": float(clip_sims.mean())},
-        "settings": settings,
-        "per_view": per_view,
-        "protocol_matches": not diffs,
-        "protocol_differences": diffs,
-        "notes": notes,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
+    metrics = {"lpips_ref": lpips_ref, "contextual": float(cx.mean()), "clip": float(clip_sims.mean())}
+    return _report(PROTOCOL_SINGLE_VIEW, metrics, settings, per_view, diffs, notes, t0)
 
 
 # ------------------------------------------------------------------------------------ GSO
@@ -378,13 +384,4 @@ def run_gso(s: GSOSettings) -> Dict[str, Any]:
             "inside_test": "ray parity on our rasteriser along x, y, z, majority vote",
             "details": {k: v for k, v in geometry.items() if k not in ("chamfer", "volume_iou")},
         }
-    return {
-        "protocol": PROTOCOL_GSO,
-        "metrics": metrics,
-        "settings": settings,
-        "per_view": per_view,
-        "protocol_matches": not diffs,
-        "protocol_differences": diffs,
-        "notes": notes,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
+    return _report(PROTOCOL_GSO, metrics, settings, per_view, diffs, notes, t0)

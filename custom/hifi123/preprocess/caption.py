@@ -26,6 +26,8 @@ import unicodedata
 import numpy as np
 import torch
 
+from .estimator import LoadedModel
+
 PLACEHOLDER_CAPTION = "an object"
 MAX_NEW_TOKENS = 30
 
@@ -46,18 +48,9 @@ def clean_user_caption(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-class Captioner:
-    def __init__(self, model, processor, ref: str = "") -> None:
-        self.model = model
-        self.processor = processor
-        self.ref = ref
-
-    @classmethod
-    def load(cls, ref: str, field: str = "--caption-model", *, device=None, dtype=torch.float32) -> "Captioner":
-        from ..models.loader import load_blip2
-
-        model, proc = load_blip2(ref, field, dtype=dtype, device=device)
-        return cls(model, proc, ref)
+class Captioner(LoadedModel):
+    loader_name = "load_blip2"
+    default_field = "--caption-model"
 
     @torch.no_grad()
     def raw(self, rgb_on_white: np.ndarray) -> str:

@@ -15,19 +15,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .estimator import LoadedModel
 
-class DepthEstimator:
-    def __init__(self, model, processor, ref: str = "") -> None:
-        self.model = model
-        self.processor = processor
-        self.ref = ref
 
-    @classmethod
-    def load(cls, ref: str, field: str = "--depth-model", *, device=None, dtype=torch.float32) -> "DepthEstimator":
-        from ..models.loader import load_dpt
-
-        model, proc = load_dpt(ref, field, dtype=dtype, device=device)
-        return cls(model, proc, ref)
+class DepthEstimator(LoadedModel):
+    loader_name = "load_dpt"
+    default_field = "--depth-model"
 
     @torch.no_grad()
     def disparity(self, rgb_on_white: np.ndarray) -> np.ndarray:

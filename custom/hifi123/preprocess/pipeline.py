@@ -528,15 +528,20 @@ def preprocess(
     # 1. read and check every input before any model loads (decoded again when processed, so a
     #    large folder is never held in memory)
     say = (lambda m: None) if quiet else log
+
+    def record_failure(f: str, err: Hifi123Error) -> None:
+        """A single input fails the command; in a batch the file is listed and the rest go on."""
+        if single:
+            raise err
+        summary.failed.append((f, err))
+        say(f"{os.path.basename(f)}: FAILED: {err.what}")
+
     readable = []  # (path, needs segmentation, the decoded image for a single input)
     for f in files:
         try:
             img = read_image(f, cfg.ignore_alpha)
         except Hifi123Error as err:
-            if single:
-                raise
-            summary.failed.append((f, err))
-            say(f"{os.path.basename(f)}: FAILED: {err.what}")
+            record_failure(f, err)
             continue
         readable.append((f, img.alpha is None, img if single else None))
         del img
@@ -568,10 +573,7 @@ def preprocess(
         try:
             res = preprocess_image(img or f, out_dir, cfg, models, name=name, settings=settings, log=say)
         except Hifi123Error as err:
-            if single:
-                raise
-            summary.failed.append((f, err))
-            say(f"{os.path.basename(f)}: FAILED: {err.what}")
+            record_failure(f, err)
             continue
         summary.done.append(res)
         for note in res.notes:

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import Hifi123Error
+from .estimator import LoadedModel
 
 BACKGROUND_NAMES = ("background", "bg", "__background__")
 
@@ -105,26 +106,20 @@ def check_segmenter(ref: str, wanted: Sequence[str], field: str = "--seg-model")
         foreground_ids(cfg.get("id2label") or {}, wanted, ref)
 
 
-class Segmenter:
+class Segmenter(LoadedModel):
     """Foreground probability of an RGB photo, from a loaded transformers model."""
+
+    loader_name = "load_segmenter"
+    default_field = "--seg-model"
 
     def __init__(self, model, processor, *, ref: str = "", prompt: str = "an object",
                  foreground_labels: Sequence[str] = ()) -> None:
-        self.model = model
-        self.processor = processor
-        self.ref = ref
+        super().__init__(model, processor, ref)
         self.prompt = prompt
         self.is_clipseg = getattr(model.config, "model_type", "") == "clipseg"
         self.fg_ids: Optional[List[int]] = None
         if not self.is_clipseg:
             self.fg_ids = foreground_ids(model.config.id2label, foreground_labels, ref)
-
-    @classmethod
-    def load(cls, ref: str, field: str = "--seg-model", *, device=None, dtype=torch.float32, **kw) -> "Segmenter":
-        from ..models.loader import load_segmenter
-
-        model, proc = load_segmenter(ref, field, dtype=dtype, device=device)
-        return cls(model, proc, ref=ref, **kw)
 
     @property
     def description(self) -> str:
