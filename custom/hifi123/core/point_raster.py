@@ -264,7 +264,7 @@ def select_fragments(
         order = depth_order(u, v, z, w, h, r, znear)
     n = order.numel()
     pairs = footprint_offsets(r)
-    O = len(pairs)
+    n_off = len(pairs)
     span = sorted({d for p in pairs for d in p})
     half = max(abs(d) for d in span)
     span_t = torch.tensor(span, device=device, dtype=torch.int32)[:, None]  # distinct offsets
@@ -272,9 +272,9 @@ def select_fragments(
     oi = torch.tensor([span.index(p[1]) for p in pairs], device=device)
     pair_off = torch.tensor([p[0] * w + p[1] for p in pairs], device=device, dtype=torch.int32)[:, None]
     us, vs = u.index_select(0, order), v.index_select(0, order)
-    n_slabs = max(int(depth_slabs), -(-n * O // max(int(max_fragments_per_chunk), 1)))
+    n_slabs = max(int(depth_slabs), -(-n * n_off // max(int(max_fragments_per_chunk), 1)))
     if n_slabs > 1 and n < 4 * n_slabs:
-        n_slabs = max(1, -(-n * O // max(int(max_fragments_per_chunk), 1)))
+        n_slabs = max(1, -(-n * n_off // max(int(max_fragments_per_chunk), 1)))
     bounds = [round(k * n / n_slabs) for k in range(n_slabs + 1)]
     trans = torch.ones(P, device=device, dtype=dtype)
     count = torch.zeros(P, device=device, dtype=torch.int32)
@@ -297,13 +297,13 @@ def select_fragments(
             uu, vv, ci, cj = (t.index_select(0, alive) for t in (uu, vv, ci, cj))
         m = uu.numel()
         # squared distances per distinct column / row offset ([len(span), m], off-image: inf), then
-        # per footprint pair: [O, m] (offset-major candidates c = o * m + j, j the depth order)
+        # per footprint pair: [n_off, m] (offset-major candidates c = o * m + j, j the depth order)
         cols, rws = ci[None, :] + span_t, cj[None, :] + span_t
         dx2 = torch.where((cols >= 0) & (cols < w), (cols.to(dtype) + 0.5 - uu) ** 2, inf)
         dy2 = torch.where((rws >= 0) & (rws < h), (rws.to(dtype) + 0.5 - vv) ** 2, inf)
-        d2 = (dy2.index_select(0, oj) + dx2.index_select(0, oi)).view(-1)  # [O * m]
+        d2 = (dy2.index_select(0, oj) + dx2.index_select(0, oi)).view(-1)  # [n_off * m]
         cand = _nonzero(d2 <= r2)
-        pix_all = (cj * w + ci)[None, :] + pair_off  # [O, m]
+        pix_all = (cj * w + ci)[None, :] + pair_off  # [n_off, m]
         if not first:  # drop fragments of pixels that are already full
             cand = cand.index_select(0, _nonzero(open_px.index_select(0, pix_all.view(-1).index_select(0, cand))))
         if cand.numel() == 0:

@@ -78,6 +78,17 @@ def write_tokenizer(out_dir: str) -> int:
     return len(vocab)
 
 
+
+def clip_tokenizer_in(out_dir: str, sub: str):
+    """Write the tiny CLIP tokenizer to `out_dir/sub` (creating `out_dir`) and load it back:
+    (its folder, its vocabulary size, the CLIPTokenizer)."""
+    from transformers import CLIPTokenizer
+
+    os.makedirs(out_dir, exist_ok=True)
+    tok_dir = os.path.join(out_dir, sub)
+    vocab_size = write_tokenizer(tok_dir)
+    return tok_dir, vocab_size, CLIPTokenizer.from_pretrained(tok_dir)
+
 def _text_config(vocab_size: int):
     from transformers import CLIPTextConfig
 
@@ -177,12 +188,9 @@ def _seed(offset: int) -> None:
 
 def write_sd(out_dir: str, depth: bool) -> None:
     from diffusers import StableDiffusionDepth2ImgPipeline, StableDiffusionPipeline
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
 
-    os.makedirs(out_dir, exist_ok=True)
-    tok_dir = os.path.join(out_dir, "tokenizer")
-    vocab_size = write_tokenizer(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    tok_dir, vocab_size, tokenizer = clip_tokenizer_in(out_dir, "tokenizer")
     _seed(0)
     unet = tiny_unet(5 if depth else 4)
     _seed(1)
@@ -216,12 +224,9 @@ def write_upscaler(out_dir: str) -> None:
         StableDiffusionUpscalePipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
 
-    os.makedirs(out_dir, exist_ok=True)
-    tok_dir = os.path.join(out_dir, "tokenizer")
-    vocab_size = write_tokenizer(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    tok_dir, vocab_size, tokenizer = clip_tokenizer_in(out_dir, "tokenizer")
     _seed(5)
     unet = UNet2DConditionModel(
         sample_size=32, in_channels=7, out_channels=4, layers_per_block=1,
@@ -255,11 +260,9 @@ def write_dpt(out_dir: str) -> None:
 
 
 def write_clip(out_dir: str) -> None:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    tok_dir = os.path.join(out_dir, "_tok")
-    vocab_size = write_tokenizer(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    tok_dir, vocab_size, tokenizer = clip_tokenizer_in(out_dir, "_tok")
     text_cfg = _text_config(vocab_size).to_dict()
     vision_cfg = dict(
         image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,

@@ -21,7 +21,7 @@ from typing import Dict, Iterable, Optional
 
 import torch
 
-from ..models.tiny import TINY_SEED, _bytes_to_unicode, _text_config, write_tokenizer
+from ..models.tiny import TINY_SEED, _bytes_to_unicode, _text_config, clip_tokenizer_in
 
 TINY_SEG_SIZE = 32
 
@@ -35,14 +35,10 @@ def write_clipseg(out_dir: str) -> None:
         CLIPSegConfig,
         CLIPSegForImageSegmentation,
         CLIPSegProcessor,
-        CLIPTokenizer,
         ViTImageProcessor,
     )
 
-    os.makedirs(out_dir, exist_ok=True)
-    tok_dir = os.path.join(out_dir, "_tok")
-    vocab_size = write_tokenizer(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    tok_dir, vocab_size, tokenizer = clip_tokenizer_in(out_dir, "_tok")
     vision = dict(image_size=TINY_SEG_SIZE, patch_size=8, hidden_size=32, intermediate_size=37,
                   num_hidden_layers=3, num_attention_heads=4)
     cfg = CLIPSegConfig(
