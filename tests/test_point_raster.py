@@ -467,3 +467,24 @@ def test_point_cloud_from_a_coarse_checkpoint(tmp_path, threestudio_env):
     )
     assert len(cloud) > 50 and cloud.positions.norm(dim=1).max() < 1.0  # inside the coarse bounding sphere
     assert int(cloud.source_view.max()) >= 1 and bool(cloud.reference_visible.any())
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["bench", "raster", "--size", "30"], "--size: expected an integer >= 16 and a multiple of 4, got 30"),
+    (["bench", "raster", "--repeats", "0"], "--repeats: expected an integer >= 1, got 0"),
+    (["bench", "rgsd", "--iterations", "x"], "--iterations: expected an integer, got 'x'"),
+    (["bench", "rgnv", "--steps", "10", "--inject-steps", "20"], "fix: hifi123 bench rgnv --steps 10 --inject-steps 10"),
+])
+def test_bench_arguments_are_checked_before_any_work(argv, needle, capsys, monkeypatch):
+    from hifi123 import bench, cli
+
+    def no_work(*a, **k):
+        raise AssertionError("a benchmark ran despite a bad argument")
+
+    for name in ("bench_raster", "bench_rgnv", "bench_rgsd"):
+        monkeypatch.setattr(bench, name, no_work)
+    try:
+        code = cli.main(argv)
+    except SystemExit as exit_:  # argparse usage errors
+        code = exit_.code
+    assert code == 2 and needle in capsys.readouterr().err
