@@ -102,12 +102,14 @@ class Fragments(NamedTuple):
     """The composited (pixel, point) pairs of one image, grouped by pixel in runs that are front to
     back (one run per pixel and depth slab; a pixel's runs follow each other in depth order).
 
-    `pix` is the row-major pixel index j * W + i, `weight` the compositing weight alpha * T,
-    `run_pix` / `run_len` the pixel and the number of fragments of each run, in order.
+    `pix` is the row-major pixel index j * W + i, `run` the index of the fragment's run, `weight`
+    the compositing weight alpha * T; `run_pix` / `run_len` the pixel and the number of fragments
+    of each run, in order.
     `transmittance` [P] is the product of (1 - alpha) over each pixel's composited points (1 where
     none)."""
 
     pix: torch.Tensor  # [F] long
+    run: torch.Tensor  # [F] long
     point: torch.Tensor  # [F] long
     z: torch.Tensor  # [F]
     weight: torch.Tensor  # [F]
@@ -297,7 +299,7 @@ def select_fragments(
     n_slabs = max(int(depth_slabs), -(-n * n_off // max(int(max_fragments_per_chunk), 1)))
     if n_slabs > 1 and n < 4 * n_slabs:
         n_slabs = max(1, -(-n * n_off // max(int(max_fragments_per_chunk), 1)))
-    bounds = [round(k * n / n_slabs) for k in range(n_slabs + 1)]
+    per_slab = -(-n // n_slabs)  # points per slab (the last slabs may hold fewer, or be culled away)
     trans = torch.ones(P, device=device, dtype=dtype)
     count = torch.zeros(P, device=device, dtype=torch.int32)
     open_px = torch.ones(P, device=device, dtype=torch.bool)  # fewer than K points and T >= eps
@@ -306,19 +308,27 @@ def select_fragments(
     slots = torch.arange(K, device=device)
     k_shift = K.bit_length() - 1 if K & (K - 1) == 0 else None  # (run, slot) from a flat index
     parts: List[tuple] = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        if b <= a:
-            continue
-        first = not parts
-        uu, vv, alive = us[a:b], vs[a:b], None
-        ci, cj = torch.floor(uu).int(), torch.floor(vv).int()
-        if not first:  # occlusion culling: can the point still reach an open pixel?
+    n_runs = 0  # runs of the slabs before
+    ci_all, cj_all = torch.floor(us).int(), torch.floor(vs).int()
+    rest: Optional[torch.Tensor] = None  # depth-order positions still to process (after the first slab)
+    first = True
+    while True:
+        if first:  # the nearest points: a plain slice of the depth order
+            sel, m = slice(0, min(per_slab, n)), min(per_slab, n)
+            rest = torch.arange(m, n, device=device) if n > m else None
+            uu, vv, ci, cj, ids = us[sel], vs[sel], ci_all[sel], cj_all[sel], order[sel]
+        else:
+            if rest is None:
+                break
+            # occlusion culling (exact): a point whose footprint window holds no open pixel is dropped
             reach = _dilate_square(open_px.view(h, w), half).view(-1)
-            alive = _nonzero(reach.index_select(0, (cj.clamp(0, h - 1) * w + ci.clamp(0, w - 1)).long()))
-            if alive.numel() == 0:
-                continue
-            uu, vv, ci, cj = (t.index_select(0, alive) for t in (uu, vv, ci, cj))
-        m = uu.numel()
+            cell = cj_all.index_select(0, rest).clamp_(0, h - 1) * w + ci_all.index_select(0, rest).clamp_(0, w - 1)
+            rest = _compress(rest, reach.index_select(0, cell))
+            if rest.numel() == 0:
+                break
+            sel, rest = rest[:per_slab], (rest[per_slab:] if rest.numel() > per_slab else None)
+            uu, vv, ci, cj, ids = (t.index_select(0, sel) for t in (us, vs, ci_all, cj_all, order))
+            m = sel.numel()
         # in-radius test per footprint pair from squared distances per distinct column / row offset
         # ([len(span), m], off-image: inf); candidates are offset-major: c = o * m + j (j the depth order)
         cols, rws = ci[None, :] + span_t, cj[None, :] + span_t
@@ -337,6 +347,7 @@ def select_fragments(
         key_s = _sort_distinct(_compress(key_all, keep))
         nf = key_s.numel()
         if nf == 0:
+            first = False
             continue
         pix_s = key_s >> shift
         j_s = key_s & ((1 << shift) - 1)
@@ -377,17 +388,18 @@ def select_fragments(
         open_px.index_copy_(0, seg_pix, (new_c < K) & (new_t >= eps) if eps > 0 else new_c < K)
         out = _nonzero(counted.view(-1))  # (run, slot)-major: grouped by pixel, front to back
         row = out >> k_shift if k_shift is not None else torch.div(out, K, rounding_mode="floor")
-        ids = order[a:b] if alive is None else order[a:b].index_select(0, alive)
         point = ids.index_select(0, j_tab.index_select(0, out))
         weight = (a_tab * t_before).view(-1).index_select(0, out)
-        parts.append((seg_pix.index_select(0, row), point, weight, seg_pix, n_counted))
+        parts.append((seg_pix.index_select(0, row), row + n_runs, point, weight, seg_pix, n_counted))
+        n_runs += n_seg
+        first = False
     if not parts:
         e = torch.zeros(0, device=device, dtype=torch.long)
-        return Fragments(e, e, e.to(dtype), e.to(dtype), e, e, trans, h, w)
+        return Fragments(e, e, e, e.to(dtype), e.to(dtype), e, e, trans, h, w)
     # each slab's fragments are grouped by pixel; a pixel reached in several slabs has one run per
     # slab, in depth order (the compositing sums runs, so no global re-sort is needed)
-    pix, point, weight, run_pix, run_len = (torch.cat(c) for c in zip(*parts)) if len(parts) > 1 else parts[0]
-    return Fragments(pix, point, z.index_select(0, point), weight, run_pix, run_len, trans, h, w)
+    pix, run, point, weight, run_pix, run_len = (torch.cat(c) for c in zip(*parts)) if len(parts) > 1 else parts[0]
+    return Fragments(pix, run, point, z.index_select(0, point), weight, run_pix, run_len, trans, h, w)
 
 
 def rasterize_fragments(
@@ -434,7 +446,7 @@ class _CompositeScales(torch.autograd.Function):
     concatenated runs / residual transmittances."""
 
     @staticmethod
-    def forward(ctx, features, background, upix, crow, point, weight, res, layout):
+    def forward(ctx, features, background, upix, crow, row, point, weight, res, layout):
         n_points, n_ch = features.shape
         comp = None
         if point.numel():
@@ -450,16 +462,16 @@ class _CompositeScales(torch.autograd.Function):
                 if r1 > r0:
                     img.index_add_(0, upix[r0:r1], comp[r0:r1])
             outs.append(out)
-        ctx.save_for_backward(upix, crow, point, weight, res)
+        ctx.save_for_backward(upix, row, point, weight, res)
         ctx.layout, ctx.n_points, ctx.has_background = layout, n_points, background is not None
         return tuple(outs)
 
     @staticmethod
     def backward(ctx, *grads):
-        upix, crow, point, weight, res = ctx.saved_tensors
+        upix, row, point, weight, res = ctx.saved_tensors
         n_ch = next((g.shape[2] for g in grads if g is not None), None)
         if n_ch is None:  # no output was used
-            return (None,) * 8
+            return (None,) * 9
         gf = gb = None
         gathered, gb_parts = [], []
         for g, per_cam in zip(grads, ctx.layout):
@@ -471,7 +483,7 @@ class _CompositeScales(torch.autograd.Function):
                 gb_parts.append(res[p0:p1] @ g[b])
         if ctx.needs_input_grad[0]:
             if point.numel():  # W^T as CSR: fragments grouped by point (empty rows give exact zeros)
-                row = torch.repeat_interleave(torch.arange(upix.numel(), device=point.device), crow.diff())
+                # group the fragments by point: distinct keys (point, fragment) sorted by value
                 perm = _sort_int(point.int())[1]
                 crow_t = torch.zeros(ctx.n_points + 1, dtype=torch.long, device=point.device)
                 torch.cumsum(torch.bincount(point, minlength=ctx.n_points), 0, out=crow_t[1:])
@@ -481,7 +493,7 @@ class _CompositeScales(torch.autograd.Function):
                 gf = res.new_zeros((ctx.n_points, n_ch))
         if ctx.has_background and ctx.needs_input_grad[1]:
             gb = torch.stack(gb_parts).sum(0) if gb_parts else res.new_zeros(n_ch)
-        return gf, gb, None, None, None, None, None, None
+        return gf, gb, None, None, None, None, None, None, None
 
 
 def composite_scales(
@@ -501,15 +513,17 @@ def composite_scales(
     res = cat([residual_transmittance(f, min_transmittance) for f in flat]).to(dt)
     crow = torch.zeros(run_len.numel() + 1, dtype=torch.long, device=point.device)
     torch.cumsum(run_len, 0, out=crow[1:])
-    layout, r0, p0 = [], 0, 0  # runs never span two images: each image's runs are consecutive
+    layout, rows, r0, p0 = [], [], 0, 0  # runs never span two images: each image's runs are consecutive
     for per_cam in frags:
         layout.append([])
         for f in per_cam:
             r1, p1 = r0 + f.run_pix.numel(), p0 + f.height * f.width
             layout[-1].append((r0, r1, p0, p1))
+            rows.append(f.run + r0 if r0 else f.run)
             r0, p0 = r1, p1
+    row = cat(rows)  # the run (sparse row) of every fragment
     bg = None if background is None else background.reshape(-1).to(dt)
-    outs = _CompositeScales.apply(features, bg, run_pix, crow, point, weight, res, layout)
+    outs = _CompositeScales.apply(features, bg, run_pix, crow, row, point, weight, res, layout)
     return [o.view(o.shape[0], per_cam[0].height, per_cam[0].width, o.shape[2]).permute(0, 3, 1, 2)
             for o, per_cam in zip(outs, frags)]
 
