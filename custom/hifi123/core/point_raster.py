@@ -303,13 +303,16 @@ def select_fragments(
     trans = torch.ones(P, device=device, dtype=dtype)
     count = torch.zeros(P, device=device, dtype=torch.int32)
     open_px = torch.ones(P, device=device, dtype=torch.bool)  # fewer than K points and T >= eps
-    zero = torch.zeros((), device=device, dtype=dtype)
+    one = torch.ones((), device=device, dtype=dtype)
     inf = torch.tensor(float("inf"), device=device, dtype=dtype)
     slots = torch.arange(K, device=device)
     k_shift = K.bit_length() - 1 if K & (K - 1) == 0 else None  # (run, slot) from a flat index
     parts: List[tuple] = []
     n_runs = 0  # runs of the slabs before
     ci_all, cj_all = torch.floor(us).int(), torch.floor(vs).int()
+    span_f = span_t.to(dtype)
+    interior = n == 0 or bool(  # no footprint window crosses the image border
+        (ci_all.min() >= half) & (ci_all.max() < w - half) & (cj_all.min() >= half) & (cj_all.max() < h - half))
     rest: Optional[torch.Tensor] = None  # depth-order positions still to process (after the first slab)
     first = True
     while True:
@@ -330,21 +333,24 @@ def select_fragments(
             uu, vv, ci, cj, ids = (t.index_select(0, sel) for t in (us, vs, ci_all, cj_all, order))
             m = sel.numel()
         # in-radius test per footprint pair from squared distances per distinct column / row offset
-        # ([len(span), m], off-image: inf); candidates are offset-major: c = o * m + j (j the depth order)
-        cols, rws = ci[None, :] + span_t, cj[None, :] + span_t
-        dx2 = torch.where((cols >= 0) & (cols < w), (cols.to(dtype) + 0.5 - uu) ** 2, inf)
-        dy2 = torch.where((rws >= 0) & (rws < h), (rws.to(dtype) + 0.5 - vv) ** 2, inf)
+        # ([len(span), m]; off-image: inf, needed only when a footprint crosses the border);
+        # candidates are offset-major: c = o * m + j (j the depth order)
+        dx2 = (span_f + ((ci.to(dtype) + 0.5) - uu)) ** 2
+        dy2 = (span_f + ((cj.to(dtype) + 0.5) - vv)) ** 2
+        if not interior:
+            cols, rws = ci[None, :] + span_t, cj[None, :] + span_t
+            dx2 = torch.where((cols >= 0) & (cols < w), dx2, inf)
+            dy2 = torch.where((rws >= 0) & (rws < h), dy2, inf)
         keep = ((dy2.index_select(0, oj) + dx2.index_select(0, oi)) <= r2).view(-1)  # [n_off * m]
-        pix_all = ((cj * w + ci)[None, :] + pair_off).view(-1)  # [n_off * m]
-        if not first:  # drop the fragments of pixels that are already full
-            keep &= open_px.index_select(0, pix_all.clamp(0, P - 1))
         # one distinct integer key per fragment, (pixel, depth order) in its bits: sorting the keys
         # alone groups the fragments by pixel, front to back (ties in z went to the lower index)
         shift = max(int(m - 1).bit_length(), 1)
-        idt = torch.int32 if P << shift < 2**31 else torch.int64
-        jj = torch.arange(m, device=device, dtype=idt)
-        key_all = ((pix_all.to(idt) << shift).view(n_off, m) | jj).view(-1)
-        key_s = _sort_distinct(_compress(key_all, keep))
+        idt = torch.int32 if (P + (2 * half + 1) * (w + 1)) << shift < 2**31 else torch.int64
+        base_key = ((cj * w + ci).to(idt) << shift) | torch.arange(m, device=device, dtype=idt)
+        keys = _compress((base_key[None, :] + (pair_off.to(idt) << shift)).view(-1), keep)
+        if not first:  # drop the fragments of pixels that are already full
+            keys = _compress(keys, open_px.index_select(0, keys >> shift))
+        key_s = _sort_distinct(keys)
         nf = key_s.numel()
         if nf == 0:
             first = False
@@ -363,17 +369,18 @@ def select_fragments(
         limit = run.clamp(max=K) if first else torch.minimum(run, K - base)
         valid = slots[None, :] < limit[:, None]  # [n_seg, K]
         src = (starts[:, None] + slots[None, :]).clamp_(max=nf - 1).view(-1)
-        j_tab = j_s.index_select(0, src).long()  # [n_seg * K] depth-order positions in the slab
-        # d^2 / r^2 of the table entries, from the pixel centres (same arithmetic as the test above)
+        j_tab = j_s.index_select(0, src)  # [n_seg * K] depth-order positions in the slab
+        # 1 - alpha = sqrt(clamp(0.1 d^2 / r^2, ALPHA_MIN, 1)) of the table entries (1 past the run),
+        # d from the pixel centre (the arithmetic of the test above)
         row_c = torch.div(seg_pix, w, rounding_mode="floor")
         cx = (seg_pix - row_c * w).to(dtype)[:, None] + 0.5
         cy = row_c.to(dtype)[:, None] + 0.5
         ddx = cx - uu.index_select(0, j_tab).view(n_seg, K)
         ddy = cy - vv.index_select(0, j_tab).view(n_seg, K)
-        d2_tab = (ddy * ddy + ddx * ddx) / r2
-        a_tab = torch.where(valid, alpha_from_d2(d2_tab), zero)
+        d2_tab = ddy.mul_(ddy).addcmul_(ddx, ddx).mul_(ALPHA_DIST_SCALE / r2)
+        one_minus_a = torch.where(valid, d2_tab.clamp_(ALPHA_MIN, 1.0).sqrt_(), one)
         # front-to-back transmittance along each row
-        t_incl = torch.cumprod(1.0 - a_tab, 1)
+        t_incl = torch.cumprod(one_minus_a, 1)
         t0 = None if first else trans.index_select(0, seg_pix)
         if t0 is not None:
             t_incl = t_incl * t0[:, None]
@@ -389,7 +396,7 @@ def select_fragments(
         out = _nonzero(counted.view(-1))  # (run, slot)-major: grouped by pixel, front to back
         row = out >> k_shift if k_shift is not None else torch.div(out, K, rounding_mode="floor")
         point = ids.index_select(0, j_tab.index_select(0, out))
-        weight = (a_tab * t_before).view(-1).index_select(0, out)
+        weight = (t_before - t_incl).view(-1).index_select(0, out)  # alpha T = T_before - T_after
         parts.append((seg_pix.index_select(0, row), row + n_runs, point, weight, seg_pix, n_counted))
         n_runs += n_seg
         first = False
