@@ -100,7 +100,8 @@ def test_every_scale_matches_the_brute_force(eps, slabs, chunk, spread):
         feats = feats[40:]
     bg = torch.tensor([0.3, -1.0, 2.0, 0.5])
     H = W = 24
-    s = PointRasterSettings(radius_px=2.0, min_transmittance=eps, depth_slabs=slabs, max_fragments_per_chunk=chunk)
+    s = PointRasterSettings(radius_px=2.0, min_transmittance=eps, depth_slabs=slabs, max_fragments_per_chunk=chunk,
+                            min_slab_points=1)  # small clouds: still several slabs, so culling is exercised
     outs = rasterize_points(pts, feats, _camera(), FOV, H, W, s, bg)
     assert [tuple(o.features.shape) for o in outs] == [(1, 4, 24, 24), (1, 4, 12, 12), (1, 4, 6, 6)]
     for k, o in enumerate(outs):  # the same NDC radius at every scale: 2, 1, 0.5 px
@@ -129,7 +130,7 @@ def test_gradients_reach_exactly_the_contributing_points():
     feats = torch.randn(len(pts), 5, generator=g).requires_grad_(True)
     bg = torch.randn(5, generator=g).requires_grad_(True)
     fov = math.radians(40.0)
-    out = rasterize_points(pts, feats, _camera(), fov, H, W, PointRasterSettings(n_scales=1), bg)[0]
+    out = rasterize_points(pts, feats, _camera(), fov, H, W, PointRasterSettings(n_scales=1, min_slab_points=1), bg)[0]
     upstream = torch.randn(out.features.shape, generator=g)
     (out.features * upstream).sum().backward()
     _, weights, residual, _ = _brute_force(pts, feats.detach(), _camera(), fov, H, W, 2.0)
@@ -166,6 +167,18 @@ def test_background_gets_no_gradient_under_full_coverage():
 def test_size_not_divisible_by_the_scales_is_refused():
     with pytest.raises(ValueError, match="divisible by 4"):
         rasterize_points(torch.zeros(1, 3), torch.zeros(1, 3), _camera(), FOV, 30, 30)
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("min_transmittance", 1.0, "min_transmittance must be in \\[0, 1\\)"),
+    ("min_transmittance", -0.1, "min_transmittance must be in"),
+    ("znear", 0.0, "znear must be positive"),
+    ("min_slab_points", 0, "min_slab_points must be >= 1"),
+    ("radius_px", 0.0, "radius_px must be positive"),
+])
+def test_bad_settings_are_refused(field, value, needle):
+    with pytest.raises(ValueError, match=needle):
+        PointRasterSettings(**{field: value})
 
 
 def test_a_camera_batch_equals_one_camera_at_a_time():

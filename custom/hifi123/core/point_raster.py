@@ -90,12 +90,17 @@ class PointRasterSettings:
     znear: float = 1e-3  # points closer than this (camera z) are culled
     depth_slabs: int = 4  # front-to-back slabs for occlusion culling (1 = no culling)
     max_fragments_per_chunk: int = 1 << 22  # memory bound: fragments generated at once
+    min_slab_points: int = 16384  # fewer slabs than depth_slabs when they would hold fewer points
 
     def __post_init__(self) -> None:
         if self.radius_px <= 0:
             raise ValueError(f"radius_px must be positive, got {self.radius_px}")
-        if self.points_per_pixel < 1 or self.n_scales < 1 or self.depth_slabs < 1:
-            raise ValueError("points_per_pixel, n_scales and depth_slabs must be >= 1")
+        if min(self.points_per_pixel, self.n_scales, self.depth_slabs, self.min_slab_points) < 1:
+            raise ValueError("points_per_pixel, n_scales, depth_slabs and min_slab_points must be >= 1")
+        if not 0.0 <= self.min_transmittance < 1.0:
+            raise ValueError(f"min_transmittance must be in [0, 1), got {self.min_transmittance}")
+        if self.znear <= 0:
+            raise ValueError(f"znear must be positive (camera z in front of the camera), got {self.znear}")
 
 
 class Fragments(NamedTuple):
@@ -272,6 +277,7 @@ def select_fragments(
     depth_slabs: int = 4,
     max_fragments_per_chunk: int = 1 << 22,
     order: Optional[torch.Tensor] = None,
+    min_slab_points: int = 1,
 ) -> Fragments:
     """Per pixel, the `points_per_pixel` nearest points (by `z`, ties to the lower index) whose
     projection (u, v) lies within `radius` pixels of the pixel centre, with their compositing
@@ -284,6 +290,8 @@ def select_fragments(
     device, dtype = u.device, z.dtype
     h, w, K, r = int(height), int(width), int(points_per_pixel), float(radius)
     r2, eps, P = r * r, float(min_transmittance), h * w
+    if not 0.0 <= eps < 1.0:
+        raise ValueError(f"min_transmittance must be in [0, 1), got {min_transmittance}")
     if order is None:
         order = depth_order(u, v, z, w, h, r, znear)
     n = order.numel()
@@ -296,14 +304,14 @@ def select_fragments(
     oi = torch.tensor([span.index(p[1]) for p in pairs], device=device)
     pair_off = torch.tensor([p[0] * w + p[1] for p in pairs], device=device, dtype=torch.int32)[:, None]
     us, vs = u.index_select(0, order), v.index_select(0, order)
-    n_slabs = max(int(depth_slabs), -(-n * n_off // max(int(max_fragments_per_chunk), 1)))
-    if n_slabs > 1 and n < 4 * n_slabs:
-        n_slabs = max(1, -(-n * n_off // max(int(max_fragments_per_chunk), 1)))
+    # up to `depth_slabs` slabs of at least `min_slab_points` points (a slab has a fixed cost of
+    # some 60 tensor operations), more when the memory bound requires
+    n_slabs = max(min(int(depth_slabs), -(-n // max(int(min_slab_points), 1))), 1,
+                  -(-n * n_off // max(int(max_fragments_per_chunk), 1)))
     per_slab = -(-n // n_slabs)  # points per slab (the last slabs may hold fewer, or be culled away)
     trans = torch.ones(P, device=device, dtype=dtype)
     count = torch.zeros(P, device=device, dtype=torch.int32)
     open_px = torch.ones(P, device=device, dtype=torch.bool)  # fewer than K points and T >= eps
-    one = torch.ones((), device=device, dtype=dtype)
     inf = torch.tensor(float("inf"), device=device, dtype=dtype)
     slots = torch.arange(K, device=device)
     k_shift = K.bit_length() - 1 if K & (K - 1) == 0 else None  # (run, slot) from a flat index
@@ -367,36 +375,34 @@ def select_fragments(
         # composited (k < K minus what the pixel already holds)
         base = None if first else count.index_select(0, seg_pix).long()
         limit = run.clamp(max=K) if first else torch.minimum(run, K - base)
-        valid = slots[None, :] < limit[:, None]  # [n_seg, K]
         src = (starts[:, None] + slots[None, :]).clamp_(max=nf - 1).view(-1)
         j_tab = j_s.index_select(0, src)  # [n_seg * K] depth-order positions in the slab
-        # 1 - alpha = sqrt(clamp(0.1 d^2 / r^2, ALPHA_MIN, 1)) of the table entries (1 past the run),
-        # d from the pixel centre (the arithmetic of the test above)
+        # 1 - alpha = sqrt(clamp(0.1 d^2 / r^2, ALPHA_MIN, 1)) of the table entries, d from the pixel
+        # centre (the arithmetic of the test above); slots past a run's limit hold other fragments
+        # and are never used (they come after the run's slots and only lower T further)
         row_c = torch.div(seg_pix, w, rounding_mode="floor")
         cx = (seg_pix - row_c * w).to(dtype)[:, None] + 0.5
         cy = row_c.to(dtype)[:, None] + 0.5
         ddx = cx - uu.index_select(0, j_tab).view(n_seg, K)
         ddy = cy - vv.index_select(0, j_tab).view(n_seg, K)
-        d2_tab = ddy.mul_(ddy).addcmul_(ddx, ddx).mul_(ALPHA_DIST_SCALE / r2)
-        one_minus_a = torch.where(valid, d2_tab.clamp_(ALPHA_MIN, 1.0).sqrt_(), one)
-        # front-to-back transmittance along each row
+        one_minus_a = ddy.mul_(ddy).addcmul_(ddx, ddx).mul_(ALPHA_DIST_SCALE / r2).clamp_(ALPHA_MIN, 1.0).sqrt_()
+        # front-to-back transmittance after each slot (non-increasing along a row)
         t_incl = torch.cumprod(one_minus_a, 1)
-        t0 = None if first else trans.index_select(0, seg_pix)
-        if t0 is not None:
-            t_incl = t_incl * t0[:, None]
-        t_first = torch.ones((n_seg, 1), device=device, dtype=dtype) if t0 is None else t0[:, None]
-        t_before = torch.cat([t_first, t_incl[:, :-1]], 1)
-        counted = valid & (t_before >= eps) if eps > 0 else valid  # a prefix of every row
-        n_counted = counted.sum(1)
-        new_t = torch.where(n_counted > 0, t_incl.gather(1, (n_counted - 1).clamp_min(0)[:, None])[:, 0], t_first[:, 0])
+        if not first:
+            t_incl.mul_(trans.index_select(0, seg_pix)[:, None])
+        # composited: the first `limit` slots while the transmittance before them is >= eps (the
+        # first slot always: its pixel is open)
+        n_counted = torch.minimum(limit, (t_incl[:, :-1] >= eps).sum(1) + 1) if eps > 0 else limit
+        new_t = t_incl.gather(1, (n_counted - 1)[:, None])[:, 0]
         new_c = n_counted if first else base + n_counted
         trans.index_copy_(0, seg_pix, new_t)
         count.index_copy_(0, seg_pix, new_c.int())
         open_px.index_copy_(0, seg_pix, (new_c < K) & (new_t >= eps) if eps > 0 else new_c < K)
-        out = _nonzero(counted.view(-1))  # (run, slot)-major: grouped by pixel, front to back
+        out = _nonzero((slots[None, :] < n_counted[:, None]).view(-1))  # (run, slot)-major: by pixel, front to back
         row = out >> k_shift if k_shift is not None else torch.div(out, K, rounding_mode="floor")
         point = ids.index_select(0, j_tab.index_select(0, out))
-        weight = (t_before - t_incl).view(-1).index_select(0, out)  # alpha T = T_before - T_after
+        t_after = t_incl.view(-1).index_select(0, out)
+        weight = t_after / one_minus_a.view(-1).index_select(0, out) - t_after  # alpha T = T_before - T_after
         parts.append((seg_pix.index_select(0, row), row + n_runs, point, weight, seg_pix, n_counted))
         n_runs += n_seg
         first = False
@@ -490,7 +496,6 @@ class _CompositeScales(torch.autograd.Function):
                 gb_parts.append(res[p0:p1] @ g[b])
         if ctx.needs_input_grad[0]:
             if point.numel():  # W^T as CSR: fragments grouped by point (empty rows give exact zeros)
-                # group the fragments by point: distinct keys (point, fragment) sorted by value
                 perm = _sort_int(point.int())[1]
                 crow_t = torch.zeros(ctx.n_points + 1, dtype=torch.long, device=point.device)
                 torch.cumsum(torch.bincount(point, minlength=ctx.n_points), 0, out=crow_t[1:])
@@ -587,7 +592,7 @@ def rasterize_points(
                 slabs = s.depth_slabs if len(footprint_offsets(r)) > 9 else 1
                 frags[k].append(select_fragments(
                     u * scale, v * scale, z, h, w, r, s.points_per_pixel,
-                    s.min_transmittance, s.znear, slabs, s.max_fragments_per_chunk, order,
+                    s.min_transmittance, s.znear, slabs, s.max_fragments_per_chunk, order, s.min_slab_points,
                 ))
     images = composite_scales(feats, frags, background, s.min_transmittance)
     outs: List[ScaleOutput] = []
