@@ -300,8 +300,15 @@ def select_fragments(
     span = sorted({d for p in pairs for d in p})
     half = max(abs(d) for d in span)
     span_t = torch.tensor(span, device=device, dtype=torch.int32)[:, None]  # distinct offsets
-    oj = torch.tensor([span.index(p[0]) for p in pairs], device=device)
-    oi = torch.tensor([span.index(p[1]) for p in pairs], device=device)
+    # the footprint pairs grouped by row offset: (first pair, end pair, row, first column, end column)
+    # as indices into `span` (pairs are ordered by (dj, di) and each row's columns are contiguous)
+    groups = []
+    for k, (dj, di) in enumerate(pairs):
+        if groups and groups[-1][2] == span.index(dj) and groups[-1][4] == span.index(di):
+            groups[-1][1] += 1
+            groups[-1][4] += 1
+        else:
+            groups.append([k, k + 1, span.index(dj), span.index(di), span.index(di) + 1])
     pair_off = torch.tensor([p[0] * w + p[1] for p in pairs], device=device, dtype=torch.int32)[:, None]
     us, vs = u.index_select(0, order), v.index_select(0, order)
     # up to `depth_slabs` slabs of at least `min_slab_points` points (a slab has a fixed cost of
@@ -349,7 +356,10 @@ def select_fragments(
             cols, rws = ci[None, :] + span_t, cj[None, :] + span_t
             dx2 = torch.where((cols >= 0) & (cols < w), dx2, inf)
             dy2 = torch.where((rws >= 0) & (rws < h), dy2, inf)
-        keep = ((dy2.index_select(0, oj) + dx2.index_select(0, oi)) <= r2).view(-1)  # [n_off * m]
+        keep = torch.empty((n_off, m), dtype=torch.bool, device=device)  # [n_off, m], by row group
+        for k0, k1, jy, i0, i1 in groups:
+            torch.le(dx2[i0:i1] + dy2[jy], r2, out=keep[k0:k1])
+        keep = keep.view(-1)
         # one distinct integer key per fragment, (pixel, depth order) in its bits: sorting the keys
         # alone groups the fragments by pixel, front to back (ties in z went to the lower index)
         shift = max(int(m - 1).bit_length(), 1)
