@@ -68,6 +68,7 @@ coverage, like threestudio's NeRF `depth`).
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -114,8 +115,8 @@ class Fragments(NamedTuple):
     none)."""
 
     pix: torch.Tensor  # [F] long
-    run: torch.Tensor  # [F] long
-    point: torch.Tensor  # [F] long
+    run: torch.Tensor  # [F] int32 (int64 for huge clouds)
+    point: torch.Tensor  # [F] int32 (int64 for huge clouds)
     z: torch.Tensor  # [F]
     weight: torch.Tensor  # [F]
     run_pix: torch.Tensor  # [R] long
@@ -250,6 +251,27 @@ def footprint_offsets(radius: float):
 
 
 # --------------------------------------------------------------------------------- selection
+@functools.lru_cache(maxsize=64)
+def _footprint(radius: float, width: int, device: torch.device, dtype: torch.dtype):
+    """Per (radius, image width, device, dtype), the constants of the splatting (cached: they are
+    rebuilt for every image otherwise): the number of footprint pairs, the half window, the distinct
+    offsets (int [S, 1] and float), the pairs grouped by row offset as (first pair, end pair, row,
+    first column, end column) indices into the distinct offsets (pairs are ordered by (dj, di), so
+    a row's columns are contiguous), and the linear pixel offset of every pair ([n_off, 1] int32)."""
+    pairs = footprint_offsets(radius)
+    span = sorted({d for p in pairs for d in p})
+    span_t = torch.tensor(span, device=device, dtype=torch.int32)[:, None]
+    groups = []
+    for k, (dj, di) in enumerate(pairs):
+        if groups and groups[-1][2] == span.index(dj) and groups[-1][4] == span.index(di):
+            groups[-1][1] += 1
+            groups[-1][4] += 1
+        else:
+            groups.append([k, k + 1, span.index(dj), span.index(di), span.index(di) + 1])
+    pair_off = torch.tensor([p[0] * width + p[1] for p in pairs], device=device, dtype=torch.int32)[:, None]
+    return len(pairs), max(abs(d) for d in span), span_t, span_t.to(dtype), tuple(map(tuple, groups)), pair_off
+
+
 def _dilate_square(mask: torch.Tensor, half: int) -> torch.Tensor:
     """Binary dilation of a [h, w] bool map by a (2 half + 1)^2 square, with shifted ORs (much
     cheaper than a float max-pool)."""
@@ -295,22 +317,10 @@ def select_fragments(
     if order is None:
         order = depth_order(u, v, z, w, h, r, znear)
     n = order.numel()
-    pairs = footprint_offsets(r)
-    n_off = len(pairs)
-    span = sorted({d for p in pairs for d in p})
-    half = max(abs(d) for d in span)
-    span_t = torch.tensor(span, device=device, dtype=torch.int32)[:, None]  # distinct offsets
-    # the footprint pairs grouped by row offset: (first pair, end pair, row, first column, end column)
-    # as indices into `span` (pairs are ordered by (dj, di) and each row's columns are contiguous)
-    groups = []
-    for k, (dj, di) in enumerate(pairs):
-        if groups and groups[-1][2] == span.index(dj) and groups[-1][4] == span.index(di):
-            groups[-1][1] += 1
-            groups[-1][4] += 1
-        else:
-            groups.append([k, k + 1, span.index(dj), span.index(di), span.index(di) + 1])
-    pair_off = torch.tensor([p[0] * w + p[1] for p in pairs], device=device, dtype=torch.int32)[:, None]
+    n_off, half, span_t, span_f, groups, pair_off = _footprint(r, w, device, dtype)
     us, vs = u.index_select(0, order), v.index_select(0, order)
+    if n < 2**31:  # int32 point and run indices: the sparse products' index type on CPU (MKL LP64)
+        order = order.int()
     # up to `depth_slabs` slabs of at least `min_slab_points` points (a slab has a fixed cost of
     # some 60 tensor operations), more when the memory bound requires
     n_slabs = max(min(int(depth_slabs), -(-n // max(int(min_slab_points), 1))), 1,
@@ -325,7 +335,6 @@ def select_fragments(
     parts: List[tuple] = []
     n_runs = 0  # runs of the slabs before
     ci_all, cj_all = torch.floor(us).int(), torch.floor(vs).int()
-    span_f = span_t.to(dtype)
     interior = n == 0 or bool(  # no footprint window crosses the image border
         (ci_all.min() >= half) & (ci_all.max() < w - half) & (cj_all.min() >= half) & (cj_all.max() < h - half))
     rest: Optional[torch.Tensor] = None  # depth-order positions still to process (after the first slab)
@@ -413,7 +422,7 @@ def select_fragments(
         point = ids.index_select(0, j_tab.index_select(0, out))
         t_after = t_incl.view(-1).index_select(0, out)
         weight = t_after / one_minus_a.view(-1).index_select(0, out) - t_after  # alpha T = T_before - T_after
-        parts.append((seg_pix.index_select(0, row), row + n_runs, point, weight, seg_pix, n_counted))
+        parts.append((seg_pix.index_select(0, row), (row + n_runs).to(order.dtype), point, weight, seg_pix, n_counted))
         n_runs += n_seg
         first = False
     if not parts:
@@ -507,8 +516,8 @@ class _CompositeScales(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             if point.numel():  # W^T as CSR: fragments grouped by point (empty rows give exact zeros)
                 perm = _sort_int(point.int())[1]
-                crow_t = torch.zeros(ctx.n_points + 1, dtype=torch.long, device=point.device)
-                torch.cumsum(torch.bincount(point, minlength=ctx.n_points), 0, out=crow_t[1:])
+                crow_t = torch.zeros(ctx.n_points + 1, dtype=row.dtype, device=point.device)
+                torch.cumsum(torch.bincount(point, minlength=ctx.n_points), 0, dtype=row.dtype, out=crow_t[1:])
                 mat_t = _csr(crow_t, row.index_select(0, perm), weight.index_select(0, perm), (ctx.n_points, upix.numel()))
                 gf = mat_t @ torch.cat(gathered, 0)
             else:
@@ -533,8 +542,8 @@ def composite_scales(
     point, weight = cat([f.point for f in flat]), cat([f.weight for f in flat]).to(dt)
     run_pix, run_len = cat([f.run_pix for f in flat]), cat([f.run_len for f in flat])
     res = cat([residual_transmittance(f, min_transmittance) for f in flat]).to(dt)
-    crow = torch.zeros(run_len.numel() + 1, dtype=torch.long, device=point.device)
-    torch.cumsum(run_len, 0, out=crow[1:])
+    crow = torch.zeros(run_len.numel() + 1, dtype=point.dtype, device=point.device)
+    torch.cumsum(run_len, 0, dtype=point.dtype, out=crow[1:])
     layout, rows, r0, p0 = [], [], 0, 0  # runs never span two images: each image's runs are consecutive
     for per_cam in frags:
         layout.append([])
