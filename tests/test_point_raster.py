@@ -111,6 +111,38 @@ def test_every_scale_matches_the_brute_force(eps, slabs, chunk, spread):
         assert np.allclose(o.coverage[0, 0].double().numpy(), 1.0 - trans, atol=2e-5), k
 
 
+@pytest.mark.parametrize("size,n_slabs", [(256, 1), (512, 3)])
+def test_32_bit_keys_sorted_as_unsigned_match_64_bit_keys(monkeypatch, size, n_slabs):
+    """40k points: at 256x256 one slab, whose (pixel, depth position) keys need exactly 32 bits; at
+    512x512 the slabs are cut to 2^14 points so that they fit 32 bits (3 slabs, with culling). On
+    CPU such keys are int32 bit patterns sorted as uint32 (pixels in the lower half of the image
+    give negative int32 keys). Same fragments and weights as with int64 keys."""
+    from hifi123.core import point_raster as pr
+
+    g = torch.Generator().manual_seed(3)
+    n = 40000
+    u = torch.rand(n, generator=g) * (size + 2) - 1.0  # some footprints cross the border
+    v = torch.rand(n, generator=g) * (size + 2) - 1.0
+    z = torch.rand(n, generator=g) + 1.0
+
+    order = pr.depth_order(u, v, z, size, size, 2.0)
+
+    def select():
+        return pr.select_fragments(u, v, z, size, size, 2.0, 8, 1e-4, depth_slabs=1, order=order)
+
+    modes = []
+    sort = pr._sort_distinct
+    monkeypatch.setattr(pr, "_sort_distinct", lambda key, unsigned=False: modes.append((key.dtype, unsigned)) or sort(key, unsigned))
+    fast = select()
+    assert modes == [(torch.int32, True)] * n_slabs
+    monkeypatch.setattr(pr, "_UNSIGNED_KEYS", False)
+    wide = select()
+    assert modes[n_slabs:] == [(torch.int64, False)] * n_slabs
+    assert fast.pix.numel() > 100000 and int(fast.pix.max()) >= size * size // 2  # keys >= 2^31 occurred
+    for a, b in zip(fast[:7], wide[:7]):
+        assert torch.equal(a, b)
+
+
 def test_focal_length_follows_threestudio():
     assert math.isclose(focal_from_fovy(512, math.radians(20.0)), 256.0 / math.tan(math.radians(10.0)))
 
