@@ -143,6 +143,15 @@ def test_32_bit_keys_sorted_as_unsigned_match_64_bit_keys(monkeypatch, size, n_s
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("unsigned", [True, False])
+def test_group_by_is_a_stable_argsort(monkeypatch, unsigned):
+    from hifi123.core import point_raster as pr
+
+    monkeypatch.setattr(pr, "_UNSIGNED_KEYS", unsigned)
+    values = torch.randint(0, 3000, (50000,), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(pr._group_by(values, 3000).long(), torch.sort(values, stable=True)[1])
+
+
 def test_focal_length_follows_threestudio():
     assert math.isclose(focal_from_fovy(512, math.radians(20.0)), 256.0 / math.tan(math.radians(10.0)))
 

@@ -225,6 +225,19 @@ def _sort_int(key: torch.Tensor):
     return torch.sort(key, stable=True)
 
 
+def _group_by(values: torch.Tensor, n_values: int) -> torch.Tensor:
+    """A permutation that groups a 1-D tensor of integers in [0, n_values) by value, keeping the
+    original order within a group (a stable argsort). On CPU, when value and position fit 32 bits,
+    through one value sort of the distinct keys (value, position) as uint32 (~3x faster than torch's
+    stable radix sort with its index array)."""
+    n = values.numel()
+    bits = max(int(n - 1).bit_length(), 1)
+    if values.device.type == "cpu" and _UNSIGNED_KEYS and n_values << bits <= 2**32:
+        key = (values.int() << bits) | torch.arange(n, dtype=torch.int32)
+        return _sort_distinct(key, unsigned=True) & ((1 << bits) - 1)
+    return _sort_int(values.int() if n_values < 2**31 else values)[1]
+
+
 def _z_keys(z: torch.Tensor) -> torch.Tensor:
     """Integer keys ordered like positive z (IEEE bit patterns of positive floats sort like their
     values): int32 for float32/16 depths, int64 for float64."""
@@ -535,7 +548,7 @@ class _CompositeScales(torch.autograd.Function):
                 gb_parts.append(res[p0:p1] @ g[b])
         if ctx.needs_input_grad[0]:
             if point.numel():  # W^T as CSR: fragments grouped by point (empty rows give exact zeros)
-                perm = _sort_int(point.int())[1]
+                perm = _group_by(point, ctx.n_points)
                 crow_t = torch.zeros(ctx.n_points + 1, dtype=row.dtype, device=point.device)
                 torch.cumsum(torch.bincount(point, minlength=ctx.n_points), 0, dtype=row.dtype, out=crow_t[1:])
                 gf = torch.nn.functional.embedding_bag(
