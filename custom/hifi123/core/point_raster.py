@@ -546,21 +546,22 @@ class _CompositeScales(torch.autograd.Function):
         if n_ch is None:  # no output was used
             return (None,) * 9
         gf = gb = None
-        gathered, gb_parts = [], []
+        gathered = res.new_empty((upix.numel(), n_ch))  # the gradient of every run's pixel
+        gb_parts = []
         for g, per_cam in zip(grads, ctx.layout):
             for b, (r0, r1, p0, p1) in enumerate(per_cam):
                 if g is None:
-                    gathered.append(res.new_zeros((r1 - r0, n_ch)))
+                    gathered[r0:r1].zero_()
                     continue
-                gathered.append(g[b].index_select(0, upix[r0:r1]))
+                torch.index_select(g[b], 0, upix[r0:r1], out=gathered[r0:r1])
                 gb_parts.append(res[p0:p1] @ g[b])
         if ctx.needs_input_grad[0]:
-            if point.numel():  # W^T as CSR: fragments grouped by point (empty rows give exact zeros)
+            if point.numel():  # W^T by rows: fragments grouped by point (empty bags give exact zeros)
                 perm = _group_by(point, ctx.n_points)
                 crow_t = torch.zeros(ctx.n_points + 1, dtype=row.dtype, device=point.device)
                 torch.cumsum(torch.bincount(point, minlength=ctx.n_points), 0, dtype=row.dtype, out=crow_t[1:])
                 gf = torch.nn.functional.embedding_bag(
-                    row.index_select(0, perm), torch.cat(gathered, 0), crow_t, mode="sum",
+                    row.index_select(0, perm), gathered, crow_t, mode="sum",
                     per_sample_weights=weight.index_select(0, perm), include_last_offset=True)
             else:
                 gf = res.new_zeros((ctx.n_points, n_ch))
