@@ -249,6 +249,17 @@ def test_a_camera_batch_equals_one_camera_at_a_time():
         assert float(outs[0].coverage[1].mean()) > 0.05  # the second camera sees the scene too
 
 
+def test_bench_raster_measures_at_the_refine_render_size_by_default():
+    """The ratio that matters is the refine stage's: the default size is makeit3d-refine.yaml's."""
+    from hifi123.bench import REFINE_RENDER_SIZE
+    from hifi123.cli import build_parser
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.load(CONFIG_DIR / "makeit3d-refine.yaml").data
+    assert REFINE_RENDER_SIZE == data.height == data.width
+    assert build_parser().parse_args(["bench", "raster"]).size == REFINE_RENDER_SIZE
+
+
 def test_bench_raster_reports_the_ratio(capsys):
     """`hifi123 bench raster` on a tiny render: it runs end to end and its last line is the ratio
     the issue asks for (no timing is asserted)."""

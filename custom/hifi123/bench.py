@@ -149,11 +149,18 @@ def bench_rgsd(iterations: int = 8, steps: int = 20, inject_steps: int = 12, rep
     return res
 
 
-def bench_raster(size: int = 256, repeats: int = 5, threads: int = 1, azimuths: int = 12, log=print) -> dict:
+#: the render size of the Make-It-3D refine stage (makeit3d-refine.yaml data.height/width; M3D renders
+#: its refine stage at 800 x 800): `hifi123 bench raster` measures there by default
+REFINE_RENDER_SIZE = 800
+
+
+def bench_raster(size: int = REFINE_RENDER_SIZE, repeats: int = 5, threads: int = 1, azimuths: int = 12,
+                 log=print) -> dict:
     """Make-It-3D refine: rasterising the point cloud at all K scales (forward + backward to the
     descriptors and the background) vs one deferred U-Net forward + backward at the same
     resolution, on CPU. The cloud is the sample object's 360° point cloud built at `size` from its
-    exact renders (as the refine stage builds it from the coarse NeRF at the render size)."""
+    exact renders (as the refine stage builds it from the coarse NeRF at the render size); by
+    default at the refine stage's render size."""
     import math
 
     import numpy as np
@@ -214,7 +221,8 @@ def bench_raster(size: int = 256, repeats: int = 5, threads: int = 1, azimuths: 
     ratio = res["raster"] / res["unet"]
     cover = [float((o.coverage > 0).float().mean()) for o in outs]
     log(f"Make-It-3D refine rasteriser vs deferred U-Net on CPU ({torch.get_num_threads()} threads), "
-        f"{size}x{size}, K={settings.n_scales} scales, radius {settings.radius_px:g} px, "
+        f"{size}x{size}{' (the refine render size)' if size == REFINE_RENDER_SIZE else ''}, "
+        f"K={settings.n_scales} scales, radius {settings.radius_px:g} px, "
         f"{settings.points_per_pixel} points/pixel, median of {repeats}")
     log(f"point cloud: {n} points from {len(cloud.cameras) + 1} views of the sample object (built in {build_s:.1f} s); "
         f"coverage per scale {', '.join(f'{c:.1%}' for c in cover)}")
