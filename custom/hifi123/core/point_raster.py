@@ -350,7 +350,7 @@ def select_fragments(
     :func:`depth_order`) reuses the depth order computed once per camera. Up to `depth_slabs` depth
     slabs of at least `min_slab_points` points (more when `max_fragments_per_chunk` or, on CPU,
     32-bit fragment keys require) trade occlusion culling against a fixed cost per slab; the result
-    does not depend on them."""
+    does not depend on them (up to float rounding)."""
     device, dtype = u.device, z.dtype
     h, w, K, r = int(height), int(width), int(points_per_pixel), float(radius)
     r2, eps, P = r * r, float(min_transmittance), h * w
