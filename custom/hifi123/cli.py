@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     bg.add_argument("--repeats", type=_int_at_least(1), default=3, help="timing repeats (median)")
     bq = bsub.add_parser("raster", help="Make-It-3D refine: point rasterisation (K scales) vs one U-Net pass, fwd+bwd")
     bq.add_argument("--size", type=_int_at_least(16, 4), default=800,
-                    help="render size (multiple of 4; default 800, the refine config's; the lowvram config renders at 512)")
+                    help="render size (multiple of 4; default 800, the refine config's; 2 px point radius at every size)")
     bq.add_argument("--repeats", type=_int_at_least(1), default=5, help="timing repeats (median)")
     bq.add_argument("--threads", type=_int_at_least(0), default=1, help="torch CPU threads for both (0: torch's default; 1 is stable on a busy machine)")
     bq.add_argument("--azimuths", type=_int_at_least(1), default=12, help="build views per elevation (3 elevations)")

@@ -183,6 +183,7 @@ class MakeIt3DDeferredRenderer(Rasterizer):
         n_scales: int = 3  # full, /2, /4 (M3D K = 3)
         min_transmittance: float = 1e-4  # compositing stops below (exact zeros behind saturated pixels)
         depth_slabs: int = 4  # occlusion culling granularity (speed only)
+        min_slab_points: int = 16384  # fewer slabs when they would hold fewer points (speed only)
         max_fragments_per_chunk: int = 4194304  # memory bound of the rasteriser
         unet_widths: List[int] = field(default_factory=lambda: list(UNET_WIDTHS))  # M3D [16, 32, 64]
         batch_stats_always: bool = True  # M3D keeps its U-Net in train mode (BatchNorm batch statistics)
@@ -203,6 +204,7 @@ class MakeIt3DDeferredRenderer(Rasterizer):
             min_transmittance=self.cfg.min_transmittance,
             depth_slabs=self.cfg.depth_slabs,
             max_fragments_per_chunk=self.cfg.max_fragments_per_chunk,
+            min_slab_points=self.cfg.min_slab_points,
         )
 
     def rasterize(self, c2w: torch.Tensor, fovy, height: int, width: int):
