@@ -519,6 +519,17 @@ def test_geometry_and_renderer_forward_on_cpu(threestudio_env, tmp_path):
 
 
 @pytest.mark.threestudio
+@pytest.mark.parametrize("field,value", [("min_slab_points", 0), ("min_transmittance", 1.5), ("point_radius_px", -1.0)])
+def test_renderer_refuses_bad_raster_settings(threestudio_env, field, value):
+    from hifi123.errors import InputError
+
+    geo = threestudio_env.threestudio.find("makeit3d-point-cloud")({})
+    with pytest.raises(InputError, match=f"system.renderer: .*{field.replace('point_', '')}"):
+        threestudio_env.threestudio.find("makeit3d-deferred-renderer")(
+            {field: value}, geometry=geo, material=None, background=None)
+
+
+@pytest.mark.threestudio
 def test_point_cloud_from_a_coarse_checkpoint(tmp_path, threestudio_env):
     """The chain the refine stage uses: a coarse threestudio checkpoint (+ its parsed.yaml) ->
     geometry/material/background/renderer -> renders -> point cloud (CPU test renderer)."""

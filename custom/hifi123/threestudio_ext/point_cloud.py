@@ -195,17 +195,24 @@ class MakeIt3DDeferredRenderer(Rasterizer):
         widths = list(self.cfg.unet_widths)
         if len(widths) != int(self.cfg.n_scales):
             raise ValueError(f"renderer.unet_widths needs one width per scale ({self.cfg.n_scales}), got {widths}")
+        try:  # the rasteriser settings are checked before anything is built
+            self.settings = PointRasterSettings(
+                radius_px=self.cfg.point_radius_px,
+                points_per_pixel=self.cfg.points_per_pixel,
+                n_scales=self.cfg.n_scales,
+                min_transmittance=self.cfg.min_transmittance,
+                depth_slabs=self.cfg.depth_slabs,
+                max_fragments_per_chunk=self.cfg.max_fragments_per_chunk,
+                min_slab_points=self.cfg.min_slab_points,
+            )
+        except ValueError as e:
+            raise InputError(
+                f"system.renderer: {e}",
+                "the makeit3d-deferred-renderer settings of custom/hifi123/configs/makeit3d-refine.yaml",
+                "correct that field in your refine config (or on the command line, e.g. system.renderer.depth_slabs=4)",
+            ) from None
         in_ch = int(getattr(geometry, "descriptor_dim", 19))
         self.unet = DeferredUNet(in_ch, widths, 3, batch_stats_always=self.cfg.batch_stats_always)
-        self.settings = PointRasterSettings(
-            radius_px=self.cfg.point_radius_px,
-            points_per_pixel=self.cfg.points_per_pixel,
-            n_scales=self.cfg.n_scales,
-            min_transmittance=self.cfg.min_transmittance,
-            depth_slabs=self.cfg.depth_slabs,
-            max_fragments_per_chunk=self.cfg.max_fragments_per_chunk,
-            min_slab_points=self.cfg.min_slab_points,
-        )
 
     def rasterize(self, c2w: torch.Tensor, fovy, height: int, width: int):
         geo = self.geometry
