@@ -51,6 +51,9 @@ def threestudio_env():
         if os.environ.get("THREESTUDIO_ROOT"):
             raise  # asked for explicitly: a broken setup must not pass as a skip
         pytest.skip(f"threestudio at {root} is not importable in this environment ({e})")
+    from hifi123.testing.cpu_threestudio import patch_threestudio_for_cpu
+
+    patch_threestudio_for_cpu()  # get_device -> CPU, pure-torch rasteriser / hash grid / NeRF renderer
 
     # launch.py loads custom/hifi123 in a process that has not imported hifi123 yet; do the same
     # on a fresh copy, then put the session's copy back so tests keep seeing one hifi123

@@ -6,6 +6,7 @@
                      text_encoder, tokenizer, scheduler, depth_estimator (DPT),
                      feature_extractor (DPT processor), model_index.json
     DIR/sd2-base/    StableDiffusionPipeline layout (4-channel UNet), no safety checker
+    DIR/sd-x8/       the same layout with an x8 VAE, for threestudio's stock SD guidances
     DIR/dpt/         DPTForDepthEstimation + DPTImageProcessor (Intel/dpt-hybrid-midas layout)
     DIR/clip/        CLIPModel + CLIPProcessor (openai/clip-vit-base-patch16 layout)
     DIR/sd-x4-upscaler/  StableDiffusionUpscalePipeline layout (x4; optional RGNV upscaling)
@@ -214,6 +215,41 @@ def write_sd(out_dir: str, depth: bool) -> None:
     pipe.save_pretrained(out_dir, safe_serialization=True)
 
 
+def write_sd_x8(out_dir: str) -> None:
+    """A tiny StableDiffusionPipeline for threestudio's own SD guidances (`stable-diffusion-guidance`,
+    `-unified-`, `-vsd-`), which resize every render to 512 px and encode it: this VAE downsamples
+    x8 like SD's (512 px -> 64x64 latents, not the x2 of the others), the UNet attends only at its
+    lowest resolution (16x16 tokens), and its time embedding is 1280 wide, the width threestudio's
+    camera-conditioned LoRA (VSD) hard-codes. Everything else as `sd2-base`."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    tok_dir, vocab_size, tokenizer = clip_tokenizer_in(out_dir, "tokenizer")
+    _seed(7)
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(8, 16, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_DIM, attention_head_dim=2, norm_num_groups=8,
+        use_linear_projection=True, time_embedding_dim=1280,
+    )
+    _seed(8)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=512,
+    )
+    _seed(9)
+    text_encoder = CLIPTextModel(_text_config(vocab_size))
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=tiny_scheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+
+
 def write_upscaler(out_dir: str) -> None:
     """A tiny StableDiffusionUpscalePipeline (x4: the VAE downsamples x4, the UNet takes the latent
     and the low-res image: 7 channels, and a noise-level class embedding)."""
@@ -302,6 +338,7 @@ def _preprocess_tiny(name):
 TINY_MODELS = {
     "sd2-depth": lambda d: write_sd(d, depth=True),
     "sd2-base": lambda d: write_sd(d, depth=False),
+    "sd-x8": write_sd_x8,  # threestudio's stock SD guidances (512 px renders) on CPU
     "dpt": write_dpt,
     "clip": write_clip,
     "sd-x4-upscaler": write_upscaler,

@@ -1,7 +1,7 @@
 """A pure-torch NeRF volume renderer for CPU tests of threestudio systems.
 
-threestudio's `nerf-volume-renderer` needs nerfacc's CUDA kernels. This renderer has the same call
-signature and output keys (`comp_rgb`, `comp_rgb_fg`, `comp_rgb_bg`, `opacity`, `depth`, and in
+threestudio's `nerf-volume-renderer` needs nerfacc's CUDA kernels. This renderer takes the same
+config fields (the sampler settings are ignored), has the same call signature and output keys (`comp_rgb`, `comp_rgb_fg`, `comp_rgb_bg`, `opacity`, `depth`, and in
 training `weights`, `t_points`, `t_intervals`, `t_dirs`, `ray_indices`, `points`, the geometry
 outputs, `comp_normal`, `normal_perturb`), with uniform (optionally jittered) samples between the
 near and far points of the sphere of radius `radius` around the origin. It is slow and simple, for
@@ -27,10 +27,13 @@ def _renderer_class():
     import torch
     import torch.nn.functional as F
     from threestudio.models.renderers.base import VolumeRenderer
+    from threestudio.models.renderers.nerf_volume_renderer import NeRFVolumeRenderer
 
     class TorchVolumeRenderer(VolumeRenderer):
         @dataclass
-        class Config(VolumeRenderer.Config):
+        class Config(NeRFVolumeRenderer.Config):
+            # every field of nerf-volume-renderer is accepted (a config written for it runs here);
+            # the sampler fields (estimator, grid_prune, proposal, ...) are ignored
             num_samples_per_ray: int = 16
             randomized: bool = True
             return_comp_normal: bool = True

@@ -316,9 +316,10 @@ def load_coarse_renderer(
     `geometry_convert_from`; `@LAST` paths are expanded). `renderer_type` swaps the renderer (e.g.
     a CPU renderer in tests). Returns (renderer, coarse system config)."""
     from threestudio.utils.config import load_config
-    from threestudio.utils.misc import find_last_path
 
-    checkpoint = find_last_path(checkpoint)
+    from ..trials import resolve_last
+
+    checkpoint = resolve_last(checkpoint)
     cfg_path = os.path.join(os.path.dirname(checkpoint), "..", "configs", "parsed.yaml")
     if not os.path.isfile(checkpoint) or not os.path.isfile(cfg_path):
         raise InputError(

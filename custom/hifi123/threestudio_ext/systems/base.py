@@ -43,6 +43,7 @@ from threestudio.systems.base import BaseLift3DSystem
 from ...core.makeit3d.cameras import ReferenceSchedule
 from ...core.makeit3d.depth import erode_mask, pearson_depth_loss, scaled_kernel_size
 from ...errors import InputError
+from ...trials import plain_containers
 
 REFERENCE_TERMS = ("rgb", "mask", "depth", "normal")
 COARSE_REGULARIZERS = ("orient", "sparsity", "opaque", "normal_smooth", "3d_normal_smooth")
@@ -74,6 +75,7 @@ class ImageConditionedSystem(BaseLift3DSystem):
 
     # ----------------------------------------------------------------- configure
     def configure(self) -> None:
+        self.resolve_chained_paths()
         super().configure()
         c = self.cfg
         for name, value, allowed in (
@@ -94,6 +96,38 @@ class ImageConditionedSystem(BaseLift3DSystem):
             ) from err
         self.check_loss_weights()
         self.guidance = None
+
+    # ------------------------------------------------------------------ chaining
+    def resolve_chained_paths(self) -> None:
+        """Expand `@LAST` in `geometry_convert_from` / `weights` to the newest FINISHED trial
+        (`hifi123.trials`), with our own error when there is none, before threestudio's lookup
+        (which takes the newest folder, finished or not). A resumed run (`resume=`, `--test`,
+        `--export`) restores everything from its checkpoint and never reads the earlier stage."""
+        from ...trials import LAST, resolve_last
+
+        c = self.cfg
+        if self.resumed:
+            if c.geometry_convert_from and LAST in str(c.geometry_convert_from):
+                c.geometry_convert_from = None
+            return
+        for key in ("weights", "geometry_convert_from"):
+            before = c[key]
+            c[key] = resolve_last(before, f"system.{key}")
+            if c[key] != before:
+                threestudio.info(f"system.{key}: {before} -> {c[key]} (newest finished trial)")
+            if key == "weights" and c.weights:
+                return  # threestudio converts nothing when weights are given
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        max_steps = int(getattr(self.trainer, "max_steps", -1) or -1)
+        if self._save_dir is None or max_steps < 0 or self.true_global_step < max_steps:
+            return
+        if self.trainer.is_global_zero:
+            from ...trials import write_finished_marker
+
+            write_finished_marker(os.path.dirname(self.get_save_dir()), self.true_global_step, max_steps,
+                                  system=type(self).__name__)
 
     # ------------------------------------------------------------------ lambdas
     @classmethod
@@ -411,6 +445,9 @@ class ImageConditionedSystem(BaseLift3DSystem):
         sd = checkpoint.get("state_dict", {})
         for k in [k for k in sd if k.startswith(tuple(self.NON_CHECKPOINT_PREFIXES))]:
             del sd[k]
+        # optimizer and scheduler settings arrive as OmegaConf lists (Adam/Adan betas, milestones):
+        # torch >= 2.6 loads checkpoints with weights_only=True, which refuses those classes
+        plain_containers(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         sd = checkpoint.get("state_dict")

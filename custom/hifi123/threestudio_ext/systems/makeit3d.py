@@ -54,6 +54,7 @@ class MakeIt3DSystem(ImageConditionedSystem):
             raise ValueError(f"system.stage must be one of {STAGES}, got {self.cfg.stage!r}")
         self.refine = None
         self._coarse_checkpoint = None
+        self.resolve_chained_paths()  # before the refine stage takes the coarse checkpoint over
         if self.cfg.stage == "refine":
             self.refine = refine_config(self.cfg.refine)
             # the point cloud needs the whole coarse model and the reference image: it is built in
@@ -96,6 +97,15 @@ class MakeIt3DSystem(ImageConditionedSystem):
         super().on_train_end()
         if self.cfg.stage == "refine" and self._save_dir is not None:
             self._export_refine(video=True)
+
+    def on_predict_epoch_end(self) -> None:
+        # `launch.py --export` of a refine trial: the point cloud (PLY) and the renderer weights,
+        # as at the end of training (there is no mesh to hand to threestudio's exporter)
+        if self.cfg.stage == "refine":
+            if self._save_dir is not None:
+                self._export_refine(video=False)
+            return
+        super().on_predict_epoch_end()
 
     @classmethod
     def guidance_terms(cls) -> Tuple[str, ...]:
