@@ -8,7 +8,13 @@ import time
 import pytest
 import torch
 from hifi123.errors import InputError
-from hifi123.trials import FINISHED_MARKER, RUN_MARKER, plain_containers, resolve_last, write_finished_marker
+from hifi123.trials import (
+    FINISHED_MARKER,
+    RUN_MARKER,
+    plain_containers,
+    resolve_last,
+    write_finished_marker,
+)
 from omegaconf import OmegaConf
 
 
