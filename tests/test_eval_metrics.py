@@ -164,11 +164,14 @@ def test_chamfer_of_translated_cube_surface_is_analytic():
     assert M.chamfer_distance(a, a)["chamfer"] == 0.0
 
 
-def test_voxel_downsample_keeps_one_centroid_per_voxel():
-    pts = np.array([[0.001, 0.001, 0.001], [0.009, 0.009, 0.009], [0.015, 0.0, 0.0], [0.5, 0.5, 0.5]])
+def test_voxel_downsample_keeps_one_centroid_per_voxel_on_open3ds_grid():
+    # Open3D anchors the grid at min - voxel/2 = (-0.005, -0.005, -0.005) here, so along x the
+    # voxels are [-0.005, 0.005), [0.005, 0.015), ...: 0.0 alone, 0.0099 with 0.011 (an origin-
+    # anchored grid would pair 0.0 with 0.0099 instead)
+    pts = np.array([[0.0, 0.0, 0.0], [0.0099, 0.0, 0.0], [0.011, 0.0, 0.0], [0.5, 0.5, 0.5]])
     out = M.voxel_downsample(pts, 0.01)
     assert len(out) == 3
-    assert np.allclose(out[0], [0.005, 0.005, 0.005]) and np.allclose(out[1], [0.015, 0, 0])
+    assert np.allclose(out[0], [0.0, 0, 0]) and np.allclose(out[1], [0.01045, 0, 0]) and np.allclose(out[2], 0.5)
     dense = _cube_face_grid(0.005)
     assert len(M.voxel_downsample(dense, 0.01)) < len(dense) / 3
 
@@ -245,3 +248,33 @@ def test_depth_render_and_backprojection_land_on_the_surface():
     pts = G.depth_points(v, f, G.orbit_cameras(8, 30.0), np.zeros(3), 3.0, 30.0, 64)
     assert len(pts) > 1000
     assert np.abs(np.abs(pts).max(axis=1) - 0.5).max() < 1e-9  # every point on the cube's surface
+
+
+def _literal_ssim(x: np.ndarray, y: np.ndarray, data_range: float = 1.0) -> float:
+    """SSIM written out window by window: 11x11 Gaussian (sigma 1.5) weights, population
+    statistics, every window position fully inside the image, averaged over positions/channels."""
+    r = np.arange(11) - 5.0
+    g = np.exp(-(r**2) / (2 * 1.5**2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    vals = []
+    for ch in range(x.shape[0]):
+        for i in range(x.shape[1] - 10):
+            for j in range(x.shape[2] - 10):
+                a, b = x[ch, i : i + 11, j : j + 11], y[ch, i : i + 11, j : j + 11]
+                ma, mb = (w * a).sum(), (w * b).sum()
+                va, vb = (w * a * a).sum() - ma**2, (w * b * b).sum() - mb**2
+                cov = (w * a * b).sum() - ma * mb
+                vals.append(((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+    return float(np.mean(vals))
+
+
+def test_ssim_equals_the_literal_cropped_border_definition():
+    gen = torch.Generator().manual_seed(3)
+    a = torch.rand(2, 3, 19, 23, generator=gen)
+    b = (a + 0.2 * torch.randn(2, 3, 19, 23, generator=gen)).clamp(0, 1)
+    got = M.ssim(a, b)
+    for k in range(2):
+        assert abs(float(got[k]) - _literal_ssim(a[k].double().numpy(), b[k].double().numpy())) < 1e-6
+    with pytest.raises(ValueError, match="at least 11x11"):
+        M.ssim(a[:, :, :10, :10], b[:, :, :10, :10])

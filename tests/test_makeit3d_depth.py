@@ -98,3 +98,28 @@ def test_kernel_scales_with_resolution():
     assert scaled_kernel_size(5, 256) == 3
     assert scaled_kernel_size(5, 128) == 1  # a 2-pixel border at 512 is half a pixel at 128
     assert scaled_kernel_size(1, 512) == 1
+
+
+def test_pearson_leaves_non_finite_depths_out_with_a_warning():
+    from hifi123.core.makeit3d.depth import pearson_depth_loss
+
+    gen = torch.Generator().manual_seed(0)
+    ref = torch.rand(1, 8, 8, generator=gen)
+    pred = (2.0 * ref + 1.0).clone().requires_grad_(True)  # perfectly correlated
+    holed = pred.detach().clone()
+    holed[0, 2, 3] = float("nan")
+    holed[0, 5, 5] = float("inf")
+    holed.requires_grad_(True)
+    with pytest.warns(RuntimeWarning, match="2 masked pixel"):
+        loss = pearson_depth_loss(holed, ref)
+    assert abs(float(loss)) < 1e-6  # the remaining 62 pixels are still perfectly correlated
+    loss.backward()
+    assert torch.isfinite(holed.grad).all() and holed.grad[0, 2, 3] == 0
+    # the same pixels outside the mask: no warning, same value
+    mask = torch.ones(1, 8, 8, dtype=torch.bool)
+    mask[0, 2, 3] = mask[0, 5, 5] = False
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert abs(float(pearson_depth_loss(holed.detach(), ref, mask))) < 1e-6

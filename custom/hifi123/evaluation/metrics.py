@@ -3,9 +3,10 @@
 Image metrics take float tensors [B,3,H,W] in [0,1] that are already composited on the evaluation
 background (white, decisions.md 19). Point/mesh metrics take numpy arrays.
 
-* PSNR / SSIM: torchmetrics' functional implementations, one value per image (data_range 1.0;
-  SSIM with torchmetrics' defaults: Gaussian kernel 11, sigma 1.5, k1 0.01, k2 0.03). The
-  SyncDreamer protocol averages per-view values, so do we.
+* PSNR: torchmetrics' functional implementation, one value per image (data_range 1.0).
+* SSIM: our own, as the GSO protocol computed it (Gaussian window 11, sigma 1.5, k1 0.01, k2 0.03,
+  border cropped; see `ssim`): recent torchmetrics average over a padded border instead, which
+  reads 0.005-0.017 higher. The SyncDreamer protocol averages per-view values, so do we.
 * LPIPS: the `lpips` package's model (v0.1 linear heads), fed [0,1] images with normalize=True,
   i.e. mapped to [-1,1] as the package expects.
 * CLIP similarity: cosine similarity of L2-normalised image embeddings.
@@ -24,8 +25,8 @@ background (white, decisions.md 19). Point/mesh metrics take numpy arrays.
   x are the features of the evaluated image (a novel view), y those of the reference. The
   features come from VGG19 relu5_4 (see `models.py`); computed in float64.
 * Chamfer distance: 0.5 * (mean NN distance a->b + mean NN distance b->a) (SyncDreamer), after an
-  optional voxel down-sampling that replaces the points of each occupied voxel by their centroid
-  (what Open3D's `voxel_down_sample` does); nearest neighbours with scipy's cKDTree.
+  optional voxel down-sampling that replaces the points of each occupied voxel by their centroid,
+  on Open3D's grid (`voxel_downsample`); nearest neighbours with scipy's cKDTree.
 * Volume IoU: |A and B| / |A or B| of two boolean occupancy grids.
 """
 from __future__ import annotations
@@ -57,13 +58,43 @@ def psnr(pred: torch.Tensor, gt: torch.Tensor, data_range: float = 1.0) -> torch
     ).float()
 
 
-def ssim(pred: torch.Tensor, gt: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Per-image SSIM, [B] (torchmetrics defaults: Gaussian 11x11, sigma 1.5)."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_K1, SSIM_K2 = 0.01, 0.03
 
+
+def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+    g = torch.exp(-(x**2) / (2.0 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(pred: torch.Tensor, gt: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Per-image SSIM, [B]: Gaussian window 11, sigma 1.5, k1 0.01, k2 0.03, population
+    (co)variances, the SSIM map over the positions where the whole window lies inside the image
+    (the border of (11 - 1) / 2 pixels is cropped, not padded), averaged over pixels and channels.
+
+    This is what the GSO protocol's numbers were computed with (skimage's Gaussian SSIM, and
+    torchmetrics before it started averaging over a padded border); it is computed here so the
+    value does not depend on the installed torchmetrics version."""
     _check_pair(pred, gt)
-    out = structural_similarity_index_measure(pred.double(), gt.double(), data_range=data_range, reduction="none")
-    return out.reshape(-1).float()
+    if min(pred.shape[-2:]) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {tuple(pred.shape[-2:])}")
+    x, y = pred.double(), gt.double()
+    c = x.shape[1]
+    g = _gaussian_window(SSIM_WINDOW, SSIM_SIGMA).to(x.device)
+    kernel = (g[:, None] * g[None, :]).expand(c, 1, SSIM_WINDOW, SSIM_WINDOW)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(t, kernel, groups=c)  # no padding: valid positions only
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    s_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return s_map.flatten(1).mean(1).float()
 
 
 @torch.no_grad()
@@ -122,12 +153,15 @@ def contextual_distance(
 
 
 def voxel_downsample(points: np.ndarray, voxel_size: float) -> np.ndarray:
-    """Centroid of the points in each occupied voxel of an axis-aligned grid anchored at the
-    origin (voxel_size <= 0: the points unchanged). [N,3] -> [M,3], M <= N, sorted by voxel."""
+    """Centroid of the points in each occupied voxel (voxel_size <= 0: the points unchanged).
+    [N,3] -> [M,3], M <= N, sorted by voxel. The grid is anchored as Open3D's
+    `voxel_down_sample` anchors it (which the GSO protocol calls): at the points' minimum corner
+    minus half a voxel, so voxel (i, j, k) = floor((p - (min - voxel / 2)) / voxel)."""
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     if voxel_size is None or voxel_size <= 0 or len(pts) == 0:
         return pts
-    keys = np.floor(pts / voxel_size).astype(np.int64)
+    anchor = pts.min(axis=0) - 0.5 * voxel_size
+    keys = np.floor((pts - anchor) / voxel_size).astype(np.int64)
     _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(-1)
     sums = np.zeros((len(counts), 3))

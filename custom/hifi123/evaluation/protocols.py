@@ -16,7 +16,8 @@ Single-view protocol (Make-It-3D Tab. 1-2, HiFi-123 Tab. 2-3 left half)
 GSO protocol (SyncDreamer's, HiFi-123 Tab. 2 right half)
     * Predicted and ground-truth views are paired in natural sort order (16 expected), composited
       on white, and resized (bilinear, antialiased) to 256 x 256 when they are another size.
-    * PSNR and SSIM (torchmetrics, data range 1) and LPIPS (VGG16, lpips v0.1) per view, averaged.
+    * PSNR (torchmetrics) and SSIM (ours, border cropped; data range 1) and LPIPS (VGG16, lpips v0.1)
+      per view, averaged.
     * With --pred-mesh/--gt-mesh: each mesh is normalised to a unit bounding box (centred, longest
       side 1; --mesh-normalize none keeps the coordinates, e.g. for meshes already aligned in the
       GT frame), then Chamfer distance from points back-projected from 16 rendered depth maps
@@ -358,8 +359,9 @@ def run_gso(s: GSOSettings) -> Dict[str, Any]:
                   "resize": "bilinear, antialiased (only when native size differs)"},
         "psnr": {"implementation": "torchmetrics.functional.image.peak_signal_noise_ratio", "data_range": 1.0,
                  "aggregate": "mean of per-view values"},
-        "ssim": {"implementation": "torchmetrics.functional.image.structural_similarity_index_measure", "data_range": 1.0,
-                 "kernel": "gaussian 11, sigma 1.5 (defaults)", "aggregate": "mean of per-view values"},
+        "ssim": {"implementation": "hifi123.evaluation.metrics.ssim", "data_range": 1.0,
+                 "kernel": "gaussian 11, sigma 1.5", "border": "cropped (valid window positions only)",
+                 "aggregate": "mean of per-view values"},
         "lpips": {"net": s.lpips_net, "version": "0.1 (lpips package heads)", "model": lp_ref,
                   "backbone": getattr(lp, "backbone_kind", "?"), "input_range": "[-1, 1]", "aggregate": "mean of per-view values"},
         "device": str(dev),
@@ -377,7 +379,7 @@ def run_gso(s: GSOSettings) -> Dict[str, Any]:
                         "camera": "perspective, looking at the union bbox centre from 1.05 R / sin(fovy/2)",
                         "camera_distance": geometry.get("camera_distance")} if s.chamfer_points == "depth"
             else {"surface_samples_per_mesh": s.surface_samples, "sampling": "area-uniform, seeded"},
-            "voxel_size": s.voxel_size, "voxel_downsample": "centroid per occupied voxel",
+            "voxel_size": s.voxel_size, "voxel_downsample": "centroid per occupied voxel, grid anchored at min - voxel/2 (Open3D)",
             "chamfer_formula": "0.5 * (mean NN dist pred->gt + mean NN dist gt->pred) (scipy cKDTree)",
             "iou_resolution": s.iou_resolution,
             "iou_grid": "cube around the union bbox, side 1.05 x longest extent, occupancy at cell centres",

@@ -15,6 +15,8 @@ plain Pearson correlation, invariant to a positive scale and any shift of either
 """
 from __future__ import annotations
 
+import warnings
+
 from typing import Optional
 
 import torch
@@ -98,8 +100,9 @@ def pearson_depth_loss(
 
     `pred`, `target`, `mask` share a layout with one value per pixel ([B,H,W], [B,H,W,1] or
     [B,1,H,W]); `mask` is bool or float (> 0.5 = inside) and is used as given (erode it first with
-    :func:`erode_mask`). Without a mask every pixel counts. Gradients flow to `pred` (and to
-    `target` if it requires grad).
+    :func:`erode_mask`). Without a mask every pixel counts. Pixels where either depth is NaN or
+    infinite are left out, with a warning. Gradients flow to `pred` (and to `target` if it
+    requires grad).
     """
     b = pred.shape[0]
     if target.numel() != pred.numel():
@@ -112,5 +115,15 @@ def pearson_depth_loss(
             raise ValueError(f"mask {tuple(mask.shape)} does not match pred {tuple(pred.shape)}")
         m = _flat(mask, b)
         m = m if m.dtype == torch.bool else m > 0.5
+    finite = torch.isfinite(p) & torch.isfinite(q)
+    if not bool(finite[m].all()):
+        # a NaN/inf depth carries no ordering: leave those pixels out (the official code zeroes
+        # them, which would correlate a hole with the background) and say so
+        warnings.warn(
+            f"pearson_depth_loss: {int((~finite & m).sum())} masked pixel(s) with a non-finite depth "
+            "left out of the correlation", RuntimeWarning, stacklevel=2,
+        )
+        m = m & finite
+        p = torch.where(finite, p, torch.zeros_like(p))  # no NaN may reach the graph
     losses = [1.0 - pearson_correlation(p[i][m[i]], q[i][m[i]], eps) for i in range(b)]
     return torch.stack(losses).mean()
