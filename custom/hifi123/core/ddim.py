@@ -16,7 +16,8 @@ scheduler's final level a_final (= a(0) for SD, whose `set_alpha_to_one` is Fals
       with eps = eps_fn(z, t_i)
   inversion step (level i+1 -> i, starting from a_final): the same update in reverse, with eps
       evaluated on the SOURCE latent at the DESTINATION timestep t_i (the standard approximation,
-      as diffusers' DDIMInverseScheduler and the official HiFi-123 code).
+      as the official HiFi-123 code and diffusers' DDIMInverseScheduler from 0.26 on; 0.19's
+      evaluates at the source timestep instead, so we do not use the scheduler's step here).
 
 `invert(S)` runs S inversion steps, ending at level T - S; `sample(start=T - S)` runs the last S
 sampling steps. Both are deterministic (eta = 0).
