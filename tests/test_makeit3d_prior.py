@@ -236,3 +236,50 @@ def test_caption_file_next_to_the_image_wins(tmp_path):
     assert resolve_prompt(SAMPLE, "a chair", use_caption_file=False)[0] == "a chair"
     with pytest.raises(InputError, match="prompt"):
         resolve_prompt(str(img), "")
+
+
+class RecordingClip(LinearClip):
+    """LinearClip that keeps every image batch it encodes (resized to 8x8 first)."""
+
+    def __init__(self):
+        super().__init__(3 * 8 * 8)
+        self.seen = []
+
+    def encode_image(self, img):
+        self.seen.append(img.detach().clone())
+        return super().encode_image(F.interpolate(img, (8, 8), mode="bilinear", align_corners=False))
+
+
+def test_clip_d_reference_is_composited_on_the_renders_own_background(x0):
+    """The official code composites the reference on the render's per-iteration background colour
+    before CLIP; a reference fixed on white would reward whitening the background."""
+    from hifi123.core.makeit3d.reference import reference_rgba
+
+    rgba = reference_rgba(SAMPLE)
+    alpha = rgba[0, 3] > 0.99
+    clear = rgba[0, 3] < 0.01
+    assert alpha.any() and clear.any()
+    clip = RecordingClip()
+    ac = _alphas()
+    white = clip.encode_image(rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:]))
+    clip.seen.clear()
+    prior = MakeIt3DPrior(MakeIt3DPriorConfig(), ac, CleanLatentOracle(x0, ac), decode_fn=_decode, clip=clip,
+                          reference_embedding=white, latent_size=8, reference_rgba=rgba)
+    bg = torch.tensor([[0.2, 0.7, 0.1], [0.9, 0.3, 0.5], [0.0, 0.0, 1.0]])  # one colour per view
+    out = prior(x0, torch.zeros(3), terms=["clip_d"], t=torch.full((3,), 100), as_latents=True, background=bg)
+    assert out["use_clip_d"].all()
+    refs = [img for img in clip.seen if img.shape[-2:] == rgba.shape[-2:]]
+    assert len(refs) == 1 and refs[0].shape[0] == 3
+    for k in range(3):  # where the reference is transparent, CLIP sees exactly that view's colour
+        assert torch.allclose(refs[0][k][:, clear], bg[k][:, None].expand(3, int(clear.sum())), atol=1e-6)
+        assert torch.allclose(refs[0][k][:, alpha], rgba[0, :3][:, alpha], atol=1e-2)
+    # without a background: the white embedding, no new reference encoding
+    clip.seen.clear()
+    prior(x0, torch.zeros(3), terms=["clip_d"], t=torch.full((3,), 100), as_latents=True)
+    assert not [img for img in clip.seen if img.shape[-2:] == rgba.shape[-2:]]
+    # a render-background IMAGE (threestudio's comp_rgb_bg, channels last) works the same way
+    img_bg = bg[:, None, None, :].expand(3, 16, 16, 3)
+    clip.seen.clear()
+    prior(x0, torch.zeros(3), terms=["clip_d"], t=torch.full((3,), 100), as_latents=True, background=img_bg)
+    (ref,) = [img for img in clip.seen if img.shape[-2:] == rgba.shape[-2:]]
+    assert torch.allclose(ref[1][:, clear], bg[1][:, None].expand(3, int(clear.sum())), atol=1e-6)

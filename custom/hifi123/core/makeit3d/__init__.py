@@ -28,4 +28,10 @@ from .prior import (  # noqa: F401
     build_prior_from_models,
     select_clip_d,
 )
-from .reference import caption_path, reference_on_white, resolve_prompt  # noqa: F401
+from .reference import (  # noqa: F401
+    caption_path,
+    composite_reference,
+    reference_on_white,
+    reference_rgba,
+    resolve_prompt,
+)

@@ -221,6 +221,7 @@ class MakeIt3DPrior:
         text_embedding: Optional[torch.Tensor] = None,
         image_size: int = 512,
         latent_size: int = 64,
+        reference_rgba: Optional[torch.Tensor] = None,
     ):
         cfg.validate()
         self.cfg = cfg
@@ -233,6 +234,9 @@ class MakeIt3DPrior:
         self.text_embedding = text_embedding
         self.image_size = int(image_size)
         self.latent_size = int(latent_size)
+        # with the RGBA, the reference is composited on each render's own background per call
+        # (`background=` of __call__); `reference_embedding` is the white-background one
+        self.reference_rgba = reference_rgba
 
     # -------------------------------------------------------------------- steps
     @property
@@ -298,6 +302,17 @@ class MakeIt3DPrior:
             raise RuntimeError(f"this prior has no {name} embedding")
         return what
 
+    @torch.no_grad()
+    def reference_embeddings(self, background: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """CLIP embedding of the reference on `background` (see `composite_reference`): [B,D],
+        or the white-background embedding [1,D] when there is no background or no RGBA."""
+        if background is None or self.reference_rgba is None:
+            return self._need(self.reference_embedding, "reference")
+        from .reference import composite_reference
+
+        rgba = self.reference_rgba.to(background.device)
+        return self._clip_image(composite_reference(rgba, background.detach().float()))
+
     # -------------------------------------------------------------------- call
     def __call__(
         self,
@@ -309,6 +324,7 @@ class MakeIt3DPrior:
         as_latents: bool = False,
         generator: Optional[torch.Generator] = None,
         return_eval: bool = False,
+        background: Optional[torch.Tensor] = None,
     ) -> Dict[str, Any]:
         """Losses for a batch of novel views.
 
@@ -318,6 +334,8 @@ class MakeIt3DPrior:
         terms: the subset of TERMS to compute (None: all). Terms not asked for are not computed
           and not returned; the diffusion model runs only if a diffusion term is asked for.
         t, noise: fix the timesteps ([B] long) and the noise (like the latents); drawn otherwise.
+        background: the renders' own background ([B,3] colours or [B,3,H,W] / [B,H,W,3] images):
+          the CLIP reference is composited on it (official); None: on white.
         Returns `loss_<term>` scalars plus `t`, `use_clip_d`, `is_back` ([B]), `grad_norm`,
         `latents`, `x0_pred` (detached) and, with `return_eval`, an `eval` dict of images.
         """
@@ -339,7 +357,7 @@ class MakeIt3DPrior:
                 raise ValueError("the raw-render CLIP terms need images, not latents")
             emb = self._clip_image(images)
             if "clip_img" in want:
-                ref = self._need(self.reference_embedding, "reference").to(emb)
+                ref = self.reference_embeddings(background).to(emb)
                 out["loss_clip_img"] = -(emb * ref).sum(-1).mean()
             if "clip_txt" in want:
                 txt = self._need(self.text_embedding, "text").to(emb)
@@ -385,7 +403,7 @@ class MakeIt3DPrior:
                     raise RuntimeError("CLIP-D needs a decoder")
                 emb = self._clip_image(self.decode_fn(x0[idx]))
                 if "clip_d" in want:
-                    ref = self._need(self.reference_embedding, "reference").to(emb)
+                    ref = self.reference_embeddings(None if background is None else background[idx]).to(emb)
                     out["loss_clip_d"] = -(emb * ref).sum(-1).sum() / b
                 if "clip_d_txt" in want:
                     txt = self._need(self.text_embedding, "text").to(emb)
@@ -416,11 +434,16 @@ def build_prior_from_models(
     clip,
     prompt: str,
     negative_prompt: str,
-    reference_rgb: torch.Tensor,
+    reference: torch.Tensor,
     generator: Optional[torch.Generator] = None,
 ) -> MakeIt3DPrior:
     """A prior from loaded SD components (`hifi123.models.loader.DiffusionComponents`), a
-    `ClipEncoder`, the prompt pair and the reference image ([1,3,H,W] on white, in [0,1])."""
+    `ClipEncoder`, the prompt pair and the reference image: RGBA [1,4,H,W] (composited on each
+    render's background per call) or RGB [1,3,H,W] already composited (fixed), in [0,1]."""
+    from .reference import composite_reference
+
+    rgba = reference if reference.shape[1] == 4 else None
+    reference_rgb = composite_reference(reference) if rgba is not None else reference
     device = components.device
     cfg.validate()
     cond = encode_prompts(components.tokenizer, components.text_encoder, [prompt], device)
@@ -438,4 +461,5 @@ def build_prior_from_models(
     return MakeIt3DPrior(
         cfg, ac, eps_fn, encode_fn, decode_fn, clip, ref_emb, txt_emb,
         image_size=components.image_size, latent_size=int(components.unet.config.sample_size),
+        reference_rgba=None if rgba is None else rgba.to(clip.device),
     )
