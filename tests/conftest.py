@@ -63,9 +63,11 @@ def threestudio_env():
     if ok:
         import hifi123
 
-        # point the registry at the session copy's classes (idempotent re-registration), so
-        # threestudio.find(...) returns the same classes that tests import
+        # launch.py's copy registered first (threestudio keeps it); tests import the session
+        # copy's classes, so point the registry at those (test support only: the extension itself
+        # registers through threestudio.register)
         hifi123.register_threestudio_components()
+        threestudio.__modules__.update(hifi123.REGISTERED_CLASSES)
     return SimpleNamespace(threestudio=threestudio, root=root, ok=ok, output=output, module=module)
 
 

@@ -143,3 +143,14 @@ def test_clean_latent_oracle_sampling_lands_on_x0(scheduler):
     zT = torch.randn_like(x0)
     ddim.sample(oracle, zT, grid, record=rec)
     assert all(torch.allclose(r.x0, x0, atol=1e-9) for r in rec)
+
+
+def test_grid_steps_offset_follows_the_official_rgnv_script_by_request():
+    sched = tiny_scheduler()  # SD2's steps_offset = 1
+    own = ddim.DDIMGrid.from_scheduler(sched, 50)
+    official = ddim.DDIMGrid.from_scheduler(sched, 50, steps_offset=0)
+    assert own.timesteps[0] == 981 and own.timesteps[-1] == 1
+    assert official.timesteps[0] == 980 and official.timesteps[-1] == 0
+    assert torch.equal(official.timesteps, torch.arange(980, -1, -20))
+    assert sched.config.steps_offset == 1  # the caller's scheduler is left as it was
+    assert ddim.DDIMGrid.from_scheduler(sched, 20, steps_offset=0).timesteps[0] == 950

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hifi123.trials import latest_last_checkpoint
 
 pytestmark = pytest.mark.threestudio
 
@@ -146,10 +147,11 @@ def test_hifi123_coarse_refine_test_export_resume(ts_root, tiny_models):
 
     # ---- resume=: two more steps; the fixed-view targets come from the checkpoint, bit for bit
     out = launch(ts_root, "hifi123 refine resume", "--config", str(parsed), "--train", f"resume={ckpt}",
-                 "trainer.max_steps=6")
+                 "trainer.max_steps=6",
+                 "checkpoint.every_n_train_steps=1")
     assert "fixed-view RGSD targets" not in out
     assert trials(ts_root, "hifi123-refine") == [refine]
-    ck2 = load_plain(ckpt)
+    ck2 = load_plain(Path(latest_last_checkpoint(str(ckpt))))  # Lightning 2.0: last-v1.ckpt
     assert ck2["global_step"] == 6
     assert torch.equal(ck2["hifi123_rgsd"]["fixed_targets"], targets)
 
@@ -195,7 +197,8 @@ def test_makeit3d_coarse_refine_test_export_resume(ts_root, tiny_models):
     assert (save / "it4-export" / "deferred_renderer.pt").is_file() and pos_e.shape == pos.shape
     # ---- resume=: the point cloud comes from the checkpoint, not rebuilt from the coarse model
     out = launch(ts_root, "makeit3d refine resume", "--config", str(parsed), "--train", f"resume={ckpt}",
-                 "trainer.max_steps=6")
+                 "trainer.max_steps=6",
+                 "checkpoint.every_n_train_steps=1")
     assert "reference view:" not in out  # the cloud builder's first log line
     pos6, _ = read_ply(str(save / "it6-export" / "point_cloud.ply"))
-    assert pos6.shape == pos.shape and load_plain(ckpt)["global_step"] == 6
+    assert pos6.shape == pos.shape and load_plain(Path(latest_last_checkpoint(str(ckpt))))["global_step"] == 6

@@ -156,8 +156,9 @@ def test_guidance_errors_before_loading_a_model(threestudio_env, tiny_models, tm
         find("makeit3d-guidance")(_guidance_cfg(tiny_models, pretrained_model_name_or_path=str(tmp_path / "nope")))
     with pytest.raises(ValueError, match="weighting_strategy"):
         find("makeit3d-guidance")(_guidance_cfg(tiny_models, weighting_strategy="fantasia"))
-    with pytest.raises(TypeError):
+    with pytest.raises(InputError, match=r"system\.guidance\.not_a_field") as err:  # not a bare TypeError
         find("makeit3d-guidance")(_guidance_cfg(tiny_models, not_a_field=1))
+    assert "cond_image_path" in str(err.value)  # the valid keys are listed
 
 
 # -------------------------------------------------------------------------------- datamodule
@@ -309,3 +310,29 @@ def test_fit_a_few_steps_with_a_trainer(threestudio_env, tiny_models, tmp_path):
     assert (tmp_path / "save" / "all_training_images.png").is_file()
     assert list((tmp_path / "save").glob("it3-val.*"))  # the video (gif without imageio-ffmpeg)
     assert any((p - b).abs().max() > 0 for p, b in zip(system.geometry.parameters(), before))
+
+
+def test_novel_views_are_albedo_only_in_the_official_two_windows(threestudio_env, tiny_models, tmp_path, monkeypatch):
+    from hifi123.errors import InputError
+    from hifi123.testing.smoke import smoke_args
+
+    monkeypatch.chdir(REPO)
+    cfg = _load("makeit3d-coarse.yaml", tmp_path, *smoke_args("makeit3d-coarse.yaml", str(Path(tiny_models["sd2-base"]).parent)))
+    assert [list(w) for w in cfg.system.albedo_only_windows] == [[0, 1000], [2000, 3500]]
+    assert cfg.system.material.ambient_only_steps == 0  # the windows decide, not the material's one
+    find = threestudio_env.threestudio.find
+    dm = find(cfg.data_type)(cfg.data)
+    dm.setup("fit")
+    system = find(cfg.system_type)(cfg.system)
+    batch = dm.train_dataset.collate(None)
+    seen = {}
+    for step in (0, 999, 1000, 1999, 2000, 3499, 3500, 4999):
+        system.set_resume_status(0, step)
+        seen[step] = system.substep_batch(batch, "novel").get("shading")
+    assert seen == {0: "albedo", 999: "albedo", 1000: None, 1999: None, 2000: "albedo", 3499: "albedo",
+                    3500: None, 4999: None}
+    system.set_resume_status(0, 10)
+    assert "shading" not in system.substep_batch(batch, "ref") or system.cfg.reference_shading == "albedo"
+    cfg.system.albedo_only_windows = [[5, 2]]
+    with pytest.raises(InputError, match="albedo_only_windows"):
+        find(cfg.system_type)(cfg.system)

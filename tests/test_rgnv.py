@@ -190,3 +190,13 @@ def test_cache_from_other_settings_is_rejected(sd2_depth, sample_rgba, views):
         make(sd2_depth, inject_steps=S - 1).enhance(cache, views[:1])
     with pytest.raises(ValueError, match="inject_steps"):
         RGNVConfig(num_steps=10, inject_steps=11).validate()
+
+
+def test_rgnv_defaults_to_the_official_grid_and_refuses_a_reference_prompt(sd2_depth):
+    pipe = RGNVPipeline(sd2_depth, RGNVConfig(num_steps=10, inject_steps=4))
+    assert pipe.grid.timesteps[0] == 900 and pipe.grid.timesteps[-1] == 0  # steps_offset 0
+    pipe.configure(RGNVConfig(num_steps=10, inject_steps=4, steps_offset=None))
+    assert pipe.grid.timesteps[0] == 901  # the model's own offset (SD2: 1)
+    with pytest.raises(ValueError, match="reference_prompt must be empty"):
+        RGNVConfig(reference_prompt="a toy").validate()
+    RGNVConfig(reference_prompt="a toy", inject=False).validate()  # no injection: nothing shared

@@ -61,7 +61,7 @@ def test_oracle_zero_gradient_at_the_target_and_descent_lowers_the_distance(rgsd
     (g,) = torch.autograd.grad(out["loss_rgsd"], x)
     assert out["loss_rgsd"].item() < 1e-10 and g.abs().max().item() < 1e-8
     # a different target: one gradient step on the rendering lowers the distance
-    z_other = z_target + 0.3 * torch.randn_like(z_target, generator=torch.Generator().manual_seed(0))
+    z_other = z_target + 0.3 * torch.randn(z_target.shape, generator=torch.Generator().manual_seed(0))
     rgsd.pipe.noise_model = lambda prompt, d, guided: CleanLatentOracle(z_other.double(), ac)
     x = rgb.clone().requires_grad_(True)
     before = rgsd.loss_random(x, alpha, depth, t=2)
@@ -151,3 +151,36 @@ def test_schedule_and_fixed_cameras():
     cams = relative_fixed_cameras(RGSDConfig().fixed_views, 0.0, 0.0)
     assert cams == [(0.0, 90.0), (0.0, -90.0)]
     assert np.allclose(relative_fixed_cameras([(0.0, 90.0)], 5.0, 120.0), [(5.0, -150.0)])
+
+
+def test_rgsd_built_on_a_pipeline_uses_its_own_grid_and_layers(sd2_depth):
+    from hifi123.core.rgnv import RGNVConfig, RGNVPipeline
+
+    pipe = RGNVPipeline(sd2_depth, RGNVConfig(num_steps=50, inject_steps=30, inject_blocks=(15,)))
+    assert pipe.grid.num_steps == 50 and len(pipe.layers) == 1
+    rgsd = RGSD(pipe, RGSDConfig(num_steps=8, inject_steps=4, load_depth_estimator=True))
+    assert rgsd.pipe is pipe and pipe.grid.num_steps == 8 and pipe.grid.timesteps[0] == 875
+    assert len(pipe.layers) == 4  # blocks 12-15, RGSD's default, not the pipeline's old (15,)
+
+
+def test_restoring_targets_compares_every_setting_that_shapes_them():
+    from dataclasses import asdict, fields, replace
+
+    from hifi123.core.rgsd import TARGET_INDEPENDENT
+
+    base = RGSDConfig(num_steps=8, inject_steps=4, prompt="a toy")
+    state = {"fixed_targets": torch.zeros(2, 4, 8, 8), "config": asdict(base)}
+    other = {  # a changed value per field, each of which would change the t = 0 targets
+        "pretrained_model_name_or_path": "another/model", "num_steps": 10, "steps_offset": None, "inject_steps": 3,
+        "guidance_scale": 5.0, "cfg_form": "threestudio", "prompt": "a cat", "negative_prompt": "blurry",
+        "reference_prompt": "x", "inject_blocks": (14, 15), "mask_reference_depth": False,
+        "reference_background": "white", "coarse_background": "white", "texture_seed": 1, "depth_type": "disparity",
+        "depth_weighted_by_opacity": False, "depth_source": "dpt", "fixed_views": ((0.0, 45.0),),
+    }
+    checked = {f.name for f in fields(RGSDConfig)} - TARGET_INDEPENDENT
+    assert checked == set(other), checked ^ set(other)  # a new field must be listed here or excluded there
+    for name, value in other.items():
+        changed = replace(base, **{name: value})
+        with pytest.raises(ValueError, match=name):
+            RGSD.check_state(state, changed)
+    RGSD.check_state(state, replace(base, half_precision_weights=False))

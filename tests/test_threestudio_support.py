@@ -206,7 +206,7 @@ def test_hifi123_loads_like_launch(threestudio_env):
 
 @pytest.mark.threestudio
 def test_registry_register_is_idempotent(threestudio_env):
-    from hifi123 import REGISTERED_NAMES
+    from hifi123 import REGISTERED_CLASSES, REGISTERED_NAMES
     from hifi123.threestudio_ext.registry import register
 
     ts = threestudio_env.threestudio
@@ -222,17 +222,19 @@ def test_registry_register_is_idempotent(threestudio_env):
         assert register(name)(Dummy) is Dummy
         assert register(name)(Dummy) is Dummy  # same class again: fine
         assert ts.find(name) is Dummy
-        # the same class from a second copy of the package (installed + launch.py): replaces
+        # the same class from a second copy of the package (installed + launch.py): the first
+        # registration stays (threestudio.register refuses a name twice; we never write its dict)
         twin = type("Dummy", (), {"__module__": Dummy.__module__, "__qualname__": Dummy.__qualname__})
-        register(name)(twin)
-        assert ts.find(name) is twin
+        assert register(name)(twin) is twin
+        assert ts.find(name) is Dummy and REGISTERED_CLASSES[name] is twin
         with pytest.raises(ValueError, match="already registered"):
             register(name)(Other)
-        assert ts.find(name) is twin
+        assert ts.find(name) is Dummy
         assert REGISTERED_NAMES.count(name) == 1
         with pytest.raises(ValueError, match="must start with"):
             register("test-dummy")(Dummy)
     finally:
         ts.__modules__.pop(name, None)
+        REGISTERED_CLASSES.pop(name, None)
         while name in REGISTERED_NAMES:
             REGISTERED_NAMES.remove(name)

@@ -98,3 +98,10 @@ def test_plain_containers_make_a_checkpoint_loadable_with_weights_only():
     assert back["optimizer_states"][0]["param_groups"][0]["betas"] == [0.98, 0.92, 0.99]
     assert back["lr_schedulers"][0]["nested"] == ({"x": [1]}, 3)
     assert torch.equal(back["state_dict"]["w"], torch.ones(2))
+
+
+def test_a_resumed_trials_newest_last_checkpoint_is_used(tmp_path):
+    trial = make_trial(tmp_path, "sample_rgba.png@20260101-000000", step=4, max_steps=6, mtime=time.time() - 10)
+    torch.save({"global_step": 6}, trial / "ckpts" / "last-v1.ckpt")  # Lightning 2.0 after a resume
+    write_finished_marker(str(trial), 6, 6)
+    assert resolve_last(str(tmp_path / LAST)) == str(trial / "ckpts" / "last-v1.ckpt")

@@ -15,6 +15,8 @@ MIN_THREESTUDIO_VERSION = "0.2.0"
 
 #: registered names per component module, filled by the adapter modules as they are imported
 REGISTERED_NAMES: list = []
+#: name -> this copy's class (threestudio keeps the first copy's when the package loads twice)
+REGISTERED_CLASSES: dict = {}
 
 
 def _version_tuple(v: str) -> tuple:

@@ -50,3 +50,35 @@ class ModelNotFoundError(Hifi123Error):
             "diffusers/transformers `save_pretrained` layout",
             fix=fix,
         )
+
+
+def check_config_keys(given, known, path: str, owner: str, foreign_hint: bool = False) -> None:
+    """Refuse keys of `given` (a mapping) that `known` lacks, before anything is built.
+
+    One InputError names every unknown key by its full config path with the closest valid key,
+    lists the valid keys, and says how to fix it. `foreign_hint`: the block may still carry another
+    component's settings (a guidance swapped by `system.guidance_type=...` on the command line keeps
+    the old block's keys, since a command-line override merges into a block and cannot delete keys).
+    """
+    import difflib
+
+    known = list(known)
+    unknown = [k for k in given if k not in known]
+    if not unknown:
+        return
+    named = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+        named.append(f"{path}.{key}" + (f" (did you mean {path}.{close[0]}?)" if close else ""))
+    fix = "remove or rename these keys"
+    if foreign_hint:
+        fix = (
+            f"these look like another component's settings: a command-line override merges into "
+            f"`{path}` and cannot remove keys, so copy the YAML and replace the whole `{path}` block "
+            f"with {owner}'s keys only, then pass that YAML to --config"
+        )
+    raise InputError(
+        f"{owner} does not know {', '.join(named)}",
+        f"only the keys of {owner}: {', '.join(sorted(known))}",
+        fix,
+    )

@@ -11,7 +11,8 @@ coarse model that finished, so our systems expand `@LAST` here first:
   as :data:`RUN_MARKER`) or, for trials made without it, when its checkpoint's `global_step`
   equals the `trainer.max_steps` of its `configs/parsed.yaml`;
 * `<dir>/<tag>@LAST/<rest>` means the newest finished trial among `<dir>/<tag>@*` and `<dir>/<tag>`
-  (newest = latest modified checkpoint), with `<rest>` appended;
+  (newest = latest modified checkpoint), with `<rest>` appended; for `ckpts/last.ckpt`, the newest
+  `ckpts/last*.ckpt` (Lightning 2.0 writes `last-v1.ckpt` beside the old one when a run resumes);
 * when none qualifies, :class:`~hifi123.errors.InputError` lists what was found and why each trial
   was passed over, and says how to fix it — before threestudio looks anything up.
 
@@ -47,6 +48,18 @@ def write_finished_marker(trial_dir: str, global_step: int, max_steps: int, **ex
     return path
 
 
+def latest_last_checkpoint(path: str) -> str:
+    """`<dir>/last.ckpt` or, when Lightning wrote a newer `last-v<N>.ckpt` beside it (Lightning 2.0
+    does so when a resumed run finds the old last.ckpt), the newest of them."""
+    import glob
+
+    directory, name = os.path.split(path)
+    if name != "last.ckpt":
+        return path
+    found = [p for p in glob.glob(os.path.join(glob.escape(directory), "last*.ckpt")) if os.path.isfile(p)]
+    return max(found, key=os.path.getmtime) if found else path
+
+
 def _checkpoint_step(ckpt: str) -> Optional[int]:
     import torch
 
@@ -73,7 +86,7 @@ def _max_steps(trial: str) -> Optional[int]:
 
 def trial_status(trial: str, rest: str = os.path.join("ckpts", "last.ckpt")) -> Tuple[bool, str]:
     """(finished, why) for the trial folder `trial`; `rest` is the file the caller needs in it."""
-    target = os.path.join(trial, rest)
+    target = latest_last_checkpoint(os.path.join(trial, rest))
     if not os.path.exists(target):
         return False, f"no {rest}"
     if os.path.isfile(os.path.join(trial, FINISHED_MARKER)) or os.path.isfile(os.path.join(trial, RUN_MARKER)):
@@ -126,10 +139,10 @@ def resolve_last(path: Optional[str], field: str = "system.geometry_convert_from
             finished.append(trial)
     if finished:
         def mtime(t: str) -> float:
-            target = os.path.join(t, rest)
+            target = latest_last_checkpoint(os.path.join(t, rest))
             return os.path.getmtime(target) if os.path.exists(target) else 0.0
 
-        return os.path.join(max(finished, key=mtime), rest)
+        return latest_last_checkpoint(os.path.join(max(finished, key=mtime), rest))
     if not found:
         what = f"{field}={path}: no trial folder {tag}@<time> (or {tag}) in {os.path.abspath(directory)}"
     else:

@@ -149,7 +149,7 @@ class MutualSelfAttentionProcessor:
             q = attn.norm_q(q)
         if getattr(attn, "norm_k", None) is not None:
             k = attn.norm_k(k)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, scale=attn.scale)
+        out = sdpa(q, k, v, attention_mask, float(attn.scale))
         if self.spy is not None:
             self.spy(self.layer, q, k, v, out)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(q.dtype)
@@ -160,6 +160,18 @@ class MutualSelfAttentionProcessor:
         if getattr(attn, "residual_connection", False):
             out = out + residual
         return out / attn.rescale_output_factor
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+    """softmax(scale q k^T + mask) v through `scaled_dot_product_attention`, on every torch >= 2.0.
+
+    torch 2.0 (threestudio's stack) has no `scale=` keyword: SDPA always uses head_dim ** -0.5,
+    which is the scale of every diffusers attention layer we inject into (SD2's included). A
+    different scale is folded into the queries, which is the same product."""
+    default = q.shape[-1] ** -0.5
+    if abs(scale - default) > 1e-12 * default:
+        q = q * (scale / default)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0)
 
 
 @contextmanager

@@ -57,9 +57,14 @@ class DDIMGrid:
     final_alpha_cumprod: float
 
     @classmethod
-    def from_scheduler(cls, scheduler, num_steps: int) -> "DDIMGrid":
+    def from_scheduler(cls, scheduler, num_steps: int, steps_offset: Optional[int] = None) -> "DDIMGrid":
+        """The scheduler's grid for `num_steps`; `steps_offset` (None: the scheduler's own) shifts
+        it, as diffusers' `steps_offset` does: 0 gives 980, 960, ..., 0 at T = 50, SD2's 1 gives
+        981, ..., 1. The scheduler passed in is not changed."""
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        if steps_offset is not None and getattr(scheduler.config, "steps_offset", 0) != int(steps_offset):
+            scheduler = type(scheduler).from_config(scheduler.config, steps_offset=int(steps_offset))
         scheduler.set_timesteps(num_steps)
         ts = scheduler.timesteps.detach().clone().long().cpu()
         ac = scheduler.alphas_cumprod.detach().clone().double().cpu()

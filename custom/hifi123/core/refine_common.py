@@ -44,6 +44,7 @@ class RGNVGuidanceConfig:
     reference_depth_path: Optional[str] = None  # near = bright (threestudio `_depth.png`); else DPT
     # RGNV sampler (decisions 1, 2, 7)
     num_steps: int = 20  # T: RGSD's grid (HiFi-123 Sup. §3.4)
+    steps_offset: Optional[int] = 0  # DDIM grid offset: 0 as the official RGNV script; None: the model's
     inject_steps: int = 12  # S: lost in the paper; 30/50 scaled to T = 20 (decision 7; sweep 8-14)
     guidance_scale: float = 7.5  # CFG on the target branch (paper §4.1 refine stage)
     cfg_form: str = "textbook"  # eps_u + s (eps_c - eps_u), as the official RGNV code

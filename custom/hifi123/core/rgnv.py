@@ -35,6 +35,7 @@ BACKGROUNDS = ("texture", "grey", "white")
 @dataclass
 class RGNVConfig:
     num_steps: int = 50  # T, DDIM grid (official run.sh / infer_rgnv.py)
+    steps_offset: Optional[int] = 0  # grid 980..0 at T=50 as the official script; None: the model's (SD2: 1)
     inject_steps: int = 30  # S: inversion depth = injected denoising steps (run.sh --stop_step 30)
     guidance_scale: float = 9.0  # CFG on the target prompt only (infer_rgnv.py:79)
     cfg_form: str = "textbook"  # eps_u + s (eps_c - eps_u), as the official code
@@ -59,6 +60,16 @@ class RGNVConfig:
                 raise ValueError(f"{name} must be one of {BACKGROUNDS}, got {getattr(self, name)!r}")
         if self.cfg_form not in ddim.CFG_FORMS:
             raise ValueError(f"cfg_form must be one of {ddim.CFG_FORMS}, got {self.cfg_form!r}")
+        if self.steps_offset is not None and self.steps_offset < 0:
+            raise ValueError(f"steps_offset must be >= 0 or None, got {self.steps_offset}")
+        if self.reference_prompt.strip() and self.inject:
+            # both CFG halves of the target attend to ONE reference K/V (the unguided branch's);
+            # with a prompt the reference's K/V would differ per half (MasaCtrl injects per half)
+            raise ValueError(
+                f"reference_prompt must be empty (got {self.reference_prompt!r}): the reference branch runs "
+                "unguided and its self-attention keys/values are shared by both CFG halves of the target, "
+                "which equals per-half injection only for the empty prompt"
+            )
 
 
 @dataclass
@@ -73,7 +84,7 @@ class ReferenceCache:
     image: torch.Tensor  # [1,3,H,W] in [0,1], as composited for the model
     kv: Dict[int, Dict[str, Tuple[torch.Tensor, torch.Tensor]]]  # step -> layer -> (K, V)
     layers: List[str]
-    key: Tuple  # (T, S, layers, reference_prompt): the cache is valid only for these
+    key: Tuple  # (grid timesteps, S, layers, reference_prompt): the cache is valid only for these
     unet_evals: int = 0
 
     def nbytes(self) -> int:
@@ -102,8 +113,7 @@ class RGNVPipeline:
                 f"RGNV needs a depth-conditioned UNet (5 input channels); {components.ref} has "
                 f"{components.unet.config.in_channels}. Use an SD2-depth model."
             )
-        self.grid = ddim.DDIMGrid.from_scheduler(components.scheduler, self.cfg.num_steps)
-        self.layers = select_layers(components.unet, self.cfg.inject_blocks)
+        self.configure(self.cfg)
         self.depth_estimator = depth_estimator if depth_estimator is not None else components.depth_estimator
         self.depth_processor = depth_processor if depth_processor is not None else components.feature_extractor
         self.state = InjectionState(store_device=torch.device(self.cfg.cache_device) if self.cfg.cache_device else None)
@@ -111,6 +121,14 @@ class RGNVPipeline:
         self.progress: Optional[Callable[[str, int], None]] = None  # called (phase, n_steps) per step
         # tests plug an oracle here: noise_model(prompt, depth, guided) -> eps_fn (default: the UNet)
         self.noise_model: Optional[Callable[[str, torch.Tensor, bool], Callable]] = None
+
+    def configure(self, config: RGNVConfig) -> None:
+        """Use `config` from now on: the DDIM grid and the injected layers follow it (a reference
+        cache built under other settings is refused by its key)."""
+        config.validate()
+        self.cfg = config
+        self.grid = ddim.DDIMGrid.from_scheduler(self.c.scheduler, config.num_steps, config.steps_offset)
+        self.layers = select_layers(self.c.unet, config.inject_blocks)
 
     # ------------------------------------------------------------------ building blocks
     @property
@@ -223,7 +241,7 @@ class RGNVPipeline:
             self.progress(self.state.mode, 1)
 
     def cache_key(self) -> Tuple:
-        return (self.cfg.num_steps, self.cfg.inject_steps, tuple(self.layers), self.cfg.reference_prompt)
+        return (tuple(self.grid.timesteps.tolist()), self.cfg.inject_steps, tuple(self.layers), self.cfg.reference_prompt)
 
     # ------------------------------------------------------------------ the two branches
     @torch.no_grad()
@@ -265,7 +283,7 @@ class RGNVPipeline:
             if cache is None:
                 raise ValueError("injection is on but no reference cache was given (build_reference)")
             if cache.key != self.cache_key():
-                raise ValueError(f"reference cache was built for (T, S, layers, prompt) = {cache.key}, not {self.cache_key()}")
+                raise ValueError(f"reference cache was built for (grid, S, layers, prompt) = {cache.key}, not {self.cache_key()}")
         T = self.cfg.num_steps
         depths = list(depths) if depths is not None else [None] * len(coarse)
         if len(depths) != len(coarse):
@@ -308,7 +326,7 @@ class RGNVPipeline:
             if cache is None:
                 raise ValueError("injection is on but no reference cache was given (build_reference)")
             if cache.key != self.cache_key():
-                raise ValueError(f"reference cache was built for (T, S, layers, prompt) = {cache.key}, not {self.cache_key()}")
+                raise ValueError(f"reference cache was built for (grid, S, layers, prompt) = {cache.key}, not {self.cache_key()}")
         T, S = self.cfg.num_steps, self.cfg.inject_steps
         self.state.mode = "off"
         z_start = ddim.invert(self._eps("", depth, guided=False), z0, self.grid, S)

@@ -65,6 +65,16 @@ class RGSDConfig(RGNVGuidanceConfig):
             raise ValueError(f"fixed_views must list (elevation, azimuth) pairs, got {self.fixed_views!r}")
 
 
+#: RGSDConfig fields that do not shape the fixed-view targets; every other field is compared when
+#: a checkpoint's targets are restored. Paths are left out because a trial moves between machines
+#: (a different reference image is a different run: start it anew); precision, cache placement and
+#: the t > 0 weighting do not change the t = 0 targets; DPT is only a fallback for missing depth.
+TARGET_INDEPENDENT = frozenset({
+    "reference_image_path", "reference_depth_path", "half_precision_weights", "cache_device",
+    "load_depth_estimator", "weighting",
+})
+
+
 def broadcast_from_rank0(t: torch.Tensor) -> torch.Tensor:
     """Make `t` identical on every rank (no-op without an initialised process group)."""
     import torch.distributed as dist
@@ -82,7 +92,7 @@ class RGSD:
         self.cfg.validate()
         if isinstance(pipe_or_components, RGNVPipeline):
             self.pipe = pipe_or_components
-            self.pipe.cfg = self.cfg.rgnv_config()
+            self.pipe.configure(self.cfg.rgnv_config())  # grid and layers follow OUR settings
         else:
             self.pipe = RGNVPipeline(pipe_or_components, self.cfg.rgnv_config())
         self.cache = None
@@ -215,8 +225,7 @@ class RGSD:
         """Refuse targets computed with other sampler settings (never recompute them silently)."""
         saved = state.get("config", {}) or {}
         mine = asdict(cfg)
-        keys = ("num_steps", "inject_steps", "guidance_scale", "cfg_form", "prompt", "negative_prompt",
-                "inject_blocks", "fixed_views")
+        keys = [k for k in mine if k not in TARGET_INDEPENDENT]
         diff = {k: (saved.get(k), mine[k]) for k in keys if k in saved and _norm(saved[k]) != _norm(mine[k])}
         if diff:
             raise ValueError(

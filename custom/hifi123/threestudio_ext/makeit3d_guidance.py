@@ -36,11 +36,11 @@ from threestudio.utils.misc import C
 
 from ..core.makeit3d.cameras import relative_azimuth
 from ..core.makeit3d.prior import TERMS, MakeIt3DPrior, MakeIt3DPriorConfig, build_prior_from_models
-from ..core.makeit3d.reference import reference_on_white, resolve_prompt
+from ..core.makeit3d.reference import reference_rgba, resolve_prompt
 from ..errors import InputError
 from ..models.clip_encoder import DEFAULT_OPEN_CLIP, load_clip_encoder, preflight_clip
 from ..models.loader import DEFAULT_MODELS, DIFFUSION_SUBFOLDERS, load_diffusion, preflight
-from .registry import register
+from .registry import StrictConfig, register
 
 #: adapter field -> core field where the names differ
 RENAMED = {"weighting_strategy": "weighting"}
@@ -50,7 +50,7 @@ SCHEDULED = ("min_step_percent", "max_step_percent", "grad_clip")
 
 
 @register("makeit3d-guidance")
-class MakeIt3DGuidance(BaseObject):
+class MakeIt3DGuidance(StrictConfig, BaseObject):
     @dataclass
     class Config(BaseObject.Config):
         # models (decision 13: hub id or local directory; decision 14: the CLIP)
@@ -90,7 +90,8 @@ class MakeIt3DGuidance(BaseObject):
                 "the reference RGBA image (threestudio configs set it to ${data.image_path})",
                 "set system.guidance.cond_image_path=${data.image_path} in the config",
             )
-        self.reference_rgb = reference_on_white(self.cfg.cond_image_path, role="cond_image_path")
+        # composited per call on the render's own background (official CLIP-D; see core reference)
+        self.reference_rgba = reference_rgba(self.cfg.cond_image_path, role="cond_image_path")
         self.prompt, self.prompt_source = resolve_prompt(
             self.cfg.cond_image_path, self.cfg.prompt, self.cfg.use_caption_file, "prompt"
         )
@@ -124,7 +125,7 @@ class MakeIt3DGuidance(BaseObject):
                 enable_vae_gradient_checkpointing(components.vae)
             clip = load_clip_encoder(self.cfg.clip_backend, self.cfg.clip_model, self.cfg.clip_pretrained, device=device)
             self.prior = build_prior_from_models(
-                self.core_config, components, clip, self.prompt, self.cfg.negative_prompt, self.reference_rgb
+                self.core_config, components, clip, self.prompt, self.cfg.negative_prompt, self.reference_rgba
             )
             self._models = (components, clip)
         elif self.device != device:
@@ -156,6 +157,7 @@ class MakeIt3DGuidance(BaseObject):
         guidance_eval: bool = False,
         terms: Optional[List[str]] = None,
         reference_azimuth_deg: Optional[float] = None,
+        background: Optional[torch.Tensor] = None,
         **kwargs,
     ) -> Dict[str, Any]:
         if len(args) > 1:
@@ -173,7 +175,10 @@ class MakeIt3DGuidance(BaseObject):
         if azimuth is not None:
             ref = self.cfg.reference_azimuth_deg if reference_azimuth_deg is None else float(reference_azimuth_deg)
             rel = relative_azimuth(torch.as_tensor(azimuth, device=rgb.device).float(), ref)
-        out = prior(images, rel, terms=terms, as_latents=rgb_as_latents, return_eval=guidance_eval)
+        # background: the render's own ([B,H,W,3], threestudio's comp_rgb_bg); the CLIP reference
+        # is composited on it (None: white)
+        out = prior(images, rel, terms=terms, as_latents=rgb_as_latents, return_eval=guidance_eval,
+                    background=background)
         result: Dict[str, Any] = {k: v for k, v in out.items() if k.startswith("loss_")}
         result.update(
             grad_norm=out.get("grad_norm", torch.zeros((), device=rgb.device)),

@@ -1,11 +1,23 @@
-"""Idempotent, prefixed registration into threestudio's registry."""
+"""Prefixed registration through threestudio's public `threestudio.register`.
+
+The package can be imported twice in one process (once as the installed `hifi123`, once by
+threestudio's `launch.py` from `custom/hifi123`); the second copy's classes have the same module
+path and name as the first's. threestudio refuses a name twice, so a twin leaves the first
+registration in place (both copies run the same code) instead of touching threestudio's registry
+dict. A different class under one of our names (another extension using our prefix) is an error.
+"""
 from __future__ import annotations
 
 import threestudio
 
-from .. import REGISTERED_NAMES
+from .. import REGISTERED_CLASSES, REGISTERED_NAMES
 
 PREFIXES = ("hifi123-", "makeit3d-")
+
+
+def _qualified(cls) -> tuple:
+    # the last module component: "hifi123.x.y" and a copy loaded as "<folder>.x.y" compare equal
+    return cls.__module__.rsplit(".", 1)[-1], cls.__qualname__
 
 
 def register(name: str):
@@ -14,23 +26,36 @@ def register(name: str):
         raise ValueError(f"registered names must start with one of {PREFIXES}: {name!r}")
 
     def decorator(cls):
-        existing = threestudio.__modules__.get(name)
-        if existing is not None:
-            same = (existing.__module__.rsplit(".", 1)[-1], existing.__qualname__) == (
-                cls.__module__.rsplit(".", 1)[-1],
-                cls.__qualname__,
-            )
-            if not same:
-                raise ValueError(
-                    f"threestudio name {name!r} is already registered by {existing.__module__}; "
-                    "another extension uses our prefix. Disable it by renaming its custom/ folder "
-                    "with a `_disabled` suffix."
-                )
-            threestudio.__modules__[name] = cls
-        else:
+        existing = threestudio.__modules__.get(name) if hasattr(threestudio, "__modules__") else None
+        if existing is None:
             threestudio.register(name)(cls)
+        elif existing is not cls and _qualified(existing) != _qualified(cls):
+            raise ValueError(
+                f"threestudio name {name!r} is already registered by {existing.__module__}; "
+                "another extension uses our prefix. Disable it by renaming its custom/ folder "
+                "with a `_disabled` suffix."
+            )
+        cls._hifi123_name = name
+        REGISTERED_CLASSES[name] = cls  # this copy's class (tests point the registry at it)
         if name not in REGISTERED_NAMES:
             REGISTERED_NAMES.append(name)
         return cls
 
     return decorator
+
+
+class StrictConfig:
+    """Mixin for our registered BaseObject / BaseModule components: config keys their `Config`
+    does not declare are one clear error (`hifi123.errors.check_config_keys`) instead of
+    threestudio's bare `TypeError: unexpected keyword argument`. `config_path` names the block."""
+
+    config_path = "system.guidance"
+    foreign_hint = True  # a swapped component's block may still carry the old one's keys
+
+    def __init__(self, cfg=None, *args, **kwargs):
+        if cfg is not None and hasattr(cfg, "keys"):
+            from ..errors import check_config_keys
+
+            owner = getattr(type(self), "_hifi123_name", type(self).__name__)
+            check_config_keys(cfg, self.Config.__dataclass_fields__, self.config_path, owner, self.foreign_hint)
+        super().__init__(cfg, *args, **kwargs)

@@ -18,6 +18,7 @@ import threestudio
 import torch
 from threestudio.utils.base import BaseObject
 
+from ..core.makeit3d.reference import caption_path
 from ..models.loader import DEFAULT_MODELS
 
 #: adapter field -> core field, where threestudio's naming differs from ours
@@ -36,6 +37,7 @@ class RGNVGuidanceFields(BaseObject.Config):
     cond_image_path: str = ""  # reference RGBA (threestudio's zero123 field name); required
     cond_depth_path: Optional[str] = None  # reference disparity map (near bright); else DPT
     num_steps: int = 20  # T (decision 7)
+    steps_offset: Optional[int] = 0  # DDIM grid 0: official RGNV script (T=20: 950..0); None: the model's
     inject_steps: int = 12  # S (decision 7)
     guidance_scale: float = 7.5  # CFG on the target branch (paper §4.1)
     cfg_form: str = "textbook"  # eps_u + s (eps_c - eps_u) (official RGNV code)
@@ -57,8 +59,7 @@ def caption_for(image_path: str) -> Optional[str]:
     """The one-line caption `hifi123 preprocess` writes next to `<name>_rgba.png`, if any."""
     if not image_path:
         return None
-    stem = image_path[: -len("_rgba.png")] if image_path.endswith("_rgba.png") else os.path.splitext(image_path)[0]
-    path = stem + "_caption.txt"
+    path = caption_path(image_path)
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             text = " ".join(f.read().split())
@@ -95,7 +96,16 @@ class LazyRGNVCore:
             if key in core_fields:
                 kw[key] = value
         if not kw.get("prompt") and getattr(self.cfg, "use_caption_file", False):
-            kw["prompt"] = caption_for(kw.get("reference_image_path") or "") or ""
+            image = kw.get("reference_image_path") or ""
+            kw["prompt"] = caption_for(image) or ""
+            if not kw["prompt"]:
+                threestudio.warn(
+                    f"{getattr(type(self), '_hifi123_name', type(self).__name__)}: no prompt: `prompt` is "
+                    f"empty and there is no caption file {caption_path(image) if image else '<name>_caption.txt'} next "
+                    "to cond_image_path, so the target branch runs with the empty prompt (CFG has no "
+                    "effect). Set `prompt: \"a photo of ...\"` in this guidance's block, or run "
+                    "`hifi123 preprocess <image>` to write the caption"
+                )
         return self.core_config_cls(**kw)
 
     def core_on(self, device: torch.device):

@@ -34,12 +34,12 @@ import torch
 from threestudio.utils.base import BaseObject
 
 from ..core.rgnv_loss import RGNVImageLoss, RGNVLossConfig
-from .registry import register
+from .registry import StrictConfig, register
 from .rgnv_common import LazyRGNVCore, RGNVGuidanceFields
 
 
 @register("hifi123-rgnv-guidance")
-class RGNVGuidance(LazyRGNVCore, BaseObject):
+class RGNVGuidance(StrictConfig, LazyRGNVCore, BaseObject):
     @dataclass
     class Config(RGNVGuidanceFields):
         # the shared RGNV fields (rgnv_common.RGNVGuidanceFields), plus the image loss's own

@@ -30,12 +30,12 @@ import torch
 from threestudio.utils.base import BaseObject
 
 from ..core.rgsd import RGSD, RGSDConfig, relative_fixed_cameras
-from .registry import register
+from .registry import StrictConfig, register
 from .rgnv_common import LazyRGNVCore, RGNVGuidanceFields
 
 
 @register("hifi123-rgsd-guidance")
-class RGSDGuidance(LazyRGNVCore, BaseObject):
+class RGSDGuidance(StrictConfig, LazyRGNVCore, BaseObject):
     @dataclass
     class Config(RGNVGuidanceFields):
         # the shared RGNV fields (rgnv_common.RGNVGuidanceFields), plus RGSD's own (core/rgsd.py)
@@ -119,4 +119,24 @@ class RGSDGuidance(LazyRGNVCore, BaseObject):
             out = core.loss_random(rgb, opacity, depth, t=rgsd_t)
         result: Dict[str, Any] = {f"loss_{self.cfg.loss_name}": out["loss_rgsd"]}
         result.update({k: (v.detach() if torch.is_tensor(v) else v) for k, v in out.items() if k != "loss_rgsd"})
+        if guidance_eval:
+            result["eval"] = self._eval_images(core, rgb, out, fixed_view_index)
         return result
+
+    @torch.no_grad()
+    def _eval_images(self, core: RGSD, rgb: torch.Tensor, out: Dict[str, Any], fixed_view_index) -> Dict[str, Any]:
+        """threestudio's guidance-eval sheet: the render as SD2-depth sees it (decoded from its
+        latent) and the RGSD target it is pulled towards (the RGNV clean prediction at t, or the
+        fixed view's enhanced target at t = 0), decoded; [bs, H, W, 3] in [0, 1]."""
+        target = out["rgsd_target_latent"].expand(rgb.shape[0], -1, -1, -1)
+        bs = target.shape[0]
+        dec = core.pipe.decode(target).permute(0, 2, 3, 1)
+        seen = torch.nn.functional.interpolate(rgb.detach().permute(0, 3, 1, 2).float(), dec.shape[1:3],
+                                               mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+        t = float(out.get("rgsd_t", torch.tensor(0.0)))
+        level = t / max(1, core.cfg.num_steps)
+        label = "t=0 fixed view" if fixed_view_index is not None else f"t={int(t)}/{core.cfg.num_steps}"
+        return {
+            "bs": bs, "noise_levels": [level] * bs, "imgs_noisy": seen.clamp(0, 1),
+            "imgs_1step": dec, "imgs_1orig": dec, "imgs_final": dec, "texts": [f"rgsd {label}"] * bs,
+        }

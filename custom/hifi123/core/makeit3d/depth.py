@@ -16,7 +16,6 @@ plain Pearson correlation, invariant to a positive scale and any shift of either
 from __future__ import annotations
 
 import warnings
-
 from typing import Optional
 
 import torch

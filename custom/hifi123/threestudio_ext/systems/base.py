@@ -73,9 +73,18 @@ class ImageConditionedSystem(BaseLift3DSystem):
 
     cfg: Config
 
+    def __init__(self, cfg, resumed: bool = False) -> None:
+        from ...errors import check_config_keys
+
+        if hasattr(cfg, "keys"):  # before threestudio's parse: one clear error, not a TypeError
+            check_config_keys(cfg, self.Config.__dataclass_fields__, "system",
+                              getattr(type(self), "_hifi123_name", type(self).__name__))
+        super().__init__(cfg, resumed=resumed)
+
     # ----------------------------------------------------------------- configure
     def configure(self) -> None:
         self.resolve_chained_paths()
+        self.preflight_assets()
         super().configure()
         c = self.cfg
         for name, value, allowed in (
@@ -117,6 +126,25 @@ class ImageConditionedSystem(BaseLift3DSystem):
                 threestudio.info(f"system.{key}: {before} -> {c[key]} (newest finished trial)")
             if key == "weights" and c.weights:
                 return  # threestudio converts nothing when weights are given
+
+    def preflight_assets(self) -> None:
+        """Files the geometry needs, checked before anything is built (`hifi123.preflight`)."""
+        from ...preflight import check_chained_checkpoint, check_tets
+
+        c = self.cfg
+        if c.geometry_type == "tetrahedra-sdf-grid":
+            check_tets(c.geometry.get("isosurface_resolution", 128), "system.geometry.isosurface_resolution")
+        if not self.resumed and not c.weights and c.geometry_convert_from:
+            check_chained_checkpoint(c.geometry_convert_from, "system.geometry_convert_from")
+
+    def on_predict_start(self) -> None:
+        from ...preflight import check_tets
+
+        c = self.cfg
+        if c.exporter_type == "mesh-exporter" and c.geometry_type.startswith("implicit-") \
+                and c.geometry.get("isosurface_method", "mt") == "mt":
+            check_tets(c.geometry.get("isosurface_resolution", 128), "system.geometry.isosurface_resolution")
+        super().on_predict_start()
 
     def on_train_end(self) -> None:
         super().on_train_end()
@@ -190,11 +218,35 @@ class ImageConditionedSystem(BaseLift3DSystem):
     # ------------------------------------------------------------------ guidance
     def build_guidance(self) -> None:
         """Build the guidance (and the prompt processor, when one is configured). Called in
-        `on_fit_start`, so test/export runs never load diffusion models."""
-        self.guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
-        if self.cfg.prompt_processor_type:
-            self.prompt_processor = threestudio.find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
-            self.prompt_utils = self.prompt_processor()
+        `on_fit_start`, so test/export runs never load diffusion models. An empty `guidance_type`
+        means no guidance. With a prompt processor, its output (`prompt_utils`) is passed to the
+        guidance as the second positional argument, as threestudio's text-guided systems do."""
+        from ...preflight import building, check_component
+
+        c = self.cfg
+        for part in ("prompt_processor", "guidance", "guidance_3d"):
+            if f"{part}_type" in c and c[f"{part}_type"]:
+                check_component(c[f"{part}_type"], c[part], f"system.{part}")
+        self.guidance = None
+        if c.guidance_type:
+            with building(c.guidance_type, "system.guidance"):
+                self.guidance = threestudio.find(c.guidance_type)(c.guidance)
+        self.prompt_utils = None
+        if c.prompt_processor_type:
+            with building(c.prompt_processor_type, "system.prompt_processor"):
+                self.prompt_processor = threestudio.find(c.prompt_processor_type)(c.prompt_processor)
+                self.prompt_utils = self.prompt_processor()
+
+    def call_guidance(self, guidance, rgb: torch.Tensor, batch: Dict[str, Any], **kwargs) -> Dict[str, Any]:
+        """`guidance(rgb, [prompt_utils,] **batch, rgb_as_latents=False, **kwargs)`."""
+        args = (self.prompt_utils,) if self.prompt_utils is not None else ()
+        return guidance(rgb, *args, **batch, rgb_as_latents=False, **kwargs)
+
+    @staticmethod
+    def loss_terms_of(out: Dict[str, Any], prefix: str = "") -> Dict[str, torch.Tensor]:
+        """Every `loss_<x>` a guidance returned, renamed `loss_<prefix><x>` (weighted later by
+        `lambda_<prefix><x>`, as threestudio weights them)."""
+        return {f"loss_{prefix}{k[len('loss_'):]}": v for k, v in out.items() if k.startswith("loss_")}
 
     def guidance_losses(self, kind: str, batch: Dict[str, Any], out: Dict[str, Any], full_batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} must implement guidance_losses for sub-step {kind!r}")
@@ -277,6 +329,10 @@ class ImageConditionedSystem(BaseLift3DSystem):
             total = total + self.training_substep(batch, batch_idx, kind)
         for name, value in self.cfg.loss.items():
             self.log(f"train_params/{name}", self.C(value))
+        if not (torch.is_tensor(total) and total.requires_grad):
+            # every weight of this step's terms is 0 (e.g. a lambda schedule not started yet):
+            # nothing to optimise, and Lightning skips the step when training_step returns None
+            return None
         self.log("train/loss", total, prog_bar=True)
         return {"loss": total}
 

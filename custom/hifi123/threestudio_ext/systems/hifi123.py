@@ -118,7 +118,10 @@ class HiFi123System(ImageConditionedSystem):
             threestudio.info(f"hifi123-system: 2D guidance prompt from the caption file: {caption!r}")
         super().build_guidance()
         if not self.cfg.refinement and self.cfg.guidance_3d_type:
-            self.guidance_3d = threestudio.find(self.cfg.guidance_3d_type)(self.cfg.guidance_3d)
+            from ...preflight import building
+
+            with building(self.cfg.guidance_3d_type, "system.guidance_3d"):
+                self.guidance_3d = threestudio.find(self.cfg.guidance_3d_type)(self.cfg.guidance_3d)
         if self.cfg.refinement:
             if not hasattr(self.guidance, "compute_fixed_targets"):
                 raise ValueError(
@@ -187,16 +190,18 @@ class HiFi123System(ImageConditionedSystem):
             if "rgsd_t" in g:
                 self.log(f"train/{kind}/rgsd_t", g["rgsd_t"])
             return {"loss_rgsd": g[f"loss_{self.guidance.cfg.loss_name}"]}
+        # every loss_<x> a guidance returns is weighted by lambda_<x> (lambda_3d_<x> for the 3D
+        # one), as threestudio does: stock guidances return loss_sds, loss_sd, loss_vsd, ...
         terms: Dict[str, torch.Tensor] = {}
         due = self.guidance_eval_due()
-        if self.guidance is not None and self.wants("sds"):
-            g = self.guidance(out["comp_rgb"], self.prompt_utils, **batch, rgb_as_latents=False, guidance_eval=due)
-            terms["loss_sds"] = g["loss_sds"]
+        if self.guidance is not None:
+            g = self.call_guidance(self.guidance, out["comp_rgb"], batch, guidance_eval=due)
+            terms.update(self.loss_terms_of(g))
             if due:
                 self.save_guidance_eval(out, g)
-        if self.guidance_3d is not None and self.wants("3d_sds"):
+        if self.guidance_3d is not None:
             g3 = self.guidance_3d(out["comp_rgb"], **batch, rgb_as_latents=False)
-            terms["loss_3d_sds"] = g3["loss_sds"]
+            terms.update(self.loss_terms_of(g3, "3d_"))
         return terms
 
     # ------------------------------------------------------------------ checkpoints

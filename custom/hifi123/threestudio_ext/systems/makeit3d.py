@@ -46,12 +46,22 @@ class MakeIt3DSystem(ImageConditionedSystem):
         back_view_opacity_factor: float = 10.0  # official utils.py:521-524
         stage: str = "coarse"  # coarse: NeRF (paper §3.2) | refine: point cloud + deferred renderer (§3.3)
         refine: dict = field(default_factory=dict)  # stage refine: hifi123.core.point_refine.RefineConfig
+        # novel views are rendered albedo-only while the step lies in one of these [start, end)
+        # windows (the official two-phase run: 0-1000, then 2000-3500 as the 360 degree views start)
+        albedo_only_windows: list = field(default_factory=list)
 
     cfg: Config
 
     def configure(self) -> None:
         if self.cfg.stage not in STAGES:
             raise ValueError(f"system.stage must be one of {STAGES}, got {self.cfg.stage!r}")
+        windows = [list(w) for w in self.cfg.albedo_only_windows]
+        if any(len(w) != 2 or not 0 <= int(w[0]) < int(w[1]) for w in windows):
+            from ...errors import InputError
+
+            raise InputError(f"system.albedo_only_windows={windows}", "a list of [start, end) step pairs, 0 <= start < end",
+                             "e.g. system.albedo_only_windows=[[0,1000],[2000,3500]] (or [] for the material's own)")
+        self.albedo_windows = [(int(a), int(b)) for a, b in windows]
         self.refine = None
         self._coarse_checkpoint = None
         self.resolve_chained_paths()  # before the refine stage takes the coarse checkpoint over
@@ -76,6 +86,15 @@ class MakeIt3DSystem(ImageConditionedSystem):
             self.geometry.set_from_point_cloud(cloud)  # in place: the optimiser keeps the parameters
             if self.refine.save_initial_point_cloud and self._save_dir is not None:
                 save_initial_point_cloud(self, cloud)
+
+    def albedo_only(self, step: int) -> bool:
+        return any(a <= step < b for a, b in self.albedo_windows)
+
+    def substep_batch(self, batch, kind):
+        sub = super().substep_batch(batch, kind)
+        if kind == "novel" and self.albedo_only(self.true_global_step):
+            sub["shading"] = "albedo"
+        return sub
 
     def reference_losses(self, batch, out):
         losses = super().reference_losses(batch, out)
@@ -124,18 +143,23 @@ class MakeIt3DSystem(ImageConditionedSystem):
         active = [t for t in TERMS if self.wants(t)]
         if not active:
             return {}
+        if self.guidance is None:
+            return {}
         due = self.guidance_eval_due()
-        g = self.guidance(
-            out["comp_rgb"], **batch, rgb_as_latents=False, guidance_eval=due,
-            terms=active, reference_azimuth_deg=self.reference_azimuth(full_batch),
+        # our guidance takes the render's background (the CLIP-D reference is composited on it),
+        # the terms to compute and the reference azimuth; a stock guidance absorbs them in **kwargs
+        g = self.call_guidance(
+            self.guidance, out["comp_rgb"], batch, guidance_eval=due, terms=active,
+            reference_azimuth_deg=self.reference_azimuth(full_batch), background=out.get("comp_rgb_bg"),
         )
-        if "timesteps" in g:
+        if "timesteps" in g and "use_clip_d" in g:
             self.log("train/timestep", g["timesteps"].float().mean())
             self.log("train/clip_d_fraction", g["use_clip_d"].float().mean())
-        self.log("train/back_view_fraction", g["is_back"].float().mean())
+        if "is_back" in g:
+            self.log("train/back_view_fraction", g["is_back"].float().mean())
         if due:
             self.save_guidance_eval(out, g)
-        return {k: v for k, v in g.items() if k.startswith("loss_")}
+        return self.loss_terms_of(g)
 
     def regularizer_losses(self, kind, batch, out, full_batch) -> Dict[str, torch.Tensor]:
         losses = super().regularizer_losses(kind, batch, out, full_batch)

@@ -1,0 +1,105 @@
+"""Weights and files a stage names are checked before anything is built, with the fix."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from hifi123.errors import InputError, ModelNotFoundError
+from hifi123.preflight import building, check_chained_checkpoint, check_component, check_tets
+
+
+def test_tets_missing_names_the_field_the_file_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not a threestudio root
+    with pytest.raises(InputError) as err:
+        check_tets(128, "system.geometry.isosurface_resolution")
+    msg = str(err.value)
+    assert "system.geometry.isosurface_resolution=128" in msg and str(tmp_path / "load/tets/128_tets.npz") in msg
+    assert "threestudio root" in msg and "git checkout -- load/tets/128_tets.npz" in msg
+    with pytest.raises(InputError, match="generate_tets.py"):
+        check_tets(96, "f")  # a size threestudio does not ship
+    (tmp_path / "load" / "tets").mkdir(parents=True)
+    (tmp_path / "load" / "tets" / "128_tets.npz").write_bytes(b"x")
+    assert check_tets(128, "f") == "load/tets/128_tets.npz"
+
+
+def test_zero123_checkpoint_and_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = {"pretrained_model_name_or_path": "./load/zero123/zero123-xl.ckpt",
+           "pretrained_config": "./load/zero123/sd-objaverse-finetune-c_concat-256.yaml"}
+    with pytest.raises(InputError) as err:
+        check_component("zero123-guidance", cfg, "system.guidance_3d")
+    assert "system.guidance_3d.pretrained_model_name_or_path" in str(err.value)
+    assert "wget https://zero123.cs.columbia.edu/assets/zero123-xl.ckpt" in str(err.value)
+    os.makedirs("load/zero123")
+    open("load/zero123/zero123-xl.ckpt", "wb").close()
+    with pytest.raises(InputError, match="system.guidance_3d.pretrained_config"):
+        check_component("zero123-guidance", cfg, "system.guidance_3d")
+    open(cfg["pretrained_config"], "w").close()
+    check_component("zero123-guidance", cfg, "system.guidance_3d")
+    with pytest.raises(InputError, match="stabilityai/stable-zero123"):
+        check_component("stable-zero123-guidance", {"pretrained_model_name_or_path": "x.ckpt"}, "system.guidance_3d")
+
+
+def test_gated_deepfloyd_offline_and_uncached_says_licence_and_login(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache
+    monkeypatch.setenv("HUGGINGFACE_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    import hifi123.models.loader as loader
+
+    monkeypatch.setattr(loader, "_hub_file_cached", lambda repo, path: False)
+    with pytest.raises(ModelNotFoundError) as err:
+        check_component("deep-floyd-guidance", {"pretrained_model_name_or_path": "DeepFloyd/IF-I-XL-v1.0"},
+                        "system.guidance")
+    msg = str(err.value)
+    assert "system.guidance.pretrained_model_name_or_path" in msg
+    assert "https://huggingface.co/DeepFloyd/IF-I-XL-v1.0" in msg and "huggingface-cli login" in msg
+    # a local folder that is not a pipeline
+    (tmp_path / "if").mkdir()
+    with pytest.raises(ModelNotFoundError, match="lacks model_index.json"):
+        check_component("deep-floyd-prompt-processor", {"pretrained_model_name_or_path": str(tmp_path / "if")},
+                        "system.prompt_processor")
+
+
+def test_chained_checkpoint_must_sit_in_its_trial(tmp_path):
+    ckpt = tmp_path / "trial" / "ckpts" / "last.ckpt"
+    with pytest.raises(InputError, match="no such checkpoint"):
+        check_chained_checkpoint(str(ckpt), "system.geometry_convert_from")
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"x")
+    with pytest.raises(InputError, match="configs/parsed.yaml"):
+        check_chained_checkpoint(str(ckpt), "system.geometry_convert_from")
+    (tmp_path / "trial" / "configs").mkdir()
+    (tmp_path / "trial" / "configs" / "parsed.yaml").write_text("{}")
+    check_chained_checkpoint(str(ckpt), "system.geometry_convert_from")
+
+
+def test_a_hub_refusal_while_building_becomes_our_error():
+    class GatedRepoError(Exception):
+        pass
+
+    with pytest.raises(InputError, match="huggingface-cli login"):
+        with building("deep-floyd-guidance", "system.guidance"):
+            raise GatedRepoError("401 Client Error: access to model DeepFloyd/IF-I-XL-v1.0 is restricted")
+    with pytest.raises(ZeroDivisionError):  # anything else passes through untouched
+        with building("deep-floyd-guidance", "system.guidance"):
+            1 / 0
+
+
+@pytest.mark.threestudio
+def test_refine_system_stops_on_missing_tets_before_building_the_geometry(threestudio_env, tiny_models, tmp_path,
+                                                                         monkeypatch):
+    from pathlib import Path
+
+    from hifi123.testing.smoke import smoke_args
+    from threestudio.utils.config import load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    sample = repo / "custom" / "hifi123" / "assets" / "sample_rgba.png"
+    cfg = load_config(str(repo / "custom" / "hifi123" / "configs" / "refine.yaml"),
+                      cli_args=[f"exp_root_dir={tmp_path}", f"data.image_path={sample}",
+                                *smoke_args("refine.yaml", str(Path(tiny_models["sd2-base"]).parent)),
+                                "system.geometry_convert_from=null"])
+    monkeypatch.chdir(tmp_path)  # launched outside the threestudio root: no load/tets here
+    with pytest.raises(InputError, match=r"system.geometry.isosurface_resolution=32 needs .*load/tets/32_tets.npz"):
+        threestudio_env.threestudio.find(cfg.system_type)(cfg.system)
