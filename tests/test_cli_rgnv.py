@@ -117,3 +117,33 @@ def test_missing_upscaler_fails_before_any_model_loads(tmp_path, capsys, no_mode
     code, err = _run(capsys, "rgnv", "--ref", SAMPLE, "--coarse", SAMPLE, "--out", str(tmp_path / "o"), "--upscale",
                      "--upscaler-model", str(tmp_path / "nope"), "--model", str(tmp_path))
     assert code == 2 and ("--upscaler-model" in err or "--model" in err)
+
+
+@pytest.mark.parametrize("with_caption", [True, False])
+def test_default_prompt_is_the_caption_else_a_view_prompt(tmp_path, capsys, monkeypatch, with_caption):
+    """CFG acts only with a target prompt: without --prompt, the caption next to --ref (what
+    `hifi123 preprocess` writes), else a generic view prompt; never the empty prompt."""
+    import shutil
+
+    from hifi123.core import rgnv
+
+    ref = tmp_path / "obj_rgba.png"
+    shutil.copy(SAMPLE, ref)
+    if with_caption:
+        (tmp_path / "obj_caption.txt").write_text("  a red   toy \n")
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(components, config=None, *a, **k):
+        seen["prompt"] = config.prompt
+        raise Stop
+
+    monkeypatch.setattr(rgnv, "RGNVPipeline", capture)
+    monkeypatch.setattr(loader, "load_diffusion", lambda *a, **k: object())
+    monkeypatch.setattr(loader, "preflight", lambda ref, *a, **k: ref)
+    with pytest.raises(Stop):
+        cli.main(["rgnv", "--ref", str(ref), "--coarse", SAMPLE, "--out", str(tmp_path / "out"), "--model", "x"])
+    assert seen["prompt"] == ("a red toy" if with_caption else cli.DEFAULT_VIEW_PROMPT)
+    assert seen["prompt"] in capsys.readouterr().out

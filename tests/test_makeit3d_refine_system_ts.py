@@ -36,7 +36,8 @@ def test_refine_stage_fits_and_exports_on_cpu(threestudio_env, tiny_models, tmp_
     cfg.data.random_camera.update(height=size, width=size, eval_height=size, eval_width=size, n_val_views=1)
     s = cfg.system
     s.refine.update(reference_image_path=str(SAMPLE), coarse_renderer_type=register_torch_volume_renderer(),
-                    coarse_renderer={"radius": 1.0, "num_samples_per_ray": 16}, video_frames=3, export_every_n_steps=0)
+                    coarse_renderer={"radius": 1.0, "num_samples_per_ray": 16}, video_frames=3, export_every_n_steps=0,
+                    contextual_model=tiny_models["vgg19"])
     s.refine.point_cloud.update(resolution=size, n_azimuths=3, elevations_deg=[0.0], max_points=20000)
     s.renderer.point_radius_px = 1.0
     s.guidance.update(pretrained_model_name_or_path=tiny_models["sd2-base"], clip_backend="transformers",

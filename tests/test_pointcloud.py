@@ -5,6 +5,8 @@ Brute-force checks use the sample module's own numpy camera code (`project_point
 the torch code under test."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -211,3 +213,25 @@ def test_rasterising_at_the_reference_camera_reproduces_the_reference(built):
     c = full.coverage[0, 0] > 0.9
     err = ((full.features[0] / full.coverage[0]).permute(1, 2, 0) - torch.from_numpy(ref["rgb"]).float())[c].abs().mean()
     assert int(c.sum()) > 0.9 * ref["alpha"].sum() and float(err) < 0.05
+
+
+def test_refine_contextual_loss_is_the_evaluation_distance_and_reaches_the_render(tiny_models):
+    """The Make-It-3D refine stage's contextual term: exactly -log CX of evaluation.metrics on the
+    same VGG19 features (one implementation), lowest for the reference itself, with a gradient."""
+    from hifi123.core.makeit3d.reference import reference_on_white
+    from hifi123.core.point_refine import contextual_loss
+    from hifi123.evaluation.metrics import contextual_distance
+    from hifi123.evaluation.models import load_vgg19_features
+
+    vgg = load_vgg19_features(tiny_models["vgg19"], "system.refine.contextual_model", "relu5_4")
+    sample = str(Path(__file__).resolve().parents[1] / "custom" / "hifi123" / "assets" / "sample_rgba.png")
+    ref = torch.nn.functional.interpolate(reference_on_white(sample), (64, 64), mode="bilinear", align_corners=False)
+    ref_feats = vgg(ref)
+    noise = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    loss = contextual_loss(noise, ref_feats, vgg)
+    want = contextual_distance(vgg(noise.detach().permute(0, 3, 1, 2)).flatten(2), ref_feats.flatten(2), 0.5)
+    assert abs(float(loss) - float(want)) < 1e-6
+    loss.backward()
+    assert noise.grad.abs().sum() > 0
+    same = contextual_loss(ref.permute(0, 2, 3, 1), ref_feats, vgg)
+    assert float(same) < float(loss)

@@ -35,12 +35,14 @@ def test_t_positive_term_is_the_alpha_weighted_latent_mse(rgsd):
     (g_ours,) = torch.autograd.grad(out["loss_rgsd"], rgb)
     # the paper's form: z_t = sqrt(a) z + sqrt(1-a) eps~ vs the RGNV state z~_t, both built explicitly
     rgb2 = rgb.detach().clone().requires_grad_(True)
-    image, _, cond = rgsd.prepare_render(rgb2, alpha, depth)
+    image, mask, cond = rgsd.prepare_render(rgb2, alpha, depth)
     z = rgsd.encode(image)
     r = rgsd.random_state(z, cond, 3)
     a = rgsd.pipe.grid.alpha(r.index)
     z_t = a**0.5 * z + (1 - a) ** 0.5 * r.eps
-    explicit = torch.mean((z_t - r.z_in) ** 2)
+    w = rgsd.latent_mask(mask)  # the object's latents (mask_background, the default)
+    assert 0 < w.mean() < 1
+    explicit = ((z_t - r.z_in) ** 2 * w).sum() / (w.sum() * z.shape[1])
     (g_paper,) = torch.autograd.grad(explicit, rgb2)
     assert out["loss_rgsd"].item() == pytest.approx(explicit.item(), rel=1e-4, abs=1e-9)
     assert torch.allclose(g_ours, g_paper, rtol=1e-3, atol=1e-8)
@@ -184,3 +186,32 @@ def test_restoring_targets_compares_every_setting_that_shapes_them():
         with pytest.raises(ValueError, match=name):
             RGSD.check_state(state, changed)
     RGSD.check_state(state, replace(base, half_precision_weights=False))
+
+
+def test_background_changes_of_the_target_give_zero_loss_and_gradient(rgsd):
+    """RGNV paints its own background where the render has grey: with mask_background (default)
+    a target that differs from the render only there costs nothing; in the object it does."""
+    rgb, alpha, depth = render(30.0)
+    with torch.no_grad():
+        image, mask, _ = rgsd.prepare_render(rgb, alpha, depth)
+        z_render = rgsd.encode(image)
+        w = rgsd.latent_mask(mask)
+    ac = rgsd.pipe.grid.alphas_cumprod
+    noise = torch.randn(z_render.shape, generator=torch.Generator().manual_seed(1))
+
+    def loss_and_grad(target, cfg_mask=True):
+        rgsd.cfg.mask_background = cfg_mask
+        rgsd.pipe.noise_model = lambda prompt, d, guided: CleanLatentOracle(target.double(), ac)
+        x = rgb.clone().requires_grad_(True)
+        out = rgsd.loss_random(x, alpha, depth, t=2)
+        (g,) = torch.autograd.grad(out["loss_rgsd"], x)
+        return out["loss_rgsd"].item(), g.abs().max().item()
+
+    background_only = z_render + noise * (1 - w)
+    loss, grad = loss_and_grad(background_only)
+    assert loss < 1e-10 and grad < 1e-8
+    loss, grad = loss_and_grad(background_only, cfg_mask=False)  # the old whole-latent loss
+    assert loss > 1e-4 and grad > 1e-6
+    loss, grad = loss_and_grad(z_render + noise * w)  # the object differs: a loss and a gradient
+    assert loss > 1e-4 and grad > 1e-6
+    rgsd.cfg.mask_background = True

@@ -22,6 +22,10 @@ from typing import List, Optional
 from .errors import Hifi123Error, InputError
 
 
+#: the target prompt of `hifi123 rgnv` when neither --prompt nor a caption file gives one
+DEFAULT_VIEW_PROMPT = "side view"
+
+
 def _cmd_tiny_models(args) -> int:
     from .models.tiny import write_tiny_models
 
@@ -63,9 +67,21 @@ def _cmd_rgnv(args) -> int:
         )
     depths = [load_depth(p, v.shape[:2], "--depth map") for p, v in zip(args.depth, coarse)] if args.depth else None
     out_dir = check_writable_dir(args.out)
+    prompt = args.prompt
+    if prompt is None:  # CFG needs a target prompt: with "" both halves are equal and CFG 9 does nothing
+        from .core.makeit3d.reference import caption_path
+
+        cap = caption_path(args.ref)
+        if os.path.isfile(cap):
+            with open(cap, encoding="utf-8") as f:
+                prompt = " ".join(f.read().split())
+            print(f"hifi123 rgnv: prompt from {cap}: {prompt!r}")
+        if not prompt:
+            prompt = DEFAULT_VIEW_PROMPT
+            print(f"hifi123 rgnv: no --prompt and no {cap}: using the view prompt {prompt!r}")
     cfg = RGNVConfig(
         num_steps=args.steps, inject_steps=args.inject_steps, guidance_scale=args.guidance_scale,
-        prompt=args.prompt, negative_prompt=args.negative_prompt, inject=not args.no_inject,
+        prompt=prompt, negative_prompt=args.negative_prompt, inject=not args.no_inject,
         mask_reference_depth=not args.unmasked_reference_depth,
     )
     try:
@@ -116,7 +132,7 @@ def _cmd_rgnv(args) -> int:
         from .models.loader import load_upscaler
 
         up = upscale_x4(load_upscaler(upscaler_ref, dtype=dtype, device=device), out.raw, out.masks,
-                        prompt=args.prompt, steps=args.upscale_steps)
+                        prompt=cfg.prompt, steps=args.upscale_steps)
         for i, path in enumerate(args.coarse):
             dst = os.path.join(out_dir, f"{_default_out_name(path)}_upsample.png")
             save_png(dst, up[i])
@@ -169,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ref", required=True, help="reference RGBA image")
     r.add_argument("--coarse", required=True, nargs="+", help="coarse novel views (RGBA), e.g. Zero-1-to-3 outputs")
     r.add_argument("--out", required=True, help="output folder")
-    r.add_argument("--prompt", default="", help="target prompt, e.g. 'side view of a parrot' (default: empty)")
+    r.add_argument("--prompt", default=None,
+                   help="target prompt, e.g. 'side view of a parrot' (default: the caption file next to --ref, "
+                        f"<name>_caption.txt, else {DEFAULT_VIEW_PROMPT!r}; CFG needs a prompt to act)")
     r.add_argument("--negative-prompt", default="")
     r.add_argument("--steps", type=int, default=50, help="DDIM steps T (default 50)")
     r.add_argument("--inject-steps", type=int, default=30, help="inversion depth S = injected steps (default 30)")

@@ -10,6 +10,10 @@ Losses (pure functions; the weights live in the config as `lambda_*`):
 * :func:`texture_regularizer`: MSE(colours, initial colours) separately over the reference-visible
   points and the novel points (official utils.py:887: 1e5 and 1e3), so the reference-visible
   colours are nearly frozen while their 16 learned features stay free.
+* :func:`contextual_loss`: -log CX between VGG19 relu5_4 features of a novel-view render and of the
+  reference (band width 0.5), the official refine stage's extra novel-view loss ("helps to sharpen
+  the texture", official README; weight 1, `contextual_loss_pytorch` on ImageNet-normalised
+  [0, 1] images); the same contextual distance as our evaluation (`evaluation.metrics`).
 * :func:`background_loss`: sum over pixels and channels of (1 - I_hat) (1 - dilate(coverage)), the
   coverage (rasterised ones at full resolution) dilated by a 5x5 max-pool; pushes the U-Net output
   to white where no point lies (official utils.py:865-869, 886; weight 1e-3). The official
@@ -27,7 +31,9 @@ import torch
 import torch.nn.functional as F
 
 #: loss terms of the refine stage (system.loss.lambda_<term>)
-REFINE_TERMS = ("ref_l1", "texture_novel", "texture_reference", "background")
+REFINE_TERMS = ("ref_l1", "texture_novel", "texture_reference", "background", "contextual")
+#: the refine terms computed on novel-view sub-steps (the others: reference or every sub-step)
+NOVEL_REFINE_TERMS = ("contextual",)
 
 
 @dataclass
@@ -51,6 +57,11 @@ class RefineConfig:
     ref_l1_erosion_px: float = 2.0  # @800: 5x5 erosion of the reference alpha (official)
     background_dilation_px: float = 2.0  # @800: 5x5 max-pool dilation of the coverage (official)
     pixel_reference_resolution: int = 800
+    # contextual loss on novel views (lambda_contextual): VGG19 features, hub id / timm folder /
+    # "torchvision" (the evaluation's loader), layer and band width of the official refine stage
+    contextual_model: str = "timm/vgg19.tv_in1k"
+    contextual_layer: str = "relu5_4"
+    contextual_band_width: float = 0.5
     # outputs under save/ (hifi123.core.point_export.SAVE_LAYOUT)
     save_initial_point_cloud: bool = True  # it0-point-cloud/{point_cloud.ply, point_cloud.npz}
     export_every_n_steps: int = 1000  # PLY + renderer weights every N steps and at the end (official)
@@ -103,6 +114,17 @@ def texture_regularizer(colors: torch.Tensor, initial: torch.Tensor, reference_v
         n = int(sel.sum())
         out[name] = diff[sel].mean() if n else (colors.sum() * 0.0)
     return out
+
+
+def contextual_loss(pred: torch.Tensor, reference_features: torch.Tensor, features, band_width: float = 0.5) -> torch.Tensor:
+    """Mean over the batch of -log CX(features(pred), reference_features); `pred` [B, H, W, 3] in
+    [0, 1] (a render), `reference_features` [1, C, h, w] (no gradient), `features` the VGG19 cut
+    at the configured layer ([B, 3, H, W] in [0, 1] -> [B, C, h, w]). Differentiable in `pred`."""
+    from ..evaluation.metrics import contextual_distance
+
+    x = features(pred.permute(0, 3, 1, 2).float())
+    y = reference_features.to(x).expand(x.shape[0], -1, -1, -1)
+    return contextual_distance(x.flatten(2), y.flatten(2), band_width).float().mean()
 
 
 def background_loss(pred: torch.Tensor, coverage: torch.Tensor, dilation_px: int = 2) -> torch.Tensor:

@@ -55,6 +55,12 @@ class RGSDConfig(RGNVGuidanceConfig):
     depth_source: str = "render"  # decision 11: the render's depth; "dpt" = estimate from the render
     # decision 9: two fixed views, (elevation, azimuth) in degrees RELATIVE to the reference view
     fixed_views: Tuple[Tuple[float, float], ...] = ((0.0, 90.0), (0.0, -90.0))
+    # both terms over the object only: the render's opacity, dilated, at latent size. RGNV paints
+    # its own background where the render has a fixed grey one; that residual can never shrink
+    # and its gradient leaks through the VAE encoder into the texture (the paper masks it away,
+    # §4.2). Off = the whole latent.
+    mask_background: bool = True
+    mask_dilation_px: int = 16  # at the model's input size (512 for SD2-depth: 2 latent pixels)
 
     def _choices(self):
         return super()._choices() + (("weighting", WEIGHTINGS), ("depth_source", ("render", "dpt")))
@@ -63,6 +69,8 @@ class RGSDConfig(RGNVGuidanceConfig):
         super().validate(check_files, field_names)
         if not self.fixed_views or any(len(v) != 2 for v in self.fixed_views):
             raise ValueError(f"fixed_views must list (elevation, azimuth) pairs, got {self.fixed_views!r}")
+        if self.mask_dilation_px < 0:
+            raise ValueError(f"mask_dilation_px must be >= 0, got {self.mask_dilation_px}")
 
 
 #: RGSDConfig fields that do not shape the fixed-view targets; every other field is compared when
@@ -71,7 +79,7 @@ class RGSDConfig(RGNVGuidanceConfig):
 #: the t > 0 weighting do not change the t = 0 targets; DPT is only a fallback for missing depth.
 TARGET_INDEPENDENT = frozenset({
     "reference_image_path", "reference_depth_path", "half_precision_weights", "cache_device",
-    "load_depth_estimator", "weighting",
+    "load_depth_estimator", "weighting", "mask_background", "mask_dilation_px",
 })
 
 
@@ -175,12 +183,26 @@ class RGSD:
                 "RGSD: fixed-view targets are missing: compute_fixed_targets() at refine start, "
                 "or restore them from the checkpoint (load_state_dict)"
             )
-        image, _, _ = self.prepare_render(rgb, opacity, depth)
+        image, mask, _ = self.prepare_render(rgb, opacity, depth)
         z = self.encode(image)
         idx = torch.as_tensor(view_index, device=self.fixed_targets.device).long().reshape(-1)
         target = self.fixed_targets[idx].to(z)
-        loss = F.mse_loss(z, target.expand_as(z), reduction="mean")
+        loss = self.masked_mse(z, target.expand_as(z), mask if opacity is not None else None)
         return {"loss_rgsd": loss, "rgsd_t": torch.zeros(()), "rgsd_target_latent": target}
+
+    def latent_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """Object mask [B,1,R,R] at the model's input size -> [B,1,h,w] latent weights: dilated by
+        `mask_dilation_px`, then a latent pixel counts when any of its input pixels does."""
+        k = int(self.cfg.mask_dilation_px)
+        m = F.max_pool2d(mask.float(), 2 * k + 1, stride=1, padding=k) if k > 0 else mask.float()
+        return (F.adaptive_max_pool2d(m, self.pipe.latent_size) > 0.5).float()
+
+    def masked_mse(self, z: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Mean squared latent difference over the object (`mask_background`), else everywhere."""
+        if mask is None or not self.cfg.mask_background:
+            return F.mse_loss(z, target, reduction="mean")
+        w = self.latent_mask(mask).to(z)
+        return ((z - target) ** 2 * w).sum() / (w.sum() * z.shape[1]).clamp_min(1.0)
 
     # ------------------------------------------------------------------ t > 0 branch
     def weight(self, a_t: float) -> float:
@@ -203,13 +225,13 @@ class RGSD:
     def loss_random(self, rgb: torch.Tensor, opacity=None, depth=None, t: Optional[int] = None,
                     generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
         """t > 0 on a random view: w(t) ā_t mean ‖z − sg(x̂0)‖² (= w(t) mean ‖z_t − sg(z̃_t)‖²)."""
-        image, _, cond = self.prepare_render(rgb, opacity, depth)
+        image, mask, cond = self.prepare_render(rgb, opacity, depth)
         z = self.encode(image)
         t = self.sample_t(generator) if t is None else int(t)
         r = self.random_state(z, cond, t)
         a_t = self.pipe.grid.alpha(r.index)
         x0 = r.x0.to(z)
-        loss = self.weight(a_t) * a_t * F.mse_loss(z, x0, reduction="mean")
+        loss = self.weight(a_t) * a_t * self.masked_mse(z, x0, mask if opacity is not None else None)
         return {"loss_rgsd": loss, "rgsd_t": torch.tensor(float(t)), "rgsd_alpha_t": torch.tensor(a_t),
                 "rgsd_target_latent": x0}
 

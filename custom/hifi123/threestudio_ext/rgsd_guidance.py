@@ -43,6 +43,8 @@ class RGSDGuidance(StrictConfig, LazyRGNVCore, BaseObject):
         depth_source: str = "render"  # decision 11: the render's depth; "dpt" estimates it
         fixed_views: List[List[float]] = field(default_factory=lambda: [[0.0, 90.0], [0.0, -90.0]])  # decision 9
         loss_name: str = "rgsd"  # returned key loss_<loss_name>; "sds" for zero123-system
+        mask_background: bool = True  # both terms over the dilated render opacity only (decision 20)
+        mask_dilation_px: int = 16  # at the model's input size (SD2-depth: 512)
 
     cfg: Config
     core_config_cls = RGSDConfig

@@ -65,8 +65,13 @@ class MakeIt3DSystem(ImageConditionedSystem):
         self.refine = None
         self._coarse_checkpoint = None
         self.resolve_chained_paths()  # before the refine stage takes the coarse checkpoint over
+        self._contextual = None  # (VGG19 features, {render size: reference features})
         if self.cfg.stage == "refine":
             self.refine = refine_config(self.cfg.refine)
+            if "lambda_contextual" in self.cfg.loss and self.C(self.cfg.loss.lambda_contextual) > 0:
+                from ...evaluation.models import preflight_vgg19
+
+                preflight_vgg19(self.refine.contextual_model, "system.refine.contextual_model")
             # the point cloud needs the whole coarse model and the reference image: it is built in
             # on_fit_start; threestudio's single-geometry conversion (create_from) must not run
             self._coarse_checkpoint, self.cfg.geometry_convert_from = self.cfg.geometry_convert_from, None
@@ -140,6 +145,31 @@ class MakeIt3DSystem(ImageConditionedSystem):
         return float(az.reshape(-1)[0]) if torch.is_tensor(az) else float(az)
 
     def guidance_losses(self, kind, batch, out, full_batch) -> Dict[str, torch.Tensor]:
+        losses = self.prior_losses(kind, batch, out, full_batch)
+        if self.cfg.stage == "refine" and self.wants("contextual"):
+            losses["loss_contextual"] = self.contextual_term(out["comp_rgb"])
+        return losses
+
+    def contextual_term(self, rgb: torch.Tensor) -> torch.Tensor:
+        """-log CX of the render against the reference (core.point_refine.contextual_loss); the
+        VGG19 and the reference's features are built once (per render size)."""
+        from ...core.makeit3d.reference import reference_on_white
+        from ...core.point_refine import contextual_loss
+        from ...evaluation.models import load_vgg19_features
+
+        r = self.refine
+        if self._contextual is None:
+            vgg = load_vgg19_features(r.contextual_model, "system.refine.contextual_model", r.contextual_layer, rgb.device)
+            self._contextual = (vgg, {})
+        vgg, refs = self._contextual
+        size = tuple(rgb.shape[1:3])
+        if size not in refs:
+            ref = reference_on_white(r.reference_image_path, role="system.refine.reference_image_path").to(rgb.device)
+            with torch.no_grad():
+                refs[size] = vgg(torch.nn.functional.interpolate(ref, size, mode="bilinear", align_corners=False))
+        return contextual_loss(rgb, refs[size], vgg, r.contextual_band_width)
+
+    def prior_losses(self, kind, batch, out, full_batch) -> Dict[str, torch.Tensor]:
         active = [t for t in TERMS if self.wants(t)]
         if not active:
             return {}
