@@ -21,7 +21,6 @@ from typing import List, Optional
 
 from .errors import Hifi123Error, InputError
 
-
 #: the target prompt of `hifi123 rgnv` when neither --prompt nor a caption file gives one
 DEFAULT_VIEW_PROMPT = "side view"
 
