@@ -329,7 +329,7 @@ def test_refine_losses():
     near[6:14, 6:14] = True  # the coverage dilated by 2 px: no background loss there
     assert torch.equal(pred.grad[0].abs().sum(-1) == 0, near)
     assert torch.isclose(bl, (1 - pred)[0][~near].sum())
-    assert set(REFINE_TERMS) == {"ref_l1", "texture_novel", "texture_reference", "background"}
+    assert set(REFINE_TERMS) == {"ref_l1", "texture_novel", "texture_reference", "background", "contextual"}
 
 
 # ----------------------------------------------------------------------------------- exports

@@ -22,7 +22,7 @@ from typing import List, Optional
 from .errors import Hifi123Error, InputError
 
 #: the target prompt of `hifi123 rgnv` when neither --prompt nor a caption file gives one
-DEFAULT_VIEW_PROMPT = "side view"
+DEFAULT_VIEW_PROMPT = "side view"  # decision 29
 
 
 def _cmd_tiny_models(args) -> int:

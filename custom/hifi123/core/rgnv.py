@@ -35,7 +35,7 @@ BACKGROUNDS = ("texture", "grey", "white")
 @dataclass
 class RGNVConfig:
     num_steps: int = 50  # T, DDIM grid (official run.sh / infer_rgnv.py)
-    steps_offset: Optional[int] = 0  # grid 980..0 at T=50 as the official script; None: the model's (SD2: 1)
+    steps_offset: Optional[int] = 0  # grid 980..0 at T=50 (official, decision 21); None: the model's (SD2: 1)
     inject_steps: int = 30  # S: inversion depth = injected denoising steps (run.sh --stop_step 30)
     guidance_scale: float = 9.0  # CFG on the target prompt only (infer_rgnv.py:79)
     cfg_form: str = "textbook"  # eps_u + s (eps_c - eps_u), as the official code
@@ -64,7 +64,8 @@ class RGNVConfig:
             raise ValueError(f"steps_offset must be >= 0 or None, got {self.steps_offset}")
         if self.reference_prompt.strip() and self.inject:
             # both CFG halves of the target attend to ONE reference K/V (the unguided branch's);
-            # with a prompt the reference's K/V would differ per half (MasaCtrl injects per half)
+            # with a prompt the reference's K/V would differ per half (MasaCtrl injects per half;
+            # decision 28)
             raise ValueError(
                 f"reference_prompt must be empty (got {self.reference_prompt!r}): the reference branch runs "
                 "unguided and its self-attention keys/values are shared by both CFG halves of the target, "

@@ -37,7 +37,7 @@ class RGNVGuidanceFields(BaseObject.Config):
     cond_image_path: str = ""  # reference RGBA (threestudio's zero123 field name); required
     cond_depth_path: Optional[str] = None  # reference disparity map (near bright); else DPT
     num_steps: int = 20  # T (decision 7)
-    steps_offset: Optional[int] = 0  # DDIM grid 0: official RGNV script (T=20: 950..0); None: the model's
+    steps_offset: Optional[int] = 0  # official grid (decision 21; T=20: 950..0); None: the model's
     inject_steps: int = 12  # S (decision 7)
     guidance_scale: float = 7.5  # CFG on the target branch (paper §4.1)
     cfg_form: str = "textbook"  # eps_u + s (eps_c - eps_u) (official RGNV code)

@@ -66,7 +66,8 @@ def reference_rgba(image_path: str, role: str = "reference image") -> torch.Tens
 
 
 def composite_reference(rgba: torch.Tensor, background: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The reference [1,4,H,W] composited on `background`: None = white; [B,3] colours; or
+    """The reference [1,4,H,W] composited on `background` (CLIP-D: the render's own, decision 25):
+    None = white; [B,3] colours; or
     [B,3,h,w] / [B,h,w,3] images (a render's background, resized to the reference's size).
     Returns [B,3,H,W] in [0,1] (B = 1 for white)."""
     rgb, alpha = rgba[:, :3], rgba[:, 3:4]

@@ -42,6 +42,7 @@ from threestudio.systems.base import BaseLift3DSystem
 
 from ...core.makeit3d.cameras import ReferenceSchedule
 from ...core.makeit3d.depth import erode_mask, pearson_depth_loss, scaled_kernel_size
+from ...core.normals import reference_normal_loss
 from ...errors import InputError
 from ...trials import plain_containers
 
@@ -400,11 +401,7 @@ class ImageConditionedSystem(BaseLift3DSystem):
                 "renderer.return_comp_normal: true and a material that needs normals",
                 "enable return_comp_normal (or set lambda_normal=0)",
             )
-        m = batch["mask"][..., 0]
-        # threestudio's convention (zero123/imagedreamfusion): 2 n_pred - 1 vs 1 - 2 n_file
-        gt = 1.0 - 2.0 * ref[m]
-        pred = 2.0 * out["comp_normal"][m] - 1.0
-        return 1.0 - F.cosine_similarity(pred, gt, dim=-1).mean()
+        return reference_normal_loss(ref, out["comp_normal"], batch["mask"][..., 0])
 
     # ---------------------------------------------------------------- regularisers
     def _require(self, out: Dict[str, Any], key: str, term: str) -> Any:
