@@ -278,3 +278,13 @@ def test_ssim_equals_the_literal_cropped_border_definition():
         assert abs(float(got[k]) - _literal_ssim(a[k].double().numpy(), b[k].double().numpy())) < 1e-6
     with pytest.raises(ValueError, match="at least 11x11"):
         M.ssim(a[:, :, :10, :10], b[:, :, :10, :10])
+
+
+def test_chamfer_is_symmetric_on_an_asymmetric_pair():
+    """a = {0}, b = {0, (10, 0, 0)}: a->b is 0, b->a is 5; the Chamfer distance is the mean of
+    both directions (2.5) whichever set comes first, not either one-sided value."""
+    a = np.zeros((1, 3))
+    b = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]])
+    ab, ba = M.chamfer_distance(a, b), M.chamfer_distance(b, a)
+    assert (ab["a_to_b"], ab["b_to_a"]) == (0.0, 5.0)
+    assert ab["chamfer"] == ba["chamfer"] == 2.5

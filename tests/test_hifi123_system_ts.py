@@ -3,6 +3,7 @@
 and t > 0 random views, fixed-view targets kept in the checkpoint."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,83 @@ def test_coarse_hybrid_sds_steps_on_cpu(threestudio_env, tmp_path):
     assert {"train/ref/loss_rgb", "train/ref/loss_mask", "train/ref/loss_depth"} <= set(logged)
     grads = torch.autograd.grad(loss, [p for p in system.geometry.parameters() if p.requires_grad], allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_fixed_views_alternate_and_sit_at_plus_and_minus_90_degrees(threestudio_env, tiny_models, tmp_path, monkeypatch):
+    """Fixed-view steps visit view 0, then view 1, then view 0 ...; each fixed camera is the
+    reference camera turned about world +z by its relative azimuth (+90 deg, then -90 deg), in
+    threestudio's convention, at the reference's elevation, distance and looking at the origin."""
+    monkeypatch.chdir(threestudio_env.root)
+    find = threestudio_env.threestudio.find
+    cfg = _refine_cfg(tmp_path, tiny_models)
+    cfg.data.default_azimuth_deg = 30.0  # an off-axis reference: a mirrored view cannot pass by symmetry
+    cfg.data.default_elevation_deg = 10.0
+    dm = find(cfg.data_type)(cfg.data)
+    dm.setup("fit")
+    system = _system(find, cfg)
+    system.build_guidance()
+    batch = dm.train_dataset.collate(None)
+    ref = batch["camera_positions"][0].double()
+    assert abs(math.degrees(math.atan2(float(ref[1]), float(ref[0]))) - 30.0) < 1e-4
+
+    def turned(deg):
+        c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+        return torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64) @ ref
+
+    seen = []
+    for step in range(8):
+        system.set_resume_status(0, step)
+        if "fixed" not in system.substeps(step):
+            seen.append(None)
+            continue
+        sub = system.substep_batch(batch, "fixed")
+        j = int(sub["fixed_view_index"])
+        seen.append(j)
+        pos = sub["camera_positions"][0].double()
+        assert torch.allclose(pos, turned((90.0, -90.0)[j]), atol=1e-4), (j, pos)
+        forward = -sub["c2w"][0, :3, 2].double()  # OpenGL camera: looks along -z
+        assert torch.allclose(forward, -pos / pos.norm(), atol=1e-5)
+    assert seen == [0, None, 1, None, 0, None, 1, None]
+
+
+def test_resume_computes_no_fixed_view_target(threestudio_env, tiny_models, tmp_path, monkeypatch):
+    """Count every UNet evaluation in the process across a checkpoint round trip: a fit start after
+    resuming evaluates nothing (the targets come from the checkpoint), while the first fit start
+    enhanced both fixed views."""
+    from diffusers import UNet2DConditionModel
+    from hifi123.threestudio_ext.systems.base import ImageConditionedSystem
+
+    torch.set_num_threads(2)
+    monkeypatch.chdir(threestudio_env.root)
+    monkeypatch.setattr(ImageConditionedSystem, "on_fit_start", lambda self: None)  # no trainer here
+    find = threestudio_env.threestudio.find
+    cfg = _refine_cfg(tmp_path, tiny_models)
+    dm = find(cfg.data_type)(cfg.data)
+    dm.setup("fit")
+    evals = [0]
+
+    def count(module, args):
+        evals[0] += isinstance(module, UNet2DConditionModel)
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(count)
+    try:
+        first = _system(find, cfg)
+        first._reference_camera = lambda: dm.train_dataset.collate(None)
+        first.build_guidance()
+        first.on_fit_start()
+        enhanced = evals[0]
+        ckpt = {"state_dict": first.state_dict()}
+        first.on_save_checkpoint(ckpt)
+
+        evals[0] = 0
+        resumed = _system(find, cfg)
+        resumed._reference_camera = lambda: dm.train_dataset.collate(None)
+        resumed.on_load_checkpoint(ckpt)
+        resumed.build_guidance()
+        resumed.on_fit_start()
+        after_resume = evals[0]
+    finally:
+        handle.remove()
+    assert enhanced >= 2 * S  # two views, S inversion steps each at least
+    assert after_resume == 0
+    assert torch.equal(resumed.guidance.state_dict()["fixed_targets"], first.guidance.core.fixed_targets)

@@ -283,3 +283,27 @@ def test_clip_d_reference_is_composited_on_the_renders_own_background(x0):
     prior(x0, torch.zeros(3), terms=["clip_d"], t=torch.full((3,), 100), as_latents=True, background=img_bg)
     (ref,) = [img for img in clip.seen if img.shape[-2:] == rgba.shape[-2:]]
     assert torch.allclose(ref[1][:, clear], bg[1][:, None].expand(3, int(clear.sum())), atol=1e-6)
+
+
+def test_the_configured_w_and_both_text_halves_reach_the_noise_estimate(tiny_prior, tiny_models):
+    """The prior's noise estimate is (1 + w) eps_c - w eps_u with eps_c, eps_u the UNet's own
+    predictions for the caption and the negative prompt (distinct), for the configured w."""
+    from hifi123.core.makeit3d.prior import encode_prompts
+    from hifi123.models.clip_encoder import load_clip_encoder
+
+    _, comps = tiny_prior
+    clip = load_clip_encoder("transformers", tiny_models["clip"], None)
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([300])
+    cond = encode_prompts(comps.tokenizer, comps.text_encoder, ["a toy"], comps.device)
+    uncond = encode_prompts(comps.tokenizer, comps.text_encoder, [""], comps.device)
+    with torch.no_grad():
+        eps_c = comps.unet(z, t, encoder_hidden_states=cond).sample
+        eps_u = comps.unet(z, t, encoder_hidden_states=uncond).sample
+    assert (eps_c - eps_u).abs().max() > 1e-3  # the two halves are distinguishable
+    for w in (3.0, 10.0):
+        prior = build_prior_from_models(
+            MakeIt3DPriorConfig(guidance_scale=w), comps, clip, "a toy", "", reference_on_white(SAMPLE)
+        )
+        got = prior.predict_noise(z, t)
+        torch.testing.assert_close(got, (1 + w) * eps_c - w * eps_u, atol=1e-5, rtol=1e-4)

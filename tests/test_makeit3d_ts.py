@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 pytestmark = pytest.mark.threestudio
 
@@ -336,3 +337,51 @@ def test_novel_views_are_albedo_only_in_the_official_two_windows(threestudio_env
     cfg.system.albedo_only_windows = [[5, 2]]
     with pytest.raises(InputError, match="albedo_only_windows"):
         find(cfg.system_type)(cfg.system)
+
+
+def _bare_system(threestudio_env, tiny_models, tmp_path, *cli):
+    """A makeit3d-system with every lambda 0 except those set afterwards (no model is loaded)."""
+    find = threestudio_env.threestudio.find
+    system = find("makeit3d-system")(_cpu_system_cfg(tmp_path, tiny_models, *cli).system)
+    for k in list(system.cfg.loss.keys()):
+        system.cfg.loss[k] = 0.0
+    return system
+
+
+def test_back_views_pay_the_configured_opacity_factor(threestudio_env, tiny_models, tmp_path):
+    system = _bare_system(threestudio_env, tiny_models, tmp_path, "system.back_view_opacity_factor=7.0")
+    system.cfg.loss.lambda_opacity = 1.0
+    ref_az = 30.0
+    full = {"azimuth": torch.tensor([ref_az])}
+    # one view 40 deg from the reference (front), one 170 deg away (back: >= 135)
+    batch = {"azimuth": torch.tensor([ref_az + 40.0, ref_az + 170.0])}
+    a, b = 0.3, 0.5
+    opacity = torch.stack([torch.full((4, 4, 1), a), torch.full((4, 4, 1), b)])
+    losses = system.regularizer_losses("novel", batch, {"opacity": opacity}, full)
+    assert float(losses["loss_opacity"]) == pytest.approx((a**2 + 7.0 * b**2) / 2, rel=1e-6)
+    # the reference sub-step is never a back view
+    losses = system.regularizer_losses("ref", batch, {"opacity": opacity}, full)
+    assert float(losses["loss_opacity"]) == pytest.approx((a**2 + b**2) / 2, rel=1e-6)
+
+
+def test_depth_loss_compares_disparity_inside_the_eroded_mask(threestudio_env, tiny_models, tmp_path):
+    """The rendered z-depth D against a disparity map 1/D whose outermost 2-pixel ring of the mask
+    is garbage: zero only if the loss inverts D and erodes the mask 5x5 at 512."""
+    system = _bare_system(threestudio_env, tiny_models, tmp_path)
+    assert system.cfg.depth_kind == "disparity" and system.cfg.depth_erosion == 5
+    n = 512
+    yy, xx = torch.meshgrid(torch.arange(n).float(), torch.arange(n).float(), indexing="ij")
+    mask = ((yy - 256) ** 2 + (xx - 256) ** 2 < 150**2)[None]
+    depth = (2.0 + 1.5 * torch.sin(xx / 40.0) * torch.cos(yy / 55.0))[None]  # in [0.5, 3.5]
+    disparity = 0.2 / depth + 0.1  # any affine map of 1/D
+    ring = mask & (F.max_pool2d((~mask).float()[:, None], 5, 1, 2)[:, 0] > 0)  # 2 px inside the edge
+    assert ring.sum() > 1000
+    disparity = torch.where(ring, torch.rand(disparity.shape, generator=torch.Generator().manual_seed(0)) * 5, disparity)
+    batch = {"ref_depth": disparity[..., None], "mask": mask[..., None]}
+    loss = system.reference_depth_loss(batch, {"depth": depth[..., None]})
+    assert float(loss) < 1e-4
+    # the same data without the erosion, or compared as depth, is far from zero
+    system.cfg.depth_erosion = 0
+    assert float(system.reference_depth_loss(batch, {"depth": depth[..., None]})) > 0.05
+    system.cfg.depth_erosion, system.cfg.depth_kind = 5, "depth"
+    assert float(system.reference_depth_loss(batch, {"depth": depth[..., None]})) > 1.0

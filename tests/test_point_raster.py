@@ -570,3 +570,26 @@ def test_bench_arguments_are_checked_before_any_work(argv, needle, capsys, monke
     except SystemExit as exit_:  # argparse usage errors
         code = exit_.code
     assert code == 2 and needle in capsys.readouterr().err
+
+
+def test_gated_block_gate_modulates_and_a_zero_gate_halves_the_elu_features():
+    """y = ELU(conv_f(x)) * sigmoid(conv_g(x)): with the gate's weights and bias at 0 the gate is
+    sigmoid(0) = 1/2 everywhere; with them restored the output changes (the gate is live), and the
+    gate is not the feature branch (swapping the two halves changes the output)."""
+    from hifi123.core.deferred_unet import GatedBlock
+
+    torch.manual_seed(0)
+    block = GatedBlock(5, 4, norm=False)
+    x = torch.randn(2, 5, 9, 9)
+    w, b = block.conv.weight.detach().clone(), block.conv.bias.detach().clone()
+    feat = torch.nn.functional.conv2d(x, w[:4], b[:4], padding=1)
+    gate = torch.nn.functional.conv2d(x, w[4:], b[4:], padding=1)
+    with torch.no_grad():
+        y = block(x)
+        np.testing.assert_allclose(y.numpy(), (torch.nn.functional.elu(feat) * torch.sigmoid(gate)).numpy(), atol=1e-6)
+        swapped = torch.nn.functional.elu(gate) * torch.sigmoid(feat)
+        assert (y - swapped).abs().max() > 1e-2
+        block.conv.weight[4:] = 0.0
+        block.conv.bias[4:] = 0.0
+        np.testing.assert_allclose(block(x).numpy(), (0.5 * torch.nn.functional.elu(feat)).numpy(), atol=1e-6)
+        assert (block(x) - y).abs().max() > 1e-2

@@ -200,3 +200,35 @@ def test_rgnv_defaults_to_the_official_grid_and_refuses_a_reference_prompt(sd2_d
     with pytest.raises(ValueError, match="reference_prompt must be empty"):
         RGNVConfig(reference_prompt="a toy").validate()
     RGNVConfig(reference_prompt="a toy", inject=False).validate()  # no injection: nothing shared
+
+
+#: SD2's injected self-attention layers (decision 2), written out: the last 32x32 decoder block and
+#: the three 64x64 decoder blocks, attn1 only
+SD2_INJECTED = {
+    "up_blocks.2.attentions.2.transformer_blocks.0.attn1",
+    "up_blocks.3.attentions.0.transformer_blocks.0.attn1",
+    "up_blocks.3.attentions.1.transformer_blocks.0.attn1",
+    "up_blocks.3.attentions.2.transformer_blocks.0.attn1",
+}
+
+
+def test_default_injection_is_pinned_to_sd2s_decoder_self_attention_and_elsewhere_differs(sd2_depth, views, sample_rgba):
+    pipe = make(sd2_depth)
+    cache = pipe.build_reference(sample_rgba)
+    injected = []  # per UNet call while the target is injected: the modules that run our processor
+
+    def pre(module, args, kwargs):
+        if pipe.state.mode == "inject":
+            injected.append({n[: -len(".processor")] for n, p in module.attn_processors.items()
+                             if type(p).__name__ == "MutualSelfAttentionProcessor"})
+
+    handle = sd2_depth.unet.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        out = pipe.enhance(cache, views[:1]).images
+    finally:
+        handle.remove()
+    assert len(injected) == S and all(s == SD2_INJECTED for s in injected)
+    # the choice is observable: injecting into other blocks changes the enhanced view
+    other = make(sd2_depth, inject_blocks=(7, 8, 9, 10))
+    out_other = other.enhance(other.build_reference(sample_rgba), views[:1]).images
+    assert (out - out_other).abs().max() > 1e-3

@@ -215,3 +215,14 @@ def test_background_changes_of_the_target_give_zero_loss_and_gradient(rgsd):
     loss, grad = loss_and_grad(z_render + noise * w)  # the object differs: a loss and a gradient
     assert loss > 1e-4 and grad > 1e-6
     rgsd.cfg.mask_background = True
+
+
+def test_t_is_uniform_over_1_to_S(rgsd):
+    """RGSD's t > 0 branch draws t from {1, ..., S}: never 0 (the fixed-view branch), never S + 1,
+    every value about equally often."""
+    g = torch.Generator().manual_seed(0)
+    s = rgsd.cfg.inject_steps
+    draws = np.array([rgsd.sample_t(g) for _ in range(400 * s)])
+    counts = np.bincount(draws, minlength=s + 2)
+    assert counts[0] == 0 and counts[s + 1:].sum() == 0
+    assert np.all(np.abs(counts[1 : s + 1] - 400) < 80), counts  # ~4 sigma of a binomial(400 s, 1/s)

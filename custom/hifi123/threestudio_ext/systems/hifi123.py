@@ -29,6 +29,7 @@ import threestudio
 import torch
 import torch.nn.functional as F
 
+from ...core.rgsd import FixedViewSchedule
 from ..registry import register
 from .base import ImageConditionedSystem
 
@@ -95,7 +96,6 @@ class HiFi123System(ImageConditionedSystem):
             raise ValueError(f"system.fixed_view_every must be >= 1, got {self.cfg.fixed_view_every}")
         self.guidance_3d = None
         self._rgsd_state: Optional[Dict[str, Any]] = None
-        self._fixed_index = 0
 
     # ------------------------------------------------------------------ guidance
     def build_guidance(self) -> None:
@@ -167,25 +167,29 @@ class HiFi123System(ImageConditionedSystem):
     def substeps(self, step: int) -> Tuple[str, ...]:
         if not self.cfg.refinement:
             return super().substeps(step)
-        novel = "fixed" if step % self.cfg.fixed_view_every == 0 else "novel"
+        novel = "fixed" if self.fixed_schedule().is_fixed(step) else "novel"
         return ("ref", novel) if self.reference_schedule.is_reference(step) else (novel,)
 
+    def fixed_schedule(self, n_fixed: int = 1) -> FixedViewSchedule:
+        return FixedViewSchedule(n_fixed=n_fixed, every=self.cfg.fixed_view_every)
+
     def substep_batch(self, batch: Dict[str, Any], kind: str) -> Dict[str, Any]:
+        """The fixed sub-step renders fixed view `fixed_view_index` (it travels in the sub-batch to
+        the guidance call), the one the core schedule gives for this step."""
         if kind != "fixed":
             return super().substep_batch(batch, kind)
-        j = (self.true_global_step // self.cfg.fixed_view_every) % len(self.guidance.core_config.fixed_views)
-        self._fixed_index = j
-        sub = self.fixed_batches(batch)[j]
-        sub["bg_color"] = None
+        views = self.fixed_batches(batch)
+        j = self.fixed_schedule(len(views)).fixed_index(self.true_global_step)
+        sub = views[j]
+        sub.update(bg_color=None, fixed_view_index=j)
         return sub
 
     def guidance_losses(self, kind, batch, out, full_batch) -> Dict[str, torch.Tensor]:
         if self.cfg.refinement:
             if not self.wants("rgsd"):
                 return {}
-            fixed = {"fixed_view_index": self._fixed_index} if kind == "fixed" else {}
             g = self.guidance(
-                out["comp_rgb"], **batch, **fixed, opacity=out["opacity"], depth=out.get("depth"), rgb_as_latents=False
+                out["comp_rgb"], **batch, opacity=out["opacity"], depth=out.get("depth"), rgb_as_latents=False
             )
             if "rgsd_t" in g:
                 self.log(f"train/{kind}/rgsd_t", g["rgsd_t"])
