@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from hifi123.core import attention
+from hifi123.core.diffusion import attention
 
 
 def _reference(q, k, v, scale):

@@ -125,7 +125,7 @@ def test_default_prompt_is_the_caption_else_a_view_prompt(tmp_path, capsys, monk
     `hifi123 preprocess` writes), else a generic view prompt; never the empty prompt."""
     import shutil
 
-    from hifi123.core import rgnv
+    from hifi123.core.hifi123 import rgnv
 
     ref = tmp_path / "obj_rgba.png"
     shutil.copy(SAMPLE, ref)

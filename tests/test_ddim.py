@@ -3,7 +3,7 @@ import copy
 
 import pytest
 import torch
-from hifi123.core import ddim
+from hifi123.core.diffusion import ddim
 from hifi123.models.tiny import tiny_scheduler
 from hifi123.testing.oracle import CleanLatentOracle, TrajectoryOracle
 

@@ -97,7 +97,7 @@ def test_refine_steps_alternate_fixed_and_random_views_and_checkpoint_targets(th
     ckpt = {"state_dict": system.state_dict()}
     system.on_save_checkpoint(ckpt)
     assert "hifi123_rgsd" in ckpt and not any(k.startswith("guidance.") for k in ckpt["state_dict"])
-    from hifi123.core.rgsd import RGSD
+    from hifi123.core.hifi123.rgsd import RGSD
 
     def no_recompute(*a, **k):
         raise AssertionError("fixed-view targets recomputed on resume")

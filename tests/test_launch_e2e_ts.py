@@ -157,7 +157,7 @@ def test_hifi123_coarse_refine_test_export_resume(ts_root, tiny_models):
 
 
 def test_makeit3d_coarse_refine_test_export_resume(ts_root, tiny_models):
-    from hifi123.core.point_export import read_ply
+    from hifi123.core.makeit3d.point_export import read_ply
 
     tiny = str(Path(tiny_models["sd2-base"]).parent)
     # ---- coarse --train, and its mesh export (the export step `hifi123 run --method makeit3d` runs)

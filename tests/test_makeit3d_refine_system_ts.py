@@ -17,7 +17,7 @@ SAMPLE = ROOT / "custom" / "hifi123" / "assets" / "sample_rgba.png"
 
 def test_refine_stage_fits_and_exports_on_cpu(threestudio_env, tiny_models, tmp_path):
     import pytorch_lightning as pl
-    from hifi123.core.point_export import read_ply
+    from hifi123.core.makeit3d.point_export import read_ply
     from hifi123.testing.torch_renderer import register_torch_volume_renderer
     from threestudio.utils.config import load_config
 

@@ -37,7 +37,7 @@ def test_tiny_sd2_depth_has_the_real_layout_and_structure(tiny_models, sd2_depth
     assert os.path.isfile(os.path.join(d, "model_index.json"))
     u = sd2_depth.unet
     assert u.config.in_channels == 5 and sd2_depth.is_depth_model
-    from hifi123.core.attention import self_attention_layers
+    from hifi123.core.diffusion.attention import self_attention_layers
 
     layers = self_attention_layers(u)
     assert len(layers) == 16  # SD2's transformer-block count, in execution order
@@ -106,7 +106,7 @@ def test_unet_eval_counter_counts_calls_and_items(sd2_depth):
 
 
 def test_clean_latent_oracle_predicts_x0_exactly():
-    from hifi123.core.ddim import ddim_update
+    from hifi123.core.diffusion.ddim import ddim_update
     from hifi123.models.tiny import tiny_scheduler
 
     ac = tiny_scheduler().alphas_cumprod

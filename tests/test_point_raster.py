@@ -13,16 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hifi123.core.deferred_unet import DeferredUNet
-from hifi123.core.point_export import (
+from hifi123.core.makeit3d.deferred_unet import DeferredUNet
+from hifi123.core.makeit3d.point_export import (
     load_renderer_weights,
     read_ply,
     save_renderer_weights,
     write_orbit_video,
     write_ply,
 )
-from hifi123.core.point_raster import PointRasterSettings, focal_from_fovy, rasterize_points
-from hifi123.core.point_refine import (
+from hifi123.core.makeit3d.point_raster import (
+    PointRasterSettings,
+    focal_from_fovy,
+    rasterize_points,
+)
+from hifi123.core.makeit3d.point_refine import (
     REFINE_TERMS,
     background_loss,
     reference_l1_loss,
@@ -117,7 +121,7 @@ def test_32_bit_keys_sorted_as_unsigned_match_64_bit_keys(monkeypatch, size, n_s
     512x512 the slabs are cut to 2^14 points so that they fit 32 bits (3 slabs, with culling). On
     CPU such keys are int32 bit patterns sorted as uint32 (pixels in the lower half of the image
     give negative int32 keys). Same fragments and weights as with int64 keys."""
-    from hifi123.core import point_raster as pr
+    from hifi123.core.makeit3d import point_raster as pr
 
     g = torch.Generator().manual_seed(3)
     n = 40000
@@ -145,7 +149,7 @@ def test_32_bit_keys_sorted_as_unsigned_match_64_bit_keys(monkeypatch, size, n_s
 
 @pytest.mark.parametrize("unsigned", [True, False])
 def test_group_by_is_a_stable_argsort(monkeypatch, unsigned):
-    from hifi123.core import point_raster as pr
+    from hifi123.core.makeit3d import point_raster as pr
 
     monkeypatch.setattr(pr, "_UNSIGNED_KEYS", unsigned)
     values = torch.randint(0, 3000, (50000,), generator=torch.Generator().manual_seed(4))
@@ -398,8 +402,8 @@ def test_names_registered(threestudio_env):
 def test_refine_config_parses_with_no_unknown_keys(name, tmp_path, threestudio_env, monkeypatch):
     from dataclasses import fields
 
-    from hifi123.core.point_refine import RefineConfig
-    from hifi123.core.pointcloud import PointCloudConfig
+    from hifi123.core.makeit3d.point_refine import RefineConfig
+    from hifi123.core.makeit3d.pointcloud import PointCloudConfig
     from threestudio.data.uncond import RandomCameraDataModuleConfig
     from threestudio.systems.utils import parse_optimizer, parse_scheduler
     from threestudio.utils.config import load_config, parse_structured
@@ -480,7 +484,7 @@ def test_lowvram_refine_changes_only_memory_settings(tmp_path, threestudio_env):
 
 @pytest.mark.threestudio
 def test_geometry_and_renderer_forward_on_cpu(threestudio_env, tmp_path):
-    from hifi123.core.pointcloud import ViewCamera
+    from hifi123.core.makeit3d.pointcloud import ViewCamera
     from hifi123.threestudio_ext.point_cloud import MakeIt3DPointCloud, camera_batch
 
     find = threestudio_env.threestudio.find
@@ -533,7 +537,7 @@ def test_renderer_refuses_bad_raster_settings(threestudio_env, field, value):
 def test_point_cloud_from_a_coarse_checkpoint(tmp_path, threestudio_env):
     """The chain the refine stage uses: a coarse threestudio checkpoint (+ its parsed.yaml) ->
     geometry/material/background/renderer -> renders -> point cloud (CPU test renderer)."""
-    from hifi123.core.pointcloud import PointCloudConfig, ViewCamera
+    from hifi123.core.makeit3d.pointcloud import PointCloudConfig, ViewCamera
     from hifi123.testing.torch_renderer import register_torch_volume_renderer
     from hifi123.threestudio_ext.point_cloud import build_point_cloud_from_checkpoint
 
@@ -576,7 +580,7 @@ def test_gated_block_gate_modulates_and_a_zero_gate_halves_the_elu_features():
     """y = ELU(conv_f(x)) * sigmoid(conv_g(x)): with the gate's weights and bias at 0 the gate is
     sigmoid(0) = 1/2 everywhere; with them restored the output changes (the gate is live), and the
     gate is not the feature branch (swapping the two halves changes the output)."""
-    from hifi123.core.deferred_unet import GatedBlock
+    from hifi123.core.makeit3d.deferred_unet import GatedBlock
 
     torch.manual_seed(0)
     block = GatedBlock(5, 4, norm=False)

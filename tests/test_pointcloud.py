@@ -1,4 +1,4 @@
-"""Make-It-3D refine: textured point-cloud building (hifi123.core.pointcloud) on the synthetic sample
+"""Make-It-3D refine: textured point-cloud building (hifi123.core.makeit3d.pointcloud) on the synthetic sample
 object, whose exact geometry (`sample_sdf`) and renders (`render_sample`) are known.
 
 Brute-force checks use the sample module's own numpy camera code (`project_points`), independent of
@@ -10,9 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hifi123.core import pointcloud as pc_mod
-from hifi123.core.point_raster import PointRasterSettings, rasterize_fragments, rasterize_points
-from hifi123.core.pointcloud import (
+from hifi123.core.makeit3d import pointcloud as pc_mod
+from hifi123.core.makeit3d.point_raster import (
+    PointRasterSettings,
+    rasterize_fragments,
+    rasterize_points,
+)
+from hifi123.core.makeit3d.pointcloud import (
     PointCloudConfig,
     ViewCamera,
     build_cameras,
@@ -218,8 +222,8 @@ def test_rasterising_at_the_reference_camera_reproduces_the_reference(built):
 def test_refine_contextual_loss_is_the_evaluation_distance_and_reaches_the_render(tiny_models):
     """The Make-It-3D refine stage's contextual term: exactly -log CX of evaluation.metrics on the
     same VGG19 features (one implementation), lowest for the reference itself, with a gradient."""
+    from hifi123.core.makeit3d.point_refine import contextual_loss
     from hifi123.core.makeit3d.reference import reference_on_white
-    from hifi123.core.point_refine import contextual_loss
     from hifi123.evaluation.metrics import contextual_distance
     from hifi123.evaluation.models import load_vgg19_features
 

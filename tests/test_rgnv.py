@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
-from hifi123.core import ddim
-from hifi123.core.attention import InjectionState, mutual_self_attention
-from hifi123.core.rgnv import RGNVConfig, RGNVPipeline
+from hifi123.core.diffusion import ddim
+from hifi123.core.diffusion.attention import InjectionState, mutual_self_attention
+from hifi123.core.hifi123.rgnv import RGNVConfig, RGNVPipeline
 from hifi123.sample.make_sample import render_sample
 from hifi123.testing.counter import count_unet_evals
 

@@ -50,8 +50,8 @@ def test_registered_by_the_launch_style_load(threestudio_env):
 
 
 @pytest.mark.parametrize("adapter,core", [
-    ("hifi123.threestudio_ext.rgnv_guidance:RGNVGuidance", "hifi123.core.rgnv_loss:RGNVLossConfig"),
-    ("hifi123.threestudio_ext.rgsd_guidance:RGSDGuidance", "hifi123.core.rgsd:RGSDConfig"),
+    ("hifi123.threestudio_ext.rgnv_guidance:RGNVGuidance", "hifi123.core.hifi123.rgnv_loss:RGNVLossConfig"),
+    ("hifi123.threestudio_ext.rgsd_guidance:RGSDGuidance", "hifi123.core.hifi123.rgsd:RGSDConfig"),
 ])
 def test_config_mirrors_the_core_config(threestudio_env, adapter, core):
     import importlib

@@ -1,15 +1,15 @@
 """RGNV image loss (HiFi-123 §3.3, Fig. 4c "image loss"): core only, tiny SD2-depth on CPU."""
 import pytest
 import torch
-from hifi123.core.images import load_rgba
-from hifi123.core.rgnv import RGNVPipeline
-from hifi123.core.rgnv_loss import (
+from hifi123.core.hifi123.rgnv import RGNVPipeline
+from hifi123.core.hifi123.rgnv_loss import (
     RGNVImageLoss,
     RGNVLossConfig,
     image_distance,
     object_mask,
     render_disparity,
 )
+from hifi123.core.images import load_rgba
 from hifi123.errors import InputError
 from hifi123.models.loader import load_diffusion
 from hifi123.models.tiny import ensure_tiny_models

@@ -4,7 +4,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from hifi123.core.rgsd import RGSD, FixedViewSchedule, RGSDConfig, relative_fixed_cameras
+from hifi123.core.hifi123.rgsd import RGSD, FixedViewSchedule, RGSDConfig, relative_fixed_cameras
 from hifi123.sample.make_sample import render_sample
 from hifi123.testing.counter import count_unet_evals
 from hifi123.testing.oracle import CleanLatentOracle
@@ -156,7 +156,7 @@ def test_schedule_and_fixed_cameras():
 
 
 def test_rgsd_built_on_a_pipeline_uses_its_own_grid_and_layers(sd2_depth):
-    from hifi123.core.rgnv import RGNVConfig, RGNVPipeline
+    from hifi123.core.hifi123.rgnv import RGNVConfig, RGNVPipeline
 
     pipe = RGNVPipeline(sd2_depth, RGNVConfig(num_steps=50, inject_steps=30, inject_blocks=(15,)))
     assert pipe.grid.num_steps == 50 and len(pipe.layers) == 1
@@ -168,7 +168,7 @@ def test_rgsd_built_on_a_pipeline_uses_its_own_grid_and_layers(sd2_depth):
 def test_restoring_targets_compares_every_setting_that_shapes_them():
     from dataclasses import asdict, fields, replace
 
-    from hifi123.core.rgsd import TARGET_INDEPENDENT
+    from hifi123.core.hifi123.rgsd import TARGET_INDEPENDENT
 
     base = RGSDConfig(num_steps=8, inject_steps=4, prompt="a toy")
     state = {"fixed_targets": torch.zeros(2, 4, 8, 8), "config": asdict(base)}

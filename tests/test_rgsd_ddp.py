@@ -4,7 +4,7 @@ import os
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from hifi123.core.rgsd import broadcast_from_rank0
+from hifi123.core.hifi123.rgsd import broadcast_from_rank0
 
 
 def _worker(rank, world, port, out_dir):

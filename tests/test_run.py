@@ -747,7 +747,7 @@ def test_point_cloud_from_checkpoint(tmp_path):
         ex.load_point_cloud(str(tmp_path / "two.ckpt"))
     pos, col = ex.load_point_cloud(str(tmp_path / "two.ckpt"), position_key="a.points")
     assert col is None and pos.shape == (50, 3)
-    # the .npz of hifi123.core.pointcloud.PointCloud.save_npz
+    # the .npz of hifi123.core.makeit3d.pointcloud.PointCloud.save_npz
     np.savez(tmp_path / "pc.npz", positions=points.numpy(), colors=desc[:, :3].numpy(),
              reference_visible=np.ones(50, bool), source_view=np.zeros(50, np.int64))
     ex.checkpoint_to_ply(str(tmp_path / "pc.npz"), str(tmp_path / "pc.ply"))

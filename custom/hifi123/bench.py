@@ -26,7 +26,7 @@ def _sample_views(n: int, size: int = 128):
 
 
 def bench_rgnv(views: int = 4, steps: int = 50, inject_steps: int = 30, repeats: int = 3, log=print) -> dict:
-    from .core.rgnv import RGNVConfig, RGNVPipeline
+    from .core.hifi123.rgnv import RGNVConfig, RGNVPipeline
     from .models.loader import load_diffusion
     from .models.tiny import ensure_tiny_models
     from .testing.counter import count_unet_evals
@@ -78,7 +78,7 @@ def bench_rgsd(iterations: int = 8, steps: int = 20, inject_steps: int = 12, rep
     fixed-view targets once) vs a naive loop that re-runs the reference branch every iteration.
     Both follow the same alternating schedule (t = 0 fixed view, t > 0 random view) with the same
     t sequence; every iteration back-propagates to the rendering as training does."""
-    from .core.rgsd import RGSD, FixedViewSchedule, RGSDConfig
+    from .core.hifi123.rgsd import RGSD, FixedViewSchedule, RGSDConfig
     from .models.loader import load_diffusion
     from .models.tiny import ensure_tiny_models
     from .testing.counter import count_unet_evals
@@ -165,9 +165,9 @@ def bench_raster(size: int = REFINE_RENDER_SIZE, repeats: int = 5, threads: int 
 
     import numpy as np
 
-    from .core.deferred_unet import DeferredUNet
-    from .core.point_raster import PointRasterSettings, rasterize_points
-    from .core.pointcloud import PointCloudConfig, ViewCamera, build_point_cloud
+    from .core.makeit3d.deferred_unet import DeferredUNet
+    from .core.makeit3d.point_raster import PointRasterSettings, rasterize_points
+    from .core.makeit3d.pointcloud import PointCloudConfig, ViewCamera, build_point_cloud
     from .sample.make_sample import REF_DISTANCE, REF_FOVY_DEG, render_sample
 
     if threads:

@@ -43,6 +43,7 @@ def _default_out_name(path: str) -> str:
 def _cmd_rgnv(args) -> int:
     import torch
 
+    from .core.hifi123.rgnv import RGNVConfig, RGNVPipeline
     from .core.images import (
         check_writable_dir,
         image_grid,
@@ -51,7 +52,6 @@ def _cmd_rgnv(args) -> int:
         save_png,
         to_tensor_image,
     )
-    from .core.rgnv import RGNVConfig, RGNVPipeline
     from .models.loader import DEFAULT_MODELS, load_diffusion, preflight
 
     # 1. everything the user gave is checked before any model loads
@@ -127,7 +127,7 @@ def _cmd_rgnv(args) -> int:
         coarse_img = pipe.prepare(to_tensor_image(coarse[i]), "white")[0][0]
         rows.append([ref_img, coarse_img, out.images[i]])
     if upscaler_ref is not None:
-        from .core.rgnv import upscale_x4
+        from .core.hifi123.rgnv import upscale_x4
         from .models.loader import load_upscaler
 
         up = upscale_x4(load_upscaler(upscaler_ref, dtype=dtype, device=device), out.raw, out.masks,

@@ -32,8 +32,12 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..core.point_export import atomic_write_bytes, colors_to_uint8, write_ply  # noqa: F401
-from ..core.point_export import read_ply as _read_ply
+from ..core.makeit3d.point_export import (
+    atomic_write_bytes,
+    colors_to_uint8,
+    write_ply,  # noqa: F401
+)
+from ..core.makeit3d.point_export import read_ply as _read_ply
 from ..errors import Hifi123Error, InputError
 
 #: threestudio (x front, y, z up) -> glTF (x, y up, z towards the default viewer)
@@ -177,7 +181,7 @@ _colours_u8 = colors_to_uint8
 
 
 def read_ply(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """`hifi123.core.point_export.read_ply`, with a user-facing error for a file that is not a PLY."""
+    """`hifi123.core.makeit3d.point_export.read_ply`, with a user-facing error for a file that is not a PLY."""
     try:
         return _read_ply(path)
     except ValueError as err:

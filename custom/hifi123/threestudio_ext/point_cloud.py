@@ -1,6 +1,6 @@
 """Make-It-3D refine stage adapters: the textured point cloud as a threestudio geometry and the
 multi-scale point rasteriser + gated U-Net as a threestudio renderer (thin shells around
-`hifi123.core.point_raster`, `hifi123.core.deferred_unet`, `hifi123.core.pointcloud`).
+`hifi123.core.makeit3d.point_raster`, `hifi123.core.makeit3d.deferred_unet`, `hifi123.core.makeit3d.pointcloud`).
 
 * `makeit3d-point-cloud` (:class:`MakeIt3DPointCloud`, a `BaseGeometry`): buffers `positions`
   [N, 3], `initial_colors` [N, 3], `reference_visible` [N] and `source_view` [N]; parameters
@@ -17,7 +17,7 @@ multi-scale point rasteriser + gated U-Net as a threestudio renderer (thin shell
   [B, h, w, 1] per scale) and `comp_rgb_bg` (white, the target of the background loss).
 * :class:`ThreestudioRenderFn` + :func:`camera_batch`: a threestudio renderer (e.g. the coarse
   NeRF with its geometry/material/background) as the render callable of
-  :func:`hifi123.core.pointcloud.build_point_cloud`; :func:`load_coarse_renderer` rebuilds the
+  :func:`hifi123.core.makeit3d.pointcloud.build_point_cloud`; :func:`load_coarse_renderer` rebuilds the
   coarse run's renderer from its checkpoint (the `parsed.yaml` next to `ckpts/`, as threestudio's
   `geometry_convert_from`), and :func:`build_point_cloud_from_checkpoint` chains both.
 
@@ -38,22 +38,22 @@ import torch.nn as nn
 from threestudio.models.geometry.base import BaseGeometry
 from threestudio.models.renderers.base import Rasterizer
 
-from ..core.deferred_unet import UNET_WIDTHS, DeferredUNet
-from ..core.point_export import (
+from ..core.makeit3d.deferred_unet import UNET_WIDTHS, DeferredUNet
+from ..core.makeit3d.point_export import (
     SAVE_LAYOUT,
     read_ply,
     save_renderer_weights,
     write_orbit_video,
     write_ply,
 )
-from ..core.point_raster import PointRasterSettings, rasterize_points
-from ..core.point_refine import (
+from ..core.makeit3d.point_raster import PointRasterSettings, rasterize_points
+from ..core.makeit3d.point_refine import (
     RefineConfig,
     background_loss,
     reference_l1_loss,
     texture_regularizer,
 )
-from ..core.pointcloud import PointCloud, PointCloudConfig, ViewCamera, build_point_cloud
+from ..core.makeit3d.pointcloud import PointCloud, PointCloudConfig, ViewCamera, build_point_cloud
 from ..errors import InputError
 from .registry import register
 
@@ -390,7 +390,7 @@ def refine_config(block) -> RefineConfig:
     except TypeError as err:
         raise InputError(
             f"system.refine: {err}",
-            "the fields of hifi123.core.point_refine.RefineConfig (point_cloud: PointCloudConfig fields)",
+            "the fields of hifi123.core.makeit3d.point_refine.RefineConfig (point_cloud: PointCloudConfig fields)",
             "fix the key names under system.refine (see configs/makeit3d-refine.yaml)",
         ) from err
     return cfg
@@ -460,7 +460,7 @@ def save_initial_point_cloud(saver, cloud: PointCloud) -> Dict[str, str]:
 
 def save_refine_exports(saver, step: int, renderer, refine: RefineConfig, height: int, width: int, video: bool = False) -> Dict[str, str]:
     """save/it<step>-export/{point_cloud.ply, deferred_renderer.pt} and, with `video`,
-    save/it<step>-orbit.mp4 (hifi123.core.point_export.SAVE_LAYOUT)."""
+    save/it<step>-orbit.mp4 (hifi123.core.makeit3d.point_export.SAVE_LAYOUT)."""
     geo = renderer.geometry
     path = {k: saver.get_save_path(v.format(step=int(step))) for k, v in SAVE_LAYOUT.items() if k in ("ply", "renderer", "orbit_video")}
     out = {

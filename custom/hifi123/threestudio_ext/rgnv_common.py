@@ -1,7 +1,7 @@
 """What the RGNV-based guidances share in threestudio: config fields and lazy model loading.
 
 `hifi123-rgnv-guidance` (image loss) and `hifi123-rgsd-guidance` (RGSD) both wrap a core object
-built from a `hifi123.core.refine_common.RGNVGuidanceConfig` subclass. Their threestudio `Config`
+built from a `hifi123.core.hifi123.render_guidance.RGNVGuidanceConfig` subclass. Their threestudio `Config`
 mirrors those fields (threestudio naming for the reference: `cond_image_path`, `cond_depth_path`),
 `configure` validates values and files before any model loads, and the model is loaded lazily on
 the first call, on the device of the input (threestudio's `get_device` is CUDA-only and is never

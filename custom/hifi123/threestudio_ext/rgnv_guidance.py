@@ -1,6 +1,6 @@
 """`hifi123-rgnv-guidance`: the RGNV image loss (HiFi-123 §3.3, Fig. 4c) as a threestudio guidance.
 
-A thin shell around :class:`hifi123.core.rgnv_loss.RGNVImageLoss`. It is a `BaseObject` (not an
+A thin shell around :class:`hifi123.core.hifi123.rgnv_loss.RGNVImageLoss`. It is a `BaseObject` (not an
 `nn.Module`), so the SD2-depth weights never enter the Lightning checkpoint; the reference branch
 is rebuilt deterministically on the first call after a resume.
 
@@ -33,7 +33,7 @@ from typing import Any, Dict, Optional
 import torch
 from threestudio.utils.base import BaseObject
 
-from ..core.rgnv_loss import RGNVImageLoss, RGNVLossConfig
+from ..core.hifi123.rgnv_loss import RGNVImageLoss, RGNVLossConfig
 from .registry import StrictConfig, register
 from .rgnv_common import LazyRGNVCore, RGNVGuidanceFields
 

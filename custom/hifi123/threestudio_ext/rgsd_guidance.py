@@ -1,6 +1,6 @@
 """`hifi123-rgsd-guidance`: RGSD (HiFi-123 §3.3) as a threestudio guidance.
 
-A thin shell around :class:`hifi123.core.rgsd.RGSD` (see there for the math and decisions 7-11).
+A thin shell around :class:`hifi123.core.hifi123.rgsd.RGSD` (see there for the math and decisions 7-11).
 
 Call (threestudio's guidance contract)::
 
@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from threestudio.utils.base import BaseObject
 
-from ..core.rgsd import RGSD, RGSDConfig, relative_fixed_cameras
+from ..core.hifi123.rgsd import RGSD, RGSDConfig, relative_fixed_cameras
 from .registry import StrictConfig, register
 from .rgnv_common import LazyRGNVCore, RGNVGuidanceFields
 
@@ -38,7 +38,7 @@ from .rgnv_common import LazyRGNVCore, RGNVGuidanceFields
 class RGSDGuidance(StrictConfig, LazyRGNVCore, BaseObject):
     @dataclass
     class Config(RGNVGuidanceFields):
-        # the shared RGNV fields (rgnv_common.RGNVGuidanceFields), plus RGSD's own (core/rgsd.py)
+        # the shared RGNV fields (rgnv_common.RGNVGuidanceFields), plus RGSD's own (core/hifi123/rgsd.py)
         weighting: str = "uniform"  # w(t) = 1 (decision 8)
         depth_source: str = "render"  # decision 11: the render's depth; "dpt" estimates it
         fixed_views: List[List[float]] = field(default_factory=lambda: [[0.0, 90.0], [0.0, -90.0]])  # decision 9
@@ -59,7 +59,7 @@ class RGSDGuidance(StrictConfig, LazyRGNVCore, BaseObject):
         return self.core.pipe.c.device
 
     def move_core(self, device: torch.device) -> None:
-        from ..core.refine_common import move_pipeline
+        from ..core.hifi123.render_guidance import move_pipeline
 
         move_pipeline(self.core.pipe, device)
 

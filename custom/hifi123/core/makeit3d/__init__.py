@@ -1,4 +1,6 @@
-"""Make-It-3D coarse stage, threestudio-free (Tang et al., ICCV 2023; algorithms.md C).
+"""Make-It-3D, threestudio-free (Tang et al., ICCV 2023; algorithms.md C and D).
+
+Coarse stage:
 
 * `prior`     SDS at large t + CLIP-D at small t on novel views (paper §3.2 Eq. 3-4), and the
               official raw-render CLIP terms.
@@ -6,6 +8,14 @@
 * `cameras`   progressive azimuth ranges, back views, the official azimuth mixture, the 25%
               reference-view schedule (§3.2 "progressive training", §4.1 "camera setting").
 * `reference` the caption file and the reference image as CLIP sees it.
+
+Refine stage:
+
+* `pointcloud`    the textured point cloud built from the coarse model's views (§3.3).
+* `point_raster`  the multi-scale point rasteriser with front-to-back compositing.
+* `deferred_unet` the gated-convolution U-Net that renders the rasterised descriptors.
+* `point_refine`  the refine losses (reference L1, texture regulariser, background, contextual).
+* `point_export`  PLY, renderer weights and the save layout.
 
 The threestudio adapters live in `hifi123.threestudio_ext` (`makeit3d-guidance`,
 `makeit3d-system`, `makeit3d-single-image-datamodule`).

@@ -47,7 +47,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..ddim import CFG_FORMS, cfg_combine
+from ..diffusion.ddim import CFG_FORMS, cfg_combine
 from .cameras import is_back_view
 
 TERMS = ("sds", "clip_d", "clip_d_txt", "clip_img", "clip_txt")

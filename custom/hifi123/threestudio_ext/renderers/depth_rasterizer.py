@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from threestudio.models.renderers.nvdiff_rasterizer import NVDiffRasterizer
 
-from ...core.refine_common import surface_distance
+from ...core.hifi123.render_guidance import surface_distance
 from ..registry import register
 
 

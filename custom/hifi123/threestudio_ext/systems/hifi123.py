@@ -29,7 +29,7 @@ import threestudio
 import torch
 import torch.nn.functional as F
 
-from ...core.rgsd import FixedViewSchedule
+from ...core.hifi123.rgsd import FixedViewSchedule
 from ..registry import register
 from .base import ImageConditionedSystem
 

@@ -21,9 +21,9 @@ import threestudio
 import torch
 
 from ...core.makeit3d.cameras import is_back_view
+from ...core.makeit3d.point_refine import REFINE_TERMS
+from ...core.makeit3d.pointcloud import PointCloudConfig
 from ...core.makeit3d.prior import TERMS
-from ...core.point_refine import REFINE_TERMS
-from ...core.pointcloud import PointCloudConfig
 from ..point_cloud import (
     build_refine_point_cloud,
     refine_config,
@@ -45,7 +45,7 @@ class MakeIt3DSystem(ImageConditionedSystem):
         back_threshold_deg: float = 135.0  # back view: |azimuth - reference| >= 180 - 45
         back_view_opacity_factor: float = 10.0  # official utils.py:521-524
         stage: str = "coarse"  # coarse: NeRF (paper §3.2) | refine: point cloud + deferred renderer (§3.3)
-        refine: dict = field(default_factory=dict)  # stage refine: hifi123.core.point_refine.RefineConfig
+        refine: dict = field(default_factory=dict)  # stage refine: hifi123.core.makeit3d.point_refine.RefineConfig
         # novel views are rendered albedo-only while the step lies in one of these [start, end)
         # windows (the official two-phase run: 0-1000, then 2000-3500 as the 360 degree views start)
         albedo_only_windows: list = field(default_factory=list)
@@ -153,8 +153,8 @@ class MakeIt3DSystem(ImageConditionedSystem):
     def contextual_term(self, rgb: torch.Tensor) -> torch.Tensor:
         """-log CX of the render against the reference (core.point_refine.contextual_loss); the
         VGG19 and the reference's features are built once (per render size)."""
+        from ...core.makeit3d.point_refine import contextual_loss
         from ...core.makeit3d.reference import reference_on_white
-        from ...core.point_refine import contextual_loss
         from ...evaluation.models import load_vgg19_features
 
         r = self.refine

@@ -51,7 +51,7 @@ class RefineConfig:
     coarse_renderer: Dict[str, Any] = field(default_factory=dict)  # merged into its config
     coarse_shading: str = "albedo"
     coarse_background: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    # hifi123.core.pointcloud.PointCloudConfig fields
+    # hifi123.core.makeit3d.pointcloud.PointCloudConfig fields
     point_cloud: Dict[str, Any] = field(default_factory=dict)
     # losses
     ref_l1_erosion_px: float = 2.0  # @800: 5x5 erosion of the reference alpha (official)
@@ -62,7 +62,7 @@ class RefineConfig:
     contextual_model: str = "timm/vgg19.tv_in1k"
     contextual_layer: str = "relu5_4"
     contextual_band_width: float = 0.5
-    # outputs under save/ (hifi123.core.point_export.SAVE_LAYOUT)
+    # outputs under save/ (hifi123.core.makeit3d.point_export.SAVE_LAYOUT)
     save_initial_point_cloud: bool = True  # it0-point-cloud/{point_cloud.ply, point_cloud.npz}
     export_every_n_steps: int = 1000  # PLY + renderer weights every N steps and at the end (official)
     video_frames: int = 64  # 360 deg orbit of the final renders (official: 64 views, 25 fps)
@@ -120,7 +120,7 @@ def contextual_loss(pred: torch.Tensor, reference_features: torch.Tensor, featur
     """Mean over the batch of -log CX(features(pred), reference_features); `pred` [B, H, W, 3] in
     [0, 1] (a render), `reference_features` [1, C, h, w] (no gradient), `features` the VGG19 cut
     at the configured layer ([B, 3, H, W] in [0, 1] -> [B, C, h, w]). Differentiable in `pred`."""
-    from ..evaluation.metrics import contextual_distance
+    from ...evaluation.metrics import contextual_distance
 
     x = features(pred.permute(0, 3, 1, 2).float())
     y = reference_features.to(x).expand(x.shape[0], -1, -1, -1)

@@ -1,6 +1,6 @@
 """RGNV image loss: the "image loss" variant of HiFi-123 §3.3 (Fig. 4c).
 
-Render a novel view, enhance it with RGNV (§3.2, `hifi123.core.rgnv`) using the render itself as
+Render a novel view, enhance it with RGNV (§3.2, `hifi123.core.hifi123.rgnv`) using the render itself as
 the coarse view, and regress the render onto the enhanced image in image space:
 
     L = D(g(θ, c), sg(RGNV(g(θ, c), d_c; x_ref)))
@@ -46,7 +46,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .refine_common import (  # noqa: F401  (re-exported: object_mask, render_disparity, DEPTH_TYPES)
+from .render_guidance import (  # noqa: F401  (re-exported: object_mask, render_disparity, DEPTH_TYPES)
     DEPTH_TYPES,
     MASK_THRESHOLD,
     RGNVGuidanceConfig,
@@ -66,7 +66,7 @@ TARGET_BACKGROUNDS = ("render", "white")
 @dataclass
 class RGNVLossConfig(RGNVGuidanceConfig):
     """Every setting of the RGNV image loss: the shared RGNV-guidance settings (model, reference,
-    sampler, render depth; `core/refine_common.py`) plus the loss's own."""
+    sampler, render depth; `core/hifi123/render_guidance.py`) plus the loss's own."""
 
     loss_type: str = "mse"  # image-space distance: "mse" or "l1" (the paper says "reconstruction loss")
     target_background: str = "render"  # outside the mask: "render" (no loss) or "white"

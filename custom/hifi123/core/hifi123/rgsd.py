@@ -33,9 +33,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import ddim
-from .images import composite, depth_to_latent, normalize_depth, resize
-from .refine_common import (
+from ..diffusion import ddim
+from ..images import composite, depth_to_latent, normalize_depth, resize
+from .render_guidance import (
     RGNVGuidanceConfig,
     check_render,
     load_pipeline_and_reference,
@@ -49,7 +49,7 @@ WEIGHTINGS = ("uniform", "one_minus_alpha")
 @dataclass
 class RGSDConfig(RGNVGuidanceConfig):
     """RGSD settings: the shared RGNV-guidance settings (model, reference, sampler with T = 20,
-    S = 12, CFG 7.5; render depth — `core/refine_common.py`) plus RGSD's own."""
+    S = 12, CFG 7.5; render depth — `core/hifi123/render_guidance.py`) plus RGSD's own."""
 
     weighting: str = "uniform"  # w(t) = 1 (decision 8); "one_minus_alpha" = SDS-style 1 - ā_t
     depth_source: str = "render"  # decision 11: the render's depth; "dpt" = estimate from the render
@@ -133,7 +133,7 @@ class RGSD:
         """threestudio render tensors -> (image [B,3,R,R] with grad, mask [B,1,R,R], depth cond).
 
         rgb [B,H,W,3] in [0,1]; opacity [B,H,W,1] (None: the whole frame is the object); depth
-        [B,H,W,1] in `depth_type` (None, or `depth_source="dpt"`: DPT). See refine_common.
+        [B,H,W,1] in `depth_type` (None, or `depth_source="dpt"`: DPT). See render_guidance.
         """
         check_render(rgb, opacity, depth)
         if opacity is not None and opacity.dim() == 3:

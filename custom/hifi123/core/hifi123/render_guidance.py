@@ -1,7 +1,7 @@
 """What the RGNV-based training losses share: settings, model + reference loading, render inputs.
 
 Two losses drive 3D optimisation with the RGNV pipeline: the image-space RGNV loss
-(`core/rgnv_loss.py`, HiFi-123 Fig. 4c) and RGSD (`core/rgsd.py`, HiFi-123 §3.3). Both take
+(`core/hifi123/rgnv_loss.py`, HiFi-123 Fig. 4c) and RGSD (`core/hifi123/rgsd.py`, HiFi-123 §3.3). Both take
 threestudio renders (rgb [B,H,W,3], opacity [B,H,W,1], depth [B,H,W,1]), both run SD2-depth with
 the reference branch cached once, and both use the refine-stage sampler settings (decision 7).
 
@@ -23,8 +23,8 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
-from ..models.loader import DEFAULT_MODELS
+from ...errors import InputError
+from ...models.loader import DEFAULT_MODELS
 from .rgnv import BACKGROUNDS, RGNVConfig, RGNVPipeline
 
 DEPTH_TYPES = ("z", "disparity")
@@ -106,8 +106,8 @@ class RGNVGuidanceConfig:
 def load_pipeline_and_reference(cfg: RGNVGuidanceConfig, device=None, field_names: Optional[Dict[str, str]] = None):
     """Validate `cfg`, read the reference (and its depth), then load SD2-depth on `device` (fp16 only
     on CUDA with `half_precision_weights`). Returns (RGNVPipeline, reference RGBA, reference depth)."""
-    from ..models.loader import load_diffusion
-    from .images import load_depth, load_rgba
+    from ...models.loader import load_diffusion
+    from ..images import load_depth, load_rgba
 
     names = field_names or {}
     cfg.validate(field_names=names)

@@ -24,9 +24,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from . import ddim
-from .attention import InjectionState, mutual_self_attention, select_layers
-from .images import composite, depth_to_latent, normalize_depth, resize, to_tensor_image
+from ..diffusion import ddim
+from ..diffusion.attention import InjectionState, mutual_self_attention, select_layers
+from ..images import composite, depth_to_latent, normalize_depth, resize, to_tensor_image
 
 GREY = (126 / 255.0, 129 / 255.0, 127 / 255.0)  # official coarse-view background (util_new.py)
 BACKGROUNDS = ("texture", "grey", "white")
@@ -160,7 +160,7 @@ class RGNVPipeline:
             return torch.ones(1, 3, size, size)
         if kind == "grey":
             return torch.tensor(GREY).view(1, 3, 1, 1).expand(1, 3, size, size).clone()
-        from ..sample.make_sample import procedural_background
+        from ...sample.make_sample import procedural_background
 
         return to_tensor_image(np.asarray(procedural_background(size, seed=self.cfg.texture_seed), dtype=np.float32))
 
