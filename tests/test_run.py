@@ -457,6 +457,12 @@ def test_dry_run_prints_the_exact_commands_without_gpu(tmp_path, no_gpu):
                                          pl.State()) if s.runs]
     printed = _printed_commands(out)
     assert [(s.cwd, s.env, s.argv) for s in planned] == printed
+    # and literally: the coarse stage's command carries the override at its end
+    coarse = next(argv for _, _, argv in printed if "custom/hifi123/configs/coarse.yaml" in argv)
+    rgba = f"{opts.out}/preprocessed/cat/cat_rgba.png"
+    assert coarse == [PY, "launch.py", "--config", "custom/hifi123/configs/coarse.yaml", "--train", "--gpu", "0",
+                      f"data.image_path={rgba}", f"exp_root_dir={opts.out}", "name=hifi123-coarse", "tag=cat",
+                      "use_timestamp=false", "checkpoint.save_last=true", "trainer.max_steps=10"]
     assert not os.path.exists(opts.out)  # nothing ran, nothing written
 
 
