@@ -26,6 +26,14 @@ def _skip_reason() -> str:
 
 
 def pytest_collection_modifyitems(config, items):
+    # a file name ending in _ts means: every test in it needs threestudio, and no other test does
+    wrong = [item.nodeid for item in items
+             if bool(item.get_closest_marker("threestudio")) != item.path.name.endswith("_ts.py")]
+    if wrong:
+        raise pytest.UsageError(
+            "threestudio-marked tests belong in tests/*_ts.py files (pytestmark = pytest.mark.threestudio) "
+            "and only there; move or mark: " + ", ".join(wrong[:10])
+        )
     marked = [item for item in items if item.get_closest_marker("threestudio")]
     if not marked or ts_stubs.find_threestudio_root() is not None:
         return
@@ -113,3 +121,58 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Tests may set torch's thread count for speed; the next test starts with the count it had."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+# torch.cuda.is_available as `hifi123 run` sees it (its tests never touch a GPU)
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """No CUDA device."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """Four CUDA devices (torch.cuda patched; nothing runs on them)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(`hifi123 preprocess` tests) tiny dpt / clipseg / segformer / blip2 in the real layouts, in a private tiny-model cache
+    that `--tiny` also uses (XDG_CACHE_HOME points at it for this module)."""
+    import os
+
+    import torch
+    from hifi123.models.tiny import default_tiny_root
+    from hifi123.preprocess.tiny import tiny_model_dirs
+
+    # one thread: these models are tiny, and two threads on a busy 2-core machine spin-wait
+    # (a 64-px DPT forward took 1 s with 2 threads under load, 3 ms with 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg"))
+    try:
+        yield tiny_model_dirs(("dpt", "clipseg", "segformer", "blip2"), default_tiny_root())
+    finally:
+        torch.set_num_threads(threads)
+        if old is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = old

@@ -32,30 +32,6 @@ SAMPLE = str(ms.DEFAULT_ASSETS_DIR / "sample_rgba.png")
 # ------------------------------------------------------------------------------ helpers
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """Tiny dpt / clipseg / segformer / blip2 in the real layouts, in a private tiny-model cache
-    that `--tiny` also uses (XDG_CACHE_HOME points at it for this module)."""
-    import torch
-    from hifi123.models.tiny import default_tiny_root
-    from hifi123.preprocess.tiny import tiny_model_dirs
-
-    # one thread: these models are tiny, and two threads on a busy 2-core machine spin-wait
-    # (a 64-px DPT forward took 1 s with 2 threads under load, 3 ms with 1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg"))
-    try:
-        yield tiny_model_dirs(("dpt", "clipseg", "segformer", "blip2"), default_tiny_root())
-    finally:
-        torch.set_num_threads(threads)
-        if old is None:
-            os.environ.pop("XDG_CACHE_HOME", None)
-        else:
-            os.environ["XDG_CACHE_HOME"] = old
-
-
 def cfg_for(dirs, **kw):
     kw.setdefault("caption", "a toy")
     kw.setdefault("depth_model", dirs["dpt"])
@@ -492,41 +468,6 @@ def test_missing_model_is_named_before_loading(tmp_path, capsys, no_model_loadin
 # ------------------------------------------------------------------------------ threestudio
 
 
-@pytest.mark.threestudio
-def test_threestudio_datamodule_reads_the_outputs(tiny, tmp_path):
-    """threestudio's own SingleImageDataBase.load_images on our files (rank 'cpu' instead of the
-    CUDA device index it would use; everything else is its code)."""
-    import torch
-    from threestudio.data.image import SingleImageDataBase, SingleImageDataModuleConfig
-    from threestudio.utils.config import parse_structured
-
-    geo = ms.load_sample_geometry()
-    size = 128
-    res = pp.preprocess_image(SAMPLE, str(tmp_path), cfg_for(tiny, size=size), depth_z=geo["depth_z"])
-    data = SingleImageDataBase()
-    data.cfg = parse_structured(SingleImageDataModuleConfig, {
-        "image_path": res.paths.rgba, "height": size, "width": size,
-        "requires_depth": True, "requires_normal": True,
-    })
-    data.rank, data.height, data.width = "cpu", size, size
-    data.load_images()
-
-    rgba = cv2_read_unchanged(res.paths.rgba)[..., [2, 1, 0, 3]]
-    assert data.rgb.shape == (1, size, size, 3) and data.mask.shape == (1, size, size, 1)
-    assert torch.equal(data.mask[0, ..., 0], torch.from_numpy(rgba[..., 3] / 255.0 > 0.5))
-    assert torch.allclose(data.rgb[0], torch.from_numpy(rgba[..., :3] / 255.0).float(), atol=1e-6)
-    assert data.depth.shape == (1, size, size)
-    mask = data.mask[0, ..., 0]
-    assert data.depth[0][~mask].max() == 0 and data.depth[0][mask].max() == 1.0
-    assert data.normal.shape == (1, size, size, 3)
-
-    # threestudio's normal loss: 1 - 2 * ref_normal is the world normal; compare with the truth
-    meta = sidecar(tmp_path, "sample")
-    iy, ix = out_to_in(meta, size)
-    gt = torch.from_numpy(geo["normal_world"][np.clip(iy, 0, 511)[:, None], np.clip(ix, 0, 511)[None]]).float()
-    inner = mask & torch.from_numpy(geo["mask"][np.clip(iy, 0, 511)[:, None], np.clip(ix, 0, 511)[None]])
-    cos = torch.nn.functional.cosine_similarity(1 - 2 * data.normal[0][inner], gt[inner])
-    assert cos.median() > 0.99
 
 
 def test_dpt_disparity_to_depth_is_affine_invariant_and_near_is_small():

@@ -1,4 +1,4 @@
-"""`hifi123 run`: one command from a photo to an asset (issue 9).
+"""`hifi123 run`: one command from a photo to an asset.
 
     plan.py      the stage table and the pure stage planner (method, options, outputs tree) -> stages
     runner.py    executes a plan: subprocesses, logs, completion markers, resume, run records

@@ -6,14 +6,14 @@ Each module registers its names through :func:`register`, which is idempotent fo
 """
 from __future__ import annotations
 
-# component modules are imported here as later issues add them (importing registers)
+# importing a component module registers its names
 from . import (
-    data,  # noqa: F401  makeit3d-single-image-datamodule (issue 5)
-    makeit3d_guidance,  # noqa: F401  makeit3d-guidance (issue 5)
-    point_cloud,  # noqa: F401  makeit3d-point-cloud, makeit3d-deferred-renderer (issue 6)
-    renderers,  # noqa: F401  hifi123-nvdiff-rasterizer (issue 4)
-    rgnv_guidance,  # noqa: F401  hifi123-rgnv-guidance (issue 3 item 5)
-    rgsd_guidance,  # noqa: F401  hifi123-rgsd-guidance (issue 4)
-    systems,  # noqa: F401  makeit3d-system (issue 5)
+    data,  # noqa: F401  hifi123- and makeit3d-single-image-datamodule
+    makeit3d_guidance,  # noqa: F401  makeit3d-guidance
+    point_cloud,  # noqa: F401  makeit3d-point-cloud, makeit3d-deferred-renderer
+    renderers,  # noqa: F401  hifi123-nvdiff-rasterizer
+    rgnv_guidance,  # noqa: F401  hifi123-rgnv-guidance
+    rgsd_guidance,  # noqa: F401  hifi123-rgsd-guidance
+    systems,  # noqa: F401  hifi123-system, makeit3d-system
 )
 from .registry import register  # noqa: F401

@@ -1,1 +1,1 @@
-from . import depth_rasterizer  # noqa: F401  hifi123-nvdiff-rasterizer (issue 4)
+from . import depth_rasterizer  # noqa: F401  hifi123-nvdiff-rasterizer

@@ -1,3 +1,3 @@
 """threestudio systems: the shared image-conditioned base (unregistered) and the stage systems."""
-from . import hifi123, makeit3d  # noqa: F401  hifi123-system (issue 4), makeit3d-system (issue 5)
+from . import hifi123, makeit3d  # noqa: F401  hifi123-system, makeit3d-system
 from .base import ImageConditionedSystem  # noqa: F401

@@ -1,0 +1,204 @@
+"""`hifi123 run`: the runner (fake stage executor; one real subprocess), the dry run and
+the command line, and the user errors. No GPU, no threestudio: a fake threestudio root holds a launch.py stub and our config
+names, and torch.cuda.is_available is monkeypatched (run_helpers)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from hifi123.errors import Hifi123Error, InputError
+from hifi123.run import plan as pl
+from hifi123.run import runner as rn
+from run_helpers import (
+    PY,
+    SAMPLE,
+    FakeExecutor,
+    _cli,
+    _printed_commands,
+    fake_threestudio,
+    make_done,
+    make_opts,
+    trial,
+    write_manifest,
+    write_textured_box,
+)
+
+# ----------------------------------------------------------------------------------- runner
+
+
+def test_runner_fresh_then_nothing_then_outputs(tmp_path, gpu, capsys):
+    opts = make_opts(tmp_path, method="makeit3d")
+    fake = FakeExecutor(opts)
+    rec = rn.run_image(opts, execute=fake, echo=False)
+    assert [s.name for s in fake.calls] == ["preprocess", "coarse", "refine", "export", "glb", "ply", "eval"]
+    for st in ("coarse", "refine"):
+        marker = json.load(open(os.path.join(trial(opts, st), pl.MARKER)))
+        assert marker["stage"] == st and marker["argv"][1] == "launch.py"
+    assert rec["status"] == "done" and rec["metrics"]["clip"] == pytest.approx(0.91)
+    assert rec["stages"]["video"]["status"] == "done"  # made by the refine run
+    assert all(rec["outputs"][k] for k in rec["outputs"]), rec["outputs"]
+    assert json.load(open(pl.Layout.of(opts).record))["status"] == "done"
+    out = capsys.readouterr().out
+    assert "point cloud (PLY)" in out and "pointcloud.ply" in out and "model.glb" in out
+    fake2 = FakeExecutor(opts)
+    rn.run_image(opts, execute=fake2, echo=False)
+    assert fake2.calls == []
+
+
+def test_runner_crash_then_resume(tmp_path, gpu):
+    opts = make_opts(tmp_path)
+    crash = FakeExecutor(opts, fail={"refine": (1, "Traceback ...\nRuntimeError: CUDA out of memory\n", True)})
+    with pytest.raises(rn.StageFailed) as err:
+        rn.run_image(opts, execute=crash, echo=False)
+    e = err.value
+    assert e.stage == "refine" and "CUDA out of memory" in e.what and "exit code 1" in e.what
+    assert "resumes from its ckpts/last.ckpt" in e.fix
+    rec = json.load(open(pl.Layout.of(opts).record))
+    assert rec["status"] == "failed" and rec["failed_stage"] == "refine"
+    assert not os.path.exists(os.path.join(trial(opts, "refine"), pl.MARKER))
+    again = FakeExecutor(opts)
+    rn.run_image(opts, execute=again, echo=False)
+    assert [s.name for s in again.calls] == ["refine", "export", "glb", "eval"]
+    ckpt = os.path.join(trial(opts, "refine"), "ckpts", "last.ckpt")
+    assert f"resume={ckpt}" in again.calls[0].argv
+
+
+def test_runner_stage_without_outputs_fails(tmp_path, gpu):
+    opts = make_opts(tmp_path)
+    make_done(opts, "preprocess", "coarse", "refine", "video")
+
+    def lazy(stage, echo):
+        os.makedirs(os.path.dirname(stage.log), exist_ok=True)
+        return 0  # "succeeds" without writing model.obj
+
+    with pytest.raises(rn.StageFailed, match="exited 0 but did not write"):
+        rn.run_image(opts, execute=lazy, echo=False)
+
+
+def test_runner_moves_stale_trial_aside(tmp_path, gpu):
+    opts = make_opts(tmp_path)
+    make_done(opts, "preprocess", "refine")  # a refine trial without its coarse: stale
+    fake = FakeExecutor(opts)
+    rn.run_image(opts, execute=fake, echo=False)
+    assert os.path.isdir(trial(opts, "refine") + ".old-1")
+    assert fake.calls[1].name == "refine" and fake.calls[1].resume is None
+
+
+def test_preprocess_failure_names_the_image_and_the_error(tmp_path, gpu):
+    opts = make_opts(tmp_path)
+    msg = ("loading seg model ...\nhifi123: error: input /x/cat.png: the segmentation found no foreground\n"
+           "  expected: an object in front of a background\n  fix: cut the object out yourself\n")
+    fake = FakeExecutor(opts, fail={"preprocess": (2, msg, False)})
+    with pytest.raises(rn.PreprocessFailed) as err:
+        rn.run_image(opts, execute=fake, echo=False)
+    text = err.value.render()
+    assert opts.image in text and "segmentation found no foreground" in text and "cut the object out" in text
+    assert [s.name for s in fake.calls] == ["preprocess"]
+
+
+def test_real_subprocess_logs_and_exit_code(tmp_path):
+    stage = pl.Stage(name="x", argv=[PY, "-c", "import sys; print('hello from the stage'); sys.exit(3)"],
+                     cwd=str(tmp_path), env={"HIFI123_TEST": "1"}, log=str(tmp_path / "logs" / "x.log"))
+    assert rn.execute_subprocess(stage, echo=False) == 3
+    log = open(stage.log).read()
+    assert "hello from the stage" in log and "HIFI123_TEST=1" in log
+
+
+def test_real_glb_stage_through_the_runner(tmp_path):
+    """The glb command as planned really runs (`python -m hifi123.run.export glb TRIAL`)."""
+    opts = make_opts(tmp_path)
+    make_done(opts, "preprocess", "coarse", "refine", "video", "eval")
+    write_textured_box(os.path.join(trial(opts, "refine"), "save", "it100-export"))
+    rec = rn.run_image(opts, echo=False, say=lambda m: None)  # no GPU needed: glb only
+    glb = os.path.join(trial(opts, "refine"), "save", "it100-export", "model.glb")
+    assert os.path.isfile(glb) and rec["outputs"]["mesh (GLB)"] == glb
+    assert rec["stages"]["glb"]["status"] == "ran"
+
+
+# --------------------------------------------------------------------------------- dry run / CLI
+
+
+def test_dry_run_prints_the_exact_commands_without_gpu(tmp_path, no_gpu):
+    opts = make_opts(tmp_path)
+    code, out, err = _cli([opts.image, "--out", opts.out, "--threestudio-root", opts.threestudio_root,
+                           "--dry-run", "--set", "trainer.max_steps=10"])
+    assert code == 0, err
+    planned = [s for s in pl.plan_stages(pl.RunOptions(**{**opts.__dict__, "overrides": (pl.parse_override("trainer.max_steps=10"),)}),
+                                         pl.State()) if s.runs]
+    printed = _printed_commands(out)
+    assert [(s.cwd, s.env, s.argv) for s in planned] == printed
+    # and literally: the coarse stage's command carries the override at its end
+    coarse = next(argv for _, _, argv in printed if "custom/hifi123/configs/coarse.yaml" in argv)
+    rgba = f"{opts.out}/preprocessed/cat/cat_rgba.png"
+    assert coarse == [PY, "launch.py", "--config", "custom/hifi123/configs/coarse.yaml", "--train", "--gpu", "0",
+                      f"data.image_path={rgba}", f"exp_root_dir={opts.out}", "name=hifi123-coarse", "tag=cat",
+                      "use_timestamp=false", "checkpoint.save_last=true", "trainer.max_steps=10"]
+    assert not os.path.exists(opts.out)  # nothing ran, nothing written
+
+
+def test_manifest_dry_run_lists_workers_and_commands(tmp_path, no_gpu):
+    root = fake_threestudio(tmp_path)
+    man = write_manifest(tmp_path, ["a.png", "b.png", "c.png"])
+    code, out, err = _cli(["--manifest", man, "--gpus", "0,1", "--threestudio-root", root, "--out",
+                           str(tmp_path / "out"), "--dry-run", "--method", "makeit3d"])
+    assert code == 0, err
+    assert "worker 0, GPU 0: 2 image(s)" in out and "worker 1, GPU 1: 1 image(s)" in out
+    cmds = _printed_commands(out)
+    assert sum(1 for _, _, argv in cmds if "preprocess" in argv) == 3
+    assert {env.get("CUDA_VISIBLE_DEVICES") for _, env, argv in cmds if "--train" in argv} == {"0", "1"}
+
+
+
+# --------------------------------------------------------------------------------------- errors
+
+
+def test_missing_threestudio_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv("THREESTUDIO_ROOT", raising=False)
+    with pytest.raises(Hifi123Error) as err:
+        rn.find_threestudio_root(None, environ={}, cwd=str(tmp_path), repo_root=tmp_path / "repo")
+    assert "threestudio not found" in err.value.what and "bash install.sh" in err.value.fix
+    with pytest.raises(Hifi123Error, match="--threestudio-root .* has no launch.py"):
+        rn.find_threestudio_root(str(tmp_path), environ={})
+    with pytest.raises(Hifi123Error, match="THREESTUDIO_ROOT"):
+        rn.find_threestudio_root(None, environ={"THREESTUDIO_ROOT": str(tmp_path / "none")})
+    root = fake_threestudio(tmp_path)
+    assert rn.find_threestudio_root(None, environ={"THREESTUDIO_ROOT": root}) == root
+    assert rn.find_threestudio_root(None, environ={}, cwd=str(tmp_path), repo_root=None) == root
+    # through the CLI: exit code 2 and the fix on stderr
+    code, _, errtext = _cli([SAMPLE, "--dry-run", "--threestudio-root", str(tmp_path / "nowhere")])
+    assert code == 2 and "bash install.sh" in errtext
+
+
+def test_threestudio_without_link_or_configs(tmp_path):
+    opts = make_opts(tmp_path, threestudio_root=fake_threestudio(tmp_path / "a", link=False))
+    with pytest.raises(Hifi123Error, match="not installed in threestudio") as err:
+        rn.check_threestudio(opts)
+    assert "bash install.sh" in err.value.fix
+    opts = make_opts(tmp_path / "b", threestudio_root=fake_threestudio(tmp_path / "c", configs=False))
+    with pytest.raises(Hifi123Error, match="configs/coarse.yaml"):
+        rn.check_threestudio(opts)
+
+
+def test_missing_gpu_error_but_dry_run_works(tmp_path, no_gpu):
+    opts = make_opts(tmp_path)
+    with pytest.raises(Hifi123Error) as err:
+        rn.run_image(opts, execute=FakeExecutor(opts), say=lambda m: None)
+    assert "torch.cuda.is_available() is False" in err.value.what and "--dry-run" in err.value.fix
+    assert rn.run_image(opts, dry_run=True, say=lambda m: None) == {}
+    make_done(opts, *pl.stage_names("hifi123"))
+    rn.run_image(opts, execute=FakeExecutor(opts), say=lambda m: None)  # nothing to run: no GPU needed
+
+
+def test_missing_image_and_bad_options(tmp_path):
+    opts = make_opts(tmp_path, image=str(tmp_path / "nope.png"))
+    with pytest.raises(InputError, match="nope.png not found"):
+        rn.run_image(opts, dry_run=True, say=lambda m: None)
+    root = fake_threestudio(tmp_path / "r")
+    for argv, needle in [([], "either IMAGE or --manifest"),
+                         ([SAMPLE, "--gpus", "0,1"], "--gpus is for --manifest"),
+                         (["--manifest", "m.txt", "--gpu", "0"], "--gpu is for one image"),
+                         ([SAMPLE, "--gpu", "cuda:0"], "bad --gpu"),
+                         ([SAMPLE, "--set", "nokey"], "bad --set")]:
+        code, _, errtext = _cli(argv + ["--threestudio-root", root, "--dry-run"])
+        assert code == 2 and needle in errtext, (argv, errtext)
