@@ -29,7 +29,7 @@ class _SphereGeometry:
 
 
 def test_depth_is_the_distance_to_the_visible_surface(threestudio_env):
-    from hifi123.sample.make_sample import look_at_c2w, ray_directions
+    from hifi123.core.cameras import look_at_c2w, ray_directions
     from hifi123.testing.torch_rasterizer import TorchRasterizerContext
     from threestudio.utils.ops import get_mvp_matrix, get_projection_matrix
 

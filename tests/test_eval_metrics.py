@@ -239,7 +239,7 @@ def test_rasteriser_covers_each_pixel_once_with_shared_edges():
 
 
 def test_depth_render_and_backprojection_land_on_the_surface():
-    from hifi123.sample.make_sample import look_at_c2w
+    from hifi123.core.cameras import look_at_c2w
 
     v, f = _box()
     c2w = look_at_c2w(0.0, 0.0, 3.0)

@@ -129,8 +129,9 @@ def test_lowvram_refine_changes_only_memory_settings(tmp_path, threestudio_env):
 
 @pytest.mark.threestudio
 def test_geometry_and_renderer_forward_on_cpu(threestudio_env, tmp_path):
-    from hifi123.core.makeit3d.pointcloud import ViewCamera
-    from hifi123.threestudio_ext.point_cloud import MakeIt3DPointCloud, camera_batch
+    from hifi123.core.cameras import ViewCamera
+    from hifi123.threestudio_ext.cameras import camera_batch
+    from hifi123.threestudio_ext.geometry.point_cloud import MakeIt3DPointCloud
 
     find = threestudio_env.threestudio.find
     torch.manual_seed(0)
@@ -182,9 +183,10 @@ def test_renderer_refuses_bad_raster_settings(threestudio_env, field, value):
 def test_point_cloud_from_a_coarse_checkpoint(tmp_path, threestudio_env):
     """The chain the refine stage uses: a coarse threestudio checkpoint (+ its parsed.yaml) ->
     geometry/material/background/renderer -> renders -> point cloud (CPU test renderer)."""
-    from hifi123.core.makeit3d.pointcloud import PointCloudConfig, ViewCamera
+    from hifi123.core.cameras import ViewCamera
+    from hifi123.core.makeit3d.pointcloud import PointCloudConfig
     from hifi123.testing.torch_renderer import register_torch_volume_renderer
-    from hifi123.threestudio_ext.point_cloud import build_point_cloud_from_checkpoint
+    from hifi123.threestudio_ext.systems.makeit3d_refine import build_point_cloud_from_checkpoint
 
     renderer_name = register_torch_volume_renderer()
     from hifi123.testing.coarse_trial import write_coarse_trial

@@ -266,7 +266,7 @@ def test_rgsd_without_prompt_or_caption_warns(threestudio_env, tiny_models, tmp_
     shutil.copy(SAMPLE, image)
     warned = []
     monkeypatch.setattr(threestudio_env.threestudio, "warn", lambda msg, *a, **k: warned.append(msg))
-    import hifi123.threestudio_ext.rgnv_common as common
+    import hifi123.threestudio_ext.guidance.rgnv_common as common
 
     monkeypatch.setattr(common.threestudio, "warn", lambda msg, *a, **k: warned.append(msg))
     threestudio_env.threestudio.find("hifi123-rgsd-guidance")(_rgsd(tiny_models, cond_image_path=str(image), prompt=""))

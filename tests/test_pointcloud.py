@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hifi123.core.cameras import ViewCamera
 from hifi123.core.makeit3d import pointcloud as pc_mod
 from hifi123.core.makeit3d.point_raster import (
     PointRasterSettings,
@@ -18,7 +19,6 @@ from hifi123.core.makeit3d.point_raster import (
 )
 from hifi123.core.makeit3d.pointcloud import (
     PointCloudConfig,
-    ViewCamera,
     build_cameras,
     build_point_cloud,
     zbuffer_filter,

@@ -43,20 +43,20 @@ def test_registered_by_the_launch_style_load(threestudio_env):
     ts = threestudio_env.threestudio
     assert threestudio_env.ok, threestudio_env.output
     assert NAME in ts.__modules__ and NAME in hifi123.REGISTERED_NAMES
-    from hifi123.threestudio_ext.rgnv_guidance import RGNVGuidance
+    from hifi123.threestudio_ext.guidance.rgnv import RGNVGuidance
 
     assert ts.find(NAME) is RGNVGuidance
     assert not issubclass(RGNVGuidance, torch.nn.Module)  # a BaseObject: SD weights stay out of ckpts
 
 
 @pytest.mark.parametrize("adapter,core", [
-    ("hifi123.threestudio_ext.rgnv_guidance:RGNVGuidance", "hifi123.core.hifi123.rgnv_loss:RGNVLossConfig"),
-    ("hifi123.threestudio_ext.rgsd_guidance:RGSDGuidance", "hifi123.core.hifi123.rgsd:RGSDConfig"),
+    ("hifi123.threestudio_ext.guidance.rgnv:RGNVGuidance", "hifi123.core.hifi123.rgnv_loss:RGNVLossConfig"),
+    ("hifi123.threestudio_ext.guidance.rgsd:RGSDGuidance", "hifi123.core.hifi123.rgsd:RGSDConfig"),
 ])
 def test_config_mirrors_the_core_config(threestudio_env, adapter, core):
     import importlib
 
-    from hifi123.threestudio_ext.rgnv_common import RENAMED
+    from hifi123.threestudio_ext.guidance.rgnv_common import RENAMED
 
     def get(ref):
         mod, name = ref.split(":")

@@ -165,9 +165,10 @@ def bench_raster(size: int = REFINE_RENDER_SIZE, repeats: int = 5, threads: int 
 
     import numpy as np
 
+    from .core.cameras import ViewCamera
     from .core.makeit3d.deferred_unet import DeferredUNet
     from .core.makeit3d.point_raster import PointRasterSettings, rasterize_points
-    from .core.makeit3d.pointcloud import PointCloudConfig, ViewCamera, build_point_cloud
+    from .core.makeit3d.pointcloud import PointCloudConfig, build_point_cloud
     from .sample.make_sample import REF_DISTANCE, REF_FOVY_DEG, render_sample
 
     if threads:

@@ -5,6 +5,7 @@ expected and the command that fixes it.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional, Sequence, Tuple
 
@@ -174,3 +175,99 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]], pad: int = 4) -> torch.Te
             y, x = pad + i * (h + pad), pad + j * (w + pad)
             sheet[:, y : y + h, x : x + w] = resize(im[None, :3].float(), h)[0] if im.shape[-1] != w else im[:3]
     return sheet
+
+
+# ------------------------------------------------------------------------ depth PNG and textures
+def to_u8(x):
+    return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def encode_depth_png(depth_z, mask):
+    """Disparity min-max normalised inside the mask, near = bright.
+
+    Returns ``(uint8 [H, W], disparity_min, disparity_max)``."""
+    disp = np.zeros_like(depth_z, dtype=np.float64)
+    disp[mask] = 1.0 / depth_z[mask]
+    dmin = float(disp[mask].min())
+    dmax = float(disp[mask].max())
+    v = np.zeros_like(disp)
+    v[mask] = (disp[mask] - dmin) / (dmax - dmin)
+    out = to_u8(v)
+    out[~mask] = 0
+    return out, dmin, dmax
+
+
+def decode_depth_png(values_u8, mask, disparity_min, disparity_max):
+    """Camera z-depth from the 8-bit depth PNG (0 outside ``mask``)."""
+    v = np.asarray(values_u8, dtype=np.float64) / 255.0
+    disp = disparity_min + v * (disparity_max - disparity_min)
+    return np.where(mask, 1.0 / disp, 0.0)
+
+
+
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+def _hash_uniform(ix, iy, salt: int) -> np.ndarray:
+    """Deterministic uniform [0, 1) values for integer lattice coordinates (murmur3 mix)."""
+    h = (ix.astype(np.uint64) * np.uint64(0x8DA6B343)) & _M32
+    h ^= (iy.astype(np.uint64) * np.uint64(0xD8163841)) & _M32
+    h ^= np.uint64((salt * 0xCB1AB31F) & 0xFFFFFFFF)
+    h ^= h >> np.uint64(16)
+    h = (h * np.uint64(0x85EBCA6B)) & _M32
+    h ^= h >> np.uint64(13)
+    h = (h * np.uint64(0xC2B2AE35)) & _M32
+    h ^= h >> np.uint64(16)
+    return h.astype(np.float64) / 4294967296.0
+
+
+def _value_noise(H, W, freq, salt):
+    """Smooth value noise on a lattice of ``freq`` cells per image side (largest side)."""
+    s = float(max(H, W))
+    ox = 0.37 * salt % 1.0 * 17.0  # per-octave lattice offset (hides lattice alignment)
+    oy = 0.61 * salt % 1.0 * 23.0
+    u = (np.arange(W, dtype=np.float64) + 0.5) / s * freq + ox
+    v = (np.arange(H, dtype=np.float64) + 0.5) / s * freq + oy
+    iu = np.floor(u)
+    iv = np.floor(v)
+    fu = u - iu
+    fv = v - iv
+    fu = fu * fu * (3.0 - 2.0 * fu)
+    fv = fv * fv * (3.0 - 2.0 * fv)
+    IU = np.broadcast_to(iu.astype(np.int64)[None, :], (H, W))
+    IV = np.broadcast_to(iv.astype(np.int64)[:, None], (H, W))
+    a = _hash_uniform(IU, IV, salt)
+    b = _hash_uniform(IU + 1, IV, salt)
+    c = _hash_uniform(IU, IV + 1, salt)
+    d = _hash_uniform(IU + 1, IV + 1, salt)
+    FU = fu[None, :]
+    FV = fv[:, None]
+    top = a + (b - a) * FU
+    bot = c + (d - c) * FU
+    return top + (bot - top) * FV
+
+
+def procedural_background(size, seed: int = 0) -> np.ndarray:
+    """Grey concrete-like texture [H, W, 3], float in [0, 1], mean ~0.5, std ~0.1.
+
+    ``size`` is an int (square) or ``(H, W)``.  Deterministic for a given ``(size, seed)``;
+    features scale with the image, so smaller sizes look like downscaled versions."""
+    if isinstance(size, (tuple, list)):
+        H, W = int(size[0]), int(size[1])
+    else:
+        H = W = int(size)
+    seed = int(seed)
+    g = np.zeros((H, W))
+    octaves = ((4, 0.45), (8, 0.45), (16, 0.5), (32, 0.5), (64, 0.45), (128, 0.4), (256, 0.3))
+    for k, (freq, amp) in enumerate(octaves):
+        g += amp * _value_noise(H, W, freq, 1 + 101 * seed + k)
+    # sparse dark pores / aggregate specks
+    pores = _value_noise(H, W, 160, 11 + 101 * seed)
+    g -= 4.0 * np.maximum(pores - 0.9, 0.0)
+    flat = g.ravel().tolist()
+    mean = math.fsum(flat) / len(flat)
+    var = math.fsum([(x - mean) * (x - mean) for x in flat]) / len(flat)
+    z = (g - mean) / math.sqrt(var)
+    grey = 0.5 + 0.1 * z
+    tint = np.array([1.02, 1.0, 0.97])
+    return np.clip(grey[..., None] * tint, 0.0, 1.0)

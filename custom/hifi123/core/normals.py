@@ -13,8 +13,11 @@ threestudio's own cameras, geometry and renderer on the sample object.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .images import to_u8
 
 
 def decode_file_normal(ref_normal: torch.Tensor) -> torch.Tensor:
@@ -35,3 +38,17 @@ def reference_normal_loss(ref_normal: torch.Tensor, comp_normal: torch.Tensor, m
     gt = decode_file_normal(ref_normal[mask])
     pred = decode_render_normal(comp_normal[mask])
     return 1.0 - F.cosine_similarity(pred, gt, dim=-1).mean()
+
+
+def encode_normal_png(normal_world, mask):
+    """uint8 [H, W, 3] in PIL "RGB" order = (z, y, x) of ``v = (1 - n) / 2``; 0 outside."""
+    v = to_u8((1.0 - normal_world) * 0.5)[..., ::-1]
+    v = np.ascontiguousarray(v)
+    v[~mask] = 0
+    return v
+
+
+def decode_normal_png(pil_rgb_u8):
+    """World normals from the PIL-decoded normal PNG (emulates threestudio's cv2 reading)."""
+    v = np.asarray(pil_rgb_u8, dtype=np.float64)[..., ::-1] / 255.0  # cv2 BGR order -> (x,y,z)
+    return 1.0 - 2.0 * v

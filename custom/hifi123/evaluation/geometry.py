@@ -186,7 +186,7 @@ def depth_points(
 ) -> np.ndarray:
     """World points back-projected from the mesh's depth maps in the given (elev, azim) cameras,
     which orbit `center` at `distance`. [N,3]."""
-    from ..sample.make_sample import backproject_depth, look_at_c2w
+    from ..core.cameras import backproject_depth, look_at_c2w
 
     center = np.asarray(center, dtype=np.float64)
     out = []

@@ -42,7 +42,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..sample.make_sample import encode_depth_png, encode_normal_png, look_at_c2w
+from ..core.cameras import look_at_c2w
+from ..core.images import encode_depth_png
+from ..core.normals import encode_normal_png
 
 
 @dataclass(frozen=True)

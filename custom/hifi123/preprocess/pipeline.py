@@ -291,7 +291,7 @@ def is_up_to_date(input_path: str, paths: OutputPaths, settings: dict) -> bool:
 
 def contact_sheet(rgba_u8: np.ndarray, depth_u8: np.ndarray, normal_u8: np.ndarray) -> np.ndarray:
     """uint8 [H, 3W + 4 pad, 3]: rgba on a checkerboard | depth | normals as (n + 1) / 2 (x,y,z = RGB)."""
-    from ..sample.make_sample import decode_normal_png
+    from ..core.normals import decode_normal_png
 
     h, w = depth_u8.shape
     a = rgba_u8[..., 3:4].astype(np.float32) / 255.0

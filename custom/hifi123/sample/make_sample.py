@@ -74,13 +74,26 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+# cameras, textures and file encodings live in the core (this generator only uses them); they are
+# re-exported here for the sample's callers
+from ..core.cameras import (  # noqa: F401
+    backproject_depth,
+    focal_from_fovy,
+    look_at_c2w,
+    pixel_directions,
+    project_points,
+    ray_directions,
+    rotate_vectors,
+)
+from ..core.images import decode_depth_png, encode_depth_png, procedural_background, to_u8  # noqa: F401
+from ..core.normals import decode_normal_png, encode_normal_png  # noqa: F401
 
 __all__ = [
     "REF_ELEVATION_DEG",
@@ -301,84 +314,6 @@ def sample_albedo(points) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# cameras (threestudio conventions)
-# ----------------------------------------------------------------------------------------------
-def _normalize3(v):
-    n = math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])
-    return (v[0] / n, v[1] / n, v[2] / n)
-
-
-def _cross(a, b):
-    return (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
-
-
-def look_at_c2w(elevation_deg: float, azimuth_deg: float, distance: float) -> np.ndarray:
-    """Camera-to-world 4x4 matrix of a camera orbiting the origin (threestudio convention)."""
-    e = math.radians(float(elevation_deg))
-    a = math.radians(float(azimuth_deg))
-    d = float(distance)
-    pos = (d * math.cos(e) * math.cos(a), d * math.cos(e) * math.sin(a), d * math.sin(e))
-    lookat = _normalize3((-pos[0], -pos[1], -pos[2]))
-    right = _normalize3(_cross(lookat, (0.0, 0.0, 1.0)))
-    up = _cross(right, lookat)
-    c2w = np.eye(4, dtype=np.float64)
-    c2w[:3, 0] = right
-    c2w[:3, 1] = up
-    c2w[:3, 2] = (-lookat[0], -lookat[1], -lookat[2])
-    c2w[:3, 3] = pos
-    return c2w
-
-
-def focal_from_fovy(height: int, fovy_deg: float) -> float:
-    return 0.5 * float(height) / math.tan(0.5 * math.radians(float(fovy_deg)))
-
-
-def _pixel_directions(H, W, fovy_deg, off_x=0.5, off_y=0.5):
-    f = focal_from_fovy(H, fovy_deg)
-    i = np.arange(W, dtype=np.float64) + off_x
-    j = np.arange(H, dtype=np.float64) + off_y
-    dx = np.broadcast_to(((i - 0.5 * W) / f)[None, :], (H, W))
-    dy = np.broadcast_to((-(j - 0.5 * H) / f)[:, None], (H, W))
-    return np.stack([dx, dy, -np.ones((H, W))], axis=-1)
-
-
-def ray_directions(H: int, W: int, fovy_deg: float) -> np.ndarray:
-    """Camera-space ray directions [H, W, 3], z = -1, through pixel centres (+0.5)."""
-    return _pixel_directions(int(H), int(W), fovy_deg)
-
-
-def _rotate(R, d):
-    """R @ d for d [..., 3], written element-wise (deterministic, no BLAS)."""
-    x, y, z = d[..., 0], d[..., 1], d[..., 2]
-    return np.stack([R[k, 0] * x + R[k, 1] * y + R[k, 2] * z for k in range(3)], axis=-1)
-
-
-def backproject_depth(depth_z, c2w, fovy_deg: float) -> np.ndarray:
-    """World points [H, W, 3] of a camera z-depth map [H, W] (``position + z * R @ dir_cam``)."""
-    depth_z = np.asarray(depth_z, dtype=np.float64)
-    c2w = np.asarray(c2w, dtype=np.float64)
-    H, W = depth_z.shape
-    d_world = _rotate(c2w[:3, :3], ray_directions(H, W, fovy_deg))
-    return c2w[:3, 3] + depth_z[..., None] * d_world
-
-
-def project_points(points, c2w, fovy_deg: float, H: int, W: int):
-    """Project world points [..., 3] to continuous pixel coords.
-
-    Returns ``(u, v, z)``: column, row (pixel centres at integer + 0.5) and camera z-depth."""
-    p = _as_points(points)
-    c2w = np.asarray(c2w, dtype=np.float64)
-    R, t = c2w[:3, :3], c2w[:3, 3]
-    q = p - t
-    pc = _rotate(R.T, q)
-    f = focal_from_fovy(H, fovy_deg)
-    z = -pc[..., 2]
-    u = pc[..., 0] / z * f + 0.5 * W
-    v = -pc[..., 1] / z * f + 0.5 * H
-    return u, v, z
-
-
-# ----------------------------------------------------------------------------------------------
 # rendering
 # ----------------------------------------------------------------------------------------------
 def cast_rays(origins, dirs, max_steps: int = 300, eps: float = 1e-6, miss_tol: float = 1e-4):
@@ -454,10 +389,10 @@ def render_sample(
 
     ss = max(int(supersample), 1)
     offs = [(k + 0.5) / ss for k in range(ss)]
-    dir_sets = [_pixel_directions(H, W, fovy_deg)]
-    dir_sets += [_pixel_directions(H, W, fovy_deg, ox, oy) for oy in offs for ox in offs]
+    dir_sets = [pixel_directions(H, W, fovy_deg)]
+    dir_sets += [pixel_directions(H, W, fovy_deg, ox, oy) for oy in offs for ox in offs]
     dirs_cam = np.stack(dir_sets, axis=0).reshape(-1, 3)
-    hit, t = cast_rays(cam, _rotate(R, dirs_cam))
+    hit, t = cast_rays(cam, rotate_vectors(R, dirs_cam))
     hit = hit.reshape(len(dir_sets), H * W)
     t = t.reshape(len(dir_sets), H * W)
     dirs_cam = dirs_cam.reshape(len(dir_sets), H * W, 3)
@@ -468,7 +403,7 @@ def render_sample(
     dc = dirs_cam[0, idx]
     dlen = _len3(dc[:, 0], dc[:, 1], dc[:, 2])
     depth = t[0, idx] / dlen  # camera z-depth (dir_cam has z = -1)
-    pts = cam + depth[:, None] * _rotate(R, dc)
+    pts = cam + depth[:, None] * rotate_vectors(R, dc)
     nrm = sample_normal(pts)
     centre_rgb = _shade(pts, nrm, light)
 
@@ -479,7 +414,7 @@ def render_sample(
         sidx = np.nonzero(hit[s])[0]
         ds = dirs_cam[s, sidx]
         ls = _len3(ds[:, 0], ds[:, 1], ds[:, 2])
-        ps = cam + (t[s, sidx] / ls)[:, None] * _rotate(R, ds)
+        ps = cam + (t[s, sidx] / ls)[:, None] * rotate_vectors(R, ds)
         acc[sidx] += _shade(ps, sample_normal(ps), light)
         cnt[sidx] += 1.0
     rgb = np.zeros((H * W, 3))
@@ -502,120 +437,6 @@ def render_sample(
         "focal": focal_from_fovy(H, fovy_deg),
         "fovy_deg": float(fovy_deg),
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# procedural background (integer-hash value noise)
-# ----------------------------------------------------------------------------------------------
-_M32 = np.uint64(0xFFFFFFFF)
-
-
-def _hash_uniform(ix, iy, salt: int) -> np.ndarray:
-    """Deterministic uniform [0, 1) values for integer lattice coordinates (murmur3 mix)."""
-    h = (ix.astype(np.uint64) * np.uint64(0x8DA6B343)) & _M32
-    h ^= (iy.astype(np.uint64) * np.uint64(0xD8163841)) & _M32
-    h ^= np.uint64((salt * 0xCB1AB31F) & 0xFFFFFFFF)
-    h ^= h >> np.uint64(16)
-    h = (h * np.uint64(0x85EBCA6B)) & _M32
-    h ^= h >> np.uint64(13)
-    h = (h * np.uint64(0xC2B2AE35)) & _M32
-    h ^= h >> np.uint64(16)
-    return h.astype(np.float64) / 4294967296.0
-
-
-def _value_noise(H, W, freq, salt):
-    """Smooth value noise on a lattice of ``freq`` cells per image side (largest side)."""
-    s = float(max(H, W))
-    ox = 0.37 * salt % 1.0 * 17.0  # per-octave lattice offset (hides lattice alignment)
-    oy = 0.61 * salt % 1.0 * 23.0
-    u = (np.arange(W, dtype=np.float64) + 0.5) / s * freq + ox
-    v = (np.arange(H, dtype=np.float64) + 0.5) / s * freq + oy
-    iu = np.floor(u)
-    iv = np.floor(v)
-    fu = u - iu
-    fv = v - iv
-    fu = fu * fu * (3.0 - 2.0 * fu)
-    fv = fv * fv * (3.0 - 2.0 * fv)
-    IU = np.broadcast_to(iu.astype(np.int64)[None, :], (H, W))
-    IV = np.broadcast_to(iv.astype(np.int64)[:, None], (H, W))
-    a = _hash_uniform(IU, IV, salt)
-    b = _hash_uniform(IU + 1, IV, salt)
-    c = _hash_uniform(IU, IV + 1, salt)
-    d = _hash_uniform(IU + 1, IV + 1, salt)
-    FU = fu[None, :]
-    FV = fv[:, None]
-    top = a + (b - a) * FU
-    bot = c + (d - c) * FU
-    return top + (bot - top) * FV
-
-
-def procedural_background(size, seed: int = 0) -> np.ndarray:
-    """Grey concrete-like texture [H, W, 3], float in [0, 1], mean ~0.5, std ~0.1.
-
-    ``size`` is an int (square) or ``(H, W)``.  Deterministic for a given ``(size, seed)``;
-    features scale with the image, so smaller sizes look like downscaled versions."""
-    if isinstance(size, (tuple, list)):
-        H, W = int(size[0]), int(size[1])
-    else:
-        H = W = int(size)
-    seed = int(seed)
-    g = np.zeros((H, W))
-    octaves = ((4, 0.45), (8, 0.45), (16, 0.5), (32, 0.5), (64, 0.45), (128, 0.4), (256, 0.3))
-    for k, (freq, amp) in enumerate(octaves):
-        g += amp * _value_noise(H, W, freq, 1 + 101 * seed + k)
-    # sparse dark pores / aggregate specks
-    pores = _value_noise(H, W, 160, 11 + 101 * seed)
-    g -= 4.0 * np.maximum(pores - 0.9, 0.0)
-    flat = g.ravel().tolist()
-    mean = math.fsum(flat) / len(flat)
-    var = math.fsum([(x - mean) * (x - mean) for x in flat]) / len(flat)
-    z = (g - mean) / math.sqrt(var)
-    grey = 0.5 + 0.1 * z
-    tint = np.array([1.02, 1.0, 0.97])
-    return np.clip(grey[..., None] * tint, 0.0, 1.0)
-
-
-# ----------------------------------------------------------------------------------------------
-# encodings
-# ----------------------------------------------------------------------------------------------
-def _to_u8(x):
-    return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def encode_depth_png(depth_z, mask):
-    """Disparity min-max normalised inside the mask, near = bright.
-
-    Returns ``(uint8 [H, W], disparity_min, disparity_max)``."""
-    disp = np.zeros_like(depth_z, dtype=np.float64)
-    disp[mask] = 1.0 / depth_z[mask]
-    dmin = float(disp[mask].min())
-    dmax = float(disp[mask].max())
-    v = np.zeros_like(disp)
-    v[mask] = (disp[mask] - dmin) / (dmax - dmin)
-    out = _to_u8(v)
-    out[~mask] = 0
-    return out, dmin, dmax
-
-
-def decode_depth_png(values_u8, mask, disparity_min, disparity_max):
-    """Camera z-depth from the 8-bit depth PNG (0 outside ``mask``)."""
-    v = np.asarray(values_u8, dtype=np.float64) / 255.0
-    disp = disparity_min + v * (disparity_max - disparity_min)
-    return np.where(mask, 1.0 / disp, 0.0)
-
-
-def encode_normal_png(normal_world, mask):
-    """uint8 [H, W, 3] in PIL "RGB" order = (z, y, x) of ``v = (1 - n) / 2``; 0 outside."""
-    v = _to_u8((1.0 - normal_world) * 0.5)[..., ::-1]
-    v = np.ascontiguousarray(v)
-    v[~mask] = 0
-    return v
-
-
-def decode_normal_png(pil_rgb_u8):
-    """World normals from the PIL-decoded normal PNG (emulates threestudio's cv2 reading)."""
-    v = np.asarray(pil_rgb_u8, dtype=np.float64)[..., ::-1] / 255.0  # cv2 BGR order -> (x,y,z)
-    return 1.0 - 2.0 * v
 
 
 # ----------------------------------------------------------------------------------------------
@@ -659,7 +480,7 @@ def coarse_demo_view(size: int = REF_SIZE, azimuth_deg: float = 90.0, elevation_
     low = size // 4
     r = render_sample(elevation_deg, azimuth_deg, REF_DISTANCE, REF_FOVY_DEG, low, supersample=1)
     small = np.zeros((low, low, 4), dtype=np.uint8)
-    small[..., :3] = _to_u8(r["rgb"])
+    small[..., :3] = to_u8(r["rgb"])
     small[..., :3][~r["alpha"]] = 0
     small[..., 3] = np.where(r["alpha"], 255, 0).astype(np.uint8)
     return np.repeat(np.repeat(small, 4, axis=0), 4, axis=1)
@@ -675,7 +496,7 @@ def write_sample_assets(out_dir=None, size: int = REF_SIZE, verbose: bool = Fals
     t1 = time.perf_counter()
 
     rgba = np.zeros((size, size, 4), dtype=np.uint8)
-    rgba[..., :3] = _to_u8(r["rgb"])
+    rgba[..., :3] = to_u8(r["rgb"])
     rgba[..., :3][~mask] = 0
     rgba[..., 3] = np.where(mask, 255, 0).astype(np.uint8)
     _save_png(rgba, out / "sample_rgba.png", "RGBA")
@@ -683,7 +504,7 @@ def write_sample_assets(out_dir=None, size: int = REF_SIZE, verbose: bool = Fals
     depth_u8, dmin, dmax = encode_depth_png(r["depth_z"], mask)
     _save_png(depth_u8, out / "sample_depth.png", "L")
     _save_png(encode_normal_png(r["normal_world"], mask), out / "sample_normal.png", "RGB")
-    _save_png(_to_u8(procedural_background(size, seed=0)), out / "bg_texture.png", "RGB")
+    _save_png(to_u8(procedural_background(size, seed=0)), out / "bg_texture.png", "RGB")
     (out / "sample_caption.txt").write_text(CAPTION + "\n")
     _save_png(coarse_demo_view(size), out / "sample_coarse_az090_rgba.png", "RGBA")
 

@@ -9,11 +9,9 @@ from __future__ import annotations
 # importing a component module registers its names
 from . import (
     data,  # noqa: F401  hifi123- and makeit3d-single-image-datamodule
-    makeit3d_guidance,  # noqa: F401  makeit3d-guidance
-    point_cloud,  # noqa: F401  makeit3d-point-cloud, makeit3d-deferred-renderer
-    renderers,  # noqa: F401  hifi123-nvdiff-rasterizer
-    rgnv_guidance,  # noqa: F401  hifi123-rgnv-guidance
-    rgsd_guidance,  # noqa: F401  hifi123-rgsd-guidance
+    geometry,  # noqa: F401  makeit3d-point-cloud
+    guidance,  # noqa: F401  makeit3d-guidance, hifi123-rgnv-guidance, hifi123-rgsd-guidance
+    renderers,  # noqa: F401  hifi123-nvdiff-rasterizer, makeit3d-deferred-renderer
     systems,  # noqa: F401  hifi123-system, makeit3d-system
 )
 from .registry import register  # noqa: F401

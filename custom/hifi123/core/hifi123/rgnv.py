@@ -160,7 +160,7 @@ class RGNVPipeline:
             return torch.ones(1, 3, size, size)
         if kind == "grey":
             return torch.tensor(GREY).view(1, 3, 1, 1).expand(1, 3, size, size).clone()
-        from ...sample.make_sample import procedural_background
+        from ..images import procedural_background
 
         return to_tensor_image(np.asarray(procedural_background(size, seed=self.cfg.texture_seed), dtype=np.float32))
 

@@ -7,7 +7,7 @@ Works from ANY renderer: a callable ``render_fn(camera: ViewCamera) -> mapping``
 * ``depth``    [H, W] (or [H, W, 1], [1, H, W, 1]) either the camera z-depth (``depth_type="z"``)
   or the distance along the unit-length pixel ray (``depth_type="distance"``; threestudio's NeRF
   renderers return the opacity-WEIGHTED distance: divide it by the opacity first, as
-  :class:`hifi123.threestudio_ext.point_cloud.ThreestudioRenderFn` does),
+  :class:`hifi123.threestudio_ext.systems.makeit3d_refine.ThreestudioRenderFn` does),
 * ``opacity``  [H, W] accumulated opacity in [0, 1],
 
 as numpy arrays or torch tensors, for a threestudio camera (see :class:`ViewCamera`).
@@ -52,63 +52,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..cameras import ViewCamera
 from .point_raster import pixel_ray_norms, project_points, rasterize_fragments
 
 DEPTH_TYPES = ("z", "distance")
-
-
-# ------------------------------------------------------------------------------------ cameras
-def look_at_c2w(elevation_deg: float, azimuth_deg: float, distance: float) -> np.ndarray:
-    """threestudio camera-to-world matrix [4, 4] of a camera at (elevation, azimuth, distance)
-    looking at the origin, world z up: position r (cos e cos a, cos e sin a, sin e), columns
-    [right, up, -lookat | position]."""
-    e, a = math.radians(float(elevation_deg)), math.radians(float(azimuth_deg))
-    pos = float(distance) * np.array([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)])
-    lookat = -pos / np.linalg.norm(pos)
-    right = np.cross(lookat, [0.0, 0.0, 1.0])
-    right /= np.linalg.norm(right)
-    up = np.cross(right, lookat)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, up, -lookat, pos
-    return c2w
-
-
-@dataclass
-class ViewCamera:
-    """A threestudio pinhole camera: `c2w` [4, 4] (OpenGL axes, looks along -z), vertical FOV in
-    degrees, size in pixels; the orbit angles are kept for renderers that want them."""
-
-    c2w: np.ndarray
-    fovy_deg: float
-    height: int
-    width: int
-    elevation_deg: float = float("nan")
-    azimuth_deg: float = float("nan")
-    distance: float = float("nan")
-
-    @classmethod
-    def orbit(cls, elevation_deg, azimuth_deg, distance, fovy_deg, height, width=None) -> "ViewCamera":
-        return cls(
-            look_at_c2w(elevation_deg, azimuth_deg, distance), float(fovy_deg), int(height),
-            int(width if width is not None else height), float(elevation_deg), float(azimuth_deg), float(distance),
-        )
-
-    @property
-    def fovy(self) -> float:
-        return math.radians(self.fovy_deg)
-
-    @property
-    def focal(self) -> float:
-        return 0.5 * self.height / math.tan(0.5 * self.fovy)
-
-    def resized(self, height: int, width: Optional[int] = None) -> "ViewCamera":
-        return ViewCamera(
-            self.c2w, self.fovy_deg, int(height), int(width if width is not None else height),
-            self.elevation_deg, self.azimuth_deg, self.distance,
-        )
-
-    def c2w_tensor(self, device=None, dtype=torch.float32) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(self.c2w), dtype=dtype, device=device)
 
 
 # ------------------------------------------------------------------------------------- config

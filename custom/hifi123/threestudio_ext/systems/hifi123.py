@@ -27,9 +27,10 @@ from typing import Any, Dict, Optional, Tuple
 
 import threestudio
 import torch
-import torch.nn.functional as F
 
+from ...core.cameras import ViewCamera
 from ...core.hifi123.rgsd import FixedViewSchedule
+from ..cameras import camera_batch
 from ..registry import register
 from .base import ImageConditionedSystem
 
@@ -39,37 +40,12 @@ CHECKPOINT_KEY = "hifi123_rgsd"
 
 
 def fixed_view_batch(elevation_deg: float, azimuth_deg: float, like: Dict[str, Any], height: int, width: int) -> Dict[str, Any]:
-    """A one-view camera batch in threestudio's conventions (as its random-camera generator builds
-    them) at the given pose, with distance and field of view taken from batch `like`."""
-    from threestudio.utils.ops import (
-        get_mvp_matrix,
-        get_projection_matrix,
-        get_ray_directions,
-        get_rays,
-    )
-
-    dev = like["camera_distances"].device
-    dist = like["camera_distances"].reshape(-1)[:1].float()
-    fovy = like["fovy"].reshape(-1)[:1].float()  # radians
-    e, a = math.radians(elevation_deg), math.radians(azimuth_deg)
-    pos = torch.stack([dist * math.cos(e) * math.cos(a), dist * math.cos(e) * math.sin(a), dist * math.sin(e)], -1)
-    up = torch.tensor([[0.0, 0.0, 1.0]], device=dev)
-    lookat = F.normalize(-pos, dim=-1)
-    right = F.normalize(torch.cross(lookat, up, dim=-1), dim=-1)
-    up = F.normalize(torch.cross(right, lookat, dim=-1), dim=-1)
-    c2w3x4 = torch.cat([torch.stack([right, up, -lookat], -1), pos[:, :, None]], -1)
-    c2w = torch.cat([c2w3x4, torch.zeros_like(c2w3x4[:, :1])], 1)
-    c2w[:, 3, 3] = 1.0
-    focal = 0.5 * height / torch.tan(0.5 * fovy)
-    dirs = get_ray_directions(height, width, float(focal)).to(dev)[None]
-    rays_o, rays_d = get_rays(dirs, c2w, keepdim=True)
-    proj = get_projection_matrix(fovy.cpu(), width / height, 0.1, 1000.0).to(dev)
-    return {
-        "rays_o": rays_o, "rays_d": rays_d, "mvp_mtx": get_mvp_matrix(c2w, proj), "c2w": c2w,
-        "camera_positions": pos, "light_positions": pos,
-        "elevation": torch.tensor([elevation_deg], device=dev), "azimuth": torch.tensor([azimuth_deg], device=dev),
-        "camera_distances": dist, "fovy": fovy, "height": height, "width": width,
-    }
+    """The threestudio batch of a fixed view at the given pose, with the distance and field of view
+    of batch `like` (the reference view)."""
+    dist = float(like["camera_distances"].reshape(-1)[0])
+    fovy_deg = math.degrees(float(like["fovy"].reshape(-1)[0]))  # threestudio keeps radians
+    camera = ViewCamera.orbit(elevation_deg, azimuth_deg, dist, fovy_deg, height, width)
+    return camera_batch(camera, like["camera_distances"].device)
 
 
 @register("hifi123-system")
@@ -101,7 +77,7 @@ class HiFi123System(ImageConditionedSystem):
     def build_guidance(self) -> None:
         pp = self.cfg.prompt_processor
         if self.cfg.prompt_processor_type and not str(pp.get("prompt", "") or "").strip():
-            from ..rgnv_common import caption_for
+            from ..guidance.rgnv_common import caption_for
 
             caption = caption_for(self.cfg.image_path)
             if not caption:

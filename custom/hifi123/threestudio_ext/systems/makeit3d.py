@@ -24,7 +24,9 @@ from ...core.makeit3d.cameras import is_back_view
 from ...core.makeit3d.point_refine import REFINE_TERMS
 from ...core.makeit3d.pointcloud import PointCloudConfig
 from ...core.makeit3d.prior import TERMS
-from ..point_cloud import (
+from ..registry import register
+from .base import ImageConditionedSystem
+from .makeit3d_refine import (
     build_refine_point_cloud,
     refine_config,
     refine_reference_terms,
@@ -32,8 +34,6 @@ from ..point_cloud import (
     save_initial_point_cloud,
     save_refine_exports,
 )
-from ..registry import register
-from .base import ImageConditionedSystem
 
 STAGES = ("coarse", "refine")
 

@@ -29,8 +29,8 @@ from typing import Any, Dict, List, Optional
 import torch
 from threestudio.utils.base import BaseObject
 
-from ..core.hifi123.rgsd import RGSD, RGSDConfig, relative_fixed_cameras
-from .registry import StrictConfig, register
+from ...core.hifi123.rgsd import RGSD, RGSDConfig, relative_fixed_cameras
+from ..registry import StrictConfig, register
 from .rgnv_common import LazyRGNVCore, RGNVGuidanceFields
 
 
@@ -59,7 +59,7 @@ class RGSDGuidance(StrictConfig, LazyRGNVCore, BaseObject):
         return self.core.pipe.c.device
 
     def move_core(self, device: torch.device) -> None:
-        from ..core.hifi123.render_guidance import move_pipeline
+        from ...core.hifi123.render_guidance import move_pipeline
 
         move_pipeline(self.core.pipe, device)
 

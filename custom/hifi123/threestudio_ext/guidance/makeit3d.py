@@ -34,13 +34,18 @@ import torch
 from threestudio.utils.base import BaseObject
 from threestudio.utils.misc import C
 
-from ..core.makeit3d.cameras import relative_azimuth
-from ..core.makeit3d.prior import TERMS, MakeIt3DPrior, MakeIt3DPriorConfig, build_prior_from_models
-from ..core.makeit3d.reference import reference_rgba, resolve_prompt
-from ..errors import InputError
-from ..models.clip_encoder import DEFAULT_OPEN_CLIP, load_clip_encoder, preflight_clip
-from ..models.loader import DEFAULT_MODELS, DIFFUSION_SUBFOLDERS, load_diffusion, preflight
-from .registry import StrictConfig, register
+from ...core.makeit3d.cameras import relative_azimuth
+from ...core.makeit3d.prior import (
+    TERMS,
+    MakeIt3DPrior,
+    MakeIt3DPriorConfig,
+    build_prior_from_models,
+)
+from ...core.makeit3d.reference import reference_rgba, resolve_prompt
+from ...errors import InputError
+from ...models.clip_encoder import DEFAULT_OPEN_CLIP, load_clip_encoder, preflight_clip
+from ...models.loader import DEFAULT_MODELS, DIFFUSION_SUBFOLDERS, load_diffusion, preflight
+from ..registry import StrictConfig, register
 
 #: adapter field -> core field where the names differ
 RENAMED = {"weighting_strategy": "weighting"}
@@ -120,7 +125,7 @@ class MakeIt3DGuidance(StrictConfig, BaseObject):
                 dtype=dtype, device=device, attention=self.cfg.attention,
             )
             if self.cfg.vae_gradient_checkpointing:
-                from ..core.makeit3d.prior import enable_vae_gradient_checkpointing
+                from ...core.makeit3d.prior import enable_vae_gradient_checkpointing
 
                 enable_vae_gradient_checkpointing(components.vae)
             clip = load_clip_encoder(self.cfg.clip_backend, self.cfg.clip_model, self.cfg.clip_pretrained, device=device)

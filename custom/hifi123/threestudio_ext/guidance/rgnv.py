@@ -33,8 +33,8 @@ from typing import Any, Dict, Optional
 import torch
 from threestudio.utils.base import BaseObject
 
-from ..core.hifi123.rgnv_loss import RGNVImageLoss, RGNVLossConfig
-from .registry import StrictConfig, register
+from ...core.hifi123.rgnv_loss import RGNVImageLoss, RGNVLossConfig
+from ..registry import StrictConfig, register
 from .rgnv_common import LazyRGNVCore, RGNVGuidanceFields
 
 

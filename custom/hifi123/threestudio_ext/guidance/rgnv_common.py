@@ -18,8 +18,8 @@ import threestudio
 import torch
 from threestudio.utils.base import BaseObject
 
-from ..core.makeit3d.reference import caption_path
-from ..models.loader import DEFAULT_MODELS
+from ...core.makeit3d.reference import caption_path
+from ...models.loader import DEFAULT_MODELS
 
 #: adapter field -> core field, where threestudio's naming differs from ours
 RENAMED = {"cond_image_path": "reference_image_path", "cond_depth_path": "reference_depth_path"}

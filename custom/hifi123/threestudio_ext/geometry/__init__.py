@@ -1,0 +1,1 @@
+from . import point_cloud  # noqa: F401  makeit3d-point-cloud
