@@ -17,7 +17,8 @@ from hifi123.core.makeit3d.prior import (
     select_clip_d,
     step_from_percent,
 )
-from hifi123.core.makeit3d.reference import caption_path, reference_on_white, resolve_prompt
+from hifi123.core.makeit3d.reference import reference_on_white
+from hifi123.core.prompts import caption_path, resolve_prompt
 from hifi123.errors import InputError
 from hifi123.testing.oracle import CleanLatentOracle
 
@@ -225,11 +226,13 @@ def test_vae_gradient_checkpointing_recomputes_and_keeps_gradients(tiny_models):
     assert len(runs) - n_plain > n_plain  # the decoder block ran again in the backward pass
 
 
-def test_caption_file_next_to_the_image_wins(tmp_path):
+def test_an_explicit_prompt_wins_then_the_caption_file(tmp_path):
     assert caption_path("a/b/toy_rgba.png") == "a/b/toy_caption.txt"
     assert caption_path("a/b/toy.png") == "a/b/toy_caption.txt"
-    prompt, src = resolve_prompt(SAMPLE, "ignored")
+    prompt, src = resolve_prompt(SAMPLE, "")
     assert prompt.startswith("a toy made of") and "caption file" in src
+    prompt, src = resolve_prompt(SAMPLE, "  a  wooden   toy ")  # a caption exists, the field wins
+    assert prompt == "a wooden toy" and src == "`prompt`"
     img = tmp_path / "obj_rgba.png"
     img.write_bytes(b"")
     assert resolve_prompt(str(img), "  a  red   chair ")[0] == "a red chair"

@@ -68,14 +68,13 @@ def _cmd_rgnv(args) -> int:
     out_dir = check_writable_dir(args.out)
     prompt = args.prompt
     if prompt is None:  # CFG needs a target prompt: with "" both halves are equal and CFG 9 does nothing
-        from .core.makeit3d.reference import caption_path
+        from .core.prompts import caption_path, read_caption
 
         cap = caption_path(args.ref)
-        if os.path.isfile(cap):
-            with open(cap, encoding="utf-8") as f:
-                prompt = " ".join(f.read().split())
+        prompt = read_caption(args.ref)
+        if prompt:
             print(f"hifi123 rgnv: prompt from {cap}: {prompt!r}")
-        if not prompt:
+        else:
             prompt = DEFAULT_VIEW_PROMPT
             print(f"hifi123 rgnv: no --prompt and no {cap}: using the view prompt {prompt!r}")
     cfg = RGNVConfig(

@@ -39,9 +39,7 @@ from .prior import (  # noqa: F401
     select_clip_d,
 )
 from .reference import (  # noqa: F401
-    caption_path,
     composite_reference,
     reference_on_white,
     reference_rgba,
-    resolve_prompt,
 )

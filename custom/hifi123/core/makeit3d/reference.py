@@ -1,9 +1,8 @@
 """Make-It-3D inputs around the reference image: the caption file next to it and the reference as
 CLIP sees it.
 
-* Caption: ``<name>_rgba.png`` -> ``<name>_caption.txt`` (what ``hifi123 preprocess`` writes);
-  any other image ``<stem>.<ext>`` -> ``<stem>_caption.txt``. Make-It-3D captions the reference
-  with BLIP-2 (paper §3.2, algorithms.md C.1); the caption is the SDS prompt and the CLIP text.
+* Caption: Make-It-3D captions the reference with BLIP-2 (paper §3.2, algorithms.md C.1); the
+  caption is the SDS prompt and the CLIP text, found by the one prompt rule of `core.prompts`.
 * CLIP reference: the RGBA composited on the background of the render it is compared with
   (:func:`composite_reference`). The official code draws a random solid colour per iteration for
   the render's background and composites the reference on the same colour before CLIP
@@ -14,50 +13,11 @@ CLIP sees it.
 """
 from __future__ import annotations
 
-import os
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
-from ...errors import InputError
 from ..images import load_rgba, to_tensor_image
-
-RGBA_SUFFIX = "_rgba.png"
-CAPTION_SUFFIX = "_caption.txt"
-
-
-def caption_path(image_path: str) -> str:
-    """The caption file that belongs to `image_path` (see the module docstring)."""
-    if image_path.endswith(RGBA_SUFFIX):
-        return image_path[: -len(RGBA_SUFFIX)] + CAPTION_SUFFIX
-    return os.path.splitext(image_path)[0] + CAPTION_SUFFIX
-
-
-def resolve_prompt(
-    image_path: str,
-    prompt: Optional[str],
-    use_caption_file: bool = True,
-    prompt_field: str = "prompt",
-) -> Tuple[str, str]:
-    """The SDS prompt and where it came from ("caption file <path>" or the config field).
-
-    The caption file wins when it exists and `use_caption_file`; otherwise the config field is
-    used. Neither gives a prompt -> InputError naming both.
-    """
-    cap = caption_path(image_path) if image_path else None
-    if use_caption_file and cap and os.path.isfile(cap):
-        with open(cap, encoding="utf-8") as f:
-            text = " ".join(f.read().split())
-        if text:
-            return text, f"caption file {cap}"
-    if prompt and prompt.strip():
-        return " ".join(prompt.split()), f"config field `{prompt_field}`"
-    where = f"no caption file at {cap}" if cap else "no image path"
-    raise InputError(
-        f"no prompt for the SDS loss: {where} and `{prompt_field}` is empty",
-        f"a one-line caption in {cap or '<name>_caption.txt'} or a non-empty `{prompt_field}`",
-        f"run `hifi123 preprocess <image>` (writes the caption), or set `{prompt_field}=\"a photo of ...\"`",
-    )
 
 
 def reference_rgba(image_path: str, role: str = "reference image") -> torch.Tensor:

@@ -41,7 +41,8 @@ from ...core.makeit3d.prior import (
     MakeIt3DPriorConfig,
     build_prior_from_models,
 )
-from ...core.makeit3d.reference import reference_rgba, resolve_prompt
+from ...core.makeit3d.reference import reference_rgba
+from ...core.prompts import resolve_prompt
 from ...errors import InputError
 from ...models.clip_encoder import DEFAULT_OPEN_CLIP, load_clip_encoder, preflight_clip
 from ...models.loader import DEFAULT_MODELS, DIFFUSION_SUBFOLDERS, load_diffusion, preflight
@@ -69,7 +70,7 @@ class MakeIt3DGuidance(StrictConfig, BaseObject):
         # inputs
         cond_image_path: str = ""  # the reference RGBA (set to ${data.image_path})
         prompt: str = ""  # used when there is no caption file
-        use_caption_file: bool = True  # <name>_caption.txt next to the image wins when present
+        use_caption_file: bool = True  # an empty `prompt` reads <name>_caption.txt (decision 30)
         negative_prompt: str = ""  # official default ""
         # the prior (MakeIt3DPriorConfig; see hifi123.core.makeit3d.prior for sources)
         guidance_scale: float = 10.0

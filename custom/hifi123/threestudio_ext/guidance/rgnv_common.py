@@ -10,7 +10,6 @@ SD2-depth weights never enter the Lightning checkpoint.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
@@ -18,7 +17,7 @@ import threestudio
 import torch
 from threestudio.utils.base import BaseObject
 
-from ...core.makeit3d.reference import caption_path
+from ...core.prompts import find_prompt
 from ...models.loader import DEFAULT_MODELS
 
 #: adapter field -> core field, where threestudio's naming differs from ours
@@ -55,18 +54,6 @@ class RGNVGuidanceFields(BaseObject.Config):
     depth_weighted_by_opacity: bool = True  # NeRF renderers return sum w_i t_i
 
 
-def caption_for(image_path: str) -> Optional[str]:
-    """The one-line caption `hifi123 preprocess` writes next to `<name>_rgba.png`, if any."""
-    if not image_path:
-        return None
-    path = caption_path(image_path)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            text = " ".join(f.read().split())
-        return text or None
-    return None
-
-
 class LazyRGNVCore:
     """Mixin for a BaseObject guidance: `core_config()` from the threestudio config, validation in
     `configure`, and the core object loaded on the first call's device (`core_on`)."""
@@ -95,17 +82,16 @@ class LazyRGNVCore:
             key = RENAMED.get(name, name)
             if key in core_fields:
                 kw[key] = value
-        if not kw.get("prompt") and getattr(self.cfg, "use_caption_file", False):
-            image = kw.get("reference_image_path") or ""
-            kw["prompt"] = caption_for(image) or ""
-            if not kw["prompt"]:
-                threestudio.warn(
-                    f"{getattr(type(self), '_hifi123_name', type(self).__name__)}: no prompt: `prompt` is "
-                    f"empty and there is no caption file {caption_path(image) if image else '<name>_caption.txt'} next "
-                    "to cond_image_path, so the target branch runs with the empty prompt (CFG has no "
-                    "effect). Set `prompt: \"a photo of ...\"` in this guidance's block, or run "
-                    "`hifi123 preprocess <image>` to write the caption"
-                )
+        prompt, why = find_prompt(kw.get("reference_image_path"), kw.get("prompt"),
+                                  getattr(self.cfg, "use_caption_file", False))
+        kw["prompt"] = prompt or ""
+        if prompt is None:
+            threestudio.warn(
+                f"{getattr(type(self), '_hifi123_name', type(self).__name__)}: no prompt: {why} (next to "
+                "cond_image_path), so the target branch runs with the empty prompt (CFG has no effect). "
+                "Set `prompt: \"a photo of ...\"` in this guidance's block, or run "
+                "`hifi123 preprocess <image>` to write the caption"
+            )
         return self.core_config_cls(**kw)
 
     def core_on(self, device: torch.device):

@@ -77,9 +77,9 @@ class HiFi123System(ImageConditionedSystem):
     def build_guidance(self) -> None:
         pp = self.cfg.prompt_processor
         if self.cfg.prompt_processor_type and not str(pp.get("prompt", "") or "").strip():
-            from ..guidance.rgnv_common import caption_for
+            from ...core.prompts import read_caption
 
-            caption = caption_for(self.cfg.image_path)
+            caption = read_caption(self.cfg.image_path)
             if not caption:
                 from ...errors import InputError
 
