@@ -232,3 +232,17 @@ def test_default_injection_is_pinned_to_sd2s_decoder_self_attention_and_elsewher
     other = make(sd2_depth, inject_blocks=(7, 8, 9, 10))
     out_other = other.enhance(other.build_reference(sample_rgba), views[:1]).images
     assert (out - out_other).abs().max() > 1e-3
+
+
+def test_backgrounds_are_made_once_per_kind_and_size(sd2_depth, monkeypatch):
+    import hifi123.core.images as images
+
+    made = []
+    real = images.procedural_background
+    monkeypatch.setattr(images, "procedural_background", lambda *a, **k: made.append(a) or real(*a, **k))
+    pipe = make(sd2_depth)
+    first = pipe.background("texture", 64)
+    assert torch.equal(pipe.background("texture", 64), first) and len(made) == 1
+    pipe.background("texture", 32)
+    pipe.background("grey", 64), pipe.background("grey", 64)
+    assert len(made) == 2

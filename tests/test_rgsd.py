@@ -226,3 +226,19 @@ def test_t_is_uniform_over_1_to_S(rgsd):
     counts = np.bincount(draws, minlength=s + 2)
     assert counts[0] == 0 and counts[s + 1:].sum() == 0
     assert np.all(np.abs(counts[1 : s + 1] - 400) < 80), counts  # ~4 sigma of a binomial(400 s, 1/s)
+
+
+def test_fixed_view_steps_build_no_depth_condition(rgsd, monkeypatch):
+    """t = 0 compares latents only: no depth condition is made (no DPT forward without a render
+    depth, no disparity with one), and the loss is unchanged by that."""
+    rgb, alpha, depth = render(90.0)
+    if rgsd.fixed_targets is None:
+        rgsd.compute_fixed_targets(rgb, alpha, depth)
+    before = rgsd.loss_fixed(rgb, 0, alpha, depth)["loss_rgsd"]
+    calls = []
+    monkeypatch.setattr(rgsd.pipe, "depth_condition", lambda *a, **k: calls.append("dpt"))
+    monkeypatch.setattr("hifi123.core.hifi123.rgsd.render_disparity", lambda *a, **k: calls.append("disparity"))
+    for d in (None, depth):
+        after = rgsd.loss_fixed(rgb, 0, alpha, d)["loss_rgsd"]
+        assert torch.equal(after, before)
+    assert calls == []

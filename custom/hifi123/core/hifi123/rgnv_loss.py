@@ -180,20 +180,20 @@ class RGNVImageLoss:
         if opacity is not None and opacity.dim() == 3:
             opacity = opacity[..., None]
         B, H, W, _ = rgb.shape
-        x = rgb.detach().float().cpu().clamp(0, 1)
-        mask = object_mask(None if opacity is None else opacity.float().cpu(), x)  # [B,H,W,1]
-        alpha = mask if opacity is None else opacity.detach().float().cpu().clamp(0, 1)
+        x = rgb.detach().float().clamp(0, 1)  # stays on the render's device
+        mask = object_mask(None if opacity is None else opacity.detach().float(), x)  # [B,H,W,1]
+        alpha = mask if opacity is None else opacity.detach().float().clamp(0, 1)
         views = [torch.cat([x[i : i + 1], alpha[i : i + 1]], -1).permute(0, 3, 1, 2) for i in range(B)]
         depths: Optional[Sequence] = None
         if depth is not None:
             disp = render_disparity(
-                depth.cpu(), None if opacity is None else opacity.cpu(),
+                depth.detach(), None if opacity is None else opacity.detach(),
                 self.cfg.depth_type, self.cfg.depth_weighted_by_opacity,
             )
             depths = [disp[i : i + 1] for i in range(B)]
         out = self.pipeline.enhance(self.reference_cache(), views, depths, batch_size=B)
-        enhanced = _nhwc(resize_to(out.raw.float().cpu(), (H, W))).clamp(0, 1)
-        inputs = _nhwc(resize_to(out.inputs.float().cpu(), (H, W))).clamp(0, 1)
+        enhanced = _nhwc(resize_to(out.raw.float().to(x.device), (H, W))).clamp(0, 1)
+        inputs = _nhwc(resize_to(out.inputs.float().to(x.device), (H, W))).clamp(0, 1)
         background = x if self.cfg.target_background == "render" else torch.ones_like(x)
         target = enhanced * mask + background * (1.0 - mask)
         to = dict(device=rgb.device, dtype=rgb.dtype)
