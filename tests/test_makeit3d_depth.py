@@ -5,10 +5,8 @@ import pytest
 import torch
 from hifi123.core.makeit3d.depth import (
     PEARSON_EPS,
-    erode_mask,
     pearson_correlation,
     pearson_depth_loss,
-    scaled_kernel_size,
 )
 
 
@@ -75,29 +73,6 @@ def test_pearson_matches_textbook_formula():
     assert pearson_correlation(p, q).item() == pytest.approx(ref.item(), abs=1e-7)
     with pytest.raises(ValueError, match="at least 2"):
         pearson_correlation(p[:1], q[:1])
-
-
-def test_erosion_is_a_5x5_min_filter_like_cv2():
-    mask = torch.zeros(1, 20, 20, dtype=torch.bool)
-    mask[0, 5:15, 4:16] = True  # a 10 x 12 rectangle
-    eroded = erode_mask(mask, 5)
-    assert eroded.dtype == torch.bool and eroded.shape == mask.shape
-    expected = torch.zeros_like(mask)
-    expected[0, 7:13, 6:14] = True  # 2 pixels off every side
-    assert torch.equal(eroded, expected)
-    # cv2's default border: the image edge does not erode
-    full = torch.ones(1, 8, 8, 1)
-    assert torch.equal(erode_mask(full, 5), full)
-    # channel-first layout and no-op kernels
-    assert torch.equal(erode_mask(mask[:, None].float(), 5)[:, 0] > 0.5, expected)
-    assert torch.equal(erode_mask(mask, 1), mask)
-
-
-def test_kernel_scales_with_resolution():
-    assert scaled_kernel_size(5, 512) == 5
-    assert scaled_kernel_size(5, 256) == 3
-    assert scaled_kernel_size(5, 128) == 1  # a 2-pixel border at 512 is half a pixel at 128
-    assert scaled_kernel_size(1, 512) == 1
 
 
 def test_pearson_leaves_non_finite_depths_out_with_a_warning():

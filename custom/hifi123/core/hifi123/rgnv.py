@@ -119,6 +119,7 @@ class RGNVPipeline:
         self.depth_processor = depth_processor if depth_processor is not None else components.feature_extractor
         self.state = InjectionState(store_device=torch.device(self.cfg.cache_device) if self.cfg.cache_device else None)
         self._emb: Dict[str, torch.Tensor] = {}
+        self._backgrounds: Dict[Tuple[str, int, int], torch.Tensor] = {}
         self.progress: Optional[Callable[[str, int], None]] = None  # called (phase, n_steps) per step
         # tests plug an oracle here: noise_model(prompt, depth, guided) -> eps_fn (default: the UNet)
         self.noise_model: Optional[Callable[[str, torch.Tensor, bool], Callable]] = None
@@ -156,13 +157,21 @@ class RGNVPipeline:
         return self._emb[prompt]
 
     def background(self, kind: str, size: int) -> torch.Tensor:
-        if kind == "white":
-            return torch.ones(1, 3, size, size)
-        if kind == "grey":
-            return torch.tensor(GREY).view(1, 3, 1, 1).expand(1, 3, size, size).clone()
-        from ..images import procedural_background
+        """[1,3,size,size] in [0,1], made once per (kind, size, seed) and cached (read-only)."""
+        key = (kind, int(size), int(self.cfg.texture_seed))
+        cached = self._backgrounds.get(key)
+        if cached is None:
+            if kind == "white":
+                cached = torch.ones(1, 3, size, size)
+            elif kind == "grey":
+                cached = torch.tensor(GREY).view(1, 3, 1, 1).expand(1, 3, size, size).clone()
+            else:
+                from ..images import procedural_background
 
-        return to_tensor_image(np.asarray(procedural_background(size, seed=self.cfg.texture_seed), dtype=np.float32))
+                texture = procedural_background(size, seed=self.cfg.texture_seed)
+                cached = to_tensor_image(np.asarray(texture, dtype=np.float32))
+            self._backgrounds[key] = cached
+        return cached
 
     def prepare(self, rgba, background: str) -> Tuple[torch.Tensor, torch.Tensor]:
         """RGBA ([H,W,4] array or [1,4,H,W] tensor in [0,1]) -> image [1,3,R,R] in [0,1] composited

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ..diffusion import ddim
 from ..images import composite, depth_to_latent, normalize_depth, resize
+from ..morphology import dilate
 from .render_guidance import (
     RGNVGuidanceConfig,
     check_render,
@@ -129,8 +130,10 @@ class RGSD:
         return self.cache
 
     # ------------------------------------------------------------------ renders -> model inputs
-    def prepare_render(self, rgb: torch.Tensor, opacity: Optional[torch.Tensor] = None, depth: Optional[torch.Tensor] = None):
-        """threestudio render tensors -> (image [B,3,R,R] with grad, mask [B,1,R,R], depth cond).
+    def prepare_render(self, rgb: torch.Tensor, opacity: Optional[torch.Tensor] = None, depth: Optional[torch.Tensor] = None,
+                       condition: bool = True):
+        """threestudio render tensors -> (image [B,3,R,R] with grad, mask [B,1,R,R], depth cond; None
+        without `condition`: the t = 0 branch needs no UNet and so no depth, estimated or rendered).
 
         rgb [B,H,W,3] in [0,1]; opacity [B,H,W,1] (None: the whole frame is the object); depth
         [B,H,W,1] in `depth_type` (None, or `depth_source="dpt"`: DPT). See render_guidance.
@@ -146,6 +149,8 @@ class RGSD:
             m = F.interpolate(opacity.detach().permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear", align_corners=False)
             mask = (m > 0.5).to(x.dtype)
         image = composite(x, mask, self.pipe.background(self.cfg.coarse_background, size).to(x))
+        if not condition:
+            return image, mask, None
         with torch.no_grad():
             if self.cfg.depth_source == "dpt" or depth is None:
                 cond = self.pipe.depth_condition(image.detach().float(), mask.float())
@@ -183,7 +188,7 @@ class RGSD:
                 "RGSD: fixed-view targets are missing: compute_fixed_targets() at refine start, "
                 "or restore them from the checkpoint (load_state_dict)"
             )
-        image, mask, _ = self.prepare_render(rgb, opacity, depth)
+        image, mask, _ = self.prepare_render(rgb, opacity, depth, condition=False)
         z = self.encode(image)
         idx = torch.as_tensor(view_index, device=self.fixed_targets.device).long().reshape(-1)
         target = self.fixed_targets[idx].to(z)
@@ -194,7 +199,7 @@ class RGSD:
         """Object mask [B,1,R,R] at the model's input size -> [B,1,h,w] latent weights: dilated by
         `mask_dilation_px`, then a latent pixel counts when any of its input pixels does."""
         k = int(self.cfg.mask_dilation_px)
-        m = F.max_pool2d(mask.float(), 2 * k + 1, stride=1, padding=k) if k > 0 else mask.float()
+        m = dilate(mask.float(), k)
         return (F.adaptive_max_pool2d(m, self.pipe.latent_size) > 0.5).float()
 
     def masked_mse(self, z: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:

@@ -29,7 +29,7 @@ from .cameras import (  # noqa: F401
     relative_azimuth,
     sample_relative_azimuth,
 )
-from .depth import erode_mask, pearson_correlation, pearson_depth_loss  # noqa: F401
+from .depth import pearson_correlation, pearson_depth_loss  # noqa: F401
 from .prior import (  # noqa: F401
     TERMS,
     GuidedNoisePredictor,

@@ -19,53 +19,8 @@ import warnings
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 PEARSON_EPS = 1e-8
-
-
-def erode_mask(mask: torch.Tensor, kernel_size: int = 5, iterations: int = 1) -> torch.Tensor:
-    """Binary erosion with a square `kernel_size` window (OpenCV `cv2.erode` with a ones kernel).
-
-    `mask` is [B,H,W], [B,H,W,1] or [B,1,H,W] (bool or float); the result has the same shape and
-    dtype. As cv2's default border, pixels outside the image count as foreground, so the image edge
-    does not erode the mask. kernel_size <= 1 or iterations <= 0 returns the mask unchanged.
-    Make-It-3D erodes the alpha with a 5x5 kernel, one iteration (main.py:187-194).
-    """
-    if kernel_size <= 1 or iterations <= 0:
-        return mask
-    if kernel_size % 2 != 1:
-        raise ValueError(f"erosion kernel size must be odd, got {kernel_size}")
-    shape, dtype = mask.shape, mask.dtype
-    if mask.dim() == 3:
-        x = mask[:, None]
-    elif mask.dim() == 4 and mask.shape[-1] == 1 and mask.shape[1] != 1:
-        x = mask.permute(0, 3, 1, 2)
-    elif mask.dim() == 4 and mask.shape[1] == 1:
-        x = mask
-    else:
-        raise ValueError(f"mask must be [B,H,W], [B,H,W,1] or [B,1,H,W], got {tuple(shape)}")
-    x = (x > 0.5).float() if dtype == torch.bool or dtype.is_floating_point else (x > 0).float()
-    pad = kernel_size // 2
-    for _ in range(iterations):
-        # min-pool == -max-pool(-x); max_pool pads with -inf, i.e. the border never erodes
-        x = -F.max_pool2d(-x, kernel_size, stride=1, padding=pad)
-    if mask.dim() == 3:
-        x = x[:, 0]
-    elif mask.shape[1] != 1:
-        x = x.permute(0, 2, 3, 1)
-    x = x.reshape(shape)
-    return x > 0.5 if dtype == torch.bool else x.to(dtype)
-
-
-def scaled_kernel_size(kernel_size: int, size: int, reference_size: int = 512) -> int:
-    """An odd erosion kernel for masks of `size` pixels that removes the same fraction of the
-    object as `kernel_size` does at `reference_size` (Make-It-3D erodes at 512; a 5x5 kernel
-    there is a 2-pixel border, i.e. 0.5 pixel at 128, which rounds to no erosion)."""
-    if kernel_size <= 1:
-        return 1
-    radius = int(round((kernel_size // 2) * size / float(reference_size)))
-    return 2 * radius + 1
 
 
 def pearson_correlation(p: torch.Tensor, q: torch.Tensor, eps: float = PEARSON_EPS) -> torch.Tensor:
@@ -99,7 +54,7 @@ def pearson_depth_loss(
 
     `pred`, `target`, `mask` share a layout with one value per pixel ([B,H,W], [B,H,W,1] or
     [B,1,H,W]); `mask` is bool or float (> 0.5 = inside) and is used as given (erode it first with
-    :func:`erode_mask`). Without a mask every pixel counts. Pixels where either depth is NaN or
+    `core.morphology.erode`). Without a mask every pixel counts. Pixels where either depth is NaN or
     infinite are left out, with a warning. Gradients flow to `pred` (and to `target` if it
     requires grad).
     """

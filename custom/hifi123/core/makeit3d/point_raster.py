@@ -88,6 +88,8 @@ from typing import List, NamedTuple, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..morphology import dilate_bool
+
 #: alpha = 1 - sqrt(clamp(ALPHA_DIST_SCALE * d^2 / r^2, ALPHA_MIN, 1))  (algorithms.md D.4)
 ALPHA_DIST_SCALE = 0.1
 ALPHA_MIN = 1e-3
@@ -312,19 +314,6 @@ def _footprint(radius: float, width: int, device: torch.device, dtype: torch.dty
     return len(pairs), max(abs(d) for d in span), span_t, span_t.to(dtype), tuple(map(tuple, groups)), pair_off
 
 
-def _dilate_square(mask: torch.Tensor, half: int) -> torch.Tensor:
-    """Binary dilation of a [h, w] bool map by a (2 half + 1)^2 square, with shifted ORs (much
-    cheaper than a float max-pool)."""
-    out = mask.clone()
-    for dim in (0, 1):
-        src = out.clone()
-        n = src.shape[dim]
-        for s in range(1, min(half, n - 1) + 1):
-            out.narrow(dim, s, n - s).logical_or_(src.narrow(dim, 0, n - s))
-            out.narrow(dim, 0, n - s).logical_or_(src.narrow(dim, s, n - s))
-    return out
-
-
 @torch.no_grad()
 def select_fragments(
     u: torch.Tensor,
@@ -395,7 +384,7 @@ def select_fragments(
             if rest is None:
                 break
             # occlusion culling (exact): a point whose footprint window holds no open pixel is dropped
-            reach = _dilate_square(open_px.view(h, w), half).view(-1)
+            reach = dilate_bool(open_px.view(h, w), half).view(-1)
             cell = cj_all.index_select(0, rest).clamp_(0, h - 1) * w + ci_all.index_select(0, rest).clamp_(0, w - 1)
             rest = _compress(rest, reach.index_select(0, cell))
             if rest.numel() == 0:

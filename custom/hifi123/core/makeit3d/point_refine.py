@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
+
+from ..morphology import dilate, erode, scale_px
 
 #: loss terms of the refine stage (system.loss.lambda_<term>)
 REFINE_TERMS = ("ref_l1", "texture_novel", "texture_reference", "background", "contextual")
@@ -69,7 +70,7 @@ class RefineConfig:
     video_fps: int = 25
 
     def scaled_px(self, value_at_800: float, size: int) -> int:
-        return int(round(float(value_at_800) * size / float(self.pixel_reference_resolution)))
+        return scale_px(value_at_800, size, self.pixel_reference_resolution)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -82,25 +83,11 @@ def _b1hw(x: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"expected a map [B, H, W] or [B, H, W, 1], got {tuple(x.shape)}")
 
 
-def erode_px(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """[B, 1, H, W] float in {0, 1} eroded by a (2 r + 1)^2 square (image border does not erode)."""
-    if radius <= 0:
-        return mask
-    return -F.max_pool2d(-mask, 2 * radius + 1, 1, radius)
-
-
-def dilate_px(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """[B, 1, H, W] max-pool dilation by a (2 r + 1)^2 square."""
-    if radius <= 0:
-        return x
-    return F.max_pool2d(x, 2 * radius + 1, 1, radius)
-
-
 # ------------------------------------------------------------------------------------- losses
 def reference_l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, erosion_px: int = 2) -> torch.Tensor:
     """mean |pred * m - target * m| over all pixels and channels, m = mask eroded by `erosion_px`.
     `pred`, `target` [B, H, W, 3]; `mask` [B, H, W] or [B, H, W, 1] (bool or float, > 0.5)."""
-    m = erode_px((_b1hw(mask) > 0.5).float(), int(erosion_px)).permute(0, 2, 3, 1)
+    m = erode((_b1hw(mask) > 0.5).float(), int(erosion_px)).permute(0, 2, 3, 1)
     return (pred * m - target.to(pred) * m).abs().mean()
 
 
@@ -130,5 +117,5 @@ def contextual_loss(pred: torch.Tensor, reference_features: torch.Tensor, featur
 def background_loss(pred: torch.Tensor, coverage: torch.Tensor, dilation_px: int = 2) -> torch.Tensor:
     """sum over pixels and channels of (1 - pred) (1 - dilate(coverage)), averaged over the batch.
     `pred` [B, H, W, 3] in [0, 1], `coverage` [B, H, W] or [B, H, W, 1] in [0, 1]."""
-    cov = dilate_px(_b1hw(coverage).to(pred.dtype), int(dilation_px)).permute(0, 2, 3, 1)
+    cov = dilate(_b1hw(coverage).to(pred.dtype), int(dilation_px)).permute(0, 2, 3, 1)
     return ((1.0 - pred) * (1.0 - cov)).flatten(1).sum(1).mean()

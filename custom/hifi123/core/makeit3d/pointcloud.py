@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import ViewCamera
+from ..morphology import dilate, erode, scale_px
 from .point_raster import pixel_ray_norms, project_points, rasterize_fragments
 
 DEPTH_TYPES = ("z", "distance")
@@ -95,7 +96,7 @@ class PointCloudConfig:
 
     def px(self, value_at_800: float) -> int:
         """A pixel amount given @800 at `resolution` (rounded; 0 stays 0)."""
-        return int(round(float(value_at_800) * self.resolution / float(self.pixel_reference_resolution)))
+        return scale_px(value_at_800, self.resolution, self.pixel_reference_resolution)
 
 
 def build_cameras(reference: ViewCamera, cfg: PointCloudConfig) -> List[ViewCamera]:
@@ -170,22 +171,6 @@ def _resize(img: torch.Tensor, height: int, width: int, mode: str = "bilinear") 
     shrink = height < img.shape[0] or width < img.shape[1]
     y = F.interpolate(x, size=(height, width), mode=mode, align_corners=False, antialias=shrink)
     return y[0, 0] if img.dim() == 2 else y[0].permute(1, 2, 0)
-
-
-def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Binary dilation of [H, W] bool with a (2 radius + 1)^2 square (cv2.dilate, ones kernel)."""
-    if radius <= 0:
-        return mask
-    x = mask.float()[None, None]
-    return F.max_pool2d(x, 2 * radius + 1, 1, radius)[0, 0] > 0.5
-
-
-def erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Binary erosion with a (2 radius + 1)^2 square; the image border does not erode (cv2)."""
-    if radius <= 0:
-        return mask
-    x = -mask.float()[None, None]
-    return -F.max_pool2d(x, 2 * radius + 1, 1, radius)[0, 0] > 0.5
 
 
 def depth_edges(z: torch.Tensor, mask: torch.Tensor, focal: float, slope_deg: float) -> torch.Tensor:

@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from threestudio.systems.base import BaseLift3DSystem
 
 from ...core.makeit3d.cameras import ReferenceSchedule
-from ...core.makeit3d.depth import erode_mask, pearson_depth_loss, scaled_kernel_size
+from ...core.makeit3d.depth import pearson_depth_loss
+from ...core.morphology import erode, scale_px
 from ...core.normals import reference_normal_loss
 from ...errors import InputError
 from ...trials import plain_containers
@@ -375,8 +376,9 @@ class ImageConditionedSystem(BaseLift3DSystem):
         pred = out["depth"].reshape(ref.shape[0], *ref.shape[1:3])
         ref = ref.reshape(pred.shape).to(pred)
         mask = batch["mask"].reshape(pred.shape)
-        k = scaled_kernel_size(self.cfg.depth_erosion, pred.shape[-2], self.cfg.depth_erosion_resolution)
-        eroded = erode_mask(mask, k)
+        # depth_erosion is an OpenCV kernel size at depth_erosion_resolution: radius k // 2
+        radius = scale_px(max(int(self.cfg.depth_erosion), 1) // 2, pred.shape[-2], self.cfg.depth_erosion_resolution)
+        eroded = erode(mask, radius)
         # an object thinner than the kernel would vanish: keep the plain mask for such views
         thin = eroded.flatten(1).sum(1) < 2
         if bool(thin.any()):
