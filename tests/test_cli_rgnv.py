@@ -96,6 +96,9 @@ def test_tiny_models_command_writes_loadable_models(tmp_path, capsys):
     assert "sd2-depth" in capsys.readouterr().out
     comps = loader.load_diffusion(str(tmp_path / "tiny" / "sd2-depth"), "--model", with_depth_estimator=True)
     assert comps.is_depth_model and comps.depth_estimator is not None
+    # the folder is marked as ours: a second run may write there again
+    assert os.path.isfile(tmp_path / "tiny" / ".hifi123-tiny-models")
+    assert cli.main(["tiny-models", "--out", str(tmp_path / "tiny")]) == 0
 
 
 def test_rgnv_x4_upscale_on_the_tiny_upscaler(tmp_path, capsys, monkeypatch):

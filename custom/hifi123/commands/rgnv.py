@@ -41,6 +41,17 @@ def _cmd_rgnv(args) -> int:
         )
     depths = [load_depth(p, v.shape[:2], "--depth map") for p, v in zip(args.depth, coarse)] if args.depth else None
     out_dir = check_writable_dir(args.out)
+    from ..outputs import check_outputs
+
+    outputs = [(f"the enhanced view of --coarse {c}", os.path.join(out_dir, f"{_default_out_name(c)}_enhanced.png"))
+               for c in args.coarse]
+    if args.upscale:
+        outputs += [(f"the x4 view of --coarse {c}", os.path.join(out_dir, f"{_default_out_name(c)}_upsample.png"))
+                    for c in args.coarse]
+    outputs.append(("the comparison sheet", os.path.join(out_dir, "comparison.png")))
+    inputs = [("--ref", args.ref), ("--ref-depth", args.ref_depth)] + [("--coarse", c) for c in args.coarse]
+    inputs += [("--depth", d) for d in (args.depth or [])]
+    check_outputs(outputs, inputs, "hifi123 rgnv")
     prompt = args.prompt
     if prompt is None:  # CFG needs a target prompt: with "" both halves are equal and CFG 9 does nothing
         from ..core.prompts import caption_path, read_caption

@@ -3,16 +3,21 @@ from __future__ import annotations
 
 import argparse
 
+#: the file that marks a folder `hifi123 tiny-models` wrote (it may write there again)
+TINY_MARKER = ".hifi123-tiny-models"
+
 
 def _cmd_tiny_models(args) -> int:
     from ..models.tiny import write_tiny_models
+    from ..outputs import claim_folder
 
+    # tiny random weights must never replace a folder of real models (or anything else)
+    claim_folder(args.out, TINY_MARKER, "hifi123 tiny-models")
     written = write_tiny_models(args.out)
     for name, d in written.items():
         print(f"{name:10s} {d}")
     print(f"\nPoint a model field at one of these, e.g. `hifi123 rgnv --model {written['sd2-depth']} ...`")
     return 0
-
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -17,10 +17,26 @@ from ..errors import InputError
 from .defaults import DEFAULT_EVAL_MODELS
 
 
-def _check_out(path):
+def _input_files(flag: str, path):
+    """(flag, file) for an input file, or for every file under an input folder."""
+    if not path:
+        return []
+    if os.path.isdir(path):
+        return [(f"{flag} {os.path.join(d, n)}", os.path.join(d, n)) for d, _, names in os.walk(path) for n in names]
+    return [(flag, path)]
+
+
+def _check_out(path, inputs=()):
+    """The report paths (`--out` and the .md next to it) are checked before any model loads: a
+    writable file location that is none of the inputs (`inputs`: (flag, path) pairs)."""
     if not path:
         return None
     out = os.path.abspath(os.path.expanduser(path))
+    from ..outputs import check_outputs
+
+    files = [f for flag, p in inputs for f in _input_files(flag, p)]
+    check_outputs([("the JSON report (--out)", out), ("the markdown report", os.path.splitext(out)[0] + ".md")],
+                  files, "hifi123 eval")
     folder = os.path.dirname(out)
     if os.path.isdir(out):
         raise InputError(f"--out {path} is a directory", "a file path for the JSON report, e.g. report.json",
@@ -49,7 +65,7 @@ def _finish(report, args) -> int:
 def _cmd_single_view(args) -> int:
     from .protocols import SingleViewSettings, run_single_view
 
-    _check_out(args.out)
+    _check_out(args.out, [("--ref", args.ref), ("--views", args.views)])
     s = SingleViewSettings(
         ref=args.ref, views=args.views, ref_view=args.ref_view, ref_azimuth=args.ref_azimuth,
         clip_model=args.clip_model, vgg_model=args.vgg_model, lpips_model=args.lpips_model,
@@ -63,7 +79,8 @@ def _cmd_single_view(args) -> int:
 def _cmd_gso(args) -> int:
     from .protocols import GSOSettings, run_gso
 
-    _check_out(args.out)
+    _check_out(args.out, [("--pred", args.pred), ("--gt", args.gt), ("--pred-mesh", args.pred_mesh),
+                          ("--gt-mesh", args.gt_mesh)])
     s = GSOSettings(
         pred=args.pred, gt=args.gt, pred_mesh=args.pred_mesh, gt_mesh=args.gt_mesh, size=args.size,
         lpips_model=args.lpips_model, lpips_net=args.lpips_net, chamfer_points=args.chamfer_points,
