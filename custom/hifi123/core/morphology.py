@@ -43,26 +43,26 @@ def _as_b1hw(mask: torch.Tensor):
     return x.float(), back
 
 
-def dilate(mask: torch.Tensor, radius: int, iterations: int = 1) -> torch.Tensor:
-    """Max-filter over a (2 radius + 1)^2 square, `iterations` times (radius <= 0: unchanged)."""
+def _window_filter(mask: torch.Tensor, radius: int, iterations: int, sign: float) -> torch.Tensor:
+    """sign * max-pool(sign * x): a max-filter (sign 1) or a min-filter (sign -1); max_pool pads
+    with -inf, so pixels outside the image never win."""
     radius = int(radius)
     if radius <= 0 or iterations <= 0:
         return mask
     x, back = _as_b1hw(mask)
     for _ in range(int(iterations)):
-        x = F.max_pool2d(x, 2 * radius + 1, stride=1, padding=radius)
+        x = sign * F.max_pool2d(sign * x, 2 * radius + 1, stride=1, padding=radius)
     return back(x)
+
+
+def dilate(mask: torch.Tensor, radius: int, iterations: int = 1) -> torch.Tensor:
+    """Max-filter over a (2 radius + 1)^2 square, `iterations` times (radius <= 0: unchanged)."""
+    return _window_filter(mask, radius, iterations, 1.0)
 
 
 def erode(mask: torch.Tensor, radius: int, iterations: int = 1) -> torch.Tensor:
     """Min-filter over a (2 radius + 1)^2 square, `iterations` times; the border does not erode."""
-    radius = int(radius)
-    if radius <= 0 or iterations <= 0:
-        return mask
-    x, back = _as_b1hw(mask)
-    for _ in range(int(iterations)):
-        x = -F.max_pool2d(-x, 2 * radius + 1, stride=1, padding=radius)  # max_pool pads with -inf
-    return back(x)
+    return _window_filter(mask, radius, iterations, -1.0)
 
 
 def dilate_bool(mask: torch.Tensor, radius: int) -> torch.Tensor:
