@@ -5,6 +5,7 @@ short explanation and exits with code 2."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Callable, List, Optional
 
@@ -28,3 +29,50 @@ def standalone(name: str, add_parser: Callable, argv: Optional[List[str]] = None
     parser = argparse.ArgumentParser(prog="hifi123")
     add_parser(parser.add_subparsers(dest="command", metavar="COMMAND"))
     return dispatch(parser, [name, *(sys.argv[1:] if argv is None else argv)])
+
+
+def integer(low: Optional[int] = None, high: Optional[int] = None, multiple: int = 1) -> Callable[[str], int]:
+    """argparse type: an integer in [low, high] (and a multiple of `multiple`); anything else is a
+    usage error naming the flag (argparse adds it), before anything runs."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if (low is not None and value < low) or (high is not None and value > high) or value % multiple:
+            raise argparse.ArgumentTypeError(f"expected {_range('an integer', low, high, False)}"
+                                             + (f" and a multiple of {multiple}" if multiple > 1 else "")
+                                             + f", got {value}")
+        return value
+
+    return parse
+
+
+def real(low: Optional[float] = None, high: Optional[float] = None, low_open: bool = False) -> Callable[[str], float]:
+    """argparse type: a finite number in [low, high] ((low, high] with `low_open`); NaN, inf and
+    anything out of range are usage errors naming the flag."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        bad = not math.isfinite(value)
+        bad = bad or (low is not None and (value <= low if low_open else value < low))
+        bad = bad or (high is not None and value > high)
+        if bad:
+            raise argparse.ArgumentTypeError(f"expected {_range('a finite number', low, high, low_open)}, got {text}")
+        return value
+
+    return parse
+
+
+def _range(what: str, low, high, low_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"{what} in {'(' if low_open else '['}{low}, {high}]"
+    if low is not None:
+        return f"{what} {'>' if low_open else '>='} {low}"
+    if high is not None:
+        return f"{what} <= {high}"
+    return what

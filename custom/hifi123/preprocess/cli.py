@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..commands import integer, real
+
 EPILOG = """\
 outputs (in --out, default <input folder>/preprocessed):
   <name>_rgba.png  <name>_depth.png  <name>_normal.png  <name>_caption.txt  <name>_sheet.png
@@ -34,8 +36,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("input", metavar="IMAGE_OR_DIR", help="an image file, or a folder of images (not recursive)")
     p.add_argument("--out", default=None, help="output folder (default: <input folder>/preprocessed)")
-    p.add_argument("--size", type=int, default=512, help="output side in pixels (default 512)")
-    p.add_argument("--border-ratio", type=float, default=0.2,
+    p.add_argument("--size", type=integer(16), default=512, help="output side in pixels (default 512)")
+    p.add_argument("--border-ratio", type=real(0.0, 0.9), default=0.2,
                    help="empty border on each side, as a fraction of the side; the object's longer side "
                         "spans (1 - 2 * ratio) (default 0.2)")
     cap = p.add_mutually_exclusive_group()
@@ -47,17 +49,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="segmentation model for photos without alpha: CLIPSeg or a semantic-segmentation "
                         "head, hub id or local folder (default CIDAS/clipseg-rd64-refined)")
     p.add_argument("--seg-prompt", default="an object", help="CLIPSeg text prompt (default 'an object')")
-    p.add_argument("--seg-threshold", type=float, default=0.5, help="foreground probability threshold (default 0.5)")
+    p.add_argument("--seg-threshold", type=real(0.0, 1.0), default=0.5, help="foreground probability threshold (default 0.5)")
     p.add_argument("--foreground-labels", nargs="+", default=(),
                    help="semantic-segmentation labels (names or ids) that make up the object "
                         "(default: every label except 'background')")
     p.add_argument("--ignore-alpha", action="store_true", help="segment even when the input has an alpha channel")
     p.add_argument("--depth-model", default=None, help="DPT hub id or local folder (default Intel/dpt-hybrid-midas)")
-    p.add_argument("--fovy", type=float, default=20.0,
+    p.add_argument("--fovy", type=real(1.0, 179.0), default=20.0,
                    help="reference camera's vertical field of view in degrees, for the normals (default 20)")
-    p.add_argument("--elevation", type=float, default=0.0, help="reference camera elevation in degrees (default 0)")
-    p.add_argument("--azimuth", type=float, default=0.0, help="reference camera azimuth in degrees (default 0)")
-    p.add_argument("--relief", type=float, default=0.5,
+    p.add_argument("--elevation", type=real(-90.0, 90.0), default=0.0, help="reference camera elevation in degrees (default 0)")
+    p.add_argument("--azimuth", type=real(-360.0, 360.0), default=0.0, help="reference camera azimuth in degrees (default 0)")
+    p.add_argument("--relief", type=real(0.0, 10.0, low_open=True), default=0.5,
                    help="assumed depth range of the object / its largest extent, for normals from DPT (default 0.5)")
     p.add_argument("--tiny", action="store_true",
                    help="use tiny random offline models (smoke test: masks, depth and caption are noise)")
