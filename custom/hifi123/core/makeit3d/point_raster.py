@@ -63,15 +63,7 @@ sort here and without an index array), masks are compacted with numpy (flatnonze
 channels-last (pixel-major rows: the scatter of the covered pixels and the backward gather are
 contiguous row operations, and the U-Net's CPU convolutions run ~15% faster).
 
-Where the time goes (`hifi123 bench raster`, one thread; the U-Net forward + backward at the same
-size is the yardstick): at 800² (319k points, the refine render size) ~150 ms vs ~1900 ms for the
-U-Net (ratio 0.08), at 512² ~45-50 ms vs ~570 ms (0.08-0.09), at 256² (32k points) ~15 ms vs
-~135 ms (0.11). At 256² the full scale's selection is ~5 ms (its front surface alone yields ~190k
-in-radius fragments, 12.6 pixels per point at 2 px, so any point-driven selection sorts at least
-that many keys; the two slabs sort ~295k), the two smaller scales ~2.5 ms, the compositing forward
-+ backward ~4 ms (writing the 6.5 MB of images and reading their gradients ~1.5 ms of it), and
-~2.7 ms in all is fixed per-call cost (a 200-point cloud takes 2.7 ms), which is why small images
-have the worst ratio.
+Measured costs (`hifi123 bench raster`) and where the time goes: `docs/performance.md`.
 
 Positions get no gradient (Make-It-3D does not optimise them). Outputs per scale: the descriptor
 image [B, C, h, w], the coverage sum_k w_k = 1 - T (Make-It-3D's rasterised "ones" image, which it
