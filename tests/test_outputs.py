@@ -76,3 +76,40 @@ def test_rgnv_refuses_outputs_over_inputs_and_colliding_names(tmp_path, capsys):
     code, err = _run(capsys, "rgnv", "--ref", SAMPLE, "--coarse", a, b, "--out", tmp_path / "o2", "--model", "x")
     assert code == 2 and "both be written" in err and "v_enhanced.png" in err
     assert not (tmp_path / "o2" / "v_enhanced.png").exists()
+
+
+def test_a_decompression_bomb_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    big = tmp_path / "big_rgba.png"
+    Image.new("RGBA", (64, 64)).save(big)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 > 2 x 1000: Pillow refuses to decode
+    code, err = _run(capsys, "rgnv", "--ref", big, "--coarse", SAMPLE, "--out", tmp_path / "o", "--model", "x")
+    assert code == 2 and "too large to decode safely" in err and str(big) in err and "Traceback" not in err
+
+
+def test_a_truncated_weights_file_is_named_with_the_fix(tiny_models, tmp_path, monkeypatch):
+    from hifi123.errors import ModelNotFoundError
+
+    monkeypatch.undo()  # this test loads a model on purpose
+    model = shutil.copytree(tiny_models["sd2-depth"], tmp_path / "sd2-depth")
+    weights = os.path.join(model, "unet", "diffusion_pytorch_model.safetensors")
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) // 2)
+    with pytest.raises(ModelNotFoundError) as err:
+        loader.load_diffusion(str(model), "--model")
+    text = err.value.render()
+    assert "truncated or corrupt" in text and weights in text and "download the model again" in text
+
+
+def test_a_closed_pipe_ends_a_command_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import argparse, sys\nfrom hifi123.commands import dispatch\n"
+            "p = argparse.ArgumentParser(); s = p.add_subparsers(dest='c')\n"
+            "q = s.add_parser('spam'); q.set_defaults(func=lambda a: [print('x' * 80) for _ in range(200000)] and 0)\n"
+            "sys.exit(dispatch(p, ['spam']))\n")
+    proc = subprocess.run(f"{sys.executable} -c \"{code}\" | head -1", shell=True, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.stdout.startswith("x") and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr

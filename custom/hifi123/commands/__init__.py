@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from typing import Callable, List, Optional
 
@@ -22,6 +23,9 @@ def dispatch(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None) 
     except Hifi123Error as err:
         print(f"hifi123: error: {err.render()}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `hifi123 run --dry-run | head`: the reader has gone, stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def standalone(name: str, add_parser: Callable, argv: Optional[List[str]] = None) -> int:

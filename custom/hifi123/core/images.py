@@ -27,6 +27,12 @@ def open_image(path: str, role: str):
     try:
         img = Image.open(path)
         img.load()
+    except Image.DecompressionBombError as err:
+        raise InputError(
+            f"{role} file {path} is too large to decode safely ({err})",
+            f"at most {Image.MAX_IMAGE_PIXELS} pixels",
+            "downscale the image first (`hifi123 preprocess` writes 512-pixel inputs)",
+        ) from err
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise InputError(
             f"{role} file {path} is not a readable image ({type(err).__name__}: {err})",

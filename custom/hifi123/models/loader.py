@@ -94,7 +94,34 @@ def preflight(
     return ref
 
 
+def _corrupt_weights(ref: str) -> Optional[str]:
+    """The first `*.safetensors` file under a local model folder whose header cannot be read
+    (a truncated or damaged download), else None. Reads headers only."""
+    if not os.path.isdir(ref):
+        return None
+    try:
+        from safetensors import safe_open
+    except ImportError:  # pragma: no cover - safetensors comes with diffusers
+        return None
+    for folder, _, names in sorted(os.walk(ref)):
+        for name in sorted(names):
+            if name.endswith(".safetensors"):
+                path = os.path.join(folder, name)
+                try:
+                    with safe_open(path, framework="pt") as f:
+                        f.keys()
+                except Exception:
+                    return path
+    return None
+
+
 def _wrap_load_error(ref: str, field: str, err: Exception) -> ModelNotFoundError:
+    bad = _corrupt_weights(ref)
+    if bad is not None:
+        return ModelNotFoundError(
+            ref, field, f"the weights file {bad} is truncated or corrupt ({type(err).__name__})",
+            extra_fix=f"delete {bad} and download the model again",
+        )
     return ModelNotFoundError(ref, field, f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
 
 
