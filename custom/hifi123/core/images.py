@@ -85,6 +85,13 @@ def load_rgba(path: str, role: str = "image", require_square: bool = True) -> np
             "an alpha channel that covers the object",
             PREPROCESS_FIX.format(path=path),
         )
+    if (rgba[..., 3] > 0.5).all():
+        raise InputError(
+            f"{role} {path} is opaque everywhere (alpha is 1 on every pixel): the whole frame would be "
+            "taken for the object",
+            "an alpha channel that cuts the object out of its background",
+            PREPROCESS_FIX.format(path=path),
+        )
     return rgba
 
 
@@ -96,6 +103,13 @@ def load_depth(path: str, shape: Optional[Tuple[int, int]] = None, role: str = "
     img = open_image(path, role)
     arr = _to_float(img)
     if arr.ndim == 3:
+        colour = arr[..., :3]
+        if colour.shape[-1] > 1 and np.abs(colour - colour[..., :1]).max() > 1.0 / 255.0:
+            raise InputError(
+                f"{role} {path} is a colour image (mode {img.mode}); its red channel would be read as depth",
+                "a single-channel depth map (grey, near = bright), as `hifi123 preprocess` writes",
+                "pass the depth map, not the photo (or omit it to estimate depth with DPT)",
+            )
         arr = arr[..., 0]
     if shape is not None and tuple(arr.shape) != tuple(shape):
         raise InputError(

@@ -23,6 +23,7 @@
 """
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -95,7 +96,26 @@ class DeviceSafeSingleImageDataModule(SingleImageDataModule):
         self.validate()
 
     def validate(self) -> None:
-        pass
+        """The reference image (and the depth / normal maps the config asks for) are checked before
+        anything loads: RGBA with an alpha that cuts the object out, square, single-channel depth."""
+        from ...core.images import load_depth, load_rgba
+        from ...errors import InputError
+
+        c = self.cfg
+        rgba = load_rgba(c.image_path, role="data.image_path")
+        for wanted, suffix in ((c.requires_depth, "_depth.png"), (c.requires_normal, "_normal.png")):
+            if not wanted:
+                continue
+            path = c.image_path.replace("_rgba.png", suffix)
+            if not os.path.isfile(path):
+                raise InputError(
+                    f"data.requires_{suffix[1:-4]} is true but {path} does not exist",
+                    f"{suffix[1:]} next to data.image_path (threestudio replaces _rgba.png by {suffix})",
+                    "run `hifi123 preprocess <photo>` (writes it), or set "
+                    f"data.requires_{suffix[1:-4]}=false and its loss weight to 0",
+                )
+            if suffix == "_depth.png":
+                load_depth(path, rgba.shape[:2], role="the depth map of data.image_path")
 
     def setup(self, stage=None) -> None:
         if stage in (None, "fit"):
@@ -162,6 +182,7 @@ class MakeIt3DSingleImageDataModule(DeviceSafeSingleImageDataModule):
     train_dataset_cls = _MakeIt3DTrainDataset
 
     def validate(self) -> None:
+        super().validate()
         c = self.cfg
         if c.azimuth_sampling not in AZIMUTH_SAMPLING:
             raise ValueError(f"data.azimuth_sampling must be one of {AZIMUTH_SAMPLING}, got {c.azimuth_sampling!r}")
