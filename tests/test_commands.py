@@ -51,3 +51,16 @@ def test_number_types_accept_the_edges_and_name_the_range():
         real(0.0, 1.0, low_open=True)("0")
     with pytest.raises(Exception, match="multiple of 4"):
         integer(16, multiple=4)("18")
+
+
+@pytest.mark.parametrize("base", [RGNV, PRE, SINGLE], ids=["rgnv", "preprocess", "eval"])
+@pytest.mark.parametrize("value, needle", [("cuda", "no CUDA device"), ("cuda:3", "no CUDA device"),
+                                           ("bogus", "expected a torch device"), ("tpu", "expected")])
+def test_a_device_this_machine_lacks_stops_before_any_model(base, value, needle, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*base, "--device", value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --device" in err and needle in err and "Traceback" not in err

@@ -80,3 +80,26 @@ def _range(what: str, low, high, low_open: bool) -> str:
     if high is not None:
         return f"{what} <= {high}"
     return what
+
+
+def device(text: str) -> str:
+    """argparse type: a torch device this machine has ("cpu", "cuda", "cuda:1", "mps"); a typo or
+    a GPU that is not there is a usage error before any model loads."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a torch device such as cpu or cuda:0, got {text!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA device (torch "
+                                             f"{torch.__version__}); use --device cpu") from None
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA "
+                                             "device(s)") from None
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise argparse.ArgumentTypeError(f"{text}: MPS is not available here; use --device cpu") from None
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda[:N] or mps, got {text!r}") from None
+    return text

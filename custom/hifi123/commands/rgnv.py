@@ -5,7 +5,7 @@ import argparse
 import os
 
 from ..errors import Hifi123Error
-from . import integer, real
+from . import device, integer, real
 
 #: the target prompt of `hifi123 rgnv` when neither --prompt nor a caption file gives one
 DEFAULT_VIEW_PROMPT = "side view"  # decision 29
@@ -151,7 +151,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--upscale", action="store_true", help="also write x4-upscaled views (SD x4 upscaler; decision 6)")
     r.add_argument("--upscaler-model", default=None, help="x4 upscaler hub id or folder (default: sd2-community/stable-diffusion-x4-upscaler)")
     r.add_argument("--upscale-steps", type=integer(1), default=75, help="upscaler denoising steps (default 75)")
-    r.add_argument("--device", default=None)
+    r.add_argument("--device", type=device, default=None)
     r.add_argument("--fp16", action="store_true", help="half precision on CUDA")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=_cmd_rgnv)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..commands import integer, real
+from ..commands import device, integer, real
 from ..errors import InputError
 from .defaults import DEFAULT_EVAL_MODELS
 
@@ -100,7 +100,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="LPIPS backbone: `torchvision` (torch hub cache) or a folder with the torchvision checkpoint")
     p.add_argument("--keep-background", action="store_true",
                    help="do not whiten pixels outside the opacity panel of threestudio frames")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--device", type=device, default=None, help="cpu, cuda, ... (default: cuda when available)")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

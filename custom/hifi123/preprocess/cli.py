@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..commands import integer, real
+from ..commands import device, integer, real
 
 EPILOG = """\
 outputs (in --out, default <input folder>/preprocessed):
@@ -64,7 +64,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true",
                    help="use tiny random offline models (smoke test: masks, depth and caption are noise)")
     p.add_argument("--force", action="store_true", help="redo inputs whose outputs are up to date")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--device", type=device, default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--fp16", action="store_true", help="half precision on CUDA")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-file messages")
     p.set_defaults(func=run)
