@@ -271,3 +271,25 @@ def test_rgsd_without_prompt_or_caption_warns(threestudio_env, tiny_models, tmp_
     monkeypatch.setattr(common.threestudio, "warn", lambda msg, *a, **k: warned.append(msg))
     threestudio_env.threestudio.find("hifi123-rgsd-guidance")(_rgsd(tiny_models, cond_image_path=str(image), prompt=""))
     assert len(warned) == 1 and str(tmp_path / "cat_caption.txt") in warned[0] and "prompt" in warned[0]
+
+
+@pytest.mark.parametrize("key, value", [("system.loss.lambda_rgb", float("nan")),
+                                        ("system.guidance.guidance_scale", float("inf")),
+                                        ("system.loss.lambda_normal", [0, 0.0, float("nan"), 100]),
+                                        ("system.loss.lambda_mask", "nan"), ("system.loss.lambda_depth", "-inf")])
+def test_a_non_finite_number_in_the_config_is_named(threestudio_env, tiny_models, tmp_path, monkeypatch, key, value):
+    from hifi123.errors import InputError
+    from omegaconf import OmegaConf
+
+    monkeypatch.chdir(REPO)
+    cfg = _our_smoke("coarse.yaml", tiny_models, tmp_path)
+    OmegaConf.update(cfg, key, value)
+    with pytest.raises(InputError, match=key.replace(".", r"\.")):
+        threestudio_env.threestudio.find(cfg.system_type)(cfg.system)
+
+
+def test_a_non_finite_number_in_our_guidance_block_is_named(threestudio_env, tiny_models):
+    from hifi123.errors import InputError
+
+    with pytest.raises(InputError, match=r"system\.guidance\.guidance_scale = nan"):
+        threestudio_env.threestudio.find("hifi123-rgsd-guidance")(_rgsd(tiny_models, guidance_scale=float("nan")))

@@ -82,3 +82,39 @@ def check_config_keys(given, known, path: str, owner: str, foreign_hint: bool = 
         f"only the keys of {owner}: {', '.join(sorted(known))}",
         fix,
     )
+
+
+def check_config_numbers(given, path: str, owner: str) -> None:
+    """Refuse NaN and infinite numbers anywhere in the config block `given` (nested mappings and
+    lists included; schedules such as `[0, 0.0, 0.05, 100]` too), naming each by its full path."""
+    import math
+
+    bad = []
+
+    def walk(value, where):
+        if isinstance(value, bool):
+            return
+        if isinstance(value, str) and value.strip().lower().lstrip("+-.") in ("nan", "inf", "infinity"):
+            value = float(value.strip().lower().replace(".", ""))  # YAML `nan`, which a float field parses
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                bad.append(f"{where} = {value}")
+        elif hasattr(value, "keys"):
+            for k in value.keys():
+                walk(value[k], f"{where}.{k}")
+        elif isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]")
+
+    if type(given).__name__ == "DictConfig":  # unresolved: interpolations are not numbers yet
+        from omegaconf import OmegaConf
+
+        given = OmegaConf.to_container(given, resolve=False)
+    for key in given.keys():
+        walk(given[key], f"{path}.{key}")
+    if bad:
+        raise InputError(
+            f"{owner}: {', '.join(bad)}",
+            "finite numbers (no nan or inf) in every setting",
+            "set a finite value (YAML `.nan` / `.inf` are not settings)",
+        )

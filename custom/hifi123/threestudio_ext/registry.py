@@ -54,8 +54,9 @@ class StrictConfig:
 
     def __init__(self, cfg=None, *args, **kwargs):
         if cfg is not None and hasattr(cfg, "keys"):
-            from ..errors import check_config_keys
+            from ..errors import check_config_keys, check_config_numbers
 
             owner = getattr(type(self), "_hifi123_name", type(self).__name__)
             check_config_keys(cfg, self.Config.__dataclass_fields__, self.config_path, owner, self.foreign_hint)
+            check_config_numbers(cfg, self.config_path, owner)
         super().__init__(cfg, *args, **kwargs)

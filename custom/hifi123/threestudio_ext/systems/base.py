@@ -76,11 +76,12 @@ class ImageConditionedSystem(BaseLift3DSystem):
     cfg: Config
 
     def __init__(self, cfg, resumed: bool = False) -> None:
-        from ...errors import check_config_keys
+        from ...errors import check_config_keys, check_config_numbers
 
         if hasattr(cfg, "keys"):  # before threestudio's parse: one clear error, not a TypeError
-            check_config_keys(cfg, self.Config.__dataclass_fields__, "system",
-                              getattr(type(self), "_hifi123_name", type(self).__name__))
+            owner = getattr(type(self), "_hifi123_name", type(self).__name__)
+            check_config_keys(cfg, self.Config.__dataclass_fields__, "system", owner)
+            check_config_numbers(cfg, "system", owner)
         super().__init__(cfg, resumed=resumed)
 
     # ----------------------------------------------------------------- configure
