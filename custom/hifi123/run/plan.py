@@ -359,131 +359,165 @@ def _short(path: str, base: str) -> str:
     return path if rel.startswith("..") else rel
 
 
+@dataclass
+class _Plan:
+    """What every stage builder reads: the options, the outputs tree, where things go."""
+
+    opts: RunOptions
+    state: State
+    lay: Layout
+    trials: Dict[str, str]
+    outs: Dict[str, Dict[str, str]]
+    env: Dict[str, str]
+
+    @property
+    def spec(self) -> MethodSpec:
+        return self.opts.spec
+
+    @property
+    def launch(self) -> List[str]:
+        return [self.opts.python, "launch.py"]
+
+    def user_overrides(self, stage: str) -> List[str]:
+        return [kv for st, kv in self.opts.overrides if st == stage or (st is None and stage in TRAINING_STAGES)]
+
+    def on_gpu(self, stage: Stage, trial: str) -> None:
+        stage.cwd, stage.env, stage.needs_gpu, stage.trial = self.opts.threestudio_root, dict(self.env), True, trial
+
+
+# Each builder fills the stage's command and outputs; it returns whether the stage is done when
+# that is more than "all its outputs exist" (None: decide from the outputs).
+def _build_preprocess(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
+    opts, lay = p.opts, p.lay
+    stage.argv = [opts.python, "-m", "hifi123.cli", "preprocess", opts.image, "--out", lay.preprocessed_dir]
+    if opts.prompt is not None:
+        stage.argv += ["--caption", opts.prompt]
+    stage.env = dict(p.env)
+    stage.outputs = [glob.escape(f) for f in lay.preprocessed_files]
+    # the preprocessor writes --caption as one line with whitespace runs collapsed
+    if opts.prompt is not None and p.state.caption is not None and p.state.caption != " ".join(opts.prompt.split()):
+        stage.why = "the caption differs from --prompt"
+        return False  # --prompt changed: re-caption (and redo what depends on the caption)
+    return None
+
+
+def _build_training(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
+    opts, lay, state, name = p.opts, p.lay, p.state, stage.name
+    ts = opts.training(name)
+    trial, o = p.trials[name], p.outs[name]
+    p.on_gpu(stage, trial)
+    stage.argv = p.launch + [
+        "--config", f"{CONFIG_DIR}/{ts.config}", "--train", "--gpu", opts.gpu,
+        override("data.image_path", lay.rgba), override("exp_root_dir", opts.out),
+        override("name", ts.name), override("tag", lay.tag),
+        "use_timestamp=false",  # deterministic trial folder OUT/<name>/<tag>: resumable
+        "checkpoint.save_last=true",  # ckpts/last.ckpt: what refine, export and resume use
+    ]
+    if name == "refine":
+        stage.argv.append(override(p.spec.chain_key, os.path.join(p.trials["coarse"], "ckpts", "last.ckpt")))
+    if p.spec.prompt_key:
+        text = opts.prompt if opts.prompt is not None else state.caption
+        stage.argv.append(override(p.spec.prompt_key, text if text is not None
+                                   else CAPTION_PLACEHOLDER.format(path=lay.caption)))
+    stage.outputs = [o["ckpt"], o["parsed"]]
+    done = state.has(o["marker"]) and state.has(o["ckpt"])
+    if not done or upstream:
+        if state.has(o["ckpt"]) and not upstream:
+            stage.resume = os.path.join(trial, "ckpts", "last.ckpt")
+            stage.argv.append(override("resume", stage.resume))
+            stage.why = "resume: ckpts/last.ckpt without a completion marker (interrupted run)"
+        elif state.has(o["ckpt"]) or state.has(o["marker"]):
+            stage.move_aside = trial
+            stage.why = (f"redo from scratch, {', '.join(upstream)} runs again" if upstream
+                         else "the trial has no usable checkpoint: from scratch")
+    stage.argv += p.user_overrides(name)
+    return done
+
+
+def _build_export(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
+    trial, o = p.trials[p.spec.mesh_from], p.outs[p.spec.mesh_from]
+    p.on_gpu(stage, trial)
+    stage.argv = p.launch + [
+        "--config", os.path.join(trial, "configs", "parsed.yaml"), "--export", "--gpu", p.opts.gpu,
+        override("resume", os.path.join(trial, "ckpts", "last.ckpt")),
+        "system.exporter_type=mesh-exporter", "system.exporter.fmt=obj-mtl",
+        "system.exporter.context_type=cuda",  # nvdiffrast without an OpenGL context (headless)
+    ] + p.user_overrides(stage.name)
+    stage.outputs = [o["obj"]]
+    return None
+
+
+def _build_glb(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
+    trial, o = p.trials[p.spec.mesh_from], p.outs[p.spec.mesh_from]
+    stage.argv = [p.opts.python, "-m", "hifi123.run.export", "glb", trial]
+    stage.outputs = [o["glb"]]
+    stage.trial = trial
+    obj = newest(p.state.matches(o["obj"]))  # the GLB must belong to the newest export
+    return obj is not None and p.state.has(os.path.join(glob.escape(os.path.dirname(obj)), "model.glb"))
+
+
+def _build_ply(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
+    trial, o = p.trials["refine"], p.outs["refine"]
+    stage.argv = [p.opts.python, "-m", "hifi123.run.export", "ply", os.path.join(trial, "ckpts", "last.ckpt"),
+                  "--out", os.path.join(trial, POINTCLOUD)]
+    stage.outputs = [o["ply"]]
+    stage.trial = trial
+    return None
+
+
+def _build_video(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
+    trial, o = p.trials["refine"], p.outs["refine"]
+    p.on_gpu(stage, trial)
+    stage.argv = p.launch + [
+        "--config", os.path.join(trial, "configs", "parsed.yaml"), "--test", "--gpu", p.opts.gpu,
+        override("resume", os.path.join(trial, "ckpts", "last.ckpt")),
+    ] + p.user_overrides(stage.name)
+    stage.outputs = [o["video"]]
+    return None
+
+
+def _build_eval(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
+    trial, o = p.trials["refine"], p.outs["refine"]
+    stage.argv = [p.opts.python, "-m", "hifi123.cli", "eval", "single-view", "--ref", p.lay.rgba, "--views", trial,
+                  "--out", os.path.join(trial, EVAL_REPORT)]
+    stage.env = dict(p.env)
+    stage.outputs = [o["eval"]]
+    stage.trial = trial
+    return None
+
+
+_BUILDERS = {"preprocess": _build_preprocess, "export": _build_export, "glb": _build_glb, "ply": _build_ply,
+             "video": _build_video, "eval": _build_eval, **{st: _build_training for st in TRAINING_STAGES}}
+
+
 def plan_stages(opts: RunOptions, state: State, ran: Iterable[str] = ()) -> List[Stage]:
     """The stages for one image, in order, each with its exact command and whether it runs.
 
     Pure: depends only on `opts`, `state` (the outputs tree) and `ran` (stages already run in this
     invocation, whose dependents must run again)."""
     lay = Layout.of(opts)
-    spec = opts.spec
-    ts_root = opts.threestudio_root
-    py = opts.python
-    ran = set(ran)
-    deps = _deps(opts)
     trials = {st: lay.trial(opts.training(st).name) for st in TRAINING_STAGES}
-    outs = {st: trial_outputs(t) for st, t in trials.items()}
-    env = gpu_env(opts.gpu)
-    launch = [py, "launch.py"]
-
-    def user_overrides(stage: str) -> List[str]:
-        return [kv for st, kv in opts.overrides if st == stage or (st is None and stage in TRAINING_STAGES)]
-
+    plan = _Plan(opts, state, lay, trials, {st: trial_outputs(t) for st, t in trials.items()}, gpu_env(opts.gpu))
+    ran, deps = set(ran), _deps(opts)
     stages: List[Stage] = []
     pending: set = set()
-
     for name in stage_names(opts.method):
         # a dependency that runs, or ran in this invocation after this stage last ran, forces a redo
         upstream = [d for d in deps[name] if d in pending or (d in ran and name not in ran)]
+        made_by_refine = False
         if name == "video" and "refine" in upstream:
             # `launch.py --train` ends with a test pass that writes save/it<N>-test.mp4: a refine
             # run that is pending or just ran makes the video, no separate test run is needed
             upstream.remove("refine")
             made_by_refine = "refine" in pending
-        else:
-            made_by_refine = False
         stage = Stage(name=name, argv=[], cwd=opts.out, log=lay.log(name))
-        done: Optional[bool] = None  # training stages decide it themselves (marker + checkpoint)
-
-        if name == "preprocess":
-            stage.argv = [py, "-m", "hifi123.cli", "preprocess", opts.image, "--out", lay.preprocessed_dir]
-            if opts.prompt is not None:
-                stage.argv += ["--caption", opts.prompt]
-            stage.env = dict(env)
-            stage.outputs = [glob.escape(p) for p in lay.preprocessed_files]
-            # the preprocessor writes --caption as one line with whitespace runs collapsed
-            if opts.prompt is not None and state.caption is not None and state.caption != " ".join(opts.prompt.split()):
-                done = False  # --prompt changed: re-caption (and redo what depends on the caption)
-                stage.why = "the caption differs from --prompt"
-
-        elif name in TRAINING_STAGES:
-            ts = opts.training(name)
-            trial, o = trials[name], outs[name]
-            stage.cwd, stage.env, stage.needs_gpu, stage.trial = ts_root, dict(env), True, trial
-            stage.argv = launch + [
-                "--config", f"{CONFIG_DIR}/{ts.config}", "--train", "--gpu", opts.gpu,
-                override("data.image_path", lay.rgba), override("exp_root_dir", opts.out),
-                override("name", ts.name), override("tag", lay.tag),
-                "use_timestamp=false",  # deterministic trial folder OUT/<name>/<tag>: resumable
-                "checkpoint.save_last=true",  # ckpts/last.ckpt: what refine, export and resume use
-            ]
-            if name == "refine":
-                stage.argv.append(override(spec.chain_key, os.path.join(trials["coarse"], "ckpts", "last.ckpt")))
-            if spec.prompt_key:
-                text = opts.prompt if opts.prompt is not None else state.caption
-                stage.argv.append(override(spec.prompt_key, text if text is not None
-                                           else CAPTION_PLACEHOLDER.format(path=lay.caption)))
-            stage.outputs = [o["ckpt"], o["parsed"]]
-            done = state.has(o["marker"]) and state.has(o["ckpt"])
-            if not done or upstream:
-                if state.has(o["ckpt"]) and not upstream:
-                    stage.resume = os.path.join(trial, "ckpts", "last.ckpt")
-                    stage.argv.append(override("resume", stage.resume))
-                    stage.why = "resume: ckpts/last.ckpt without a completion marker (interrupted run)"
-                elif state.has(o["ckpt"]) or state.has(o["marker"]):
-                    stage.move_aside = trial
-                    stage.why = (f"redo from scratch, {', '.join(upstream)} runs again" if upstream
-                                 else "the trial has no usable checkpoint: from scratch")
-            stage.argv += user_overrides(name)
-
-        elif name == "export":
-            trial, o = trials[spec.mesh_from], outs[spec.mesh_from]
-            stage.cwd, stage.env, stage.needs_gpu, stage.trial = ts_root, dict(env), True, trial
-            stage.argv = launch + [
-                "--config", os.path.join(trial, "configs", "parsed.yaml"), "--export", "--gpu", opts.gpu,
-                override("resume", os.path.join(trial, "ckpts", "last.ckpt")),
-                "system.exporter_type=mesh-exporter", "system.exporter.fmt=obj-mtl",
-                "system.exporter.context_type=cuda",  # nvdiffrast without an OpenGL context (headless)
-            ] + user_overrides(name)
-            stage.outputs = [o["obj"]]
-
-        elif name == "glb":
-            trial, o = trials[spec.mesh_from], outs[spec.mesh_from]
-            stage.argv = [py, "-m", "hifi123.run.export", "glb", trial]
-            stage.outputs = [o["glb"]]
-            stage.trial = trial
-            obj = newest(state.matches(o["obj"]))  # the GLB must belong to the newest export
-            done = obj is not None and state.has(os.path.join(glob.escape(os.path.dirname(obj)), "model.glb"))
-
-        elif name == "ply":
-            trial, o = trials["refine"], outs["refine"]
-            stage.argv = [py, "-m", "hifi123.run.export", "ply", os.path.join(trial, "ckpts", "last.ckpt"),
-                          "--out", os.path.join(trial, POINTCLOUD)]
-            stage.outputs = [o["ply"]]
-            stage.trial = trial
-
-        elif name == "video":
-            trial, o = trials["refine"], outs["refine"]
-            stage.cwd, stage.env, stage.needs_gpu, stage.trial = ts_root, dict(env), True, trial
-            stage.argv = launch + [
-                "--config", os.path.join(trial, "configs", "parsed.yaml"), "--test", "--gpu", opts.gpu,
-                override("resume", os.path.join(trial, "ckpts", "last.ckpt")),
-            ] + user_overrides(name)
-            stage.outputs = [o["video"]]
-
-        elif name == "eval":
-            trial, o = trials["refine"], outs["refine"]
-            stage.argv = [py, "-m", "hifi123.cli", "eval", "single-view", "--ref", lay.rgba, "--views", trial,
-                          "--out", os.path.join(trial, EVAL_REPORT)]
-            stage.env = dict(env)
-            stage.outputs = [o["eval"]]
-            stage.trial = trial
-
+        done = _BUILDERS[name](plan, stage, upstream)
         if done is None:
-            done = all(state.has(p) for p in stage.outputs)
+            done = all(state.has(f) for f in stage.outputs)
         if made_by_refine:
             stage.skip = "made by the refine run (launch.py --train ends with a test pass)"
         elif done and not upstream:
-            shown = [_short(newest(state.matches(p)) or p, opts.out) for p in stage.outputs]
+            shown = [_short(newest(state.matches(f)) or f, opts.out) for f in stage.outputs]
             stage.skip = "done: " + ", ".join(shown)
             if name == "video":
                 stage.skip += " (written by the refine run's test pass)"
