@@ -16,6 +16,51 @@ def _default_out_name(path: str) -> str:
     return stem[: -len("_rgba")] if stem.endswith("_rgba") else stem
 
 
+def _check_outputs(args, out_dir: str) -> None:
+    """Every result path against every input (before any work; `hifi123.outputs`)."""
+    from ..outputs import check_outputs
+
+    names = [(c, _default_out_name(c)) for c in args.coarse]
+    outputs = [(f"the enhanced view of --coarse {c}", os.path.join(out_dir, f"{n}_enhanced.png")) for c, n in names]
+    if args.upscale:
+        outputs += [(f"the x4 view of --coarse {c}", os.path.join(out_dir, f"{n}_upsample.png")) for c, n in names]
+    outputs.append(("the comparison sheet", os.path.join(out_dir, "comparison.png")))
+    inputs = [("--ref", args.ref), ("--ref-depth", args.ref_depth)] + [("--coarse", c) for c in args.coarse]
+    inputs += [("--depth", d) for d in (args.depth or [])]
+    check_outputs(outputs, inputs, "hifi123 rgnv")
+
+
+def _target_prompt(args) -> str:
+    """--prompt, else the caption next to --ref, else the view prompt (CFG needs a target prompt:
+    with "" both halves are equal and CFG 9 does nothing; decision 29)."""
+    if args.prompt is not None:
+        return args.prompt
+    from ..core.prompts import caption_path, read_caption
+
+    cap = caption_path(args.ref)
+    prompt = read_caption(args.ref)
+    if prompt:
+        print(f"hifi123 rgnv: prompt from {cap}: {prompt!r}")
+        return prompt
+    print(f"hifi123 rgnv: no --prompt and no {cap}: using the view prompt {DEFAULT_VIEW_PROMPT!r}")
+    return DEFAULT_VIEW_PROMPT
+
+
+def _model_refs(args, need_dpt: bool):
+    """(SD2-depth reference, upscaler reference or None), both preflighted (no weights loaded)."""
+    from ..models.loader import DEFAULT_MODELS, preflight
+    from ..models.tiny import ensure_tiny_models
+
+    model = ensure_tiny_models()["sd2-depth"] if args.tiny else (args.model or DEFAULT_MODELS["sd2_depth"])
+    subs = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] + (["depth_estimator", "feature_extractor"] if need_dpt else [])
+    preflight(model, "--model", subfolders=subs)
+    if not args.upscale:
+        return model, None
+    upscaler = ensure_tiny_models()["sd-x4-upscaler"] if args.tiny else (args.upscaler_model or DEFAULT_MODELS["sd_x4_upscaler"])
+    preflight(upscaler, "--upscaler-model", subfolders=["unet", "vae", "text_encoder", "tokenizer", "scheduler", "low_res_scheduler"])
+    return model, upscaler
+
+
 def _cmd_rgnv(args) -> int:
     import torch
 
@@ -28,7 +73,7 @@ def _cmd_rgnv(args) -> int:
         save_png,
         to_tensor_image,
     )
-    from ..models.loader import DEFAULT_MODELS, load_diffusion, preflight
+    from ..models.loader import load_diffusion
 
     # 1. everything the user gave is checked before any model loads
     ref = load_rgba(args.ref, role="--ref image")
@@ -42,76 +87,40 @@ def _cmd_rgnv(args) -> int:
         )
     depths = [load_depth(p, v.shape[:2], "--depth map") for p, v in zip(args.depth, coarse)] if args.depth else None
     out_dir = check_writable_dir(args.out)
-    from ..outputs import check_outputs
-
-    outputs = [(f"the enhanced view of --coarse {c}", os.path.join(out_dir, f"{_default_out_name(c)}_enhanced.png"))
-               for c in args.coarse]
-    if args.upscale:
-        outputs += [(f"the x4 view of --coarse {c}", os.path.join(out_dir, f"{_default_out_name(c)}_upsample.png"))
-                    for c in args.coarse]
-    outputs.append(("the comparison sheet", os.path.join(out_dir, "comparison.png")))
-    inputs = [("--ref", args.ref), ("--ref-depth", args.ref_depth)] + [("--coarse", c) for c in args.coarse]
-    inputs += [("--depth", d) for d in (args.depth or [])]
-    check_outputs(outputs, inputs, "hifi123 rgnv")
-    prompt = args.prompt
-    if prompt is None:  # CFG needs a target prompt: with "" both halves are equal and CFG 9 does nothing
-        from ..core.prompts import caption_path, read_caption
-
-        cap = caption_path(args.ref)
-        prompt = read_caption(args.ref)
-        if prompt:
-            print(f"hifi123 rgnv: prompt from {cap}: {prompt!r}")
-        else:
-            prompt = DEFAULT_VIEW_PROMPT
-            print(f"hifi123 rgnv: no --prompt and no {cap}: using the view prompt {prompt!r}")
+    _check_outputs(args, out_dir)
     cfg = RGNVConfig(
         num_steps=args.steps, inject_steps=args.inject_steps, guidance_scale=args.guidance_scale,
-        prompt=prompt, negative_prompt=args.negative_prompt, inject=not args.no_inject,
+        prompt=_target_prompt(args), negative_prompt=args.negative_prompt, inject=not args.no_inject,
         mask_reference_depth=not args.unmasked_reference_depth,
     )
     try:
         cfg.validate()
     except ValueError as err:
         raise Hifi123Error(f"bad option: {err}", fix="see `hifi123 rgnv --help`") from err
-    from ..models.tiny import ensure_tiny_models
-
-    if args.tiny:
-        model = ensure_tiny_models()["sd2-depth"]
-    else:
-        model = args.model or DEFAULT_MODELS["sd2_depth"]
     need_dpt = ref_depth is None or depths is None
-    subs = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] + (["depth_estimator", "feature_extractor"] if need_dpt else [])
-    preflight(model, "--model", subfolders=subs)
-    upscaler_ref = None
-    if args.upscale:
-        upscaler_ref = ensure_tiny_models()["sd-x4-upscaler"] if args.tiny else (args.upscaler_model or DEFAULT_MODELS["sd_x4_upscaler"])
-        preflight(upscaler_ref, "--upscaler-model", subfolders=["unet", "vae", "text_encoder", "tokenizer", "scheduler", "low_res_scheduler"])
+    model, upscaler_ref = _model_refs(args, need_dpt)
 
-    # 2. models
+    # 2. models and the enhancement
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if (args.fp16 and device.type == "cuda") else torch.float32
-    comps = load_diffusion(model, "--model", dtype=dtype, device=device, with_depth_estimator=need_dpt)
-    pipe = RGNVPipeline(comps, cfg)
-
+    pipe = RGNVPipeline(load_diffusion(model, "--model", dtype=dtype, device=device, with_depth_estimator=need_dpt), cfg)
     from tqdm.auto import tqdm
 
     total = 2 * cfg.inject_steps * (1 + len(coarse)) if cfg.inject else 2 * cfg.inject_steps * len(coarse)
     bar = tqdm(total=total, desc="RGNV", unit="eval", disable=args.quiet)
     pipe.progress = lambda phase, n: bar.update(n)
-    # DDIM inversion steps do not pass through _set_step's progress with mode; count them too
     cache = pipe.build_reference(ref, ref_depth) if cfg.inject else None
     out = pipe.enhance(cache, coarse, depths, batch_size=args.batch_size)
     bar.close()
 
+    # 3. outputs
     rows = []
     ref_img = pipe.prepare(ref, "white")[0][0]
     for i, path in enumerate(args.coarse):
-        name = _default_out_name(path)
-        dst = os.path.join(out_dir, f"{name}_enhanced.png")
+        dst = os.path.join(out_dir, f"{_default_out_name(path)}_enhanced.png")
         save_png(dst, out.images[i])
         print(f"wrote {dst}")
-        coarse_img = pipe.prepare(to_tensor_image(coarse[i]), "white")[0][0]
-        rows.append([ref_img, coarse_img, out.images[i]])
+        rows.append([ref_img, pipe.prepare(to_tensor_image(coarse[i]), "white")[0][0], out.images[i]])
     if upscaler_ref is not None:
         from ..core.hifi123.rgnv import upscale_x4
         from ..models.loader import load_upscaler
@@ -126,7 +135,6 @@ def _cmd_rgnv(args) -> int:
     save_png(sheet, image_grid(rows))
     print(f"wrote {sheet}  (columns: reference | coarse | enhanced)")
     return 0
-
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
