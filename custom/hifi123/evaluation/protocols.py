@@ -262,14 +262,11 @@ def load_mesh(path: str, flag: str):
     return v, f, bool(mesh.is_watertight)
 
 
-def run_gso(s: GSOSettings) -> Dict[str, Any]:
-    from . import models as M
-    from .geometry import mesh_metrics, normalize_unit_bbox, y_up_to_z_up
-    from .metrics import lpips_distance, psnr, ssim
+def _gso_inputs(s: GSOSettings):
+    """Every option and input of the GSO protocol checked and loaded: (pred names, pred views,
+    gt names, gt views, (pred mesh, gt mesh) or None)."""
     from .views import load_image_folder
 
-    t0 = time.perf_counter()
-    # 1. options and inputs
     for flag, v, lo in (("--size", s.size, 32), ("--depth-size", s.depth_size, 16), ("--iou-resolution", s.iou_resolution, 8),
                         ("--surface-samples", s.surface_samples, 100)):
         if v < lo:
@@ -302,20 +299,13 @@ def run_gso(s: GSOSettings) -> Dict[str, Any]:
     meshes = None
     if s.pred_mesh:
         meshes = (load_mesh(s.pred_mesh, "--pred-mesh"), load_mesh(s.gt_mesh, "--gt-mesh"))
-    # 2. model reference
-    lp_ref = M.tiny_model_refs()["lpips"] if s.tiny else s.lpips_model
-    M.preflight_lpips(lp_ref, s.lpips_net, "--lpips-model")
-    # 3. metrics
-    dev = _device(s.device)
-    lp = M.load_lpips(lp_ref, s.lpips_net, "--lpips-model", dev)
-    native = list(pred[0].shape[:2])
-    P = _resize(_to_tensor(pred), s.size)
-    G = _resize(_to_tensor(gt), s.size)
-    v_psnr, v_ssim, v_lpips = psnr(P, G), ssim(P, G), lpips_distance(lp, P, G)
-    metrics: Dict[str, Any] = {"psnr": float(v_psnr.mean()), "ssim": float(v_ssim.mean()), "lpips": float(v_lpips.mean())}
-    per_view = [{"pred": pn, "gt": gn, "psnr": float(a), "ssim": float(b), "lpips": float(c)}
-                for pn, gn, a, b, c in zip(pred_names, gt_names, v_psnr, v_ssim, v_lpips)]
-    notes: List[str] = []
+    return pred_names, pred, gt_names, gt, meshes
+
+
+def _gso_geometry(s: GSOSettings, meshes, notes: List[str]) -> Dict[str, Any]:
+    """Chamfer distance and volume IoU of the two meshes (SyncDreamer's eval_mesh), or {}."""
+    from .geometry import mesh_metrics, normalize_unit_bbox, y_up_to_z_up
+
     geometry: Dict[str, Any] = {}
     if meshes:
         (pv, pf, pw), (gv, gf, gw) = meshes
@@ -334,23 +324,13 @@ def run_gso(s: GSOSettings) -> Dict[str, Any]:
         except ValueError as err:
             raise InputError(f"geometry metrics failed: {err}", "two overlapping, non-empty meshes",
                              "check --pred-mesh/--gt-mesh (and --mesh-normalize)") from err
-        metrics["chamfer"] = geometry["chamfer"]
-        metrics["volume_iou"] = geometry["volume_iou"]
     else:
         notes.append("no meshes given: Chamfer distance and volume IoU not computed (pass --pred-mesh and --gt-mesh)")
+    return geometry
 
-    diffs = []
-    if s.tiny:
-        diffs.append("tiny random LPIPS backbone (--tiny): LPIPS is meaningless")
-    elif lp_ref != DEFAULT_EVAL_MODELS["lpips"]:
-        diffs.append(f"--lpips-model {lp_ref} (protocol: {DEFAULT_EVAL_MODELS['lpips']})")
-    if len(pred) != 16:
-        diffs.append(f"{len(pred)} views (protocol: 16)")
-    for k, want in _GSO_PROTOCOL.items():
-        if getattr(s, k) != want and (meshes or k in ("size", "lpips_net")):
-            diffs.append(f"{k}={getattr(s, k)} (protocol: {want})")
-    if native != [s.size, s.size]:
-        notes.append(f"views are {native[1]}x{native[0]}; resized to {s.size}x{s.size} (bilinear, antialiased)")
+
+def _gso_settings(s: GSOSettings, lp_ref: str, lp, dev, pred, native, meshes, geometry) -> Dict[str, Any]:
+    """Every setting the GSO report prints."""
     settings = {
         "protocol": "GSO (SyncDreamer's eval_nvs / eval_mesh, as used in HiFi-123 Tab. 2; decisions.md 19)",
         "background": "white (RGBA composited with alpha)",
@@ -386,4 +366,46 @@ def run_gso(s: GSOSettings) -> Dict[str, Any]:
             "inside_test": "ray parity on our rasteriser along x, y, z, majority vote",
             "details": {k: v for k, v in geometry.items() if k not in ("chamfer", "volume_iou")},
         }
+    return settings
+
+
+def run_gso(s: GSOSettings) -> Dict[str, Any]:
+    from . import models as M
+    from .metrics import lpips_distance, psnr, ssim
+
+    t0 = time.perf_counter()
+    # 1. options and inputs
+    pred_names, pred, gt_names, gt, meshes = _gso_inputs(s)
+    # 2. model reference
+    lp_ref = M.tiny_model_refs()["lpips"] if s.tiny else s.lpips_model
+    M.preflight_lpips(lp_ref, s.lpips_net, "--lpips-model")
+    # 3. image metrics
+    dev = _device(s.device)
+    lp = M.load_lpips(lp_ref, s.lpips_net, "--lpips-model", dev)
+    native = list(pred[0].shape[:2])
+    P = _resize(_to_tensor(pred), s.size)
+    G = _resize(_to_tensor(gt), s.size)
+    v_psnr, v_ssim, v_lpips = psnr(P, G), ssim(P, G), lpips_distance(lp, P, G)
+    metrics: Dict[str, Any] = {"psnr": float(v_psnr.mean()), "ssim": float(v_ssim.mean()), "lpips": float(v_lpips.mean())}
+    per_view = [{"pred": pn, "gt": gn, "psnr": float(a), "ssim": float(b), "lpips": float(c)}
+                for pn, gn, a, b, c in zip(pred_names, gt_names, v_psnr, v_ssim, v_lpips)]
+    # 4. geometry metrics
+    notes: List[str] = []
+    geometry = _gso_geometry(s, meshes, notes)
+    if geometry:
+        metrics["chamfer"], metrics["volume_iou"] = geometry["chamfer"], geometry["volume_iou"]
+    # 5. where this run differs from the protocol, and the settings
+    diffs = []
+    if s.tiny:
+        diffs.append("tiny random LPIPS backbone (--tiny): LPIPS is meaningless")
+    elif lp_ref != DEFAULT_EVAL_MODELS["lpips"]:
+        diffs.append(f"--lpips-model {lp_ref} (protocol: {DEFAULT_EVAL_MODELS['lpips']})")
+    if len(pred) != 16:
+        diffs.append(f"{len(pred)} views (protocol: 16)")
+    for k, want in _GSO_PROTOCOL.items():
+        if getattr(s, k) != want and (meshes or k in ("size", "lpips_net")):
+            diffs.append(f"{k}={getattr(s, k)} (protocol: {want})")
+    if native != [s.size, s.size]:
+        notes.append(f"views are {native[1]}x{native[0]}; resized to {s.size}x{s.size} (bilinear, antialiased)")
+    settings = _gso_settings(s, lp_ref, lp, dev, pred, native, meshes, geometry)
     return _report(PROTOCOL_GSO, metrics, settings, per_view, diffs, notes, t0)
