@@ -329,6 +329,65 @@ def _to_u8(x: np.ndarray) -> np.ndarray:
     return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def _object_alpha(img: InputImage, cfg: PreprocessConfig, models: Models):
+    """The object's alpha [H, W] in [0, 1] (the input's, or segmented) and where it came from."""
+    if img.alpha is not None:
+        return img.alpha, "input alpha"
+    seg = models.get("seg")
+    mask = seg.mask(img.rgb, cfg.seg_threshold)
+    if not mask.any():
+        raise InputError(
+            f"input {img.path}: the segmentation found no foreground ({seg.description}, "
+            f"threshold {cfg.seg_threshold})",
+            "an object in front of a background",
+            "cut the object out yourself and pass an RGBA image, or try a lower --seg-threshold, another "
+            "--seg-prompt or another --seg-model",
+        )
+    return mask.astype(np.float32), f"segmentation: {seg.description}, threshold {cfg.seg_threshold}"
+
+
+def _depth_and_normals(cfg: PreprocessConfig, models: Models, mask, on_white, disp_given):
+    """(depth PNG, normal PNG, where the depth came from): camera z from the given disparity or
+    DPT under the camera assumptions (normals.py), normals from that depth."""
+    box = object_bbox(mask)
+    extent = max(box[2] - box[0], box[3] - box[1]) / float(cfg.size)
+    if disp_given is not None:
+        disp = np.where(np.isfinite(disp_given), disp_given, np.nan)
+        fill = np.nanmin(disp[mask]) if np.isfinite(disp[mask]).any() else 1.0
+        disp = np.where(mask & np.isfinite(disp), disp, fill)
+        z = np.where(mask, 1.0 / np.maximum(disp, 1e-12), 0.0)
+        depth_source = "given depth (recentred)"
+    else:
+        est = models.get("depth")
+        disp = est.disparity(on_white)
+        z = disparity_to_depth(disp, mask, extent, cfg.camera)
+        depth_source = f"DPT {est.ref} (relative disparity; camera assumptions for the normals)"
+    n_cam = normals_from_depth(z, mask, cfg.fovy_deg)
+    return encode_depth(z, mask), encode_normals(camera_to_world(n_cam, cfg.camera), mask), depth_source
+
+
+def _caption(cfg: PreprocessConfig, models: Models, on_white, path: str, log: Callable[[str], None]):
+    """(caption or None, where it came from): --caption, BLIP-2, or none with --no-caption."""
+    if cfg.no_caption:
+        return None, "none (--no-caption): no caption file written"
+    if cfg.caption is not None:
+        from .caption import clean_user_caption
+
+        return clean_user_caption(cfg.caption), "--caption"
+    from .caption import PLACEHOLDER_CAPTION
+
+    cap = models.get("caption")
+    caption = cap(on_white)
+    source = f"BLIP-2 {cap.ref}"
+    if cfg.tiny and not cfg.caption_model:
+        source += " (tiny random model: the caption is noise; pass --caption TEXT)"
+    if not caption:
+        log(f"warning: {path}: BLIP-2 returned an empty caption; wrote the placeholder "
+            f"{PLACEHOLDER_CAPTION!r} (pass --caption TEXT)")
+        return PLACEHOLDER_CAPTION, f"placeholder: BLIP-2 {cap.ref} returned an empty caption"
+    return caption, source
+
+
 def preprocess_image(
     image,
     out_dir: str,
@@ -361,22 +420,7 @@ def preprocess_image(
     notes = list(img.notes)
 
     # 1. the object's alpha
-    if need_seg:
-        seg = models.get("seg")
-        mask = seg.mask(img.rgb, cfg.seg_threshold)
-        if not mask.any():
-            raise InputError(
-                f"input {img.path}: the segmentation found no foreground ({seg.description}, "
-                f"threshold {cfg.seg_threshold})",
-                "an object in front of a background",
-                "cut the object out yourself and pass an RGBA image, or try a lower --seg-threshold, another "
-                "--seg-prompt or another --seg-model",
-            )
-        alpha = mask.astype(np.float32)
-        alpha_source = f"segmentation: {seg.description}, threshold {cfg.seg_threshold}"
-    else:
-        alpha = img.alpha
-        alpha_source = "input alpha"
+    alpha, alpha_source = _object_alpha(img, cfg, models)
 
     # 2. recentring
     t = plan_recentring(alpha > ALPHA_THRESHOLD, cfg.size, cfg.border_ratio, source=f"input {img.path}")
@@ -396,44 +440,10 @@ def preprocess_image(
     on_white = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
 
     # 3. depth -> camera z under the assumptions -> normals
-    box = object_bbox(mask)
-    extent = max(box[2] - box[0], box[3] - box[1]) / float(cfg.size)
-    if disp_given is not None:
-        disp = np.where(np.isfinite(disp_given), disp_given, np.nan)
-        fill = np.nanmin(disp[mask]) if np.isfinite(disp[mask]).any() else 1.0
-        disp = np.where(mask & np.isfinite(disp), disp, fill)
-        z = np.where(mask, 1.0 / np.maximum(disp, 1e-12), 0.0)
-        depth_source = "given depth (recentred)"
-    else:
-        est = models.get("depth")
-        disp = est.disparity(on_white)
-        z = disparity_to_depth(disp, mask, extent, cfg.camera)
-        depth_source = f"DPT {est.ref} (relative disparity; camera assumptions for the normals)"
-    depth_u8 = encode_depth(z, mask)
-    n_cam = normals_from_depth(z, mask, cfg.fovy_deg)
-    normal_u8 = encode_normals(camera_to_world(n_cam, cfg.camera), mask)
+    depth_u8, normal_u8, depth_source = _depth_and_normals(cfg, models, mask, on_white, disp_given)
 
     # 4. caption
-    caption = None
-    if cfg.no_caption:
-        caption_source = "none (--no-caption): no caption file written"
-    elif cfg.caption is not None:
-        from .caption import clean_user_caption
-
-        caption, caption_source = clean_user_caption(cfg.caption), "--caption"
-    else:
-        from .caption import PLACEHOLDER_CAPTION
-
-        cap = models.get("caption")
-        caption = cap(on_white)
-        caption_source = f"BLIP-2 {cap.ref}"
-        if cfg.tiny and not cfg.caption_model:
-            caption_source += " (tiny random model: the caption is noise; pass --caption TEXT)"
-        if not caption:
-            caption = PLACEHOLDER_CAPTION
-            caption_source = f"placeholder: BLIP-2 {cap.ref} returned an empty caption"
-            log(f"warning: {img.path}: BLIP-2 returned an empty caption; wrote the placeholder "
-                f"{PLACEHOLDER_CAPTION!r} (pass --caption TEXT)")
+    caption, caption_source = _caption(cfg, models, on_white, img.path, log)
 
     # 5. files (sidecar last)
     _save_array_png(paths.rgba, rgba_u8, "RGBA")
