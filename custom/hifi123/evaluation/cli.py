@@ -124,8 +124,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--vgg-model", default=DEFAULT_EVAL_MODELS["vgg19"],
                    help="VGG19 for the contextual distance: hub id / folder in timm layout, or `torchvision`")
     s.add_argument("--lpips-net", default="alex", choices=["alex", "vgg"])
-    s.add_argument("--lpips-size", type=integer(16), default=256)
-    s.add_argument("--cx-size", type=integer(16), default=256, help="image size for the contextual distance")
+    s.add_argument("--lpips-size", type=integer(32), default=256)
+    s.add_argument("--cx-size", type=integer(32), default=256, help="image size for the contextual distance")
     s.add_argument("--cx-layer", default="relu5_4", help="VGG19 layer for the contextual distance")
     s.add_argument("--cx-band-width", type=real(0.0, low_open=True), default=0.5)
     _common(s)
@@ -136,12 +136,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--gt", required=True, help="folder of ground-truth views")
     g.add_argument("--pred-mesh", default=None, help="predicted mesh (.obj/.ply/.glb)")
     g.add_argument("--gt-mesh", default=None, help="ground-truth mesh")
-    g.add_argument("--size", type=integer(16), default=256, help="evaluation image size (protocol: 256)")
+    g.add_argument("--size", type=integer(32), default=256, help="evaluation image size (protocol: 256)")
     g.add_argument("--lpips-net", default="vgg", choices=["alex", "vgg"])
     g.add_argument("--chamfer-points", default="depth", choices=["depth", "surface"],
                    help="points from 16 rendered depth maps (protocol) or area-uniform surface samples")
     g.add_argument("--depth-size", type=integer(16), default=256, help="depth map size for the Chamfer points")
-    g.add_argument("--surface-samples", type=integer(1), default=100_000)
+    g.add_argument("--surface-samples", type=integer(100), default=100_000)
     g.add_argument("--voxel-size", type=real(0.0, low_open=True), default=0.01)
     g.add_argument("--iou-resolution", type=integer(8), default=64)
     g.add_argument("--mesh-normalize", default="unit-bbox", choices=["unit-bbox", "none"],

@@ -122,6 +122,38 @@ def _single_view_differences(s: SingleViewSettings, refs: Dict[str, str]) -> Lis
     return d
 
 
+def _single_view_settings(s: SingleViewSettings, refs, lp, clip, vgg, vs, rule, ref_idx, novel, ref, dev) -> Dict[str, Any]:
+    """Every setting the single-view report prints."""
+    settings = {
+        "protocol": "single-view (Make-It-3D Sec. 4.2 / HiFi-123 Sec. 4.2; decisions.md 19)",
+        "background": "white (RGBA composited with alpha; renders: opacity panel < 0.5 -> white)" if s.mask_with_opacity
+        else "white (RGBA composited with alpha; renders taken as they are)",
+        "lpips": {"net": s.lpips_net, "version": "0.1 (lpips package heads)", "model": refs["lpips"],
+                  "backbone": getattr(lp, "backbone_kind", "?"), "size": s.lpips_size,
+                  "resize": "bilinear, antialiased", "input_range": "[-1, 1]",
+                  "pair": "reference-view render vs input reference"},
+        "clip": clip.settings() | {"similarity": "cosine of L2-normalised image embeddings, novel view vs reference",
+                                   "aggregate": "mean over novel views"},
+        "contextual": {"model": refs["vgg19"], "layer": f"{vgg.layer} (features index {vgg.layer_index})",
+                       "stage_widths": list(vgg.widths), "size": s.cx_size, "resize": "bilinear, antialiased",
+                       "normalisation": "ImageNet mean/std", "distance": "cosine, centred on the reference features' mean",
+                       "band_width": s.cx_band_width, "eps": 1e-5, "value": "-log CX (Mechrez et al. 2018)",
+                       "direction": "CX(novel view features, reference features)", "aggregate": "mean over novel views"},
+        "reference_view": {"rule": rule, "index": ref_idx, "name": vs.frames[ref_idx].name,
+                           "azimuth_deg": vs.frames[ref_idx].azimuth, "ref_azimuth_arg": s.ref_azimuth,
+                           "ref_view_arg": s.ref_view},
+        "views": {"source": vs.source, "kind": vs.kind, "count": len(vs.frames), "novel_count": len(novel),
+                  "size": list(vs.size), "panels_per_frame": vs.panels, "rgb_panel": 0,
+                  "opacity_masked": vs.opacity_masked, "lossy": vs.lossy, "threestudio_camera": vs.camera},
+        "reference_image": {"path": os.path.abspath(s.ref), "size": list(ref.shape[:2])},
+        "device": str(dev),
+        "tiny": s.tiny,
+        "arguments": asdict(s),
+        "versions": _versions(),
+    }
+    return settings
+
+
 def run_single_view(s: SingleViewSettings) -> Dict[str, Any]:
     from . import models as M
     from .metrics import contextual_distance, cosine_similarity, lpips_distance
@@ -176,33 +208,7 @@ def run_single_view(s: SingleViewSettings) -> Dict[str, Any]:
     for k, i in enumerate(novel):
         per_view.append({"index": i, "name": vs.frames[i].name, "azimuth_deg": vs.frames[i].azimuth,
                          "clip": float(clip_sims[k]), "contextual": float(cx[k])})
-    settings = {
-        "protocol": "single-view (Make-It-3D Sec. 4.2 / HiFi-123 Sec. 4.2; decisions.md 19)",
-        "background": "white (RGBA composited with alpha; renders: opacity panel < 0.5 -> white)" if s.mask_with_opacity
-        else "white (RGBA composited with alpha; renders taken as they are)",
-        "lpips": {"net": s.lpips_net, "version": "0.1 (lpips package heads)", "model": refs["lpips"],
-                  "backbone": getattr(lp, "backbone_kind", "?"), "size": s.lpips_size,
-                  "resize": "bilinear, antialiased", "input_range": "[-1, 1]",
-                  "pair": "reference-view render vs input reference"},
-        "clip": clip.settings() | {"similarity": "cosine of L2-normalised image embeddings, novel view vs reference",
-                                   "aggregate": "mean over novel views"},
-        "contextual": {"model": refs["vgg19"], "layer": f"{vgg.layer} (features index {vgg.layer_index})",
-                       "stage_widths": list(vgg.widths), "size": s.cx_size, "resize": "bilinear, antialiased",
-                       "normalisation": "ImageNet mean/std", "distance": "cosine, centred on the reference features' mean",
-                       "band_width": s.cx_band_width, "eps": 1e-5, "value": "-log CX (Mechrez et al. 2018)",
-                       "direction": "CX(novel view features, reference features)", "aggregate": "mean over novel views"},
-        "reference_view": {"rule": rule, "index": ref_idx, "name": vs.frames[ref_idx].name,
-                           "azimuth_deg": vs.frames[ref_idx].azimuth, "ref_azimuth_arg": s.ref_azimuth,
-                           "ref_view_arg": s.ref_view},
-        "views": {"source": vs.source, "kind": vs.kind, "count": len(vs.frames), "novel_count": len(novel),
-                  "size": list(vs.size), "panels_per_frame": vs.panels, "rgb_panel": 0,
-                  "opacity_masked": vs.opacity_masked, "lossy": vs.lossy, "threestudio_camera": vs.camera},
-        "reference_image": {"path": os.path.abspath(s.ref), "size": list(ref.shape[:2])},
-        "device": str(dev),
-        "tiny": s.tiny,
-        "arguments": asdict(s),
-        "versions": _versions(),
-    }
+    settings = _single_view_settings(s, refs, lp, clip, vgg, vs, rule, ref_idx, novel, ref, dev)
     metrics = {"lpips_ref": lpips_ref, "contextual": float(cx.mean()), "clip": float(clip_sims.mean())}
     return _report(PROTOCOL_SINGLE_VIEW, metrics, settings, per_view, diffs, notes, t0)
 
