@@ -335,38 +335,34 @@ def select_fragments(
     does not depend on them (up to float rounding)."""
     device, dtype = u.device, z.dtype
     h, w, K, r = int(height), int(width), int(points_per_pixel), float(radius)
-    r2, eps, P = r * r, float(min_transmittance), h * w
+    eps = float(min_transmittance)
     if not 0.0 <= eps < 1.0:
         raise ValueError(f"min_transmittance must be in [0, 1), got {min_transmittance}")
     if order is None:
         order = depth_order(u, v, z, w, h, r, znear)
     n = order.numel()
-    n_off, half, span_t, span_f, groups, pair_off = _footprint(r, w, device, dtype)
+    st = _SlabState.start(h, w, K, r, eps, device, dtype)
     us, vs = u.index_select(0, order), v.index_select(0, order)
     if n < 2**31:  # int32 point and run indices: the sparse products' index type on CPU (MKL LP64)
         order = order.int()
-    # up to `depth_slabs` slabs of at least `min_slab_points` points (a slab has a fixed cost of
+    # 1. up to `depth_slabs` slabs of at least `min_slab_points` points (a slab has a fixed cost of
     # some 60 tensor operations), more when the memory bound requires
     n_slabs = max(min(int(depth_slabs), -(-n // max(int(min_slab_points), 1))), 1,
-                  -(-n * n_off // max(int(max_fragments_per_chunk), 1)))
+                  -(-n * st.n_off // max(int(max_fragments_per_chunk), 1)))
     if device.type == "cpu":  # slabs small enough for 32-bit (pixel, position) keys, when not tiny
-        per_key = 1 << max(32 - int(P - 1).bit_length(), 0)
+        per_key = 1 << max(32 - int(st.P - 1).bit_length(), 0)
         if per_key >= _MIN_KEY_SLAB:
             n_slabs = max(n_slabs, -(-n // per_key))
     per_slab = -(-n // n_slabs)  # points per slab (the last slabs may hold fewer, or be culled away)
-    trans = torch.ones(P, device=device, dtype=dtype)
-    count = torch.zeros(P, device=device, dtype=torch.int32)
-    open_px = torch.ones(P, device=device, dtype=torch.bool)  # fewer than K points and T >= eps
-    inf = torch.tensor(float("inf"), device=device, dtype=dtype)
-    slots = torch.arange(K, device=device)
-    k_shift = K.bit_length() - 1 if K & (K - 1) == 0 else None  # (run, slot) from a flat index
     parts: List[tuple] = []
     n_runs = 0  # runs of the slabs before
     ci_all, cj_all = torch.floor(us).int(), torch.floor(vs).int()
-    interior = n == 0 or bool(  # no footprint window crosses the image border
+    half = st.half
+    st.interior = n == 0 or bool(  # no footprint window crosses the image border
         (ci_all.min() >= half) & (ci_all.max() < w - half) & (cj_all.min() >= half) & (cj_all.max() < h - half))
     rest: Optional[torch.Tensor] = None  # depth-order positions still to process (after the first slab)
     first = True
+    # 2. slab by slab, front to back: select, key, composite
     while True:
         if first:  # the nearest points: a plain slice of the depth order
             sel, m = slice(0, min(per_slab, n)), min(per_slab, n)
@@ -376,7 +372,7 @@ def select_fragments(
             if rest is None:
                 break
             # occlusion culling (exact): a point whose footprint window holds no open pixel is dropped
-            reach = dilate_bool(open_px.view(h, w), half).view(-1)
+            reach = dilate_bool(st.open_px.view(h, w), half).view(-1)
             cell = cj_all.index_select(0, rest).clamp_(0, h - 1) * w + ci_all.index_select(0, rest).clamp_(0, w - 1)
             rest = _compress(rest, reach.index_select(0, cell))
             if rest.numel() == 0:
@@ -384,85 +380,141 @@ def select_fragments(
             sel, rest = rest[:per_slab], (rest[per_slab:] if rest.numel() > per_slab else None)
             uu, vv, ci, cj, ids = (t.index_select(0, sel) for t in (us, vs, ci_all, cj_all, order))
             m = sel.numel()
-        # in-radius test per footprint pair from squared distances per distinct column / row offset
-        # ([len(span), m]; off-image: inf, needed only when a footprint crosses the border);
-        # candidates are offset-major: c = o * m + j (j the depth order)
-        dx2 = (span_f + ((ci.to(dtype) + 0.5) - uu)) ** 2
-        dy2 = (span_f + ((cj.to(dtype) + 0.5) - vv)) ** 2
-        if not interior:
-            cols, rws = ci[None, :] + span_t, cj[None, :] + span_t
-            dx2 = torch.where((cols >= 0) & (cols < w), dx2, inf)
-            dy2 = torch.where((rws >= 0) & (rws < h), dy2, inf)
-        keep = torch.empty((n_off, m), dtype=torch.bool, device=device)  # [n_off, m], by row group
-        for k0, k1, jy, i0, i1 in groups:
-            torch.le(dx2[i0:i1] + dy2[jy], r2, out=keep[k0:k1])
-        keep = keep.view(-1)
-        # one distinct integer key per fragment, (pixel, depth order) in its bits: sorting the keys
-        # alone groups the fragments by pixel, front to back (ties in z went to the lower index)
-        # (int32 when the in-image keys fit 31 bits; on CPU 32 bits as unsigned: the int32 arithmetic
-        # wraps and the bit patterns are sorted as uint32; else int64. Off-image candidates may wrap
-        # but were dropped by the in-radius test.)
-        shift = max(int(m - 1).bit_length(), 1)
-        unsigned = 2**31 < P << shift <= 2**32 and device.type == "cpu" and _UNSIGNED_KEYS
-        idt = torch.int32 if P << shift <= 2**31 or unsigned else torch.int64
-        pix_mask = (1 << (32 - shift)) - 1 if unsigned else -1  # drops the sign extension of >>
-        base_key = ((cj * w + ci).to(idt) << shift) | torch.arange(m, device=device, dtype=idt)
-        keys = _compress((base_key[None, :] + (pair_off.to(idt) << shift)).view(-1), keep)
-        if not first:  # drop the fragments of pixels that are already full
-            keys = _compress(keys, open_px.index_select(0, (keys >> shift) & pix_mask))
-        key_s = _sort_distinct(keys, unsigned)
-        nf = key_s.numel()
-        if nf == 0:
-            first = False
-            continue
-        pix_s = (key_s >> shift) & pix_mask
-        j_s = key_s & ((1 << shift) - 1)
-        starts = _run_starts(pix_s)  # one run per touched pixel
-        seg_pix = pix_s.index_select(0, starts).long()
-        n_seg = starts.numel()
-        run = torch.diff(starts, append=starts.new_full((1,), nf))
-        # per run a dense row of K slots: slot k holds the run's k-th fragment when it may still be
-        # composited (k < K minus what the pixel already holds)
-        base = None if first else count.index_select(0, seg_pix).long()
-        limit = run.clamp(max=K) if first else torch.minimum(run, K - base)
-        src = (starts[:, None] + slots[None, :]).clamp_(max=nf - 1).view(-1)
-        j_tab = j_s.index_select(0, src)  # [n_seg * K] depth-order positions in the slab
-        # 1 - alpha = sqrt(clamp(0.1 d^2 / r^2, ALPHA_MIN, 1)) of the table entries, d from the pixel
-        # centre (the arithmetic of the test above); slots past a run's limit hold other fragments
-        # and are never used (they come after the run's slots and only lower T further)
-        row_c = torch.div(seg_pix, w, rounding_mode="floor")
-        cx = (seg_pix - row_c * w).to(dtype)[:, None] + 0.5
-        cy = row_c.to(dtype)[:, None] + 0.5
-        ddx = cx - uu.index_select(0, j_tab).view(n_seg, K)
-        ddy = cy - vv.index_select(0, j_tab).view(n_seg, K)
-        one_minus_a = ddy.mul_(ddy).addcmul_(ddx, ddx).mul_(ALPHA_DIST_SCALE / r2).clamp_(ALPHA_MIN, 1.0).sqrt_()
-        # front-to-back transmittance after each slot (non-increasing along a row)
-        t_incl = torch.cumprod(one_minus_a, 1)
-        if not first:
-            t_incl.mul_(trans.index_select(0, seg_pix)[:, None])
-        # composited: the first `limit` slots while the transmittance before them is >= eps (the
-        # first slot always: its pixel is open)
-        n_counted = torch.minimum(limit, (t_incl >= eps).sum(1) + 1) if eps > 0 else limit
-        new_t = t_incl.gather(1, (n_counted - 1)[:, None])[:, 0]
-        new_c = n_counted if first else base + n_counted
-        trans.index_copy_(0, seg_pix, new_t)
-        count.index_copy_(0, seg_pix, new_c.int())
-        open_px.index_copy_(0, seg_pix, (new_c < K) & (new_t >= eps) if eps > 0 else new_c < K)
-        out = _nonzero((slots[None, :] < n_counted[:, None]).view(-1))  # (run, slot)-major: by pixel, front to back
-        row = out >> k_shift if k_shift is not None else torch.div(out, K, rounding_mode="floor")
-        point = ids.index_select(0, j_tab.index_select(0, out))
-        t_after = t_incl.view(-1).index_select(0, out)
-        weight = t_after / one_minus_a.view(-1).index_select(0, out) - t_after  # alpha T = T_before - T_after
-        parts.append((seg_pix.index_select(0, row), (row + n_runs).to(order.dtype), point, weight, seg_pix, n_counted))
-        n_runs += n_seg
+        key_s, shift, pix_mask = _slab_keys(st, uu, vv, ci, cj, m, first)
+        if key_s.numel() > 0:
+            part = _composite_slab(st, key_s, shift, pix_mask, uu, vv, ids, first, n_runs, order.dtype)
+            parts.append(part)
+            n_runs += part[4].numel()
         first = False
+    # 3. each slab's fragments are grouped by pixel; a pixel reached in several slabs has one run per
+    # slab, in depth order (the compositing sums runs, so no global re-sort is needed)
     if not parts:
         e = torch.zeros(0, device=device, dtype=torch.long)
-        return Fragments(e, e, e, e.to(dtype), e.to(dtype), e, e, trans, h, w)
-    # each slab's fragments are grouped by pixel; a pixel reached in several slabs has one run per
-    # slab, in depth order (the compositing sums runs, so no global re-sort is needed)
+        return Fragments(e, e, e, e.to(dtype), e.to(dtype), e, e, st.trans, h, w)
     pix, run, point, weight, run_pix, run_len = (torch.cat(c) for c in zip(*parts)) if len(parts) > 1 else parts[0]
-    return Fragments(pix, run, point, z.index_select(0, point), weight, run_pix, run_len, trans, h, w)
+    return Fragments(pix, run, point, z.index_select(0, point), weight, run_pix, run_len, st.trans, h, w)
+
+
+@dataclass
+class _SlabState:
+    """What the slabs of one :func:`select_fragments` call share: the image, the footprint table,
+    and per pixel the transmittance, the fragment count and whether it is still open."""
+
+    h: int
+    w: int
+    K: int
+    r2: float
+    eps: float
+    P: int
+    device: torch.device
+    dtype: torch.dtype
+    n_off: int
+    half: int
+    span_t: torch.Tensor
+    span_f: torch.Tensor
+    groups: tuple
+    pair_off: torch.Tensor
+    trans: torch.Tensor
+    count: torch.Tensor
+    open_px: torch.Tensor  # fewer than K points and T >= eps
+    inf: torch.Tensor
+    slots: torch.Tensor
+    k_shift: Optional[int]  # (run, slot) from a flat index by a shift when K is a power of two
+    interior: bool = False
+
+    @classmethod
+    def start(cls, h, w, K, r, eps, device, dtype) -> "_SlabState":
+        P = h * w
+        n_off, half, span_t, span_f, groups, pair_off = _footprint(r, w, device, dtype)
+        return cls(
+            h, w, K, r * r, eps, P, device, dtype, n_off, half, span_t, span_f, groups, pair_off,
+            trans=torch.ones(P, device=device, dtype=dtype),
+            count=torch.zeros(P, device=device, dtype=torch.int32),
+            open_px=torch.ones(P, device=device, dtype=torch.bool),
+            inf=torch.tensor(float("inf"), device=device, dtype=dtype),
+            slots=torch.arange(K, device=device),
+            k_shift=K.bit_length() - 1 if K & (K - 1) == 0 else None,
+        )
+
+
+def _slab_keys(st: _SlabState, uu, vv, ci, cj, m: int, first: bool):
+    """The slab's in-radius fragments as sorted distinct integer keys (pixel, depth order), with the
+    key's shift and pixel mask."""
+    device, dtype, w, h = st.device, st.dtype, st.w, st.h
+    # in-radius test per footprint pair from squared distances per distinct column / row offset
+    # ([len(span), m]; off-image: inf, needed only when a footprint crosses the border);
+    # candidates are offset-major: c = o * m + j (j the depth order)
+    dx2 = (st.span_f + ((ci.to(dtype) + 0.5) - uu)) ** 2
+    dy2 = (st.span_f + ((cj.to(dtype) + 0.5) - vv)) ** 2
+    if not st.interior:
+        cols, rws = ci[None, :] + st.span_t, cj[None, :] + st.span_t
+        dx2 = torch.where((cols >= 0) & (cols < w), dx2, st.inf)
+        dy2 = torch.where((rws >= 0) & (rws < h), dy2, st.inf)
+    keep = torch.empty((st.n_off, m), dtype=torch.bool, device=device)  # [n_off, m], by row group
+    for k0, k1, jy, i0, i1 in st.groups:
+        torch.le(dx2[i0:i1] + dy2[jy], st.r2, out=keep[k0:k1])
+    keep = keep.view(-1)
+    # one distinct integer key per fragment, (pixel, depth order) in its bits: sorting the keys
+    # alone groups the fragments by pixel, front to back (ties in z went to the lower index)
+    # (int32 when the in-image keys fit 31 bits; on CPU 32 bits as unsigned: the int32 arithmetic
+    # wraps and the bit patterns are sorted as uint32; else int64. Off-image candidates may wrap
+    # but were dropped by the in-radius test.)
+    P = st.P
+    shift = max(int(m - 1).bit_length(), 1)
+    unsigned = 2**31 < P << shift <= 2**32 and device.type == "cpu" and _UNSIGNED_KEYS
+    idt = torch.int32 if P << shift <= 2**31 or unsigned else torch.int64
+    pix_mask = (1 << (32 - shift)) - 1 if unsigned else -1  # drops the sign extension of >>
+    base_key = ((cj * w + ci).to(idt) << shift) | torch.arange(m, device=device, dtype=idt)
+    keys = _compress((base_key[None, :] + (st.pair_off.to(idt) << shift)).view(-1), keep)
+    if not first:  # drop the fragments of pixels that are already full
+        keys = _compress(keys, st.open_px.index_select(0, (keys >> shift) & pix_mask))
+    return _sort_distinct(keys, unsigned), shift, pix_mask
+
+
+def _composite_slab(st: _SlabState, key_s, shift: int, pix_mask: int, uu, vv, ids, first: bool, n_runs: int, index_dtype):
+    """Composite one slab's sorted fragments into the pixels' state; returns its part of the
+    fragment list (pixel, run, point, weight, run pixel, run length)."""
+    K, slots, w, dtype, eps = st.K, st.slots, st.w, st.dtype, st.eps
+    nf = key_s.numel()
+    pix_s = (key_s >> shift) & pix_mask
+    j_s = key_s & ((1 << shift) - 1)
+    starts = _run_starts(pix_s)  # one run per touched pixel
+    seg_pix = pix_s.index_select(0, starts).long()
+    n_seg = starts.numel()
+    run = torch.diff(starts, append=starts.new_full((1,), nf))
+    # per run a dense row of K slots: slot k holds the run's k-th fragment when it may still be
+    # composited (k < K minus what the pixel already holds)
+    base = None if first else st.count.index_select(0, seg_pix).long()
+    limit = run.clamp(max=K) if first else torch.minimum(run, K - base)
+    src = (starts[:, None] + slots[None, :]).clamp_(max=nf - 1).view(-1)
+    j_tab = j_s.index_select(0, src)  # [n_seg * K] depth-order positions in the slab
+    # 1 - alpha = sqrt(clamp(0.1 d^2 / r^2, ALPHA_MIN, 1)) of the table entries, d from the pixel
+    # centre (the arithmetic of the test above); slots past a run's limit hold other fragments
+    # and are never used (they come after the run's slots and only lower T further)
+    row_c = torch.div(seg_pix, w, rounding_mode="floor")
+    cx = (seg_pix - row_c * w).to(dtype)[:, None] + 0.5
+    cy = row_c.to(dtype)[:, None] + 0.5
+    ddx = cx - uu.index_select(0, j_tab).view(n_seg, K)
+    ddy = cy - vv.index_select(0, j_tab).view(n_seg, K)
+    one_minus_a = ddy.mul_(ddy).addcmul_(ddx, ddx).mul_(ALPHA_DIST_SCALE / st.r2).clamp_(ALPHA_MIN, 1.0).sqrt_()
+    # front-to-back transmittance after each slot (non-increasing along a row)
+    t_incl = torch.cumprod(one_minus_a, 1)
+    if not first:
+        t_incl.mul_(st.trans.index_select(0, seg_pix)[:, None])
+    # composited: the first `limit` slots while the transmittance before them is >= eps (the
+    # first slot always: its pixel is open)
+    n_counted = torch.minimum(limit, (t_incl >= eps).sum(1) + 1) if eps > 0 else limit
+    new_t = t_incl.gather(1, (n_counted - 1)[:, None])[:, 0]
+    new_c = n_counted if first else base + n_counted
+    st.trans.index_copy_(0, seg_pix, new_t)
+    st.count.index_copy_(0, seg_pix, new_c.int())
+    st.open_px.index_copy_(0, seg_pix, (new_c < K) & (new_t >= eps) if eps > 0 else new_c < K)
+    out = _nonzero((slots[None, :] < n_counted[:, None]).view(-1))  # (run, slot)-major: by pixel, front to back
+    row = out >> st.k_shift if st.k_shift is not None else torch.div(out, K, rounding_mode="floor")
+    point = ids.index_select(0, j_tab.index_select(0, out))
+    t_after = t_incl.view(-1).index_select(0, out)
+    weight = t_after / one_minus_a.view(-1).index_select(0, out) - t_after  # alpha T = T_before - T_after
+    return seg_pix.index_select(0, row), (row + n_runs).to(index_dtype), point, weight, seg_pix, n_counted
 
 
 def rasterize_fragments(
