@@ -3,6 +3,7 @@ synthetic output trees. No GPU, no threestudio: a fake threestudio root holds a 
 names, and torch.cuda.is_available is monkeypatched (run_helpers)."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -97,9 +98,36 @@ def test_override_quoting_survives_omegaconf():
         pl.parse_override("no-equals")
 
 
-def test_tags_are_safe_for_threestudio():
-    assert pl.make_tag("/x/my cat (2)_rgba.png") == "my_cat_2"
-    assert pl.make_tag("/x/???.png") == "image"
+def test_tags_are_safe_readable_and_unique_for_threestudio():
+    import re
+
+    assert pl.make_tag("/x/cat.png") == "cat" and pl.make_tag("/y/cat_rgba.png") == "cat"  # kept as is
+    tags = [pl.make_tag(p) for p in ("/x/my cat (2)_rgba.png", "/x/my cat (3).png", "/x/???.png", "/x/猫.png",
+                                     "/x/犬.png", "/x/café.jpg", "/x/cafe.jpg")]
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", t) for t in tags)
+    assert len(set(tags)) == len(tags)  # names that lost characters no longer collide
+    assert tags[0].startswith("my_cat_2-") and tags[5].startswith("caf-") and tags[6] == "cafe"
+    assert tags[2].startswith("image-") and tags[3].startswith("image-")
+
+
+def test_an_edited_photo_redoes_every_stage(tmp_path):
+    """Same path, different content: preprocessing and everything after it run again, and say why;
+    the unchanged photo skips them."""
+    from hifi123.preprocess.pipeline import file_sha256
+
+    opts = make_opts(tmp_path)
+    make_done(opts, *pl.stage_names("hifi123"))
+    lay = pl.Layout.of(opts)
+    with open(lay.pre("_preprocess.json"), "w") as f:
+        json.dump({"input": {"path": opts.image, "sha256": file_sha256(opts.image)}}, f)
+    assert runs(plan_now(opts)) == []
+    with open(opts.image, "r+b") as f:  # the user edits the photo in place
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    st = plan_now(opts)
+    assert runs(st) == ["preprocess", "coarse", "refine", "export", "glb", "eval"]
+    assert "changed since it was preprocessed" in st["preprocess"].why
+    assert "preprocess runs again" in st["coarse"].why and st["coarse"].move_aside
 
 
 # -------------------------------------------------------------------------- resumption decisions

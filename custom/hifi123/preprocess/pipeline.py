@@ -329,6 +329,17 @@ def _to_u8(x: np.ndarray) -> np.ndarray:
     return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes (what `hifi123 run` compares to know a photo changed)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _object_alpha(img: InputImage, cfg: PreprocessConfig, models: Models):
     """The object's alpha [H, W] in [0, 1] (the input's, or segmented) and where it came from."""
     if img.alpha is not None:
@@ -459,7 +470,7 @@ def preprocess_image(
     written.append(paths.sheet)
     st = os.stat(img.path)
     meta = {
-        "input": {"path": img.path, "size": st.st_size, "mtime": st.st_mtime},
+        "input": {"path": img.path, "size": st.st_size, "mtime": st.st_mtime, "sha256": file_sha256(img.path)},
         "settings": settings if settings is not None else settings_of(cfg, models, need_seg),
         "outputs": [os.path.basename(p) for p in written],
         "alpha_source": alpha_source,

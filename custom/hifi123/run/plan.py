@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import json
 import os
 import re
 import shlex
@@ -149,9 +150,17 @@ def output_name(path: str) -> str:
 
 
 def make_tag(image: str) -> str:
-    """A threestudio tag from the image name: letters, digits, `.`, `_`, `-` only."""
-    tag = re.sub(r"[^A-Za-z0-9._-]+", "_", output_name(image)).strip("._")
-    return tag or "image"
+    """A threestudio tag from the image name: letters, digits, `.`, `_`, `-` only. A name that
+    loses characters on the way (`猫.png`, `café.jpg`) gets a short hash of the whole name, so
+    two such names never share one tag (and one set of outputs)."""
+    name = output_name(image)
+    tag = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    if tag != name:
+        import hashlib
+
+        digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:6]
+        tag = f"{tag}-{digest}" if tag else f"image-{digest}"
+    return tag
 
 
 def parse_override(text: str) -> Tuple[Optional[str], str]:
@@ -255,6 +264,8 @@ class State:
 
     files: FrozenSet[str] = frozenset()
     caption: Optional[str] = None
+    image_sha256: Optional[str] = None  # the photo as it is now
+    preprocessed_sha256: Optional[str] = None  # the photo the preprocessed files were made from
 
     def matches(self, pattern: str) -> List[str]:
         parts = pattern.split(os.sep)
@@ -295,7 +306,18 @@ def scan_state(opts: RunOptions) -> State:
                 caption = f.read().strip()
         except (OSError, UnicodeDecodeError):
             caption = None
-    return State(frozenset(files), caption)
+    from ..preprocess.pipeline import file_sha256
+
+    current = file_sha256(opts.image) if os.path.isfile(opts.image) else None
+    made_from = None
+    sidecar = lay.pre("_preprocess.json")
+    if sidecar in files:
+        try:
+            with open(sidecar, encoding="utf-8") as f:
+                made_from = (json.load(f).get("input") or {}).get("sha256")
+        except (OSError, ValueError, AttributeError):
+            made_from = None  # an older or foreign sidecar: no content record
+    return State(frozenset(files), caption, current, made_from)
 
 
 # ------------------------------------------------------------------------------------ stages
@@ -394,6 +416,10 @@ def _build_preprocess(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[b
         stage.argv += ["--caption", opts.prompt]
     stage.env = dict(p.env)
     stage.outputs = [glob.escape(f) for f in lay.preprocessed_files]
+    # the photo at the same path was edited or replaced since it was preprocessed: redo all of it
+    if p.state.image_sha256 and p.state.preprocessed_sha256 and p.state.image_sha256 != p.state.preprocessed_sha256:
+        stage.why = f"{opts.image} changed since it was preprocessed (its content differs)"
+        return False
     # the preprocessor writes --caption as one line with whitespace runs collapsed
     if opts.prompt is not None and p.state.caption is not None and p.state.caption != " ".join(opts.prompt.split()):
         stage.why = "the caption differs from --prompt"
