@@ -86,7 +86,11 @@ test_mode() {
   want="${TORCH_PINS[*]} | ${pins[*]} | ${COMMON_PINS[*]} | ${THREESTUDIO_CPU_PINS[*]}"
   stamp="$venv/.hifi123-stack"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    say "installing ${TORCH_PINS[*]} first, alone (torch 2.0.1 is ~2.5 GB from the registry the first time)"
+    if [ "$STACK" = compat ]; then
+      say "installing ${TORCH_PINS[*]} first, alone (torch 2.0.1 is ~2.5 GB from the registry the first time)"
+    else
+      say "installing ${TORCH_PINS[*]} first, alone"
+    fi
     pip_q "$py" -m pip install "${TORCH_PINS[@]}" \
       || die "step 'torch' failed: pip could not install ${TORCH_PINS[*]}; check that the registry is reachable, then re-run"
     say "installing the $STACK stack: ${pins[*]} + threestudio's CPU dependencies"
