@@ -483,3 +483,19 @@ def test_dpt_disparity_to_depth_is_affine_invariant_and_near_is_small():
     assert np.argmin(np.where(m, z1, np.inf)) == np.argmax(np.where(m, disp, -np.inf))  # nearest = brightest
     extent = 0.6 * 2 * np.tan(np.radians(10.0))
     assert z1[m].max() - z1[m].min() == pytest.approx(0.5 * extent, rel=1e-6)  # relief * object extent
+
+
+def test_a_large_photo_is_downsized_before_any_work(tmp_path):
+    """A photo far larger than the outputs is brought down to the working size first (aspect kept,
+    said in the notes), so preprocessing time and memory do not grow with the camera's megapixels."""
+    from hifi123.preprocess.inputs import MAX_WORKING_SIDE, read_image
+
+    big = tmp_path / "big.png"
+    arr = np.zeros((3000, 4500, 3), np.uint8)
+    arr[1000:2000, 1500:3000] = (200, 50, 50)
+    Image.fromarray(arr).save(big)
+    img = read_image(str(big))
+    assert img.rgb.shape[:2] == (MAX_WORKING_SIDE * 2 // 3, MAX_WORKING_SIDE)
+    assert any("downsized from 4500x3000" in n for n in img.notes)
+    small = read_image(str(big), max_side=6000)  # a --size large enough keeps the photo whole
+    assert small.rgb.shape[:2] == (3000, 4500) and not any("downsized" in n for n in small.notes)

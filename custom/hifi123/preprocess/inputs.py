@@ -172,9 +172,15 @@ def _decode(img, notes: List[str]) -> np.ndarray:
     return np.asarray(out, dtype=np.float32) / 255.0
 
 
-def read_image(path: str, ignore_alpha: bool = False) -> InputImage:
-    """Decode one input photo (see the module docstring for the conversions). Raises InputError."""
-    from PIL import ImageOps
+#: photos are brought down to this longest side before anything else (the outputs are --size
+#: pixels; a 48-megapixel photo would otherwise cost minutes and gigabytes at full size)
+MAX_WORKING_SIDE = 2048
+
+
+def read_image(path: str, ignore_alpha: bool = False, max_side: int = MAX_WORKING_SIDE) -> InputImage:
+    """Decode one input photo (see the module docstring for the conversions), its longest side
+    brought down to `max_side` first. Raises InputError."""
+    from PIL import Image, ImageOps
 
     img = _open(path)
     notes: List[str] = []
@@ -188,6 +194,13 @@ def read_image(path: str, ignore_alpha: bool = False) -> InputImage:
     if orientation not in (None, 1):
         img = ImageOps.exif_transpose(img)
         notes.append(f"applied EXIF orientation {orientation}")
+    if max(img.size) > max_side and img.mode in ("RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr"):
+        before = img.size
+        if img.mode in ("P", "PA"):
+            img = img.convert("RGBA")
+        img.thumbnail((max_side, max_side), Image.LANCZOS)  # in place, keeps the aspect ratio
+        notes.append(f"downsized from {before[0]}x{before[1]} to {img.size[0]}x{img.size[1]} before processing "
+                     "(the outputs are --size pixels)")
     arr = _decode(img, notes)
     h, w = arr.shape[:2]
     if min(h, w) < MIN_SIZE:

@@ -39,7 +39,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import Hifi123Error, InputError
-from .inputs import ALPHA_THRESHOLD, InputImage, discover, output_name, read_image
+from .inputs import ALPHA_THRESHOLD, MAX_WORKING_SIDE, InputImage, discover, output_name, read_image
 from .normals import (
     CameraAssumptions,
     camera_to_world,
@@ -417,7 +417,7 @@ def preprocess_image(
     """
     cfg = cfg or PreprocessConfig()
     cfg.validate()
-    img = image if isinstance(image, InputImage) else read_image(image, cfg.ignore_alpha)
+    img = image if isinstance(image, InputImage) else read_image(image, cfg.ignore_alpha, max(MAX_WORKING_SIDE, 2 * cfg.size))
     if depth_z is not None and tuple(np.shape(depth_z)) != tuple(img.shape):
         raise InputError(
             f"the given depth is {np.shape(depth_z)} but the image {img.path} is {tuple(img.shape)}",
@@ -560,7 +560,7 @@ def preprocess(
     readable = []  # (path, needs segmentation, the decoded image for a single input)
     for f in files:
         try:
-            img = read_image(f, cfg.ignore_alpha)
+            img = read_image(f, cfg.ignore_alpha, max(MAX_WORKING_SIDE, 2 * cfg.size))
         except Hifi123Error as err:
             record_failure(f, err)
             continue
