@@ -102,3 +102,20 @@ def test_worker_command_round_trips_through_the_cli(tmp_path, gpu, monkeypatch):
     assert mf.run_manifest(man, base, ["0", "3"], worker=1, execute=fake, say=lambda m: None) == 0
     assert {os.path.basename(os.path.dirname(s.log)) for s in fake.calls} == {"b"}  # shard 1 of [a, b, c]
     assert {s.env.get("CUDA_VISIBLE_DEVICES") for s in fake.calls if s.needs_gpu} == {"3"}
+
+
+def test_manifest_encodings_and_an_image_given_as_manifest(tmp_path):
+    from hifi123.errors import InputError
+
+    img = tmp_path / "a.png"
+    Image.open(SAMPLE).save(img)
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("\ufeffa.png\n".encode("utf-8"))  # Windows editors start UTF-8 files with a BOM
+    assert [e.image for e in mf.read_manifest(str(bom))] == [str(img)]
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("caf\xe9.png\n".encode("latin-1"))
+    with pytest.raises(InputError, match="not UTF-8 text") as err:
+        mf.read_manifest(str(latin))
+    assert "iconv" in err.value.render()
+    with pytest.raises(InputError, match="binary file"):
+        mf.read_manifest(str(img))

@@ -54,13 +54,24 @@ def read_manifest(path: str) -> List[Entry]:
                          "check the --manifest path")
     base = os.path.dirname(path)
     raw: List[tuple] = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            p = os.path.expanduser(text)
-            raw.append((i, os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p))))
+    with open(path, "rb") as f:
+        data = f.read()
+    if b"\x00" in data[:4096] or data[:8] in (b"\x89PNG\r\n\x1a\n",) or data[:3] == b"\xff\xd8\xff":
+        raise InputError(f"manifest {path} is a binary file (an image?), not a list of images",
+                         "a text file with one image path per line",
+                         f"pass the image itself (hifi123 run {path}) or a text file listing images")
+    try:
+        text_all = data.decode("utf-8-sig")  # a UTF-8 byte-order mark is not part of the first path
+    except UnicodeDecodeError as err:
+        raise InputError(f"manifest {path} is not UTF-8 text (byte {err.start}: {data[err.start:err.start + 1]!r})",
+                         "a UTF-8 text file with one image path per line",
+                         "save the manifest as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from err
+    for i, line in enumerate(text_all.splitlines(), 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        p = os.path.expanduser(text)
+        raw.append((i, os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p))))
     if not raw:
         raise InputError(f"manifest {path} lists no images", "one image path per line (# starts a comment)",
                          "add image paths to it")
