@@ -105,8 +105,6 @@ def test_worker_command_round_trips_through_the_cli(tmp_path, gpu, monkeypatch):
 
 
 def test_manifest_encodings_and_an_image_given_as_manifest(tmp_path):
-    from hifi123.errors import InputError
-
     img = tmp_path / "a.png"
     Image.open(SAMPLE).save(img)
     bom = tmp_path / "bom.txt"
