@@ -103,3 +103,13 @@ def device(text: str) -> str:
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise argparse.ArgumentTypeError(f"expected cpu, cuda[:N] or mps, got {text!r}") from None
     return text
+
+
+def resolve_device(requested: Optional[str] = None):
+    """The torch device a command runs on where no input tensor says it: the requested one, else
+    CUDA when this machine has it, else the CPU."""
+    import torch
+
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -101,7 +101,9 @@ def _cmd_rgnv(args) -> int:
     model, upscaler_ref = _model_refs(args, need_dpt)
 
     # 2. models and the enhancement
-    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from . import resolve_device
+
+    device = resolve_device(args.device)
     dtype = torch.float16 if (args.fp16 and device.type == "cuda") else torch.float32
     pipe = RGNVPipeline(load_diffusion(model, "--model", dtype=dtype, device=device, with_depth_estimator=need_dpt), cfg)
     from tqdm.auto import tqdm

@@ -67,9 +67,9 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _device(device: Optional[str]) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from ..commands import resolve_device
+
+    return resolve_device(device)
 
 
 # ------------------------------------------------------------------------------------ single view

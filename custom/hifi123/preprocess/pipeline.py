@@ -147,10 +147,9 @@ class Models:
     def _device_dtype(self):
         import torch
 
-        if self.cfg.device:
-            device = torch.device(self.cfg.device)
-        else:
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from ..commands import resolve_device
+
+        device = resolve_device(self.cfg.device)
         dtype = torch.float16 if (self.cfg.fp16 and device.type == "cuda") else torch.float32
         return device, dtype
 
