@@ -3,7 +3,7 @@ import copy
 
 import pytest
 import torch
-from hifi123.core.diffusion import ddim
+from hifi123.core.diffusion import ddim, sd
 from hifi123.models.tiny import tiny_scheduler
 from hifi123.testing.oracle import CleanLatentOracle, TrajectoryOracle
 
@@ -84,7 +84,7 @@ def test_tiny_unet_round_trip_error_shrinks_with_more_steps(sd2_depth):
     torch.manual_seed(0)
     z0 = torch.randn(1, 4, 32, 32) * 0.8
     depth = torch.rand(1, 1, 32, 32) * 2 - 1
-    fn = ddim.UNetNoisePredictor(u, sd2_depth.scheduler.alphas_cumprod, torch.zeros(1, 77, 32), depth=depth)
+    fn = sd.UNetNoisePredictor(u, sd2_depth.scheduler.alphas_cumprod, torch.zeros(1, 77, 32), depth=depth)
     errs = []
     for T in (5, 10, 25, 50):
         grid = ddim.DDIMGrid.from_scheduler(sd2_depth.scheduler, T)
@@ -92,46 +92,6 @@ def test_tiny_unet_round_trip_error_shrinks_with_more_steps(sd2_depth):
         errs.append(float((back - z0).norm() / z0.norm()))
     assert all(a > b for a, b in zip(errs, errs[1:])), errs
     assert errs[-1] < 0.5 * errs[0], errs
-
-
-def test_unet_predictor_depth_channel_and_cfg_batching(sd2_depth):
-    torch.manual_seed(1)
-    ac = sd2_depth.scheduler.alphas_cumprod
-    cond, unc = torch.randn(1, 77, 32), torch.randn(1, 77, 32)
-    d1 = torch.rand(1, 1, 32, 32)
-    z = torch.randn(2, 4, 32, 32)
-    fn = ddim.UNetNoisePredictor(sd2_depth.unet, ac, cond, depth=d1, text_uncond=unc, guidance_scale=3.0)
-    out = fn(z, 500)
-    u = sd2_depth.unet
-    t = torch.tensor([500, 500])
-    e_c = u(torch.cat([z, d1.expand(2, -1, -1, -1)], 1), t, encoder_hidden_states=cond.expand(2, -1, -1)).sample
-    e_u = u(torch.cat([z, d1.expand(2, -1, -1, -1)], 1), t, encoder_hidden_states=unc.expand(2, -1, -1)).sample
-    assert torch.allclose(out, e_u + 3.0 * (e_c - e_u), atol=1e-4)
-    with pytest.raises(ValueError, match="depth"):
-        ddim.UNetNoisePredictor(sd2_depth.unet, ac, cond)
-
-
-def test_v_prediction_is_converted_to_epsilon(scheduler):
-    ac = scheduler.alphas_cumprod
-    torch.manual_seed(2)
-    x0, eps = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
-    t = 600
-    a = float(ac[t])
-    z = a**0.5 * x0 + (1 - a) ** 0.5 * eps
-    v = a**0.5 * eps - (1 - a) ** 0.5 * x0
-
-    class VNet(torch.nn.Module):
-        config = type("C", (), {"in_channels": 4})()
-
-        def __init__(self):
-            super().__init__()
-            self.p = torch.nn.Parameter(torch.zeros(1))
-
-        def forward(self, x, tt, encoder_hidden_states=None):
-            return type("O", (), {"sample": v.expand(x.shape[0], -1, -1, -1)})()
-
-    fn = ddim.UNetNoisePredictor(VNet(), ac, torch.zeros(1, 77, 8), prediction_type="v_prediction")
-    assert torch.allclose(fn(z, t), eps, atol=1e-5)
 
 
 def test_clean_latent_oracle_sampling_lands_on_x0(scheduler):

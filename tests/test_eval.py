@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from hifi123.errors import Hifi123Error
+from hifi123.errors import Hifi123Error, InputError
 from hifi123.sample.make_sample import render_sample
 from PIL import Image
 
@@ -317,11 +317,9 @@ def test_gso_bad_inputs(tmp_path, capsys, no_model_loads):
 def test_missing_metric_models_fail_before_loading(trial, tmp_path, capsys, monkeypatch, no_model_loads):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # an empty torch hub cache
-    from hifi123.evaluation import models
     from hifi123.models import loader
 
-    for mod in (models, loader):  # nothing is in the hub cache
-        monkeypatch.setattr(mod, "_hub_file_cached", lambda *a, **k: False)
+    monkeypatch.setattr(loader, "hub_file_cached", lambda *a, **k: False)  # nothing is in the hub cache
     args = ["eval", "single-view", "--ref", str(trial["ref"]), "--views", str(trial["trial"])]
     _expect_error(capsys, args, "--clip-model", "open_clip:ViT-B-16-quickgelu/openai", "--tiny")
     _expect_error(capsys, args + ["--clip-model", str(tmp_path / "no-such-dir")], "--clip-model", "no-such-dir")
@@ -362,3 +360,31 @@ def test_frame_panels_and_opacity_masking():
     rgba = np.concatenate([rgb, opacity[..., :1] * 0.5], -1)  # straight alpha 0.5 inside
     out, n, _ = to_white_rgb(rgba, True)
     assert n == 1 and np.allclose(out[3, 3], 0.6) and np.allclose(out[0, 0], 1.0)
+
+
+# ------------------------------------------------------------------ the protocols as data
+def test_protocol_files_drive_the_defaults_the_differences_and_the_papers(monkeypatch, tmp_path):
+    import dataclasses
+
+    import yaml
+    from hifi123.evaluation import defaults, protocols, report
+
+    sv = yaml.safe_load((defaults.PROTOCOL_DIR / "single-view.yaml").read_text())
+    settings = protocols.SingleViewSettings(ref="r.png", views="v")
+    assert {k: getattr(settings, k) for k in sv["settings"]} == sv["settings"]
+    assert protocols._single_view_differences(settings, sv["models"]) == []
+    for key, value in sv["settings"].items():  # every protocol setting is compared, by name
+        changed = dataclasses.replace(settings, **{key: "other" if isinstance(value, str) else value * 2})
+        assert any(d.startswith(f"{key}=") for d in protocols._single_view_differences(changed, sv["models"])), key
+    rows = report.attach_papers({"protocol": "single-view", "protocol_matches": True})["papers"]
+    assert rows == sv["reported"] and rows[3]["method"] == "HiFi-123"
+    assert "papers" not in report.attach_papers({"protocol": "gso", "protocol_matches": False})
+    # a missing protocol file is named, with the fix
+    monkeypatch.setattr(defaults, "PROTOCOL_DIR", tmp_path)
+    defaults.protocol.cache_clear()
+    try:
+        with pytest.raises(InputError, match="gso.yaml not found"):
+            defaults.protocol("gso")
+    finally:
+        monkeypatch.undo()
+        defaults.protocol.cache_clear()

@@ -80,9 +80,9 @@ def test_openai_tag_forces_quick_gelu(monkeypatch, tiny_open_clip):
 
     monkeypatch.setattr(open_clip, "create_model", fake_create_model)
     # this test is about the arguments, not the weights: pretend the OpenAI weights are cached
-    import hifi123.models.clip_encoder as ce
+    from hifi123.models import loader
 
-    monkeypatch.setattr(ce, "_hub_file_cached", lambda repo, name: True)
+    monkeypatch.setattr(loader, "hub_file_cached", lambda repo, name: True)
     enc = load_clip_encoder("open_clip", "ViT-B-16", "openai")
     assert seen == {"name": "ViT-B-16", "pretrained": "openai", "force_quick_gelu": True}
     assert enc.encode_text(["x"]).shape == (1, 16)

@@ -64,7 +64,7 @@ def x0():
 def test_defaults_are_the_official_numbers():
     p = MakeIt3DPrior(MakeIt3DPriorConfig(), _alphas(), eps_fn=None)
     assert (p.min_step, p.max_step, p.clip_d_max_step) == (200, 600, 400)
-    assert p.cfg.guidance_scale == 10.0 and p.cfg.cfg_form == "threestudio" and p.cfg.weighting == "sds"
+    assert p.cfg.guidance_scale == 10.0 and p.cfg.cfg_form == "threestudio" and p.cfg.weighting_strategy == "sds"
     t = p.sample_timesteps(40000, "cpu", torch.Generator().manual_seed(0))
     assert t.min() == 200 and t.max() == 600  # randint[200, 600] inclusive
     assert (t <= 400).float().mean().item() == pytest.approx(201 / 401, abs=0.01)
@@ -107,7 +107,7 @@ def test_sds_gradient_is_exactly_w_times_eps_error_over_batch(x0):
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
     t = torch.tensor([450, 500, 599])
     for weighting in ("sds", "uniform"):
-        prior = MakeIt3DPrior(MakeIt3DPriorConfig(weighting=weighting), ac, known_model, latent_size=8)
+        prior = MakeIt3DPrior(MakeIt3DPriorConfig(weighting_strategy=weighting), ac, known_model, latent_size=8)
         lat = x0.clone().requires_grad_(True)
         out = prior(lat, terms=["sds"], t=t, noise=noise, as_latents=True)
         out["loss_sds"].backward()
@@ -207,11 +207,12 @@ def test_raw_render_clip_terms(tiny_prior):
 
 
 def test_vae_gradient_checkpointing_recomputes_and_keeps_gradients(tiny_models):
-    from hifi123.core.makeit3d.prior import vae_codec
+    from hifi123.core.diffusion.sd import VaeCodec
     from hifi123.models.loader import load_diffusion
 
     vae = load_diffusion(tiny_models["sd2-base"]).vae
-    enc, dec = vae_codec(vae, "mean")
+    codec = VaeCodec(vae, "mean")
+    enc, dec = codec.encode, codec.decode
     x = torch.rand(1, 3, 16, 16, requires_grad=True)
     runs = []
     # a pre-hook: non-reentrant checkpointing may stop the recomputation before the block returns
@@ -291,7 +292,7 @@ def test_clip_d_reference_is_composited_on_the_renders_own_background(x0):
 def test_the_configured_w_and_both_text_halves_reach_the_noise_estimate(tiny_prior, tiny_models):
     """The prior's noise estimate is (1 + w) eps_c - w eps_u with eps_c, eps_u the UNet's own
     predictions for the caption and the negative prompt (distinct), for the configured w."""
-    from hifi123.core.makeit3d.prior import encode_prompts
+    from hifi123.core.diffusion.sd import encode_prompts
     from hifi123.models.clip_encoder import load_clip_encoder
 
     _, comps = tiny_prior

@@ -385,3 +385,27 @@ def test_depth_loss_compares_disparity_inside_the_eroded_mask(threestudio_env, t
     assert float(system.reference_depth_loss(batch, {"depth": depth[..., None]})) > 0.05
     system.cfg.depth_erosion, system.cfg.depth_kind = 5, "depth"
     assert float(system.reference_depth_loss(batch, {"depth": depth[..., None]})) > 1.0
+
+
+def test_one_stage_switch_for_every_system(threestudio_env, tiny_models, tmp_path):
+    """`stage` and `refinement` are one switch on the shared base: either selects the refine
+    stage, a contradiction or an unknown stage is an error naming the keys."""
+    from hifi123.errors import InputError
+
+    system = _bare_system(threestudio_env, tiny_models, tmp_path)
+    assert system.stage == "coarse" and not system.refining
+    system.cfg.refinement = True  # threestudio's name selects the refine stage too
+    assert system.stage == "refine" and system.refining
+    system.cfg.stage = "coarse"
+    with pytest.raises(InputError, match="system.stage=coarse contradicts system.refinement=true"):
+        system.stage
+    system.cfg.refinement, system.cfg.stage = False, "refine"
+    assert system.refining
+    # the point-cloud refine stage keeps the NeRF regularisers' lambdas (DMTet's are for meshes)
+    assert "orient" in type(system).loss_terms_for(True)
+    system.cfg.stage = "refined"
+    with pytest.raises(InputError, match="system.stage='refined'"):
+        system.stage
+    with pytest.raises(InputError, match="system.stage"):
+        threestudio_env.threestudio.find("makeit3d-system")(
+            _cpu_system_cfg(tmp_path, tiny_models, "system.stage=fine").system)

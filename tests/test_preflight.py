@@ -47,7 +47,7 @@ def test_gated_deepfloyd_offline_and_uncached_says_licence_and_login(tmp_path, m
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     import hifi123.models.loader as loader
 
-    monkeypatch.setattr(loader, "_hub_file_cached", lambda repo, path: False)
+    monkeypatch.setattr(loader, "hub_file_cached", lambda repo, path: False)
     with pytest.raises(ModelNotFoundError) as err:
         check_component("deep-floyd-guidance", {"pretrained_model_name_or_path": "DeepFloyd/IF-I-XL-v1.0"},
                         "system.guidance")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
-from hifi123.core.diffusion import ddim
+from hifi123.core.diffusion import ddim, sd
 from hifi123.core.diffusion.attention import InjectionState, mutual_self_attention
 from hifi123.core.hifi123.rgnv import RGNVConfig, RGNVPipeline
 from hifi123.sample.make_sample import render_sample
@@ -47,8 +47,8 @@ def test_injection_off_equals_the_coarse_views_own_reconstruction(sd2_depth, vie
     depth = pipe.depth_condition(image, mask)
     z0 = pipe.encode(image)
     ac = pipe.grid.alphas_cumprod
-    inv = ddim.UNetNoisePredictor(sd2_depth.unet, ac, pipe.text_embedding(""), depth=depth)
-    smp = ddim.UNetNoisePredictor(
+    inv = sd.UNetNoisePredictor(sd2_depth.unet, ac, pipe.text_embedding(""), depth=depth)
+    smp = sd.UNetNoisePredictor(
         sd2_depth.unet, ac, pipe.text_embedding("a toy"), depth=depth,
         text_uncond=pipe.text_embedding(""), guidance_scale=9.0,
     )
@@ -144,7 +144,7 @@ def test_only_the_targets_self_attention_in_selected_layers_changes(sd2_depth, v
     assert injected_steps == set(range(T - S, T))  # injection on every target denoising step
     assert changed == S * len(selected)
     # the reference branch is untouched: its trajectory equals plain sampling
-    eps = ddim.UNetNoisePredictor(sd2_depth.unet, pipe.grid.alphas_cumprod, pipe.text_embedding(""), depth=cache.depth)
+    eps = sd.UNetNoisePredictor(sd2_depth.unet, pipe.grid.alphas_cumprod, pipe.text_embedding(""), depth=cache.depth)
     with torch.no_grad():
         plain_ref = ddim.sample(eps, cache.z_start, pipe.grid, start=T - S)
     assert (plain_ref - cache.z_final).abs().max() < 1e-5

@@ -35,7 +35,7 @@ def reference():
 
 def make_loss(components, reference, **kw):
     cfg = RGNVLossConfig(num_steps=T, inject_steps=S, prompt="a toy", **kw)
-    return RGNVImageLoss(RGNVPipeline(components, cfg.rgnv_config()), reference, None, cfg)
+    return RGNVImageLoss(RGNVPipeline(components, cfg), reference, None, cfg)
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +112,9 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ValueError, match="inject_steps"):
         RGNVLossConfig(num_steps=4, inject_steps=5).validate(check_files=False)
     with pytest.raises(InputError, match="cond_image_path"):
-        RGNVLossConfig().validate(field_names={"reference_image_path": "cond_image_path"})
-    with pytest.raises(InputError, match="reference_image_path: file not found"):
-        RGNVLossConfig(reference_image_path=str(tmp_path / "nope.png")).validate()
+        RGNVLossConfig().validate()
+    with pytest.raises(InputError, match="cond_image_path: file not found"):
+        RGNVLossConfig(cond_image_path=str(tmp_path / "nope.png")).validate()
     with pytest.raises(ValueError, match="load_depth_estimator"):
         RGNVLossConfig(load_depth_estimator=False).validate(check_files=False)
 

@@ -178,6 +178,7 @@ def test_restoring_targets_compares_every_setting_that_shapes_them():
         "reference_prompt": "x", "inject_blocks": (14, 15), "mask_reference_depth": False,
         "reference_background": "white", "coarse_background": "white", "texture_seed": 1, "depth_type": "disparity",
         "depth_weighted_by_opacity": False, "depth_source": "dpt", "fixed_views": ((0.0, 45.0),),
+        "inject": False,
     }
     checked = {f.name for f in fields(RGSDConfig)} - TARGET_INDEPENDENT
     assert checked == set(other), checked ^ set(other)  # a new field must be listed here or excluded there

@@ -36,6 +36,7 @@ class ModelNotFoundError(Hifi123Error):
     def __init__(self, model: str, field: str, reason: str, extra_fix: Optional[str] = None):
         self.model = model
         self.field = field
+        self.reason = reason
         fix = (
             f"download it where the hub is reachable (`huggingface-cli download {model} "
             f"--local-dir /path/to/dir`) and point {field} at that directory "

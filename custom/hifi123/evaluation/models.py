@@ -50,10 +50,11 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import Hifi123Error, ModelNotFoundError
-from ..models.loader import _hub_file_cached, is_offline, preflight
+from ..models.clip_encoder import ClipEncoder, load_clip_encoder, parse_clip_reference
+from ..models.clip_encoder import preflight_clip as check_clip
+from ..models.loader import is_offline, preflight
 from .defaults import DEFAULT_EVAL_MODELS  # noqa: F401 - re-exported
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -182,173 +183,68 @@ def _read_weights(path: str) -> Dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------ CLIP
 
 
-@dataclass
-class ClipRef:
-    kind: str  # open_clip_tag | open_clip_hub | open_clip_dir | transformers
-    ref: str
-    name: str = ""
-    tag: str = ""
-    location: str = ""
-
-
-def _parse_clip_ref(ref: str, field: str) -> ClipRef:
-    if not ref:
-        raise _missing(str(ref), field, "no model given (empty value)")
-    if ref.startswith("open_clip:"):
-        body = ref[len("open_clip:"):]
-        if "/" not in body:
-            raise ModelNotFoundError(
-                ref, field, "an open_clip reference needs NAME/TAG",
-                extra_fix=f"write it as {field} open_clip:ViT-B-16-quickgelu/openai",
-            )
-        name, tag = body.split("/", 1)
-        return ClipRef("open_clip_tag", ref, name=name, tag=tag)
-    if ref.startswith("hf-hub:"):
-        return ClipRef("open_clip_hub", ref, location=ref[len("hf-hub:"):])
-    path = os.path.expanduser(ref[len("local-dir:"):] if ref.startswith("local-dir:") else ref)
-    if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, "open_clip_config.json")):
-            return ClipRef("open_clip_dir", ref, location=path)
-        if os.path.isfile(os.path.join(path, "config.json")):
-            return ClipRef("transformers", ref, location=path)
-        raise _missing(ref, field, f"the directory {path} has neither open_clip_config.json nor config.json")
-    return ClipRef("transformers", ref, location=ref)
-
-
-_OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-
-
-def preflight_clip(ref: str, field: str = "--clip-model") -> ClipRef:
-    """Check a CLIP reference (see the module docstring) without loading it."""
-    c = _parse_clip_ref(ref, field)
-    if c.kind == "open_clip_tag":
-        try:
-            import open_clip
-            from open_clip.pretrained import get_pretrained_cfg
-        except ImportError as err:
-            raise Hifi123Error(
-                f"{field} {ref} needs the open_clip package", "open_clip_torch installed",
-                "pip install open_clip_torch (or use a transformers CLIP: "
-                f"{field} openai/clip-vit-base-patch16)",
-            ) from err
-        if c.name not in open_clip.list_models():
-            raise ModelNotFoundError(ref, field, f"open_clip has no architecture {c.name!r}",
-                                     extra_fix="pick one of `python -c 'import open_clip; print(open_clip.list_models())'`")
-        cfg = get_pretrained_cfg(c.name, c.tag)
-        if not cfg:
-            raise ModelNotFoundError(ref, field, f"open_clip has no pretrained tag {c.tag!r} for {c.name}",
-                                     extra_fix=f"see `python -c 'import open_clip; print(open_clip.list_pretrained_tags_by_model(\"{c.name}\"))'`")
-        repo = (cfg.get("hf_hub") or "").strip("/")
-        c.location = repo or cfg.get("url", "")
-        if is_offline():
-            if not repo or not any(_hub_file_cached(repo, f) for f in _OPEN_CLIP_WEIGHTS):
-                raise WeightsNotFoundError(
-                    ref, field,
-                    f"its weights ({repo or cfg.get('url')}) are not in the local hub cache and the hub is "
-                    "offline (HF_HUB_OFFLINE=1)",
-                    f"fill the hub cache where the hub is reachable: `huggingface-cli download {repo}` "
-                    "(then copy ~/.cache/huggingface to this machine), or pass a transformers "
-                    f"CLIP folder with the same OpenAI weights ({field} /path/to/clip-vit-base-patch16); for an "
-                    "offline smoke run pass --tiny",
-                )
-        return c
-    if c.kind == "open_clip_hub":
-        preflight(c.location, field, files=("open_clip_config.json",))
-        if is_offline() and not any(_hub_file_cached(c.location, f) for f in _OPEN_CLIP_WEIGHTS):
-            raise _missing(ref, field, "its weights are not in the local hub cache and the hub is offline")
-        return c
-    if c.kind == "open_clip_dir":
-        if not any(os.path.isfile(os.path.join(c.location, f)) for f in _OPEN_CLIP_WEIGHTS):
-            raise WeightsNotFoundError(
-                ref, field, f"the open_clip directory {c.location} has no {' or '.join(_OPEN_CLIP_WEIGHTS)}",
-                "copy the weights next to open_clip_config.json (open_clip's save layout), or pass --tiny "
-                "for an offline smoke run",
-            )
-        return c
-    c.location = preflight(c.location, field, files=("config.json",))
-    return c
+def preflight_clip(ref: str, field: str = "--clip-model") -> Tuple[str, str, Optional[str]]:
+    """Check a one-string CLIP reference (`models.clip_encoder.parse_clip_reference`) without
+    loading it; returns (backend, model, pretrained)."""
+    backend, model, pretrained = parse_clip_reference(ref, field)
+    try:
+        check_clip(backend, model, pretrained, field, field)
+    except ModelNotFoundError as err:
+        raise _missing(ref, field, err.reason) from err
+    return backend, model, pretrained
 
 
 class ClipEmbedder:
-    """Image embeddings of a CLIP model (open_clip or transformers), from [0,1] images."""
+    """Image embeddings for the metrics: the one CLIP wrapper (`models.clip_encoder.ClipEncoder`),
+    without gradients, in batches, on the CPU, with the settings the report records."""
 
-    def __init__(self, model, backend: str, ref: str, image_size: int, mean, std, description: str):
-        self.model = model
-        self.backend = backend
+    def __init__(self, encoder: ClipEncoder, ref: str):
+        self.encoder = encoder
         self.ref = ref
-        self.image_size = int(image_size)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.description = description
+
+    @property
+    def backend(self) -> str:
+        return self.encoder.backend
+
+    @property
+    def image_size(self) -> int:
+        return self.encoder.image_size
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(images.float(), size=(self.image_size, self.image_size), mode="bicubic",
-                          align_corners=False, antialias=True).clamp(0, 1)
-        return (x - self.mean) / self.std
+        return self.encoder.device
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-        out = []
-        for i in range(0, images.shape[0], batch_size):
-            x = self.preprocess(images[i : i + batch_size]).to(self.device)
-            if self.backend == "open_clip":
-                e = self.model.encode_image(x)
-            else:
-                from ..models.loader import clip_image_embeds
-
-                e = clip_image_embeds(self.model, x)
-            out.append(F.normalize(e.float(), dim=-1).cpu())
+        out = [self.encoder.encode_image(images[i : i + batch_size].float()).cpu()
+               for i in range(0, images.shape[0], batch_size)]
         return torch.cat(out)
 
     def settings(self) -> Dict[str, Any]:
+        e = self.encoder
         return {
-            "model": self.ref, "backend": self.backend, "architecture": self.description,
-            "input_size": self.image_size, "resize": "bicubic, antialiased (square inputs: no crop)",
-            "mean": [round(float(v), 8) for v in self.mean.flatten()],
-            "std": [round(float(v), 8) for v in self.std.flatten()],
+            "model": self.ref, "backend": e.backend, "architecture": e.description,
+            "input_size": e.image_size, "resize": f"{e.resize}, antialiased (square inputs: no crop)",
+            "mean": [round(float(v), 8) for v in e.mean],
+            "std": [round(float(v), 8) for v in e.std],
         }
 
 
 def load_clip_embedder(ref: str, field: str = "--clip-model", device=None) -> ClipEmbedder:
-    c = preflight_clip(ref, field)
+    backend, model, pretrained = preflight_clip(ref, field)
     device = torch.device(device or "cpu")
-    return _cached(("clip", ref, str(device)), lambda: _load_clip(c, field, device))
 
+    def build() -> ClipEmbedder:
+        try:
+            encoder = load_clip_encoder(backend, model, pretrained, field=field, pretrained_field=field,
+                                        device=device, resize="bicubic")
+        except ModelNotFoundError:
+            raise
+        except (OSError, RuntimeError, ValueError) as err:
+            raise _wrap(ref, field, err) from err
+        return ClipEmbedder(encoder, ref)
 
-def _load_clip(c: ClipRef, field: str, device) -> ClipEmbedder:
-    if c.kind == "transformers":
-        from ..models.loader import load_clip
-
-        model, proc = load_clip(c.location, field, device=device)
-        ip = proc.image_processor if hasattr(proc, "image_processor") else proc.feature_extractor
-        size = int(model.config.vision_config.image_size)
-        return ClipEmbedder(model, "transformers", c.ref, size, ip.image_mean, ip.image_std,
-                            f"transformers CLIPModel ({model.config.vision_config.hidden_size}-d vision, patch {model.config.vision_config.patch_size})")
-    import open_clip
-
-    try:
-        if c.kind == "open_clip_tag":
-            model = open_clip.create_model(c.name, pretrained=c.tag, device=device)
-            desc = f"open_clip {c.name} / {c.tag}"
-        elif c.kind == "open_clip_hub":
-            model = open_clip.create_model("hf-hub:" + c.location, device=device)
-            desc = f"open_clip hf-hub:{c.location}"
-        else:
-            model = open_clip.create_model("local-dir:" + c.location, device=device)
-            desc = f"open_clip local-dir:{c.location}"
-    except (OSError, RuntimeError, ValueError, FileNotFoundError) as err:
-        raise _wrap(c.ref, field, err) from err
-    model.requires_grad_(False).eval()
-    pcfg = open_clip.get_model_preprocess_cfg(model)
-    size = pcfg.get("size", model.visual.image_size)
-    size = size[0] if isinstance(size, (tuple, list)) else size
-    mean = pcfg.get("mean", OPENAI_CLIP_MEAN)
-    std = pcfg.get("std", OPENAI_CLIP_STD)
-    return ClipEmbedder(model, "open_clip", c.ref, size, mean, std, desc)
+    return _cached(("clip", ref, str(device)), build)
 
 
 # ------------------------------------------------------------------------------------ VGG19

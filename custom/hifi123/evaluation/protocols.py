@@ -35,10 +35,14 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .defaults import DEFAULT_EVAL_MODELS
+from .defaults import DEFAULT_EVAL_MODELS, protocol
 
 PROTOCOL_SINGLE_VIEW = "single-view"
 PROTOCOL_GSO = "gso"
+#: each protocol's own settings (configs/eval/*.yaml); a run that changes one is reported as such
+_SV = protocol(PROTOCOL_SINGLE_VIEW)["settings"]
+_GSO = protocol(PROTOCOL_GSO)["settings"]
+_GSO_GEOMETRY = protocol(PROTOCOL_GSO)["geometry_settings"]
 
 
 def _versions() -> Dict[str, str]:
@@ -84,12 +88,13 @@ class SingleViewSettings:
     clip_model: str = DEFAULT_EVAL_MODELS["clip"]
     vgg_model: str = DEFAULT_EVAL_MODELS["vgg19"]
     lpips_model: str = DEFAULT_EVAL_MODELS["lpips"]
-    lpips_net: str = "alex"  # decisions.md 19: alex at the reference view
-    lpips_size: int = 256
-    cx_size: int = 256  # decisions.md 19
-    cx_layer: str = "relu5_4"  # decisions.md 19 (Make-It-3D's training setting)
-    cx_band_width: float = 0.5  # decisions.md 19
-    mask_with_opacity: bool = True  # white outside the opacity panel (HiFi-123 masks background)
+    # the protocol's values (configs/eval/single-view.yaml; decisions.md 19)
+    lpips_net: str = _SV["lpips_net"]  # alex at the reference view
+    lpips_size: int = _SV["lpips_size"]
+    cx_size: int = _SV["cx_size"]
+    cx_layer: str = _SV["cx_layer"]  # Make-It-3D's training setting
+    cx_band_width: float = _SV["cx_band_width"]
+    mask_with_opacity: bool = _SV["mask_with_opacity"]  # white outside the opacity panel
     tiny: bool = False
     device: Optional[str] = None
 
@@ -115,8 +120,7 @@ def _single_view_differences(s: SingleViewSettings, refs: Dict[str, str]) -> Lis
     for key, flag in (("clip", "--clip-model"), ("vgg19", "--vgg-model"), ("lpips", "--lpips-model")):
         if not s.tiny and refs[key] != DEFAULT_EVAL_MODELS[key]:
             d.append(f"{flag} {refs[key]} (protocol: {DEFAULT_EVAL_MODELS[key]})")
-    for name, want in (("lpips_net", "alex"), ("lpips_size", 256), ("cx_size", 256), ("cx_layer", "relu5_4"),
-                       ("cx_band_width", 0.5), ("mask_with_opacity", True)):
+    for name, want in _SV.items():
         if getattr(s, name) != want:
             d.append(f"{name}={getattr(s, name)} (protocol: {want})")
     return d
@@ -222,26 +226,23 @@ class GSOSettings:
     gt: str
     pred_mesh: Optional[str] = None
     gt_mesh: Optional[str] = None
-    size: int = 256  # SyncDreamer: 256 x 256
+    # the protocol's values (configs/eval/gso.yaml; decisions.md 19)
+    size: int = _GSO["size"]  # SyncDreamer: 256 x 256
     lpips_model: str = DEFAULT_EVAL_MODELS["lpips"]
-    lpips_net: str = "vgg"  # SyncDreamer's eval_nvs uses LPIPS(VGG)
-    chamfer_points: str = "depth"  # decisions.md 19; "surface": area-uniform samples
-    depth_views: int = 16
+    lpips_net: str = _GSO["lpips_net"]  # SyncDreamer's evaluation uses LPIPS(VGG)
+    chamfer_points: str = _GSO_GEOMETRY["chamfer_points"]  # "surface": area-uniform samples
+    depth_views: int = _GSO_GEOMETRY["depth_views"]
     depth_elevation: float = 30.0
     depth_fovy: float = 30.0
     depth_size: int = 256
     surface_samples: int = 100_000
-    voxel_size: float = 0.01
-    iou_resolution: int = 64
+    voxel_size: float = _GSO_GEOMETRY["voxel_size"]
+    iou_resolution: int = _GSO_GEOMETRY["iou_resolution"]
     mesh_normalize: str = "unit-bbox"  # or "none"
     up: str = "z"  # "y": rotate y-up meshes to threestudio's z-up before rendering depth
     mask_with_opacity: bool = True
     tiny: bool = False
     device: Optional[str] = None
-
-
-_GSO_PROTOCOL = {"size": 256, "lpips_net": "vgg", "chamfer_points": "depth", "depth_views": 16, "voxel_size": 0.01,
-                 "iou_resolution": 64}
 
 
 def load_mesh(path: str, flag: str):
@@ -406,10 +407,10 @@ def run_gso(s: GSOSettings) -> Dict[str, Any]:
         diffs.append("tiny random LPIPS backbone (--tiny): LPIPS is meaningless")
     elif lp_ref != DEFAULT_EVAL_MODELS["lpips"]:
         diffs.append(f"--lpips-model {lp_ref} (protocol: {DEFAULT_EVAL_MODELS['lpips']})")
-    if len(pred) != 16:
-        diffs.append(f"{len(pred)} views (protocol: 16)")
-    for k, want in _GSO_PROTOCOL.items():
-        if getattr(s, k) != want and (meshes or k in ("size", "lpips_net")):
+    if len(pred) != protocol(PROTOCOL_GSO)["views"]:
+        diffs.append(f"{len(pred)} views (protocol: {protocol(PROTOCOL_GSO)['views']})")
+    for k, want in {**_GSO, **(_GSO_GEOMETRY if meshes else {})}.items():
+        if getattr(s, k) != want:
             diffs.append(f"{k}={getattr(s, k)} (protocol: {want})")
     if native != [s.size, s.size]:
         notes.append(f"views are {native[1]}x{native[0]}; resized to {s.size}x{s.size} (bilinear, antialiased)")

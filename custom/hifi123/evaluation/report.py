@@ -1,7 +1,7 @@
 """Reports: JSON (everything) and a markdown table (metrics, the papers' numbers when the protocol
 matches, every setting, per-view values, notes).
 
-The papers' numbers (algorithms.md E) are shown beside ours only when our run follows the protocol
+The papers' numbers (`configs/eval/<protocol>.yaml`; algorithms.md E) are shown beside ours only when our run follows the protocol
 (default models, sizes, layers; 16 views at 256 x 256 for GSO). Neither paper states its CLIP
 backbone, contextual layer or image size, so even then the single-view comparison is indicative:
 our settings are decisions.md 19. `None` marks numbers lost in the papers' text extraction.
@@ -14,57 +14,21 @@ import os
 from typing import Any, Dict, List, Tuple
 
 from ..errors import InputError
+from .defaults import protocol
 
-# (source, method, {metric: value}); CLIP as a fraction (Make-It-3D prints percent)
-SINGLE_VIEW_PAPERS: List[Tuple[str, str, Dict[str, Any]]] = [
-    ("HiFi-123 Tab. 2, 400 images", "RealFusion", {"lpips_ref": 0.195, "contextual": 2.180, "clip": 0.767}),
-    ("HiFi-123 Tab. 2, 400 images", "Make-It-3D", {"lpips_ref": 0.097, "contextual": 1.978, "clip": 0.898}),
-    ("HiFi-123 Tab. 2, 400 images", "Magic123", {"lpips_ref": 0.085, "contextual": 1.882, "clip": 0.883}),
-    ("HiFi-123 Tab. 2, 400 images", "HiFi-123", {"lpips_ref": 0.081, "contextual": 1.627, "clip": 0.916}),
-    ("HiFi-123 Tab. 3 (ablation)", "coarse", {"lpips_ref": None, "contextual": 1.901, "clip": 0.836}),
-    ("HiFi-123 Tab. 3 (ablation)", "refine with SDS", {"lpips_ref": None, "contextual": 1.925, "clip": 0.855}),
-    ("HiFi-123 Tab. 3 (ablation)", "refine with RGSD", {"lpips_ref": None, "contextual": 1.627, "clip": 0.916}),
-    ("Make-It-3D Tab. 2, 400 images", "DreamFusion+", {"lpips_ref": 0.5649, "contextual": 3.07, "clip": 0.8408}),
-    ("Make-It-3D Tab. 2, 400 images", "Point-E", {"lpips_ref": None, "contextual": 5.37, "clip": 0.6436}),
-    ("Make-It-3D Tab. 2, 400 images", "Make-It-3D coarse", {"lpips_ref": 0.2354, "contextual": 1.98, "clip": 0.8906}),
-    ("Make-It-3D Tab. 2, 400 images", "Make-It-3D enhanced", {"lpips_ref": 0.0780, "contextual": 1.33, "clip": 0.9512}),
-    ("Make-It-3D Tab. 1, DTU", "DietNeRF (3 views)", {"lpips_ref": 0.1831, "contextual": 5.34, "clip": 0.6490}),
-    ("Make-It-3D Tab. 1, DTU", "SinNeRF", {"lpips_ref": 0.2059, "contextual": 4.28, "clip": 0.7324}),
-    ("Make-It-3D Tab. 1, DTU", "DreamFusion+", {"lpips_ref": 0.4075, "contextual": 2.15, "clip": 0.8281}),
-    ("Make-It-3D Tab. 1, DTU", "Point-E", {"lpips_ref": None, "contextual": 2.23, "clip": 0.7131}),
-    ("Make-It-3D Tab. 1, DTU", "3D-Photo", {"lpips_ref": None, "contextual": 3.43, "clip": 0.8765}),
-    ("Make-It-3D Tab. 1, DTU", "Make-It-3D coarse", {"lpips_ref": 0.1427, "contextual": 1.74, "clip": 0.8750}),
-    ("Make-It-3D Tab. 1, DTU", "Make-It-3D enhanced", {"lpips_ref": 0.0908, "contextual": 1.59, "clip": 0.9565}),
-]
-
-GSO_PAPERS: List[Tuple[str, str, Dict[str, Any]]] = [
-    ("HiFi-123 Tab. 2, GSO", "RealFusion", {"psnr": 15.37, "ssim": 0.715, "lpips": 0.288, "chamfer": 0.082, "volume_iou": 0.274}),
-    ("HiFi-123 Tab. 2, GSO", "Make-It-3D", {"psnr": 17.08, "ssim": 0.783, "lpips": 0.225, "chamfer": 0.064, "volume_iou": 0.401}),
-    ("HiFi-123 Tab. 2, GSO", "Magic123", {"psnr": 19.33, "ssim": 0.801, "lpips": 0.156, "chamfer": 0.052, "volume_iou": 0.453}),
-    ("HiFi-123 Tab. 2, GSO", "HiFi-123", {"psnr": None, "ssim": None, "lpips": None, "chamfer": 0.025, "volume_iou": 0.577}),
-    ("HiFi-123 Tab. 3 (ablation), GSO", "coarse", {"psnr": 17.82, "ssim": 0.794, "lpips": 0.215, "chamfer": None, "volume_iou": None}),
-    ("HiFi-123 Tab. 3 (ablation), GSO", "refine with SDS", {"psnr": 19.25, "ssim": 0.810, "lpips": 0.188, "chamfer": None, "volume_iou": None}),
-]
-
-COLUMNS = {
-    "single-view": [("lpips_ref", "LPIPS_ref (alex) ↓", 4), ("contextual", "Contextual ↓", 3), ("clip", "CLIP ↑", 4)],
-    "gso": [("psnr", "PSNR ↑", 2), ("ssim", "SSIM ↑", 3), ("lpips", "LPIPS (vgg) ↓", 3),
-            ("chamfer", "CD ↓", 4), ("volume_iou", "Vol. IoU ↑", 3)],
-}
-PAPERS = {"single-view": SINGLE_VIEW_PAPERS, "gso": GSO_PAPERS}
-TITLES = {"single-view": "single-view protocol (Make-It-3D / HiFi-123)",
-          "gso": "GSO protocol (SyncDreamer, HiFi-123 Tab. 2)"}
 LOST = "lost"
+
+
+def _columns(name: str) -> List[Tuple[str, str, int]]:
+    return [(key, header, int(digits)) for key, header, digits in protocol(name)["columns"]]
 
 
 def attach_papers(report: Dict[str, Any]) -> Dict[str, Any]:
     """Add the papers' numbers to a report whose protocol matches (in place; returns it)."""
     if report.get("protocol_matches"):
-        report["papers"] = [{"source": s, "method": m, **v} for s, m, v in PAPERS[report["protocol"]]]
-        report["papers_note"] = ("the papers do not state their CLIP backbone, contextual layer or image sizes; "
-                                 "ours follow decisions.md 19, so the comparison is indicative; null = lost in the "
-                                 "papers' text extraction") if report["protocol"] == "single-view" else \
-            "null = lost in the paper's text extraction"
+        data = protocol(report["protocol"])
+        report["papers"] = [dict(row) for row in data["reported"]]
+        report["papers_note"] = data.get("papers_note", "")
     else:
         report.pop("papers", None)
     return report
@@ -96,8 +60,8 @@ def _flatten(d: Any, prefix: str = "") -> List[Tuple[str, str]]:
 
 def to_markdown(report: Dict[str, Any]) -> str:
     proto = report["protocol"]
-    cols = COLUMNS[proto]
-    lines = [f"# hifi123 eval: {TITLES[proto]}", ""]
+    cols = _columns(proto)
+    lines = [f"# hifi123 eval: {protocol(proto)['title']}", ""]
     lines.append("| | " + " | ".join(c[1] for c in cols) + " |")
     lines.append("|---|" + "---|" * len(cols))
     m = report["metrics"]

@@ -27,20 +27,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ModelNotFoundError
-from .loader import (
-    _hub_file_cached,
-    _wrap_load_error,
-    clip_image_embeds,
-    clip_text_embeds,
-    is_offline,
-    preflight,
-)
+from . import loader
+from .loader import _wrap_load_error, clip_image_embeds, clip_text_embeds, is_offline, preflight
 
 CLIP_BACKENDS = ("open_clip", "transformers")
 #: decision 14 (open_clip names)
@@ -59,6 +53,8 @@ class ClipEncoder:
     std: Sequence[float]
     _image_fn: Callable[[torch.Tensor], torch.Tensor]
     _text_fn: Callable[[List[str], torch.device], torch.Tensor]
+    resize: str = "bilinear"  # to the input size: bilinear (training losses) or bicubic (metrics)
+    description: str = ""  # what was loaded, for reports
 
     @property
     def device(self) -> torch.device:
@@ -78,8 +74,10 @@ class ClipEncoder:
             raise ValueError(f"CLIP expects [B,3,H,W] images in [0,1], got {tuple(images.shape)}")
         x = images.to(self.device, self.dtype)
         if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode=self.resize,
                               align_corners=False, antialias=True)
+            if self.resize == "bicubic":  # bicubic overshoots; bilinear stays in [0, 1]
+                x = x.clamp(0, 1)
         mean = torch.as_tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.as_tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         return (x - mean) / std
@@ -107,6 +105,34 @@ def _open_clip_location(model: str) -> Optional[str]:
     return None
 
 
+def parse_clip_reference(ref: str, field: str) -> Tuple[str, str, Optional[str]]:
+    """The one-string form of a CLIP reference (the evaluation's ``--clip-model``) as
+    (backend, model, pretrained): ``open_clip:NAME/TAG`` (a built-in architecture and its
+    pretrained tag), ``hf-hub:ORG/REPO`` or a directory with ``open_clip_config.json`` (open_clip),
+    a directory with ``config.json`` or any other value (a transformers hub id or directory)."""
+    if not ref:
+        raise ModelNotFoundError(str(ref), field, "no model given (empty value)")
+    if ref.startswith("open_clip:"):
+        body = ref[len("open_clip:"):]
+        if "/" not in body:
+            raise ModelNotFoundError(
+                ref, field, "an open_clip reference needs NAME/TAG",
+                extra_fix=f"write it as {field} open_clip:{DEFAULT_OPEN_CLIP[0]}/{DEFAULT_OPEN_CLIP[1]}",
+            )
+        name, tag = body.split("/", 1)
+        return "open_clip", name, tag
+    if ref.startswith("hf-hub:"):
+        return "open_clip", ref, None
+    path = os.path.expanduser(ref[len("local-dir:"):] if ref.startswith("local-dir:") else ref)
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "open_clip_config.json")):
+            return "open_clip", path, None
+        if os.path.isfile(os.path.join(path, "config.json")):
+            return "transformers", path, None
+        raise ModelNotFoundError(ref, field, f"the directory {path} has neither open_clip_config.json nor config.json")
+    return "transformers", ref, None
+
+
 def preflight_clip(backend: str, model: str, pretrained: Optional[str], field: str = "clip_model",
                    pretrained_field: str = "clip_pretrained") -> None:
     """Validate a CLIP reference without loading it (see the module docstring)."""
@@ -129,10 +155,15 @@ def preflight_clip(backend: str, model: str, pretrained: Optional[str], field: s
         d = local[len("local-dir:"):]
         if not os.path.isfile(os.path.join(d, "open_clip_config.json")):
             raise ModelNotFoundError(model, field, f"{d} has no open_clip_config.json (open_clip's save layout)")
+        if not any(os.path.isfile(os.path.join(d, f)) for f in _OPEN_CLIP_WEIGHTS):
+            raise ModelNotFoundError(
+                model, field, f"the open_clip directory {d} has no {' or '.join(_OPEN_CLIP_WEIGHTS)}",
+                extra_fix="copy the weights next to open_clip_config.json (open_clip's save layout)",
+            )
         return
     if model.startswith("hf-hub:"):
         repo = model[len("hf-hub:"):]
-        if is_offline() and not _hub_file_cached(repo, "open_clip_config.json"):
+        if is_offline() and not loader.hub_file_cached(repo, "open_clip_config.json"):
             raise ModelNotFoundError(repo, field, "it is not in the local hub cache and the hub is offline")
         return
     if model.startswith((".", "/", "~")):
@@ -161,8 +192,15 @@ def preflight_clip(backend: str, model: str, pretrained: Optional[str], field: s
             f"not a pretrained tag of {name} (known: {', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'})",
         )
     hub = (cfg.get("hf_hub") or "").strip("/")
-    if is_offline() and hub and not any(_hub_file_cached(hub, f) for f in _OPEN_CLIP_WEIGHTS):
-        raise ModelNotFoundError(hub, pretrained_field, "the weights are not in the local hub cache and the hub is offline")
+    if is_offline() and hub and not any(loader.hub_file_cached(hub, f) for f in _OPEN_CLIP_WEIGHTS):
+        raise ModelNotFoundError(
+            hub, pretrained_field,
+            f"the weights of {name}/{pretrained} are not in the local hub cache and the hub is offline "
+            "(HF_HUB_OFFLINE=1)",
+            extra_fix="fill the hub cache where the hub is reachable (`huggingface-cli download "
+            f"{hub}`, then copy ~/.cache/huggingface here), or use a transformers CLIP folder with "
+            "the same OpenAI weights (openai/clip-vit-base-patch16)",
+        )
 
 
 def _load_open_clip(model: str, pretrained: Optional[str], field: str, pretrained_field: str):
@@ -225,13 +263,17 @@ def load_clip_encoder(
     pretrained_field: str = "clip_pretrained",
     device=None,
     dtype: torch.dtype = torch.float32,
+    resize: str = "bilinear",
 ) -> ClipEncoder:
     """Load a frozen CLIP encoder (see the module docstring for the reference forms)."""
     preflight_clip(backend, model, pretrained, field, pretrained_field)
     if backend == "open_clip":
         clip, size, mean, std, image_fn, text_fn = _load_open_clip(model, pretrained, field, pretrained_field)
         clip = clip.to(dtype=dtype)
+        description = f"open_clip {model}" + (f" / {pretrained}" if pretrained else "")
     else:
         clip, size, mean, std, image_fn, text_fn = _load_transformers_clip(model, field, dtype)
+        vision = clip.config.vision_config
+        description = f"transformers CLIPModel ({vision.hidden_size}-d vision, patch {vision.patch_size})"
     clip.requires_grad_(False).eval().to(device or "cpu")
-    return ClipEncoder(backend, clip, size, mean, std, image_fn, text_fn)
+    return ClipEncoder(backend, clip, size, mean, std, image_fn, text_fn, resize, description)

@@ -43,7 +43,8 @@ def is_offline() -> bool:
     )
 
 
-def _hub_file_cached(repo_id: str, filename: str) -> bool:
+def hub_file_cached(repo_id: str, filename: str) -> bool:
+    """Whether the local hub cache holds `filename` of `repo_id` (no network)."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - very old hubs
@@ -87,7 +88,7 @@ def preflight(
             probe.append("scheduler/scheduler_config.json")
         if not probe:
             probe = ["config.json"]
-        if not all(_hub_file_cached(ref, p) for p in probe):
+        if not all(hub_file_cached(ref, p) for p in probe):
             raise ModelNotFoundError(
                 ref, field, "it is not in the local hub cache and the hub is offline (HF_HUB_OFFLINE=1)"
             )

@@ -3,9 +3,9 @@
 HiFi-123 §3.1-3.2 (depth-conditioned DDIM inversion); algorithms.md A.4-A.5.
 
 A noise-prediction function is any callable `eps_fn(z, t, **kw) -> eps` with `z` a latent batch
-and `t` an integer timestep. `UNetNoisePredictor` builds one from a diffusers UNet (depth as the 5th
-input channel, classifier-free guidance in a named form, v-prediction converted to epsilon). Tests
-drive the same code with the oracles of `hifi123.testing.oracle`.
+and `t` an integer timestep. `sd.UNetNoisePredictor` builds one from a diffusers UNet (depth as the
+5th input channel, classifier-free guidance in a named form, v-prediction converted to epsilon).
+Tests drive the same code with the oracles of `hifi123.testing.oracle`.
 
 Notation: a(t) = alphas_cumprod[t]. The DDIM grid has T timesteps t_0 > t_1 > ... > t_{T-1} taken
 from a diffusers scheduler. A latent "at level i" has noise level a(t_i); the clean end is the
@@ -25,13 +25,14 @@ sampling steps. Both are deterministic (eta = 0).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Literal, Optional, Tuple, get_args
 
 import torch
 
 NoiseFn = Callable[..., torch.Tensor]
 
-CFG_FORMS = ("textbook", "threestudio")
+CFGForm = Literal["textbook", "threestudio"]
+CFG_FORMS = get_args(CFGForm)
 
 
 def cfg_combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float, form: str) -> torch.Tensor:
@@ -154,78 +155,3 @@ def sample(
             record.append(StepRecord(i, grid.t(i), z, eps, x0, z_new))
         z = z_new
     return z
-
-
-class UNetNoisePredictor:
-    """eps_fn backed by a diffusers UNet.
-
-    * `depth`: [B or 1, 1, h, w] condition concatenated as the 5th input channel (SD2-depth).
-    * `text_cond` [B or 1, L, D]; with `guidance_scale` and `text_uncond`, CFG runs as one batched
-      call [uncond; cond] combined in `cfg_form`.
-    * v-prediction models are converted to epsilon with the scheduler's alphas.
-    * `cross_attention_kwargs` are passed through (our attention processors read a state object
-      instead, so stock processors never see unknown kwargs).
-    """
-
-    def __init__(
-        self,
-        unet,
-        alphas_cumprod: torch.Tensor,
-        text_cond: torch.Tensor,
-        depth: Optional[torch.Tensor] = None,
-        text_uncond: Optional[torch.Tensor] = None,
-        guidance_scale: float = 1.0,
-        cfg_form: str = "textbook",
-        prediction_type: str = "epsilon",
-        before_call: Optional[Callable[[int], None]] = None,
-    ) -> None:
-        if cfg_form not in CFG_FORMS:
-            raise ValueError(f"cfg_form must be one of {CFG_FORMS}, got {cfg_form!r}")
-        if prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"unsupported prediction_type {prediction_type!r}")
-        self.unet = unet
-        self.alphas_cumprod = alphas_cumprod.double()
-        self.text_cond = text_cond
-        self.text_uncond = text_uncond
-        self.depth = depth
-        self.guidance_scale = float(guidance_scale)
-        self.cfg_form = cfg_form
-        self.prediction_type = prediction_type
-        self.before_call = before_call
-        self.needs_depth = int(unet.config.in_channels) == 5
-        if self.needs_depth and depth is None:
-            raise ValueError("this UNet takes a depth channel (5 input channels) but no depth was given")
-        if not self.needs_depth and depth is not None:
-            raise ValueError("a depth condition was given but the UNet has no depth channel")
-
-    @property
-    def uses_cfg(self) -> bool:
-        return self.text_uncond is not None
-
-    def _batch(self, x: torch.Tensor, b: int) -> torch.Tensor:
-        return x.expand(b, *x.shape[1:]) if x.shape[0] == 1 and b > 1 else x
-
-    def __call__(self, z: torch.Tensor, t: int, step_index: Optional[int] = None, **_) -> torch.Tensor:
-        unet = self.unet
-        dtype = next(unet.parameters()).dtype
-        b = z.shape[0]
-        inp = z.to(dtype)
-        if self.needs_depth:
-            inp = torch.cat([inp, self._batch(self.depth.to(dtype), b)], dim=1)
-        cond = self._batch(self.text_cond.to(dtype), b)
-        if self.uses_cfg:
-            unc = self._batch(self.text_uncond.to(dtype), b)
-            inp = torch.cat([inp, inp], 0)
-            cond = torch.cat([unc, cond], 0)
-        if self.before_call is not None:
-            self.before_call(step_index)
-        tt = torch.full((inp.shape[0],), int(t), device=inp.device, dtype=torch.long)
-        out = unet(inp, tt, encoder_hidden_states=cond).sample.to(z.dtype)
-        if self.prediction_type == "v_prediction":
-            a = float(self.alphas_cumprod[int(t)])
-            zz = torch.cat([z, z], 0) if self.uses_cfg else z
-            out = a**0.5 * out + (1 - a) ** 0.5 * zz
-        if self.uses_cfg:
-            eu, ec = out.chunk(2)
-            return cfg_combine(eu, ec, self.guidance_scale, self.cfg_form)
-        return out

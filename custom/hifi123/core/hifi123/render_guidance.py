@@ -17,115 +17,101 @@ Render conventions
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
-from typing import Dict, Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import Literal, Optional, Tuple, get_args
 
 import torch
 import torch.nn.functional as F
 
 from ...errors import InputError
 from ...models.loader import DEFAULT_MODELS
-from .rgnv import BACKGROUNDS, RGNVConfig, RGNVPipeline
+from ..prompts import find_prompt
+from ..settings import setting
+from .rgnv import RGNVConfig, RGNVPipeline
 
-DEPTH_TYPES = ("z", "disparity")
+DepthType = Literal["z", "disparity"]
+DEPTH_TYPES = get_args(DepthType)
 MASK_THRESHOLD = 0.5
 
 
 @dataclass
-class RGNVGuidanceConfig:
-    """Settings shared by the RGNV image loss and RGSD (subclasses add their own)."""
+class RGNVGuidanceConfig(RGNVConfig):
+    """Settings shared by the RGNV image loss and RGSD: the RGNV sampler (`RGNVConfig`, with the
+    refine-stage defaults of decision 7) plus the model, the reference and the render depth.
+    Subclasses add their own; the threestudio guidances derive their `Config` from them."""
 
-    # model (decision 13: hub id or local directory; the sd2-community SD2-depth mirror by default)
     pretrained_model_name_or_path: str = DEFAULT_MODELS["sd2_depth"]
-    half_precision_weights: bool = True  # fp16 weights on CUDA (threestudio's default); fp32 on CPU
-    load_depth_estimator: bool = True  # SD2-depth's DPT; needed when renders or reference lack depth
-    # reference (RGBA, object in alpha; threestudio `_rgba.png`) and optional disparity map
-    reference_image_path: Optional[str] = None
-    reference_depth_path: Optional[str] = None  # near = bright (threestudio `_depth.png`); else DPT
-    # RGNV sampler (decisions 1, 2, 7)
-    num_steps: int = 20  # T: RGSD's grid (HiFi-123 Sup. §3.4)
-    steps_offset: Optional[int] = 0  # DDIM grid offset: 0 as the official RGNV script; None: the model's
-    inject_steps: int = 12  # S: lost in the paper; 30/50 scaled to T = 20 (decision 7; sweep 8-14)
-    guidance_scale: float = 7.5  # CFG on the target branch (paper §4.1 refine stage)
-    cfg_form: str = "textbook"  # eps_u + s (eps_c - eps_u), as the official RGNV code
-    prompt: str = ""  # target prompt: the image caption (decision 7)
-    negative_prompt: str = ""  # unconditional prompt of the target branch (decision 7)
-    reference_prompt: str = ""  # reference branch unguided with the empty prompt (decision 2)
-    inject_blocks: Tuple[int, ...] = (12, 13, 14, 15)  # SD2 transformer blocks (decision 2)
-    mask_reference_depth: bool = True  # paper (decision 4); False = official code
-    reference_background: str = "texture"  # decision 5
-    coarse_background: str = "grey"  # official constant (126, 129, 127)
-    texture_seed: int = 0
-    cache_device: Optional[str] = None  # where the reference K/V cache lives ("cpu" saves VRAM)
-    # render depth (decision 11)
-    depth_type: str = "z"  # render depth given as "z" (distance, near small) or "disparity"
-    depth_weighted_by_opacity: bool = True  # threestudio NeRF depth is sum w_i t_i: divide by opacity
+    """SD2-depth: hub id or local directory (decision 13: the maintained mirror by default)."""
+    half_precision_weights: bool = True
+    """fp16 weights on CUDA (threestudio's default); always fp32 on CPU."""
+    load_depth_estimator: bool = True
+    """Load SD2-depth's DPT: needed when the renders or the reference have no depth."""
+    cond_image_path: str = ""
+    """The reference RGBA (object in alpha; threestudio's `_rgba.png`). Required."""
+    cond_depth_path: Optional[str] = None
+    """The reference's disparity map (near = bright; threestudio's `_depth.png`); None: DPT."""
+    use_caption_file: bool = True
+    """With an empty `prompt`, read `<name>_caption.txt` next to the reference (decision 30)."""
+    num_steps: int = setting(20, ge=1)
+    """T: RGSD's grid (HiFi-123 Sup. §3.4)."""
+    inject_steps: int = setting(12, ge=1)
+    """S: lost in the paper; the official 30 of 50 scaled to T = 20 (decision 7; sweep 8-14)."""
+    guidance_scale: float = setting(7.5, ge=0.0)
+    """CFG on the target branch (paper §4.1, refine stage)."""
+    depth_type: DepthType = "z"
+    """The render depth passed in: "z" (distance, near small) or "disparity" (decision 11)."""
+    depth_weighted_by_opacity: bool = True
+    """threestudio's NeRF depth is sum w_i t_i: divide by the opacity first."""
 
-    def _choices(self) -> Tuple[Tuple[str, tuple], ...]:
-        """(field, allowed values) pairs checked by `validate`; subclasses extend."""
-        return (("depth_type", DEPTH_TYPES), ("reference_background", BACKGROUNDS), ("coarse_background", BACKGROUNDS))
-
-    def validate(self, check_files: bool = True, field_names: Optional[Dict[str, str]] = None) -> None:
-        """Check values (and, optionally, that the files exist) without loading anything.
-        `field_names` maps our field names to the caller's (an adapter's config) for messages."""
-        names = field_names or {}
-
-        def n(key: str) -> str:
-            return names.get(key, key)
-
-        for key, allowed in self._choices():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"{n(key)} must be one of {allowed}, got {getattr(self, key)!r}")
-        self.rgnv_config().validate()
-        if not self.load_depth_estimator and not self.reference_depth_path:
+    def validate(self, check_files: bool = True) -> None:
+        """Check values (and, with `check_files`, that the files exist) without loading anything."""
+        super().validate()
+        if not self.load_depth_estimator and not self.cond_depth_path:
             raise ValueError(
-                f"load_depth_estimator is False but no {n('reference_depth_path')} is given: the "
+                "load_depth_estimator is False but no cond_depth_path is given: the "
                 "reference needs a depth map or the DPT estimator"
             )
         if not check_files:
             return
-        if not self.reference_image_path:
+        if not self.cond_image_path:
             raise InputError(
-                f"no reference image given ({n('reference_image_path')} is empty)",
+                "no reference image given (cond_image_path is empty)",
                 "the path of the reference RGBA image (<name>_rgba.png, object in the alpha channel)",
-                f"set {n('reference_image_path')}=path/to/<name>_rgba.png in the config",
+                "set cond_image_path=path/to/<name>_rgba.png in the config",
             )
-        for key in ("reference_image_path", "reference_depth_path"):
+        for key in ("cond_image_path", "cond_depth_path"):
             path = getattr(self, key)
             if path and not os.path.isfile(os.path.expanduser(path)):
-                raise InputError(f"{n(key)}: file not found: {path}", "an existing image file", f"fix {n(key)}")
+                raise InputError(f"{key}: file not found: {path}", "an existing image file", f"fix {key}")
 
-    def rgnv_config(self) -> RGNVConfig:
-        """The RGNV pipeline settings (the fields both configs share, by name); injection on."""
-        names = {f.name for f in fields(RGNVConfig)}
-        kw = {k: getattr(self, k) for k in names if hasattr(self, k)}
-        kw["inject_blocks"] = tuple(int(b) for b in kw["inject_blocks"])
-        return RGNVConfig(**kw)
+    def with_prompt(self) -> Tuple["RGNVGuidanceConfig", Optional[str]]:
+        """These settings with the target prompt resolved (decision 30: an explicit `prompt` wins,
+        then the caption file when `use_caption_file`); the second value says why there is no
+        prompt at all (None when there is one)."""
+        prompt, why = find_prompt(self.cond_image_path or None, self.prompt, self.use_caption_file)
+        return replace(self, prompt=prompt or ""), (None if prompt is not None else why)
 
 
-def load_pipeline_and_reference(cfg: RGNVGuidanceConfig, device=None, field_names: Optional[Dict[str, str]] = None):
-    """Validate `cfg`, read the reference (and its depth), then load SD2-depth on `device` (fp16 only
-    on CUDA with `half_precision_weights`). Returns (RGNVPipeline, reference RGBA, reference depth)."""
+def load_pipeline_and_reference(cfg: RGNVGuidanceConfig, device=None):
+    """Read the reference (and its depth) of validated settings, then load SD2-depth on `device`
+    (fp16 only on CUDA with `half_precision_weights`). Returns (RGNVPipeline, reference RGBA,
+    reference depth)."""
     from ...models.loader import load_diffusion
     from ..images import load_depth, load_rgba
 
-    names = field_names or {}
-    cfg.validate(field_names=names)
-    img_field = names.get("reference_image_path", "reference_image_path")
-    ref = load_rgba(os.path.expanduser(cfg.reference_image_path), role=f"reference image ({img_field})")
+    ref = load_rgba(os.path.expanduser(cfg.cond_image_path), role="reference image (cond_image_path)")
     ref_depth = None
-    if cfg.reference_depth_path:
-        depth_field = names.get("reference_depth_path", "reference_depth_path")
+    if cfg.cond_depth_path:
         ref_depth = load_depth(
-            os.path.expanduser(cfg.reference_depth_path), shape=ref.shape[:2], role=f"reference depth ({depth_field})"
+            os.path.expanduser(cfg.cond_depth_path), shape=ref.shape[:2], role="reference depth (cond_depth_path)"
         )
     device = torch.device(device) if device is not None else torch.device("cpu")
     dtype = torch.float16 if cfg.half_precision_weights and device.type == "cuda" else torch.float32
     components = load_diffusion(
-        cfg.pretrained_model_name_or_path, names.get("pretrained_model_name_or_path", "pretrained_model_name_or_path"),
+        cfg.pretrained_model_name_or_path, "pretrained_model_name_or_path",
         dtype=dtype, device=device, with_depth_estimator=cfg.load_depth_estimator,
     )
-    return RGNVPipeline(components, cfg.rgnv_config()), ref, ref_depth
+    return RGNVPipeline(components, cfg), ref, ref_depth
 
 
 def move_pipeline(pipeline: RGNVPipeline, device) -> None:

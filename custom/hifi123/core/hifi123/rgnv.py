@@ -19,49 +19,64 @@ procedural texture, coarse view on the official constant grey, output composited
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Literal, Optional, Sequence, Tuple, get_args
 
 import numpy as np
 import torch
 
 from ..diffusion import ddim
 from ..diffusion.attention import InjectionState, mutual_self_attention, select_layers
+from ..diffusion.sd import UNetNoisePredictor, VaeCodec, encode_prompts
 from ..images import composite, depth_to_latent, normalize_depth, resize, to_tensor_image
+from ..settings import check_declared, setting
 
 GREY = (126 / 255.0, 129 / 255.0, 127 / 255.0)  # official coarse-view background (util_new.py)
-BACKGROUNDS = ("texture", "grey", "white")
+Background = Literal["texture", "grey", "white"]
+BACKGROUNDS = get_args(Background)
 
 
 @dataclass
 class RGNVConfig:
-    num_steps: int = 50  # T, DDIM grid (official run.sh / infer_rgnv.py)
-    steps_offset: Optional[int] = 0  # grid 980..0 at T=50 (official, decision 21); None: the model's (SD2: 1)
-    inject_steps: int = 30  # S: inversion depth = injected denoising steps (run.sh --stop_step 30)
-    guidance_scale: float = 9.0  # CFG on the target prompt only (infer_rgnv.py:79)
-    cfg_form: str = "textbook"  # eps_u + s (eps_c - eps_u), as the official code
-    prompt: str = ""  # target prompt (e.g. the caption, "side view of ...")
-    negative_prompt: str = ""  # unconditional prompt of the target branch
-    reference_prompt: str = ""  # the reference branch is unguided with the empty prompt
-    inject: bool = True  # mutual self-attention on; off = plain invert + resample of the view
-    inject_blocks: Tuple[int, ...] = (12, 13, 14, 15)  # execution-order transformer blocks (dec. 2)
-    mask_reference_depth: bool = True  # paper (decision 4); the official code leaves it unmasked
-    reference_background: str = "texture"  # decision 5: SD2-depth dislikes flat backgrounds
-    coarse_background: str = "grey"  # official: constant (126,129,127)
-    texture_seed: int = 0  # seed of our procedural background texture
-    cache_device: Optional[str] = None  # where reference K/V live ("cpu" saves VRAM)
+    """The RGNV sampler. Defaults: the official enhancement script (T = 50, S = 30, CFG 9)."""
+
+    num_steps: int = setting(50, ge=1)
+    """T, the DDIM grid (official run.sh / infer_rgnv.py)."""
+    steps_offset: Optional[int] = setting(0, ge=0)
+    """Grid offset: 0 gives 980..0 at T = 50 as the official code (decision 21); None: the
+    model's own (SD2: 1)."""
+    inject_steps: int = setting(30, ge=1)
+    """S: inversion depth = number of injected denoising steps (run.sh --stop_step 30)."""
+    guidance_scale: float = setting(9.0, ge=0.0)
+    """CFG scale on the target prompt only (infer_rgnv.py)."""
+    cfg_form: ddim.CFGForm = "textbook"
+    """textbook: eps_u + s (eps_c - eps_u), as the official code; threestudio: eps_c + s (...)."""
+    prompt: str = ""
+    """Target prompt (e.g. the caption, "side view of ...")."""
+    negative_prompt: str = ""
+    """Unconditional prompt of the target branch."""
+    reference_prompt: str = ""
+    """Prompt of the reference branch, which runs unguided: must stay empty (decision 28)."""
+    inject: bool = True
+    """Mutual self-attention on; off = plain inversion and resampling of the view (ablation)."""
+    inject_blocks: Tuple[int, ...] = (12, 13, 14, 15)
+    """Execution-order transformer blocks whose self-attention reads the reference (decision 2)."""
+    mask_reference_depth: bool = True
+    """Depth masked to the object for the reference too: the paper (decision 4); the official
+    code leaves it unmasked."""
+    reference_background: Background = "texture"
+    """Behind the reference object: a procedural texture, as SD2-depth dislikes flat
+    backgrounds (decision 5)."""
+    coarse_background: Background = "grey"
+    """Behind the coarse view: the official constant grey (126, 129, 127)."""
+    texture_seed: int = 0
+    """Seed of the procedural background texture."""
+    cache_device: Optional[str] = None
+    """Where the reference keys/values live ("cpu" saves VRAM); None: with the UNet."""
 
     def validate(self) -> None:
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps (T) must be >= 1, got {self.num_steps}")
+        check_declared(self)
         if not 1 <= self.inject_steps <= self.num_steps:
             raise ValueError(f"inject_steps (S) must be in [1, num_steps={self.num_steps}], got {self.inject_steps}")
-        for name in ("reference_background", "coarse_background"):
-            if getattr(self, name) not in BACKGROUNDS:
-                raise ValueError(f"{name} must be one of {BACKGROUNDS}, got {getattr(self, name)!r}")
-        if self.cfg_form not in ddim.CFG_FORMS:
-            raise ValueError(f"cfg_form must be one of {ddim.CFG_FORMS}, got {self.cfg_form!r}")
-        if self.steps_offset is not None and self.steps_offset < 0:
-            raise ValueError(f"steps_offset must be >= 0 or None, got {self.steps_offset}")
         if self.reference_prompt.strip() and self.inject:
             # both CFG halves of the target attend to ONE reference K/V (the unguided branch's);
             # with a prompt the reference's K/V would differ per half (MasaCtrl injects per half;
@@ -108,7 +123,6 @@ class RGNVPipeline:
     def __init__(self, components, config: Optional[RGNVConfig] = None, depth_estimator=None, depth_processor=None):
         self.c = components
         self.cfg = config or RGNVConfig()
-        self.cfg.validate()
         if not components.is_depth_model:
             raise ValueError(
                 f"RGNV needs a depth-conditioned UNet (5 input channels); {components.ref} has "
@@ -126,8 +140,9 @@ class RGNVPipeline:
 
     def configure(self, config: RGNVConfig) -> None:
         """Use `config` from now on: the DDIM grid and the injected layers follow it (a reference
-        cache built under other settings is refused by its key)."""
-        config.validate()
+        cache built under other settings is refused by its key). Only the sampler settings are
+        checked here (a guidance's settings are checked where it is configured)."""
+        RGNVConfig.validate(config)
         self.cfg = config
         self.grid = ddim.DDIMGrid.from_scheduler(self.c.scheduler, config.num_steps, config.steps_offset)
         self.layers = select_layers(self.c.unet, config.inject_blocks)
@@ -145,15 +160,10 @@ class RGNVPipeline:
     def prediction_type(self) -> str:
         return getattr(self.c.scheduler.config, "prediction_type", "epsilon")
 
-    @torch.no_grad()
     def text_embedding(self, prompt: str) -> torch.Tensor:
+        """The text encoder's states for `prompt`, cached (prompts do not change during a run)."""
         if prompt not in self._emb:
-            tok = self.c.tokenizer(
-                [prompt], padding="max_length", max_length=self.c.tokenizer.model_max_length,
-                truncation=True, return_tensors="pt",
-            )
-            ids = tok.input_ids.to(self.c.text_encoder.device)
-            self._emb[prompt] = self.c.text_encoder(ids)[0]
+            self._emb[prompt] = encode_prompts(self.c.tokenizer, self.c.text_encoder, [prompt])
         return self._emb[prompt]
 
     def background(self, kind: str, size: int) -> torch.Tensor:
@@ -214,26 +224,18 @@ class RGNVPipeline:
         d = normalize_depth(d, mask if apply_mask else None)
         return depth_to_latent(d, self.latent_size)
 
-    @torch.no_grad()
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """VAE posterior MEAN x scaling factor (A.1) of image [B,3,R,R] in [0,1]."""
-        vae = self.c.vae
-        p = next(vae.parameters())
-        post = vae.encode((image * 2 - 1).to(p.device, p.dtype)).latent_dist
-        return post.mean.float() * vae.config.scaling_factor
+        """VAE posterior MEAN x scaling factor (A.1) of image [B,3,R,R] in [0,1], no gradient."""
+        return VaeCodec(self.c.vae, "mean", grad=False).encode(image)
 
-    @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        vae = self.c.vae
-        p = next(vae.parameters())
-        x = vae.decode((z / vae.config.scaling_factor).to(p.device, p.dtype)).sample.float()
-        return (x / 2 + 0.5).clamp(0, 1)
+        return VaeCodec(self.c.vae, "mean", grad=False).decode(z)
 
     def _eps(self, prompt: str, depth: torch.Tensor, guided: bool):
         if self.noise_model is not None:
             return self.noise_model(prompt, depth, guided)
         dev = self.c.device
-        return ddim.UNetNoisePredictor(
+        return UNetNoisePredictor(
             self.c.unet,
             self.grid.alphas_cumprod,
             self.text_embedding(prompt).to(dev),

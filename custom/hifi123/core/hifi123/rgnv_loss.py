@@ -42,7 +42,7 @@ the models on their own device; the target is returned on the render's device an
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Literal, Optional, Sequence, Tuple, Union, get_args
 
 import torch
 
@@ -59,8 +59,10 @@ from .render_guidance import (  # noqa: F401  (re-exported: object_mask, render_
 )
 from .rgnv import ReferenceCache, RGNVPipeline
 
-LOSS_TYPES = ("mse", "l1")
-TARGET_BACKGROUNDS = ("render", "white")
+LossType = Literal["mse", "l1"]
+LOSS_TYPES = get_args(LossType)
+TargetBackground = Literal["render", "white"]
+TARGET_BACKGROUNDS = get_args(TargetBackground)
 
 
 @dataclass
@@ -68,11 +70,10 @@ class RGNVLossConfig(RGNVGuidanceConfig):
     """Every setting of the RGNV image loss: the shared RGNV-guidance settings (model, reference,
     sampler, render depth; `core/hifi123/render_guidance.py`) plus the loss's own."""
 
-    loss_type: str = "mse"  # image-space distance: "mse" or "l1" (the paper says "reconstruction loss")
-    target_background: str = "render"  # outside the mask: "render" (no loss) or "white"
-
-    def _choices(self):
-        return super()._choices() + (("loss_type", LOSS_TYPES), ("target_background", TARGET_BACKGROUNDS))
+    loss_type: LossType = "mse"
+    """Image-space distance, squared or absolute (the paper says "reconstruction loss")."""
+    target_background: TargetBackground = "render"
+    """Outside the mask: the render itself (no loss there) or white."""
 
 
 @dataclass
@@ -131,11 +132,11 @@ class RGNVImageLoss:
         cls,
         cfg: RGNVLossConfig,
         device: Optional[Union[str, torch.device]] = None,
-        field_names: Optional[Dict[str, str]] = None,
     ) -> "RGNVImageLoss":
-        """Validate `cfg`, read the reference, then load the model (fp16 only on CUDA) on `device`.
-        `field_names` renames config fields in error messages (see `RGNVLossConfig.validate`)."""
-        pipeline, ref, ref_depth = load_pipeline_and_reference(cfg, device, field_names)
+        """Check `cfg` (files included), read the reference, then load the model (fp16 only on
+        CUDA) on `device`."""
+        cfg.validate()
+        pipeline, ref, ref_depth = load_pipeline_and_reference(cfg, device)
         return cls(pipeline, ref, ref_depth, cfg)
 
     # -------------------------------------------------------------------------- state

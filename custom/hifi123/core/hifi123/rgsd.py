@@ -28,14 +28,16 @@ depth as disparity, masked, normalised (decision 11); DPT is a switch.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Literal, Optional, Sequence, Tuple, get_args
 
 import torch
 import torch.nn.functional as F
 
 from ..diffusion import ddim
+from ..diffusion.sd import VaeCodec
 from ..images import composite, depth_to_latent, normalize_depth, resize
 from ..morphology import dilate
+from ..settings import setting
 from .render_guidance import (
     RGNVGuidanceConfig,
     check_render,
@@ -44,7 +46,9 @@ from .render_guidance import (
 )
 from .rgnv import RGNVPipeline
 
-WEIGHTINGS = ("uniform", "one_minus_alpha")
+Weighting = Literal["uniform", "one_minus_alpha"]
+WEIGHTINGS = get_args(Weighting)
+DepthSource = Literal["render", "dpt"]
 
 
 @dataclass
@@ -52,26 +56,24 @@ class RGSDConfig(RGNVGuidanceConfig):
     """RGSD settings: the shared RGNV-guidance settings (model, reference, sampler with T = 20,
     S = 12, CFG 7.5; render depth — `core/hifi123/render_guidance.py`) plus RGSD's own."""
 
-    weighting: str = "uniform"  # w(t) = 1 (decision 8); "one_minus_alpha" = SDS-style 1 - ā_t
-    depth_source: str = "render"  # decision 11: the render's depth; "dpt" = estimate from the render
-    # decision 9: two fixed views, (elevation, azimuth) in degrees RELATIVE to the reference view
+    weighting: Weighting = "uniform"
+    """w(t) of the random-view term: 1 (decision 8), or the SDS-style 1 - ā_t."""
+    depth_source: DepthSource = "render"
+    """Depth condition of a render: its own depth (decision 11), or "dpt" to estimate it."""
     fixed_views: Tuple[Tuple[float, float], ...] = ((0.0, 90.0), (0.0, -90.0))
-    # both terms over the object only: the render's opacity, dilated, at latent size. RGNV paints
-    # its own background where the render has a fixed grey one; that residual can never shrink
-    # and its gradient leaks through the VAE encoder into the texture (the paper masks it away,
-    # §4.2). Off = the whole latent.
+    """(elevation, azimuth) in degrees RELATIVE to the reference view (decision 9)."""
     mask_background: bool = True
-    mask_dilation_px: int = 16  # at the model's input size (512 for SD2-depth: 2 latent pixels)
+    """Both terms over the object only: the render's opacity, dilated, at latent size. RGNV
+    paints its own background where the render has a fixed grey one; that residual can never
+    shrink and its gradient leaks through the VAE encoder into the texture (the paper masks it
+    away, §4.2). Off = the whole latent."""
+    mask_dilation_px: int = setting(16, ge=0)
+    """Dilation of that mask, at the model's input size (512 for SD2-depth: 2 latent pixels)."""
 
-    def _choices(self):
-        return super()._choices() + (("weighting", WEIGHTINGS), ("depth_source", ("render", "dpt")))
-
-    def validate(self, check_files: bool = False, field_names: Optional[Dict[str, str]] = None) -> None:
-        super().validate(check_files, field_names)
+    def validate(self, check_files: bool = True) -> None:
+        super().validate(check_files)
         if not self.fixed_views or any(len(v) != 2 for v in self.fixed_views):
             raise ValueError(f"fixed_views must list (elevation, azimuth) pairs, got {self.fixed_views!r}")
-        if self.mask_dilation_px < 0:
-            raise ValueError(f"mask_dilation_px must be >= 0, got {self.mask_dilation_px}")
 
 
 #: RGSDConfig fields that do not shape the fixed-view targets; every other field is compared when
@@ -79,7 +81,7 @@ class RGSDConfig(RGNVGuidanceConfig):
 #: (a different reference image is a different run: start it anew); precision, cache placement and
 #: the t > 0 weighting do not change the t = 0 targets; DPT is only a fallback for missing depth.
 TARGET_INDEPENDENT = frozenset({
-    "reference_image_path", "reference_depth_path", "half_precision_weights", "cache_device",
+    "cond_image_path", "cond_depth_path", "use_caption_file", "half_precision_weights", "cache_device",
     "load_depth_estimator", "weighting", "mask_background", "mask_dilation_px",
 })
 
@@ -98,21 +100,23 @@ class RGSD:
 
     def __init__(self, pipe_or_components, config: Optional[RGSDConfig] = None):
         self.cfg = config or RGSDConfig()
-        self.cfg.validate()
+        self.cfg.validate(check_files=False)
         if isinstance(pipe_or_components, RGNVPipeline):
             self.pipe = pipe_or_components
-            self.pipe.configure(self.cfg.rgnv_config())  # grid and layers follow OUR settings
+            self.pipe.configure(self.cfg)  # grid and layers follow OUR settings
         else:
-            self.pipe = RGNVPipeline(pipe_or_components, self.cfg.rgnv_config())
+            self.pipe = RGNVPipeline(pipe_or_components, self.cfg)
+        self.codec = VaeCodec(self.pipe.c.vae, "mean", grad=True)
         self.cache = None
         self.fixed_targets: Optional[torch.Tensor] = None  # [N,4,h,w] enhanced clean latents z̃0
         self.reference_builds = 0
 
     @classmethod
-    def from_config(cls, cfg: RGSDConfig, device=None, field_names: Optional[Dict[str, str]] = None) -> "RGSD":
+    def from_config(cls, cfg: RGSDConfig, device=None) -> "RGSD":
         """Validate (files included), read the reference, load SD2-depth on `device`, build the
         reference branch."""
-        pipe, ref, ref_depth = load_pipeline_and_reference(cfg, device, field_names)
+        cfg.validate()
+        pipe, ref, ref_depth = load_pipeline_and_reference(cfg, device)
         m = cls(pipe, cfg)
         m.set_reference(ref, ref_depth)
         return m
@@ -162,10 +166,7 @@ class RGSD:
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """VAE posterior mean x scaling factor, WITH gradient to the image ([0,1] input)."""
-        vae = self.pipe.c.vae
-        p = next(vae.parameters())
-        z = vae.encode((image * 2 - 1).to(p.device, p.dtype)).latent_dist.mean
-        return z.float() * vae.config.scaling_factor
+        return self.codec.encode(image)
 
     # ------------------------------------------------------------------ t = 0 branch
     @torch.no_grad()

@@ -32,7 +32,6 @@ from .cameras import (  # noqa: F401
 from .depth import pearson_correlation, pearson_depth_loss  # noqa: F401
 from .prior import (  # noqa: F401
     TERMS,
-    GuidedNoisePredictor,
     MakeIt3DPrior,
     MakeIt3DPriorConfig,
     build_prior_from_models,

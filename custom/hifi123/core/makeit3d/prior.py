@@ -4,7 +4,7 @@ Eq. 3-4; algorithms.md C.4; decision 14).
 Everything is written against four callables, so tests can drive the exact mechanism with oracles:
 
 * ``eps_fn(z_t, t) -> eps``: the guided noise prediction (t is a [B] long tensor). Built from an SD
-  UNet by :class:`GuidedNoisePredictor`: CFG in the paper's form (1 + w) eps_c - w eps_u with
+  UNet by the shared `core.diffusion.sd.UNetNoisePredictor`: CFG in the paper's form (1 + w) eps_c - w eps_u with
   w = 10, i.e. `cfg_combine(..., form="threestudio", scale=10)` (textbook CFG at 11). Always
   called under ``torch.no_grad`` (no gradient through the UNet).
 * ``encode_fn(rgb) -> z``: the rendering ([B,3,S,S] in [0,1], S the model's image size) to scaled
@@ -41,57 +41,91 @@ SDS. Pass the relative azimuth per item; None means "no back views".
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, Literal, Optional, get_args
 
 import torch
 import torch.nn.functional as F
 
-from ..diffusion.ddim import CFG_FORMS, cfg_combine
+from ...models.clip_encoder import DEFAULT_OPEN_CLIP
+from ...models.loader import DEFAULT_MODELS
+from ..diffusion.ddim import CFGForm
+from ..diffusion.sd import UNetNoisePredictor, VaeCodec, encode_prompts
+from ..settings import check_declared, setting
 from .cameras import is_back_view
 
 TERMS = ("sds", "clip_d", "clip_d_txt", "clip_img", "clip_txt")
 DIFFUSION_TERMS = ("sds", "clip_d", "clip_d_txt")
 CLIP_D_TERMS = ("clip_d", "clip_d_txt")
 RAW_CLIP_TERMS = ("clip_img", "clip_txt")
-WEIGHTINGS = ("sds", "uniform")
-LATENT_MODES = ("sample", "mean")
+Weighting = Literal["sds", "uniform"]
+WEIGHTINGS = get_args(Weighting)
+LatentMode = Literal["sample", "mean"]
+LATENT_MODES = get_args(LatentMode)
+Attention = Literal["auto", "sdpa", "xformers"]
+ClipBackend = Literal["open_clip", "transformers"]
 NUM_TRAIN_TIMESTEPS = 1000
 
 
 @dataclass
 class MakeIt3DPriorConfig:
-    guidance_scale: float = 10.0  # w in (1 + w) eps_c - w eps_u (official main.py:30, sd.py:151)
-    cfg_form: str = "threestudio"  # eps_c + w (eps_c - eps_u) == (1 + w) eps_c - w eps_u
-    min_step_percent: float = 0.2  # t ~ U[200, 600] (official --step_range 0.2 0.6)
-    max_step_percent: float = 0.6
-    clip_d_max_step_percent: float = 0.4  # CLIP-D when t <= 400 (official sd.py:153); 0 = never
-    back_threshold_deg: float = 135.0  # back view: |relative azimuth| >= 180 - 45
-    weighting: str = "sds"  # w(t) = 1 - a_t (official); "uniform": 1 (the paper's text)
-    latent_mode: str = "sample"  # VAE posterior sample (official) or "mean"
-    grad_clip: Optional[float] = None  # clamp of the SDS gradient (None: only nan -> 0, official)
+    """The prior's sampling and loss settings (official Make-It-3D code unless said otherwise)."""
 
-    def validate(self, field_names: Optional[Dict[str, str]] = None) -> None:
-        def name(f: str) -> str:
-            return (field_names or {}).get(f, f)
+    guidance_scale: float = setting(10.0, ge=0.0)
+    """w in (1 + w) eps_c - w eps_u (official main.py, sd.py)."""
+    cfg_form: CFGForm = "threestudio"
+    """eps_c + w (eps_c - eps_u) == (1 + w) eps_c - w eps_u; "textbook" = eps_u + w (...)."""
+    min_step_percent: float = setting(0.2, ge=0.0, le=1.0)
+    """t ~ U[200, 600] (official --step_range 0.2 0.6)."""
+    max_step_percent: float = setting(0.6, ge=0.0, le=1.0)
+    """Upper end of the t range, as a fraction of 1000 training steps."""
+    clip_d_max_step_percent: float = setting(0.4, ge=0.0, le=1.0)
+    """CLIP-D when t <= 400 (official sd.py); 0 = never."""
+    back_threshold_deg: float = setting(135.0, ge=0.0)
+    """A back view: |relative azimuth| >= 180 - 45; back views always use SDS. Above 180: none."""
+    weighting_strategy: Weighting = "sds"
+    """SDS weight w(t): 1 - a_t (official, "sds") or 1 ("uniform", the paper's text)."""
+    latent_mode: LatentMode = "sample"
+    """The rendering's latent: a VAE posterior sample (official) or its "mean"."""
+    grad_clip: Optional[float] = setting(None, gt=0.0)
+    """Clamp of the SDS gradient; None: only nan -> 0 (official)."""
 
-        if self.cfg_form not in CFG_FORMS:
-            raise ValueError(f"{name('cfg_form')} must be one of {CFG_FORMS}, got {self.cfg_form!r}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"{name('weighting')} must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        if self.latent_mode not in LATENT_MODES:
-            raise ValueError(f"{name('latent_mode')} must be one of {LATENT_MODES}, got {self.latent_mode!r}")
+    def validate(self) -> None:
+        check_declared(self)
         lo, hi = float(self.min_step_percent), float(self.max_step_percent)
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(
-                f"need 0 <= {name('min_step_percent')} <= {name('max_step_percent')} <= 1, got {lo}, {hi}"
-            )
-        if self.guidance_scale < 0:
-            raise ValueError(f"{name('guidance_scale')} must be >= 0, got {self.guidance_scale}")
+        if not lo <= hi:
+            raise ValueError(f"need min_step_percent <= max_step_percent, got {lo}, {hi}")
 
-    @classmethod
-    def field_names(cls) -> Sequence[str]:
-        return [f.name for f in fields(cls)]
+
+@dataclass
+class MakeIt3DGuidanceConfig(MakeIt3DPriorConfig):
+    """Every setting of the Make-It-3D guidance: the prior's, plus its models and inputs. The
+    threestudio `makeit3d-guidance` derives its `Config` from this class (`core/settings.py`)."""
+
+    pretrained_model_name_or_path: str = DEFAULT_MODELS["sd2_base"]
+    """SD2-base (official), hub id or local directory (decision 13)."""
+    half_precision_weights: bool = True
+    """fp16 UNet/VAE on CUDA; always fp32 on CPU."""
+    vae_gradient_checkpointing: bool = False
+    """Lower memory for the CLIP-D decode, at some speed."""
+    attention: Attention = "auto"
+    """Attention kernel of the UNet: auto, sdpa or xformers."""
+    clip_backend: ClipBackend = "open_clip"
+    """Which library loads the CLIP of CLIP-D (decision 14)."""
+    clip_model: str = DEFAULT_OPEN_CLIP[0]
+    """open_clip model name, hf-hub: id or directory; or a transformers CLIP id or directory."""
+    clip_pretrained: Optional[str] = DEFAULT_OPEN_CLIP[1]
+    """open_clip pretrained tag or checkpoint file (open_clip backend only)."""
+    cond_image_path: str = ""
+    """The reference RGBA (threestudio configs set it to ${data.image_path}). Required."""
+    prompt: str = ""
+    """The caption; with `use_caption_file`, an empty prompt reads the caption file."""
+    use_caption_file: bool = True
+    """With an empty `prompt`, read `<name>_caption.txt` next to the reference (decision 30)."""
+    negative_prompt: str = ""
+    """Unconditional prompt (official default "")."""
+    reference_azimuth_deg: float = 0.0
+    """The reference view's azimuth (set to ${data.default_azimuth_deg}); a call may pass it."""
 
 
 def step_from_percent(p: float, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> int:
@@ -114,82 +148,6 @@ def select_clip_d(
 
 
 # ------------------------------------------------------------------------------------- models
-
-
-class GuidedNoisePredictor:
-    """eps_fn from a diffusers UNet: one batched call on [uncond; cond], CFG in a named form.
-
-    `text_cond` / `text_uncond` are [1 or B, L, D] encoder states. v-prediction models are
-    converted to epsilon with the cumulative alphas.
-    """
-
-    def __init__(
-        self,
-        unet,
-        text_cond: torch.Tensor,
-        text_uncond: torch.Tensor,
-        guidance_scale: float,
-        cfg_form: str = "threestudio",
-        prediction_type: str = "epsilon",
-        alphas_cumprod: Optional[torch.Tensor] = None,
-    ):
-        if prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"unsupported prediction type {prediction_type!r}")
-        if prediction_type == "v_prediction" and alphas_cumprod is None:
-            raise ValueError("v-prediction needs alphas_cumprod")
-        self.unet = unet
-        self.text_cond = text_cond
-        self.text_uncond = text_uncond
-        self.guidance_scale = float(guidance_scale)
-        self.cfg_form = cfg_form
-        self.prediction_type = prediction_type
-        self.alphas_cumprod = alphas_cumprod
-
-    def __call__(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        b = z.shape[0]
-        dtype = next(self.unet.parameters()).dtype
-        t = t.to(z.device).long().reshape(-1).expand(b)
-
-        def rows(x):
-            x = x.to(z.device, dtype)
-            return x.expand(b, *x.shape[1:]) if x.shape[0] == 1 else x
-
-        inp = torch.cat([z, z], 0).to(dtype)
-        ctx = torch.cat([rows(self.text_uncond), rows(self.text_cond)], 0)
-        out = self.unet(inp, torch.cat([t, t], 0), encoder_hidden_states=ctx).sample.to(z.dtype)
-        if self.prediction_type == "v_prediction":
-            a = self.alphas_cumprod.to(z.device, z.dtype)[torch.cat([t, t], 0)].view(-1, 1, 1, 1)
-            out = a.sqrt() * out + (1 - a).sqrt() * inp.to(z.dtype)
-        eps_u, eps_c = out.chunk(2)
-        return cfg_combine(eps_u, eps_c, self.guidance_scale, self.cfg_form)
-
-
-@torch.no_grad()
-def encode_prompts(tokenizer, text_encoder, texts: Sequence[str], device) -> torch.Tensor:
-    """SD text-encoder states [N, L, D] for `texts` (padded to the tokenizer's max length)."""
-    ids = tokenizer(
-        list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(device)
-    return text_encoder(ids)[0]
-
-
-def vae_codec(vae, latent_mode: str = "sample", generator: Optional[torch.Generator] = None):
-    """(encode_fn, decode_fn) for a diffusers AutoencoderKL, both differentiable."""
-    scale = float(getattr(vae.config, "scaling_factor", 0.18215))
-
-    def encode(rgb: torch.Tensor) -> torch.Tensor:
-        dtype = next(vae.parameters()).dtype
-        posterior = vae.encode((rgb * 2.0 - 1.0).to(dtype)).latent_dist
-        z = posterior.mean if latent_mode == "mean" else posterior.sample(generator=generator)
-        return z.float() * scale
-
-    def decode(z: torch.Tensor) -> torch.Tensor:
-        dtype = next(vae.parameters()).dtype
-        img = vae.decode((z / scale).to(dtype)).sample.float()
-        return (img * 0.5 + 0.5).clamp(0.0, 1.0)
-
-    return encode, decode
 
 
 def enable_vae_gradient_checkpointing(vae) -> None:
@@ -278,7 +236,7 @@ class MakeIt3DPrior:
         return (z_t - (1 - a).sqrt() * eps_hat.detach()) / a.sqrt()
 
     def sds_gradient(self, eps_hat: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        w = 1 - self.alpha(t, eps_hat) if self.cfg.weighting == "sds" else torch.ones_like(eps_hat[:, :1, :1, :1])
+        w = 1 - self.alpha(t, eps_hat) if self.cfg.weighting_strategy == "sds" else torch.ones_like(eps_hat[:, :1, :1, :1])
         grad = torch.nan_to_num(w * (eps_hat - noise))
         if self.cfg.grad_clip is not None:
             grad = grad.clamp(-float(self.cfg.grad_clip), float(self.cfg.grad_clip))
@@ -450,16 +408,16 @@ def build_prior_from_models(
     uncond = encode_prompts(components.tokenizer, components.text_encoder, [negative_prompt], device)
     sched = components.scheduler
     ac = sched.alphas_cumprod.detach().float()
-    eps_fn = GuidedNoisePredictor(
-        components.unet, cond, uncond, cfg.guidance_scale, cfg.cfg_form,
-        getattr(sched.config, "prediction_type", "epsilon"), ac,
+    eps_fn = UNetNoisePredictor(
+        components.unet, ac, cond, text_uncond=uncond, guidance_scale=cfg.guidance_scale,
+        cfg_form=cfg.cfg_form, prediction_type=getattr(sched.config, "prediction_type", "epsilon"),
     )
-    encode_fn, decode_fn = vae_codec(components.vae, cfg.latent_mode, generator)
+    codec = VaeCodec(components.vae, cfg.latent_mode, generator)
     with torch.no_grad():
         ref_emb = clip.encode_image(reference_rgb.to(clip.device)).float()
         txt_emb = clip.encode_text([prompt]).float()
     return MakeIt3DPrior(
-        cfg, ac, eps_fn, encode_fn, decode_fn, clip, ref_emb, txt_emb,
+        cfg, ac, eps_fn, codec.encode, codec.decode, clip, ref_emb, txt_emb,
         image_size=components.image_size, latent_size=int(components.unet.config.sample_size),
         reference_rgba=None if rgba is None else rgba.to(clip.device),
     )

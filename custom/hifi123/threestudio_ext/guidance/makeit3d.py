@@ -26,7 +26,6 @@ used.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import threestudio  # noqa: F401  (adapters may import threestudio; the core never does)
@@ -37,59 +36,33 @@ from threestudio.utils.misc import C
 from ...core.makeit3d.cameras import relative_azimuth
 from ...core.makeit3d.prior import (
     TERMS,
+    MakeIt3DGuidanceConfig,
     MakeIt3DPrior,
-    MakeIt3DPriorConfig,
     build_prior_from_models,
 )
 from ...core.makeit3d.reference import reference_rgba
 from ...core.prompts import resolve_prompt
+from ...core.settings import derive_config, from_config
 from ...errors import InputError
-from ...models.clip_encoder import DEFAULT_OPEN_CLIP, load_clip_encoder, preflight_clip
-from ...models.loader import DEFAULT_MODELS, DIFFUSION_SUBFOLDERS, load_diffusion, preflight
+from ...models.clip_encoder import load_clip_encoder, preflight_clip
+from ...models.loader import DIFFUSION_SUBFOLDERS, load_diffusion, preflight
 from ..registry import StrictConfig, register
 
-#: adapter field -> core field where the names differ
-RENAMED = {"weighting_strategy": "weighting"}
-FIELD_NAMES = {core: ours for ours, core in RENAMED.items()}
-#: fields that may be threestudio schedules (re-evaluated every step with C())
+#: settings that may be threestudio schedules (evaluated at every step with C())
 SCHEDULED = ("min_step_percent", "max_step_percent", "grad_clip")
 
 
 @register("makeit3d-guidance")
 class MakeIt3DGuidance(StrictConfig, BaseObject):
-    @dataclass
-    class Config(BaseObject.Config):
-        # models (decision 13: hub id or local directory; decision 14: the CLIP)
-        pretrained_model_name_or_path: str = DEFAULT_MODELS["sd2_base"]  # official: SD2-base
-        half_precision_weights: bool = True  # fp16 UNet/VAE on CUDA; ignored on CPU
-        vae_gradient_checkpointing: bool = False  # lower memory for the CLIP-D decode
-        attention: str = "auto"  # auto | sdpa | xformers
-        clip_backend: str = "open_clip"  # open_clip | transformers
-        clip_model: str = DEFAULT_OPEN_CLIP[0]  # open_clip name / hf-hub: / dir; or a transformers id/dir
-        clip_pretrained: Optional[str] = DEFAULT_OPEN_CLIP[1]  # open_clip tag or checkpoint file
-        # inputs
-        cond_image_path: str = ""  # the reference RGBA (set to ${data.image_path})
-        prompt: str = ""  # used when there is no caption file
-        use_caption_file: bool = True  # an empty `prompt` reads <name>_caption.txt (decision 30)
-        negative_prompt: str = ""  # official default ""
-        # the prior (MakeIt3DPriorConfig; see hifi123.core.makeit3d.prior for sources)
-        guidance_scale: float = 10.0
-        cfg_form: str = "threestudio"
-        min_step_percent: Any = 0.2
-        max_step_percent: Any = 0.6
-        clip_d_max_step_percent: float = 0.4
-        reference_azimuth_deg: float = 0.0  # set to ${data.default_azimuth_deg}
-        back_threshold_deg: float = 135.0
-        weighting_strategy: str = "sds"  # sds: w = 1 - a_t | uniform
-        latent_mode: str = "sample"  # sample | mean
-        grad_clip: Optional[Any] = None
+    # every setting is declared once, in the core `MakeIt3DGuidanceConfig`
+    Config = derive_config(MakeIt3DGuidanceConfig, BaseObject.Config, "MakeIt3DGuidanceConfig",
+                           types={name: Any for name in SCHEDULED})
 
     cfg: Config
 
     # ------------------------------------------------------------------ setup
     def configure(self) -> None:
-        self.core_config = self.to_core_config(0, 0)
-        self.core_config.validate(field_names=FIELD_NAMES)
+        self.core_config = self.settings_at(0, 0)
         if not self.cfg.cond_image_path:
             raise InputError(
                 "makeit3d-guidance: `cond_image_path` is empty",
@@ -107,15 +80,13 @@ class MakeIt3DGuidance(StrictConfig, BaseObject):
         self.prior: Optional[MakeIt3DPrior] = None
         self.device = None  # set from the first input; threestudio's get_device is CUDA-only
 
-    def to_core_config(self, epoch: int, global_step: int) -> MakeIt3DPriorConfig:
-        kw: Dict[str, Any] = {}
-        for name in MakeIt3DPriorConfig.field_names():
-            ours = FIELD_NAMES.get(name, name)
-            value = getattr(self.cfg, ours)
-            if ours in SCHEDULED and value is not None:
-                value = C(value, epoch, global_step)
-            kw[name] = value
-        return MakeIt3DPriorConfig(**kw)
+    def settings_at(self, epoch: int, global_step: int) -> MakeIt3DGuidanceConfig:
+        """The core settings at this step (schedules evaluated), validated."""
+        now = {name: C(getattr(self.cfg, name), epoch, global_step)
+               for name in SCHEDULED if getattr(self.cfg, name) is not None}
+        settings = from_config(self.cfg, MakeIt3DGuidanceConfig, now)
+        settings.validate()
+        return settings
 
     def _prior_on(self, device: torch.device) -> MakeIt3DPrior:
         if self.prior is None:
@@ -146,8 +117,7 @@ class MakeIt3DGuidance(StrictConfig, BaseObject):
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         # threestudio's timestep annealing: min/max_step_percent and grad_clip may be schedules
-        self.core_config = self.to_core_config(epoch, global_step)
-        self.core_config.validate(field_names=FIELD_NAMES)
+        self.core_config = self.settings_at(epoch, global_step)
         if self.prior is not None:
             self.prior.cfg = self.core_config
 

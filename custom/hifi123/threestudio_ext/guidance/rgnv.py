@@ -27,24 +27,21 @@ is loaded.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch
 from threestudio.utils.base import BaseObject
 
 from ...core.hifi123.rgnv_loss import RGNVImageLoss, RGNVLossConfig
+from ...core.settings import derive_config
 from ..registry import StrictConfig, register
-from .rgnv_common import LazyRGNVCore, RGNVGuidanceFields
+from .rgnv_common import LazyRGNVCore
 
 
 @register("hifi123-rgnv-guidance")
 class RGNVGuidance(StrictConfig, LazyRGNVCore, BaseObject):
-    @dataclass
-    class Config(RGNVGuidanceFields):
-        # the shared RGNV fields (rgnv_common.RGNVGuidanceFields), plus the image loss's own
-        loss_type: str = "mse"  # "mse" or "l1"
-        target_background: str = "render"  # outside the mask: "render" (no loss) or "white"
+    # every setting is declared once, in the core `RGNVLossConfig`
+    Config = derive_config(RGNVLossConfig, BaseObject.Config, "RGNVGuidanceConfig")
 
     cfg: Config
     core_config_cls = RGNVLossConfig

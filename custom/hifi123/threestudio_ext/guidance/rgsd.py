@@ -23,33 +23,27 @@ Call (threestudio's guidance contract)::
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from threestudio.utils.base import BaseObject
 
 from ...core.hifi123.rgsd import RGSD, RGSDConfig, relative_fixed_cameras
+from ...core.settings import derive_config
 from ..registry import StrictConfig, register
-from .rgnv_common import LazyRGNVCore, RGNVGuidanceFields
+from .rgnv_common import LazyRGNVCore
 
 
 @register("hifi123-rgsd-guidance")
 class RGSDGuidance(StrictConfig, LazyRGNVCore, BaseObject):
-    @dataclass
-    class Config(RGNVGuidanceFields):
-        # the shared RGNV fields (rgnv_common.RGNVGuidanceFields), plus RGSD's own (core/hifi123/rgsd.py)
-        weighting: str = "uniform"  # w(t) = 1 (decision 8)
-        depth_source: str = "render"  # decision 11: the render's depth; "dpt" estimates it
-        fixed_views: List[List[float]] = field(default_factory=lambda: [[0.0, 90.0], [0.0, -90.0]])  # decision 9
-        loss_name: str = "rgsd"  # returned key loss_<loss_name>; "sds" for zero123-system
-        mask_background: bool = True  # both terms over the dilated render opacity only (decision 20)
-        mask_dilation_px: int = 16  # at the model's input size (SD2-depth: 512)
+    # every setting is declared once, in the core `RGSDConfig`
+    Config = derive_config(RGSDConfig, BaseObject.Config, "RGSDGuidanceConfig",
+        extra=[("loss_name", str, "rgsd")],  # returns loss_<loss_name>: "sds" for zero123-system
+    )
 
     cfg: Config
     core_config_cls = RGSDConfig
     core_cls = RGSD
-    adapter_only_fields = ("loss_name",)
 
     def configure(self) -> None:
         self.setup_core()

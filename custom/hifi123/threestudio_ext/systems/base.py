@@ -9,7 +9,7 @@
   `hifi123.core.makeit3d.cameras.ReferenceSchedule`: Make-It-3D's exactly-25% "shuffled", zero123's
   "every_n", "random", or "both" every step);
 * the geometry regularisers of threestudio's image systems (`orient`, `sparsity`, `opaque`,
-  `normal_smooth`, `3d_normal_smooth`; with `refinement`: `normal_consistency`,
+  `normal_smooth`, `3d_normal_smooth`; in a mesh refine stage: `normal_consistency`,
   `laplacian_smoothness`);
 * :meth:`weigh_losses`: every `loss_<x>` is multiplied by `C(system.loss.lambda_<x>)`; a missing
   lambda is an error that names the key. A term whose lambda is 0 at the current step is not even
@@ -53,6 +53,7 @@ REFINE_REGULARIZERS = ("normal_consistency", "laplacian_smoothness")
 RGB_LOSSES = ("mse", "l1")
 MASK_LOSSES = ("mse", "bce")
 DEPTH_KINDS = ("disparity", "depth")
+STAGES = ("coarse", "refine")
 
 
 class ImageConditionedSystem(BaseLift3DSystem):
@@ -60,7 +61,10 @@ class ImageConditionedSystem(BaseLift3DSystem):
     class Config(BaseLift3DSystem.Config):
         freq: dict = field(default_factory=dict)  # guidance_eval: every N steps (0 = off)
         reference_schedule: dict = field(default_factory=dict)  # ReferenceSchedule fields
-        refinement: bool = False  # mesh stage: refine regularisers instead of the coarse ones
+        # the stage switch, one for every system: `refinement: true` (threestudio's name, used by
+        # the HiFi-123 YAMLs) or `stage: refine` (the Make-It-3D YAMLs) select the refine stage
+        refinement: bool = False
+        stage: Optional[str] = None  # coarse | refine; None: as `refinement` says
         reference_shading: Optional[str] = "albedo"  # shading of the reference render
         ambient_ratio_min: Optional[float] = 0.5  # novel views: ambient ~ U[min, max]; None: material's own
         ambient_ratio_max: float = 1.0
@@ -74,6 +78,8 @@ class ImageConditionedSystem(BaseLift3DSystem):
         save_train_images: bool = True
 
     cfg: Config
+    #: the refine stage's geometry: "mesh" (DMTet: the mesh regularisers replace the NeRF ones)
+    refine_geometry = "mesh"
 
     def __init__(self, cfg, resumed: bool = False) -> None:
         from ...errors import check_config_keys, check_config_numbers
@@ -85,7 +91,27 @@ class ImageConditionedSystem(BaseLift3DSystem):
         super().__init__(cfg, resumed=resumed)
 
     # ----------------------------------------------------------------- configure
+    @property
+    def stage(self) -> str:
+        """"coarse" or "refine", from `system.stage` or `system.refinement` (a contradiction of the
+        two is an error)."""
+        stage, refinement = self.cfg.stage, bool(self.cfg.refinement)
+        if stage is None:
+            return "refine" if refinement else "coarse"
+        if stage not in STAGES:
+            raise InputError(f"system.stage={stage!r}", f"one of {list(STAGES)}",
+                             "set system.stage=coarse or system.stage=refine")
+        if stage == "coarse" and refinement:
+            raise InputError("system.stage=coarse contradicts system.refinement=true",
+                             "one stage switch", "drop one of the two keys")
+        return stage
+
+    @property
+    def refining(self) -> bool:
+        return self.stage == "refine"
+
     def configure(self) -> None:
+        assert self.stage  # the switch is checked before anything else
         self.resolve_chained_paths()
         self.preflight_assets()
         super().configure()
@@ -174,11 +200,11 @@ class ImageConditionedSystem(BaseLift3DSystem):
     @classmethod
     def loss_terms_for(cls, refinement: bool = False) -> Tuple[str, ...]:
         """Every term whose `lambda_*` the system reads (for configs and tests, no instance)."""
-        regs = REFINE_REGULARIZERS if refinement else COARSE_REGULARIZERS
+        regs = REFINE_REGULARIZERS if refinement and cls.refine_geometry == "mesh" else COARSE_REGULARIZERS
         return REFERENCE_TERMS + tuple(cls.guidance_terms()) + regs + tuple(cls.extra_terms())
 
     def loss_terms(self) -> Tuple[str, ...]:
-        return self.loss_terms_for(self.cfg.refinement)
+        return self.loss_terms_for(self.refining)
 
     def check_loss_weights(self) -> None:
         missing = [f"lambda_{t}" for t in self.loss_terms() if f"lambda_{t}" not in self.cfg.loss]
@@ -420,7 +446,7 @@ class ImageConditionedSystem(BaseLift3DSystem):
         self, kind: str, batch: Dict[str, Any], out: Dict[str, Any], full_batch: Dict[str, Any]
     ) -> Dict[str, torch.Tensor]:
         losses: Dict[str, torch.Tensor] = {}
-        if self.cfg.refinement:
+        if self.refining and self.refine_geometry == "mesh":
             if self.wants("normal_consistency"):
                 losses["loss_normal_consistency"] = self._require(out, "mesh", "normal_consistency").normal_consistency()
             if self.wants("laplacian_smoothness"):

@@ -93,12 +93,12 @@ class HiFi123System(ImageConditionedSystem):
             pp["prompt"] = caption
             threestudio.info(f"hifi123-system: 2D guidance prompt from the caption file: {caption!r}")
         super().build_guidance()
-        if not self.cfg.refinement and self.cfg.guidance_3d_type:
+        if not self.refining and self.cfg.guidance_3d_type:
             from ...preflight import building
 
             with building(self.cfg.guidance_3d_type, "system.guidance_3d"):
                 self.guidance_3d = threestudio.find(self.cfg.guidance_3d_type)(self.cfg.guidance_3d)
-        if self.cfg.refinement:
+        if self.refining:
             if not hasattr(self.guidance, "compute_fixed_targets"):
                 raise ValueError(
                     f"system.refinement is true but guidance_type {self.cfg.guidance_type!r} is not RGSD; "
@@ -110,7 +110,7 @@ class HiFi123System(ImageConditionedSystem):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        if self.cfg.refinement and not self.guidance.has_fixed_targets:
+        if self.refining and not self.guidance.has_fixed_targets:
             self.compute_fixed_targets()
 
     def fixed_batches(self, like: Dict[str, Any]):
@@ -141,7 +141,7 @@ class HiFi123System(ImageConditionedSystem):
 
     # ------------------------------------------------------------------ training
     def substeps(self, step: int) -> Tuple[str, ...]:
-        if not self.cfg.refinement:
+        if not self.refining:
             return super().substeps(step)
         novel = "fixed" if self.fixed_schedule().is_fixed(step) else "novel"
         return ("ref", novel) if self.reference_schedule.is_reference(step) else (novel,)
@@ -161,7 +161,7 @@ class HiFi123System(ImageConditionedSystem):
         return sub
 
     def guidance_losses(self, kind, batch, out, full_batch) -> Dict[str, torch.Tensor]:
-        if self.cfg.refinement:
+        if self.refining:
             if not self.wants("rgsd"):
                 return {}
             g = self.guidance(
@@ -187,7 +187,7 @@ class HiFi123System(ImageConditionedSystem):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        if self.cfg.refinement and self.guidance is not None and self.guidance.has_fixed_targets:
+        if self.refining and self.guidance is not None and self.guidance.has_fixed_targets:
             checkpoint[CHECKPOINT_KEY] = self.guidance.state_dict()
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:

@@ -35,8 +35,6 @@ from .makeit3d_refine import (
     save_refine_exports,
 )
 
-STAGES = ("coarse", "refine")
-
 
 @register("makeit3d-system")
 class MakeIt3DSystem(ImageConditionedSystem):
@@ -44,17 +42,18 @@ class MakeIt3DSystem(ImageConditionedSystem):
     class Config(ImageConditionedSystem.Config):
         back_threshold_deg: float = 135.0  # back view: |azimuth - reference| >= 180 - 45
         back_view_opacity_factor: float = 10.0  # official utils.py:521-524
-        stage: str = "coarse"  # coarse: NeRF (paper §3.2) | refine: point cloud + deferred renderer (§3.3)
+        # stage (the base's switch): coarse = NeRF (paper §3.2), refine = point cloud + deferred
+        # renderer (§3.3)
         refine: dict = field(default_factory=dict)  # stage refine: hifi123.core.makeit3d.point_refine.RefineConfig
         # novel views are rendered albedo-only while the step lies in one of these [start, end)
         # windows (the official two-phase run: 0-1000, then 2000-3500 as the 360 degree views start)
         albedo_only_windows: list = field(default_factory=list)
 
     cfg: Config
+    refine_geometry = "points"  # the NeRF regularisers stay (at weight 0 in the refine YAML)
 
     def configure(self) -> None:
-        if self.cfg.stage not in STAGES:
-            raise ValueError(f"system.stage must be one of {STAGES}, got {self.cfg.stage!r}")
+        self.stage  # noqa: B018  (the stage switch is checked first)
         windows = [list(w) for w in self.cfg.albedo_only_windows]
         if any(len(w) != 2 or not 0 <= int(w[0]) < int(w[1]) for w in windows):
             from ...errors import InputError
@@ -66,7 +65,7 @@ class MakeIt3DSystem(ImageConditionedSystem):
         self._coarse_checkpoint = None
         self.resolve_chained_paths()  # before the refine stage takes the coarse checkpoint over
         self._contextual = None  # (VGG19 features, {render size: reference features})
-        if self.cfg.stage == "refine":
+        if self.refining:
             self.refine = refine_config(self.cfg.refine)
             if "lambda_contextual" in self.cfg.loss and self.C(self.cfg.loss.lambda_contextual) > 0:
                 from ...evaluation.models import preflight_vgg19
@@ -79,11 +78,11 @@ class MakeIt3DSystem(ImageConditionedSystem):
 
     def loss_terms(self):
         terms = super().loss_terms()
-        return terms + REFINE_TERMS if self.cfg.stage == "refine" else terms
+        return terms + REFINE_TERMS if self.refining else terms
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        if self.cfg.stage == "refine" and self.geometry.n_points == 0:  # not resumed / loaded
+        if self.refining and self.geometry.n_points == 0:  # not resumed / loaded
             cloud = build_refine_point_cloud(
                 self._coarse_checkpoint, self.refine, self.cfg.geometry_convert_override,
                 device=self.device, log=threestudio.info,
@@ -103,7 +102,7 @@ class MakeIt3DSystem(ImageConditionedSystem):
 
     def reference_losses(self, batch, out):
         losses = super().reference_losses(batch, out)
-        if self.cfg.stage == "refine" and self.wants("ref_l1"):
+        if self.refining and self.wants("ref_l1"):
             losses.update(refine_reference_terms(batch, out, self.refine))
         return losses
 
@@ -119,13 +118,13 @@ class MakeIt3DSystem(ImageConditionedSystem):
 
     def on_train_end(self) -> None:
         super().on_train_end()
-        if self.cfg.stage == "refine" and self._save_dir is not None:
+        if self.refining and self._save_dir is not None:
             self._export_refine(video=True)
 
     def on_predict_epoch_end(self) -> None:
         # `launch.py --export` of a refine trial: the point cloud (PLY) and the renderer weights,
         # as at the end of training (there is no mesh to hand to threestudio's exporter)
-        if self.cfg.stage == "refine":
+        if self.refining:
             if self._save_dir is not None:
                 self._export_refine(video=False)
             return
@@ -146,7 +145,7 @@ class MakeIt3DSystem(ImageConditionedSystem):
 
     def guidance_losses(self, kind, batch, out, full_batch) -> Dict[str, torch.Tensor]:
         losses = self.prior_losses(kind, batch, out, full_batch)
-        if self.cfg.stage == "refine" and self.wants("contextual"):
+        if self.refining and self.wants("contextual"):
             losses["loss_contextual"] = self.contextual_term(out["comp_rgb"])
         return losses
 
@@ -193,7 +192,7 @@ class MakeIt3DSystem(ImageConditionedSystem):
 
     def regularizer_losses(self, kind, batch, out, full_batch) -> Dict[str, torch.Tensor]:
         losses = super().regularizer_losses(kind, batch, out, full_batch)
-        if not self.cfg.refinement and self.wants("opacity"):
+        if not self.refining and self.wants("opacity"):
             per_view = (out["opacity"] ** 2).flatten(1).mean(1)
             factor = torch.ones_like(per_view)
             if kind != "ref" and "azimuth" in batch and self.cfg.back_view_opacity_factor != 1.0:
@@ -201,6 +200,6 @@ class MakeIt3DSystem(ImageConditionedSystem):
                 back = is_back_view(batch["azimuth"].to(per_view.device).float(), ref, self.cfg.back_threshold_deg)
                 factor = torch.where(back, torch.full_like(per_view, self.cfg.back_view_opacity_factor), factor)
             losses["loss_opacity"] = (factor * per_view).mean()
-        if self.cfg.stage == "refine":
+        if self.refining:
             losses.update(refine_regularizer_terms(self.geometry, out, self.refine, self.wants))
         return losses
