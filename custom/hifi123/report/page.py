@@ -290,7 +290,9 @@ def section_rgsd(v: EntryView) -> str:
     for label, render, target in v.rgsd["pairs"]:
         pair = ""
         if render:
-            pair += _figure(f'<img class="view" src="{href(render)}" alt="render">', "render")
+            pair += _figure(
+                f'<img class="view" src="{href(render)}" alt="refined model">', "refined model"
+            )
         pair += _figure(
             f'<img class="view" src="{href(target)}" alt="RGNV target">', "RGNV-enhanced target"
         )
