@@ -40,7 +40,7 @@ LATEST_PINS=(
 COMMON_PINS=(
   pillow safetensors tqdm scipy imageio imageio-ffmpeg trimesh
   lpips==0.1.4 open_clip_torch==3.3.0 timm==1.0.31 torchmetrics
-  pytest ruff
+  pytest ruff selenium
 )
 # what threestudio imports at module level on CPU, and what launch.py / its exporter need (the six
 # GPU-only modules are stubbed by our test support instead): the threestudio-marked tests run as

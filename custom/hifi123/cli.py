@@ -8,6 +8,7 @@
     hifi123 preprocess IMAGE_OR_DIR [--out DIR] ...
     hifi123 eval single-view|gso ...
     hifi123 run IMAGE | --manifest FILE [--method hifi123|makeit3d] [--gpu 0 | --gpus 0,1] [--lowvram] [--dry-run]
+    hifi123 report OUT [--dest DIR]
 
 User errors (bad files, missing models) print a short explanation and exit with code 2; they are
 raised before any model is loaded.
@@ -21,10 +22,11 @@ from typing import List, Optional
 from .commands import bench, dispatch, rgnv, tiny_models
 from .evaluation import cli as eval_cli
 from .preprocess import cli as preprocess_cli
+from .report import cli as report_cli
 from .run import cli as run_cli
 
 #: every subcommand, in `--help` order; each registers itself with `add_parser(subparsers)`
-SUBCOMMANDS = (tiny_models, rgnv, bench, preprocess_cli, eval_cli, run_cli)
+SUBCOMMANDS = (tiny_models, rgnv, bench, preprocess_cli, eval_cli, run_cli, report_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

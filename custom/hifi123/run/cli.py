@@ -27,6 +27,7 @@ outputs (OUT = --out):
     save/it<N>-test.mp4            360-degree video
     save/eval/single_view.json     evaluation report (+ .md)
   OUT/logs/TAG/  OUT/runs/TAG.<variant>.json  OUT/summary-<variant>.md|json (manifest mode)
+  OUT/report/index.html            the HTML report of everything above (--no-report: none)
 
 examples:
   hifi123 run photo.jpg                                # HiFi-123 on GPU 0
@@ -59,6 +60,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "(coarse:, refine:, export:, video:); repeatable")
     p.add_argument("--dry-run", action="store_true", help="print the exact commands, run nothing")
     p.add_argument("--quiet", action="store_true", help="stage output only to the log files")
+    p.add_argument("--no-report", action="store_true",
+                   help="no OUT/report/index.html at the end (hifi123 report OUT writes it later)")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
     return p
@@ -105,6 +108,23 @@ def options_from_args(args) -> RunOptions:
 
 def run(args) -> int:
     opts = options_from_args(args)
+    # the HTML report ends every real run, failed ones too (not dry runs, not the manifest workers)
+    if args.dry_run or args.no_report or args.worker is not None:
+        return _run(args, opts)
+    from ..report import report_after_run
+
+    try:
+        code = _run(args, opts)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        report_after_run(opts.out)
+        raise
+    report_after_run(opts.out)
+    return code
+
+
+def _run(args, opts: RunOptions) -> int:
     if args.manifest:
         from .manifest import run_manifest
 

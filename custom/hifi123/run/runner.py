@@ -374,7 +374,8 @@ def _run_stage(opts: RunOptions, stage: Stage, record: dict, execute: Executor, 
     os.makedirs(stage.cwd, exist_ok=True)
     say(f"\n== {Layout.of(opts).tag}: {stage.name} ({stage.why})\n   {stage.command()}\n   log: {stage.log}")
     prev = record["stages"].get(stage.name) or {}
-    entry = {"status": "running", "started": _now(), "log": stage.log, "resumed_from": stage.resume}
+    entry = {"status": "running", "started": _now(), "log": stage.log, "resumed_from": stage.resume,
+             "command": stage.command()}
     record["stages"][stage.name] = entry
     save_record(Layout.of(opts).record, record)
     t0 = time.time()
