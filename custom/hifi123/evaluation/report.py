@@ -19,7 +19,7 @@ from .defaults import protocol
 LOST = "lost"
 
 
-def _columns(name: str) -> List[Tuple[str, str, int]]:
+def columns(name: str) -> List[Tuple[str, str, int]]:
     return [(key, header, int(digits)) for key, header, digits in protocol(name)["columns"]]
 
 
@@ -60,7 +60,7 @@ def _flatten(d: Any, prefix: str = "") -> List[Tuple[str, str]]:
 
 def to_markdown(report: Dict[str, Any]) -> str:
     proto = report["protocol"]
-    cols = _columns(proto)
+    cols = columns(proto)
     lines = [f"# hifi123 eval: {protocol(proto)['title']}", ""]
     lines.append("| | " + " | ".join(c[1] for c in cols) + " |")
     lines.append("|---|" + "---|" * len(cols))

@@ -336,12 +336,13 @@ def section_eval(v: EntryView) -> str:
     rep = v.entry.eval
     if not rep or not isinstance(rep.get("metrics"), dict):
         return ""
-    from ..evaluation.report import COLUMNS, LOST, TITLES, attach_papers
+    from ..evaluation.defaults import PROTOCOLS, protocol
+    from ..evaluation.report import LOST, attach_papers, columns
 
-    proto = rep.get("protocol") if rep.get("protocol") in COLUMNS else "single-view"
+    proto = rep.get("protocol") if rep.get("protocol") in PROTOCOLS else "single-view"
     if rep.get("protocol_matches") and "papers" not in rep:
         rep = attach_papers(dict(rep))
-    cols = COLUMNS[proto]
+    cols = columns(proto)
     m = rep["metrics"]
     head = (
         "<tr><th></th>"
@@ -371,7 +372,7 @@ def section_eval(v: EntryView) -> str:
             + "</tr>"
         )
     body = (
-        f'<p class="note">{esc(TITLES.get(proto, proto))}</p><table class="eval">'
+        f'<p class="note">{esc(protocol(proto)["title"])}</p><table class="eval">'
         f"<thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
     )
     if rep.get("papers"):
