@@ -46,6 +46,44 @@ def test_runner_fresh_then_nothing_then_outputs(tmp_path, gpu, capsys):
     assert fake2.calls == []
 
 
+def test_finished_training_is_redone_when_its_inputs_change(tmp_path, gpu):
+    """A finished stage is keyed on what shapes it: its --set options, the prompt, the photo's
+    content and (refine) the coarse stage's inputs. A change redoes it (and what follows) from
+    scratch, saying why; the same options skip it."""
+    import dataclasses
+
+    opts = make_opts(tmp_path, overrides=(("coarse", "system.loss.lambda_rgb=1000"),))
+    rn.run_image(opts, execute=FakeExecutor(opts), echo=False)
+    marker = json.load(open(os.path.join(trial(opts, "coarse"), pl.MARKER)))
+    assert marker["identity"]["set"] == ["system.loss.lambda_rgb=1000"]
+    same = FakeExecutor(opts)
+    rn.run_image(opts, execute=same, echo=False)
+    assert same.calls == []
+    # a changed --set for the finished coarse stage: coarse and everything after it run again
+    changed = dataclasses.replace(opts, overrides=(("coarse", "system.loss.lambda_rgb=500"),))
+    stages = {s.name: s for s in pl.plan_stages(changed, pl.scan_state(changed))}
+    assert "--set changed" in stages["coarse"].why and "lambda_rgb=500" in stages["coarse"].why
+    assert stages["coarse"].move_aside == trial(opts, "coarse")
+    redo = FakeExecutor(changed)
+    rn.run_image(changed, execute=redo, echo=False)
+    assert [s.name for s in redo.calls][:3] == ["coarse", "refine", "export"]
+    # a --set of the refine stage only: coarse is kept
+    refine_only = dataclasses.replace(changed, overrides=changed.overrides + (("refine", "trainer.max_steps=7"),))
+    stages = {s.name: s for s in pl.plan_stages(refine_only, pl.scan_state(refine_only))}
+    assert stages["coarse"].skip and not stages["refine"].skip and "--set changed" in stages["refine"].why
+    # a different prompt redoes the stages that read it
+    prompted = dataclasses.replace(changed, prompt="a red toy car")
+    stages = {s.name: s for s in pl.plan_stages(prompted, pl.scan_state(prompted))}
+    assert not stages["preprocess"].skip  # re-captions first, and the training stages follow
+    # a marker written before identities were recorded still counts as finished
+    for st in ("coarse", "refine"):
+        path = os.path.join(trial(changed, st), pl.MARKER)
+        old = json.load(open(path))
+        old.pop("identity")
+        json.dump(old, open(path, "w"))
+    assert [s.name for s in pl.pending_stages(pl.plan_stages(changed, pl.scan_state(changed)))] == []
+
+
 def test_runner_crash_then_resume(tmp_path, gpu):
     opts = make_opts(tmp_path)
     crash = FakeExecutor(opts, fail={"refine": (1, "Traceback ...\nRuntimeError: CUDA out of memory\n", True)})

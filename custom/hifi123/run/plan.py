@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import hashlib
 import json
 import os
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 # ------------------------------------------------------------------------------- stage table
 
@@ -156,8 +157,6 @@ def make_tag(image: str) -> str:
     name = output_name(image)
     tag = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
     if tag != name:
-        import hashlib
-
         digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:6]
         tag = f"{tag}-{digest}" if tag else f"image-{digest}"
     return tag
@@ -266,6 +265,8 @@ class State:
     caption: Optional[str] = None
     image_sha256: Optional[str] = None  # the photo as it is now
     preprocessed_sha256: Optional[str] = None  # the photo the preprocessed files were made from
+    #: training stage -> the inputs it last finished with (its completion marker), if recorded
+    identities: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def matches(self, pattern: str) -> List[str]:
         parts = pattern.split(os.sep)
@@ -317,7 +318,17 @@ def scan_state(opts: RunOptions) -> State:
                 made_from = (json.load(f).get("input") or {}).get("sha256")
         except (OSError, ValueError, AttributeError):
             made_from = None  # an older or foreign sidecar: no content record
-    return State(frozenset(files), caption, current, made_from)
+    identities = {}
+    for st in TRAINING_STAGES:
+        marker = os.path.join(lay.trial(opts.training(st).name), MARKER)
+        try:
+            with open(marker, encoding="utf-8") as f:
+                recorded = json.load(f).get("identity")
+        except (OSError, ValueError, AttributeError):
+            recorded = None  # no marker, or one written before identities were recorded
+        if isinstance(recorded, dict):
+            identities[st] = recorded
+    return State(frozenset(files), caption, current, made_from, identities)
 
 
 # ------------------------------------------------------------------------------------ stages
@@ -336,6 +347,7 @@ class Stage:
     trial: Optional[str] = None  # training stages: the threestudio trial folder
     resume: Optional[str] = None  # training stages: the checkpoint it resumes from
     move_aside: Optional[str] = None  # a stale trial folder the runner renames before running
+    identity: Dict[str, Any] = field(default_factory=dict)  # training: what shapes its result
     log: str = ""
 
     @property
@@ -391,6 +403,7 @@ class _Plan:
     trials: Dict[str, str]
     outs: Dict[str, Dict[str, str]]
     env: Dict[str, str]
+    identities: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # planned training inputs
 
     @property
     def spec(self) -> MethodSpec:
@@ -441,13 +454,20 @@ def _build_training(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[boo
     ]
     if name == "refine":
         stage.argv.append(override(p.spec.chain_key, os.path.join(p.trials["coarse"], "ckpts", "last.ckpt")))
+    text = opts.prompt if opts.prompt is not None else state.caption
     if p.spec.prompt_key:
-        text = opts.prompt if opts.prompt is not None else state.caption
         stage.argv.append(override(p.spec.prompt_key, text if text is not None
                                    else CAPTION_PLACEHOLDER.format(path=lay.caption)))
     stage.outputs = [o["ckpt"], o["parsed"]]
+    stage.identity = _training_identity(p, name, text if p.spec.prompt_key else None)
+    p.identities[name] = stage.identity
     done = state.has(o["marker"]) and state.has(o["ckpt"])
-    if not done or upstream:
+    changed = _identity_change(state.identities.get(name), stage.identity) if done else None
+    if changed:
+        done = False
+        stage.move_aside = trial
+        stage.why = f"redo from scratch: {changed} since it finished"
+    elif not done or upstream:
         if state.has(o["ckpt"]) and not upstream:
             stage.resume = os.path.join(trial, "ckpts", "last.ckpt")
             stage.argv.append(override("resume", stage.resume))
@@ -458,6 +478,41 @@ def _build_training(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[boo
                          else "the trial has no usable checkpoint: from scratch")
     stage.argv += p.user_overrides(name)
     return done
+
+
+def _training_identity(p: _Plan, name: str, prompt: Optional[str]) -> Dict[str, Any]:
+    """What shapes a training stage's result besides the shipped config: the photo's content,
+    the prompt, the user's `--set` options for it and, for refine, the coarse stage's identity."""
+    identity: Dict[str, Any] = {
+        "image_sha256": p.state.preprocessed_sha256 or p.state.image_sha256,
+        "prompt": prompt,
+        "set": p.user_overrides(name),
+    }
+    if name == "refine":
+        identity["coarse"] = _identity_key(p.identities.get("coarse", {}))
+    return identity
+
+
+def _identity_key(identity: Mapping[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:12]
+
+
+def _identity_change(recorded: Optional[Mapping[str, Any]], current: Mapping[str, Any]) -> Optional[str]:
+    """What differs between the inputs a finished stage recorded and today's, in words (None: the
+    same, or nothing recorded by an older version)."""
+    if recorded is None:
+        return None
+    said = {"image_sha256": "the photo's content changed", "prompt": "the prompt changed",
+            "coarse": "the coarse stage it starts from was redone with other inputs"}
+    changes = []
+    for key in current:
+        if recorded.get(key) == current[key]:
+            continue
+        if key == "set":
+            changes.append(f"--set changed (now {current[key] or 'none'}, was {recorded.get(key) or 'none'})")
+        else:
+            changes.append(said.get(key, f"{key} changed"))
+    return "; ".join(changes) or None
 
 
 def _build_export(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:

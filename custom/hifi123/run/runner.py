@@ -404,7 +404,8 @@ def _run_stage(opts: RunOptions, stage: Stage, record: dict, execute: Executor, 
     if stage.trial and stage.name in TRAINING_STAGES:
         marker = {"stage": stage.name, "method": opts.method, "variant": opts.variant, "image": opts.image,
                   "argv": stage.argv, "cwd": stage.cwd, "resumed_from": stage.resume,
-                  "started": entry["started"], "finished": entry["finished"], "seconds": seconds}
+                  "started": entry["started"], "finished": entry["finished"], "seconds": seconds,
+                  "identity": stage.identity}
         with open(os.path.join(stage.trial, MARKER), "w", encoding="utf-8") as f:
             json.dump(marker, f, indent=2)
             f.write("\n")
