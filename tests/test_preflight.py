@@ -86,3 +86,33 @@ def test_a_hub_refusal_while_building_becomes_our_error():
             1 / 0
 
 
+
+
+def test_an_unreachable_hub_is_named_as_the_cause(tmp_path):
+    """A hub id with no network: the error says the network is the cause and how to work
+    offline, instead of a library's "is this a valid model id?" guess."""
+    import subprocess
+    import sys
+
+    from hifi123.models.loader import _network_cause, _wrap_load_error
+
+    try:
+        try:
+            raise OSError("Max retries exceeded with url: /org/m/resolve/main/config.json")
+        except OSError as inner:
+            raise OSError("Can't load the model for 'org/m'. If you were trying ...") from inner
+    except OSError as err:
+        chained = err
+    assert "Max retries exceeded" in _network_cause(chained)
+    assert _network_cause(ValueError("config.json is not valid JSON")) is None
+    assert "network is the cause" in str(_wrap_load_error("org/m", "field", chained))
+    assert "network" not in str(_wrap_load_error("org/m", "field", ValueError("bad json")))
+    # for real: a hub endpoint nobody listens on, an empty cache
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(tmp_path / "hub"))
+    code = ("from hifi123.models.loader import load_diffusion\n"
+            "load_diffusion('someorg/somemodel', 'system.guidance.pretrained_model_name_or_path')\n")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "ModelNotFoundError" in run.stderr and "network is the cause" in run.stderr, run.stderr[-2000:]
+    assert "HF_HUB_OFFLINE=1" in run.stderr and "system.guidance.pretrained_model_name_or_path" in run.stderr

@@ -240,3 +240,17 @@ def test_missing_image_and_bad_options(tmp_path):
                          ([SAMPLE, "--set", "nokey"], "bad --set")]:
         code, _, errtext = _cli(argv + ["--threestudio-root", root, "--dry-run"])
         assert code == 2 and needle in errtext, (argv, errtext)
+
+
+def test_out_that_cannot_hold_outputs_is_refused_before_any_stage(tmp_path, gpu):
+    root = fake_threestudio(tmp_path / "r")
+    a_file = tmp_path / "outputs.txt"
+    a_file.write_text("mine")
+    for dry in ([], ["--dry-run"]):
+        code, _, errtext = _cli([SAMPLE, "--out", str(a_file), "--threestudio-root", root, *dry])
+        assert code == 2 and "is a file" in errtext and "fix:" in errtext and "Traceback" not in errtext
+    assert a_file.read_text() == "mine"
+    # a folder that cannot be created (its parent is a file): refused with the OS's reason
+    code, _, errtext = _cli([SAMPLE, "--out", str(a_file / "sub"), "--threestudio-root", root])
+    assert code == 2 and "cannot write to the output folder" in errtext and "--out" in errtext
+    assert a_file.read_text() == "mine" and "Traceback" not in errtext

@@ -116,12 +116,40 @@ def _corrupt_weights(ref: str) -> Optional[str]:
     return None
 
 
+#: what a failed download says when the network, not the model, is the cause
+_NETWORK_SIGNS = (
+    "couldn't connect", "could not connect", "connection refused", "connection error",
+    "max retries exceeded", "name resolution", "name or service not known", "timed out",
+    "network is unreachable", "no connection", "proxyerror",
+)
+
+
+def _network_cause(err: BaseException) -> Optional[str]:
+    """The first line of a network failure in `err` or its causes, else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        text = f"{type(err).__name__}: {err}"
+        if any(sign in text.lower() for sign in _NETWORK_SIGNS) or type(err).__name__ in (
+                "ConnectionError", "ConnectTimeout", "ReadTimeout", "gaierror"):
+            return text.splitlines()[0][:200]
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def _wrap_load_error(ref: str, field: str, err: Exception) -> ModelNotFoundError:
     bad = _corrupt_weights(ref)
     if bad is not None:
         return ModelNotFoundError(
             ref, field, f"the weights file {bad} is truncated or corrupt ({type(err).__name__})",
             extra_fix=f"delete {bad} and download the model again",
+        )
+    network = None if os.path.isdir(os.path.expanduser(ref)) else _network_cause(err)
+    if network is not None:
+        return ModelNotFoundError(
+            ref, field, f"the model hub could not be reached, so the network is the cause ({network})",
+            extra_fix="check this machine's network and proxy settings (HTTPS_PROXY) and try again, or "
+            "set HF_HUB_OFFLINE=1 to use only models already in the local hub cache",
         )
     return ModelNotFoundError(ref, field, f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
 

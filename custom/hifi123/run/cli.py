@@ -99,9 +99,16 @@ def options_from_args(args) -> RunOptions:
             raise _bad(f"bad --set: {err}", "KEY=VALUE (both training stages) or STAGE:KEY=VALUE") from err
     if args.prompt is not None and not args.prompt.strip():
         raise _bad("--prompt is empty", "a caption such as 'a ceramic owl'")
+    out = os.path.abspath(os.path.expanduser(args.out))
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise _bad(f"--out {out} is a file", "the output folder (created if missing)", "pass another --out DIR")
+    if not args.dry_run:  # a real run writes there: prove it can before anything starts
+        from ..preprocess.pipeline import check_output_dir
+
+        check_output_dir(out, "--out")
     root = find_threestudio_root(args.threestudio_root)
     image = os.path.abspath(os.path.expanduser(args.image)) if args.image else ""
-    return RunOptions(image=image, method=args.method, out=os.path.abspath(os.path.expanduser(args.out)),
+    return RunOptions(image=image, method=args.method, out=out,
                       gpu=args.gpu or "0", lowvram=args.lowvram, threestudio_root=root, python=sys.executable,
                       prompt=args.prompt, overrides=tuple(overrides))
 
