@@ -409,3 +409,48 @@ def test_one_stage_switch_for_every_system(threestudio_env, tiny_models, tmp_pat
     with pytest.raises(InputError, match="system.stage"):
         threestudio_env.threestudio.find("makeit3d-system")(
             _cpu_system_cfg(tmp_path, tiny_models, "system.stage=fine").system)
+
+
+@pytest.mark.parametrize("where,key,value,range_text", [
+    ("system", "back_view_opacity_factor", -1.0, ">= 0.0"),
+    ("system", "depth_min", 0.0, "> 0.0"),
+    ("system", "ambient_ratio_max", 1.5, "<= 1.0"),
+    ("data", "progressive_fraction", 1.5, "<= 1.0"),
+    ("data", "max_steps", 0, ">= 1"),
+    ("system.renderer", "points_per_pixel", 0, ">= 1"),
+    ("system.renderer", "point_radius_px", -2.0, "> 0.0"),
+    ("system.geometry", "feature_init_std", -1.0, ">= 0.0"),
+])
+def test_declared_ranges_are_checked_on_every_component(threestudio_env, tiny_models, tmp_path, where, key, value,
+                                                        range_text):
+    """Every numeric field of our systems, data modules, renderers and geometry declares its range;
+    a value outside it is one error naming the config path, the range and the default."""
+    from hifi123.errors import InputError
+    from hifi123.threestudio_ext.geometry.point_cloud import MakeIt3DPointCloud
+    from hifi123.threestudio_ext.renderers.deferred import MakeIt3DDeferredRenderer
+
+    find = threestudio_env.threestudio.find
+    cfg = _cpu_system_cfg(tmp_path, tiny_models)
+    with pytest.raises(InputError) as err:
+        if where == "system":
+            cfg.system[key] = value
+            find("makeit3d-system")(cfg.system)
+        elif where == "data":
+            find(cfg.data_type)({**dict(cfg.data), key: value})
+        elif where == "system.renderer":
+            MakeIt3DDeferredRenderer({key: value}, None, None, None)
+        else:
+            MakeIt3DPointCloud({key: value})
+    e = err.value
+    assert f"{where}.{key} = {value!r}" in e.what and range_text in e.expected and "default" in e.fix
+
+
+def test_unknown_keys_of_our_renderer_and_geometry_are_named(threestudio_env):
+    from hifi123.errors import InputError
+    from hifi123.threestudio_ext.geometry.point_cloud import MakeIt3DPointCloud
+    from hifi123.threestudio_ext.renderers.deferred import MakeIt3DDeferredRenderer
+
+    with pytest.raises(InputError, match=r"system\.renderer\.points_per_pixle.*points_per_pixel"):
+        MakeIt3DDeferredRenderer({"points_per_pixle": 4}, None, None, None)
+    with pytest.raises(InputError, match=r"system\.geometry\.bogus"):
+        MakeIt3DPointCloud({"bogus": 1})

@@ -189,3 +189,23 @@ def from_config(cfg: Any, core_cls: type, values: Optional[Mapping[str, Any]] = 
         except TypeError as err:
             raise ValueError(f"{f.name}: {err} (declared {declared[f.name]})") from None
     return core_cls(**kw)
+
+
+def check_ranges(values: Any, config_cls: type, path: str) -> None:
+    """The declared ranges of `config_cls`'s fields (:func:`setting`) checked on `values` (any
+    object or mapping with those attributes, e.g. a parsed threestudio config); an InputError
+    naming `path.field`, the range and the default otherwise."""
+    for f in dataclasses.fields(config_cls):
+        bounds = f.metadata.get("range")
+        if not bounds:
+            continue
+        value = values[f.name] if isinstance(values, Mapping) else getattr(values, f.name, None)
+        if value is None:
+            continue
+        shown = f"{path}.{f.name}"
+        wrong_type = isinstance(value, bool) or not isinstance(value, (int, float))
+        if wrong_type or not math.isfinite(float(value)) or not _in_range(float(value), bounds):
+            from ..errors import InputError
+
+            raise InputError(f"{shown} = {value!r}", f"a finite number {_range_text(bounds)}",
+                             f"set {shown} to a value {_range_text(bounds)} (default: {f.default!r})")

@@ -59,4 +59,19 @@ class StrictConfig:
             owner = getattr(type(self), "_hifi123_name", type(self).__name__)
             check_config_keys(cfg, self.Config.__dataclass_fields__, self.config_path, owner, self.foreign_hint)
             check_config_numbers(cfg, self.config_path, owner)
+            check_declared_ranges(cfg, self.Config, self.config_path)
         super().__init__(cfg, *args, **kwargs)
+
+
+def check_declared_ranges(cfg, config_cls, path: str) -> None:
+    """The ranges a threestudio `Config` declares (`core.settings.setting`), checked on the
+    config block as threestudio will parse it; wrong types are left to threestudio's parser."""
+    from threestudio.utils.config import parse_structured
+
+    from ..core.settings import check_ranges
+
+    try:
+        parsed = parse_structured(config_cls, cfg)
+    except Exception:  # noqa: BLE001 - a type error: threestudio's own parse reports it next
+        return
+    check_ranges(parsed, config_cls, path)

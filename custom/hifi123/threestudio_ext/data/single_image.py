@@ -45,6 +45,7 @@ from ...core.makeit3d.cameras import (
     pick_component,
     progressive_half_range,
 )
+from ...core.settings import check_ranges, setting
 from ..registry import register
 
 
@@ -137,10 +138,10 @@ class HiFi123SingleImageDataModule(DeviceSafeSingleImageDataModule):
 
 @dataclass
 class MakeIt3DSingleImageDataModuleConfig(DeviceSafeSingleImageDataModuleConfig):
-    max_steps: int = 5000  # the run length the progressive fraction refers to (${trainer.max_steps})
-    progressive_fraction: float = 0.4  # official: 2000 of 5000 iterations in phase 1
-    phase1_azimuth_half_range: float = 45.0  # official phase 1: phi in [135, 225]
-    phase2_azimuth_half_range: float = 180.0  # official phase 2: phi in [0, 360]
+    max_steps: int = setting(5000, ge=1)  # the run length the progressive fraction refers to (${trainer.max_steps})
+    progressive_fraction: float = setting(0.4, ge=0.0, le=1.0)  # official: 2000 of 5000 iterations in phase 1
+    phase1_azimuth_half_range: float = setting(45.0, ge=0.0, le=180.0)  # official phase 1: phi in [135, 225]
+    phase2_azimuth_half_range: float = setting(180.0, ge=0.0, le=180.0)  # official phase 2: phi in [0, 360]
     azimuth_sampling: str = "uniform"  # uniform | makeit3d (official mixture)
 
 
@@ -186,10 +187,4 @@ class MakeIt3DSingleImageDataModule(DeviceSafeSingleImageDataModule):
         c = self.cfg
         if c.azimuth_sampling not in AZIMUTH_SAMPLING:
             raise ValueError(f"data.azimuth_sampling must be one of {AZIMUTH_SAMPLING}, got {c.azimuth_sampling!r}")
-        if not 0.0 <= c.progressive_fraction <= 1.0:
-            raise ValueError(f"data.progressive_fraction must be in [0, 1], got {c.progressive_fraction}")
-        if c.max_steps <= 0:
-            raise ValueError(f"data.max_steps must be positive (set it to ${{trainer.max_steps}}), got {c.max_steps}")
-        for name in ("phase1_azimuth_half_range", "phase2_azimuth_half_range"):
-            if not 0.0 <= getattr(c, name) <= 180.0:
-                raise ValueError(f"data.{name} must be in [0, 180], got {getattr(c, name)}")
+        check_ranges(c, MakeIt3DSingleImageDataModuleConfig, "data")  # max_steps: ${trainer.max_steps}

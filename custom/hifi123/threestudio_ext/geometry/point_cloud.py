@@ -24,19 +24,22 @@ from ...core.makeit3d.point_export import (
     read_ply,
 )
 from ...core.makeit3d.pointcloud import PointCloud
+from ...core.settings import setting
 from ...errors import InputError
-from ..registry import register
+from ..registry import StrictConfig, register
 
 POINT_TENSORS = ("positions", "initial_colors", "reference_visible", "source_view", "descriptors")
 
 
 # ------------------------------------------------------------------------------------ geometry
 @register("makeit3d-point-cloud")
-class MakeIt3DPointCloud(BaseGeometry):
+class MakeIt3DPointCloud(StrictConfig, BaseGeometry):
+    config_path = "system.geometry"
+
     @dataclass
     class Config(BaseGeometry.Config):
-        n_feature_dims: int = 16  # learned features besides RGB: a 19-d descriptor (M3D utils.py:808)
-        feature_init_std: float = 1.0  # features ~ N(0, 1) (M3D utils.py:816-820)
+        n_feature_dims: int = setting(16, ge=0)  # learned features besides RGB: a 19-d descriptor (M3D utils.py:808)
+        feature_init_std: float = setting(1.0, ge=0.0)  # features ~ N(0, 1) (M3D utils.py:816-820)
         background_init: float = 1.0  # background descriptor initialised to ones (M3D)
         point_cloud_path: Optional[str] = None  # optional .npz (PointCloud.save_npz) or .ply to start from
         seed: int = 0  # feature initialisation

@@ -17,8 +17,9 @@ from threestudio.models.renderers.base import Rasterizer
 
 from ...core.makeit3d.deferred_unet import UNET_WIDTHS, DeferredUNet
 from ...core.makeit3d.point_raster import PointRasterSettings, rasterize_points
+from ...core.settings import setting
 from ...errors import InputError
-from ..registry import register
+from ..registry import StrictConfig, register
 
 
 def _as_int(x) -> int:
@@ -28,16 +29,18 @@ def _as_int(x) -> int:
 
 # ------------------------------------------------------------------------------------ renderer
 @register("makeit3d-deferred-renderer")
-class MakeIt3DDeferredRenderer(Rasterizer):
+class MakeIt3DDeferredRenderer(StrictConfig, Rasterizer):
+    config_path = "system.renderer"
+
     @dataclass
     class Config(Rasterizer.Config):
-        point_radius_px: float = 2.0  # at full resolution (M3D: 2 px at 800, same NDC at every scale)
-        points_per_pixel: int = 8  # M3D: 8 nearest points composited per pixel
-        n_scales: int = 3  # full, /2, /4 (M3D K = 3)
-        min_transmittance: float = 1e-4  # compositing stops below (exact zeros behind saturated pixels)
-        depth_slabs: int = 4  # occlusion culling granularity (speed only)
-        min_slab_points: int = 16384  # fewer slabs when they would hold fewer points (speed only)
-        max_fragments_per_chunk: int = 4194304  # memory bound of the rasteriser
+        point_radius_px: float = setting(2.0, gt=0.0)  # at full resolution (M3D: 2 px at 800, same NDC at every scale)
+        points_per_pixel: int = setting(8, ge=1)  # M3D: 8 nearest points composited per pixel
+        n_scales: int = setting(3, ge=1)  # full, /2, /4 (M3D K = 3)
+        min_transmittance: float = setting(1e-4, ge=0.0, lt=1.0)  # compositing stops below (exact zeros behind saturated pixels)
+        depth_slabs: int = setting(4, ge=1)  # occlusion culling granularity (speed only)
+        min_slab_points: int = setting(16384, ge=1)  # fewer slabs when they would hold fewer points (speed only)
+        max_fragments_per_chunk: int = setting(4194304, ge=1)  # memory bound of the rasteriser
         unet_widths: List[int] = field(default_factory=lambda: list(UNET_WIDTHS))  # M3D [16, 32, 64]
         batch_stats_always: bool = True  # M3D keeps its U-Net in train mode (BatchNorm batch statistics)
 

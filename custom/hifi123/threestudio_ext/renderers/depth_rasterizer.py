@@ -18,11 +18,13 @@ import torch
 from threestudio.models.renderers.nvdiff_rasterizer import NVDiffRasterizer
 
 from ...core.hifi123.render_guidance import surface_distance
-from ..registry import register
+from ..registry import StrictConfig, register
 
 
 @register("hifi123-nvdiff-rasterizer")
-class DepthNVDiffRasterizer(NVDiffRasterizer):
+class DepthNVDiffRasterizer(StrictConfig, NVDiffRasterizer):
+    config_path = "system.renderer"
+
     def forward(self, mvp_mtx, camera_positions, light_positions, height, width, render_rgb: bool = True, **kwargs):
         height, width = int(height), int(width)  # eval batches carry 1-element tensors
         out = super().forward(mvp_mtx, camera_positions, light_positions, height, width, render_rgb=render_rgb, **kwargs)

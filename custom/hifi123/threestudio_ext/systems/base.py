@@ -44,6 +44,7 @@ from ...core.makeit3d.cameras import ReferenceSchedule
 from ...core.makeit3d.depth import pearson_depth_loss
 from ...core.morphology import erode, scale_px
 from ...core.normals import reference_normal_loss
+from ...core.settings import setting
 from ...errors import InputError
 from ...trials import plain_containers
 
@@ -66,14 +67,14 @@ class ImageConditionedSystem(BaseLift3DSystem):
         refinement: bool = False
         stage: Optional[str] = None  # coarse | refine; None: as `refinement` says
         reference_shading: Optional[str] = "albedo"  # shading of the reference render
-        ambient_ratio_min: Optional[float] = 0.5  # novel views: ambient ~ U[min, max]; None: material's own
-        ambient_ratio_max: float = 1.0
+        ambient_ratio_min: Optional[float] = setting(0.5, ge=0.0, le=1.0)  # novel views: ambient ~ U[min, max]; None: material's own
+        ambient_ratio_max: float = setting(1.0, ge=0.0, le=1.0)
         rgb_loss: str = "mse"  # mse | l1
         mask_loss: str = "mse"  # mse | bce
         depth_kind: str = "disparity"  # the reference depth map: disparity (near = bright) | depth
-        depth_erosion: int = 5  # mask erosion kernel for the depth loss, at depth_erosion_resolution (<= 1: none)
-        depth_erosion_resolution: int = 512  # the kernel is scaled to the render size (M3D erodes at 512)
-        depth_min: float = 1e-3  # rendered depth clamp before 1/depth (disparity maps)
+        depth_erosion: int = setting(5, ge=0)  # mask erosion kernel for the depth loss, at depth_erosion_resolution (<= 1: none)
+        depth_erosion_resolution: int = setting(512, ge=1)  # the kernel is scaled to the render size (M3D erodes at 512)
+        depth_min: float = setting(1e-3, gt=0.0)  # rendered depth clamp before 1/depth (disparity maps)
         video_format: str = "mp4"  # mp4 (needs imageio-ffmpeg; falls back to gif) | gif
         save_train_images: bool = True
 
@@ -83,11 +84,13 @@ class ImageConditionedSystem(BaseLift3DSystem):
 
     def __init__(self, cfg, resumed: bool = False) -> None:
         from ...errors import check_config_keys, check_config_numbers
+        from ..registry import check_declared_ranges
 
         if hasattr(cfg, "keys"):  # before threestudio's parse: one clear error, not a TypeError
             owner = getattr(type(self), "_hifi123_name", type(self).__name__)
             check_config_keys(cfg, self.Config.__dataclass_fields__, "system", owner)
             check_config_numbers(cfg, "system", owner)
+            check_declared_ranges(cfg, self.Config, "system")
         super().__init__(cfg, resumed=resumed)
 
     # ----------------------------------------------------------------- configure

@@ -24,6 +24,7 @@ from ...core.makeit3d.cameras import is_back_view
 from ...core.makeit3d.point_refine import REFINE_TERMS
 from ...core.makeit3d.pointcloud import PointCloudConfig
 from ...core.makeit3d.prior import TERMS
+from ...core.settings import setting
 from ..registry import register
 from .base import ImageConditionedSystem
 from .makeit3d_refine import (
@@ -40,8 +41,8 @@ from .makeit3d_refine import (
 class MakeIt3DSystem(ImageConditionedSystem):
     @dataclass
     class Config(ImageConditionedSystem.Config):
-        back_threshold_deg: float = 135.0  # back view: |azimuth - reference| >= 180 - 45
-        back_view_opacity_factor: float = 10.0  # official utils.py:521-524
+        back_threshold_deg: float = setting(135.0, ge=0.0)  # back view: |azimuth - reference| >= 180 - 45
+        back_view_opacity_factor: float = setting(10.0, ge=0.0)  # official utils.py:521-524
         # stage (the base's switch): coarse = NeRF (paper §3.2), refine = point cloud + deferred
         # renderer (§3.3)
         refine: dict = field(default_factory=dict)  # stage refine: hifi123.core.makeit3d.point_refine.RefineConfig
