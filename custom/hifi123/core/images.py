@@ -19,26 +19,26 @@ PREPROCESS_FIX = "cut the object out and pad it to a square with `hifi123 prepro
 MIN_SIZE = 32
 
 
-def open_image(path: str, role: str):
+def open_image(path: str, role: str, *, missing_fix: str = "check the path",
+               large_fix: str = "downscale the image first (`hifi123 preprocess` writes 512-pixel inputs)",
+               formats: str = "a PNG (or another format Pillow reads)",
+               format_fix: str = "re-export the image as PNG"):
+    """The decoded PIL image at `path`, or an InputError naming `role` and the file: missing,
+    too large to decode safely (a decompression bomb), or not an image. The fixes differ by
+    caller (a training input vs a user's photo)."""
     from PIL import Image, UnidentifiedImageError
 
-    if not os.path.exists(path):
-        raise InputError(f"{role} file not found: {path}", "an existing image file", "check the path")
+    if not os.path.isfile(path):
+        raise InputError(f"{role} file not found: {path}", "an existing image file", missing_fix)
     try:
         img = Image.open(path)
         img.load()
     except Image.DecompressionBombError as err:
-        raise InputError(
-            f"{role} file {path} is too large to decode safely ({err})",
-            f"at most {Image.MAX_IMAGE_PIXELS} pixels",
-            "downscale the image first (`hifi123 preprocess` writes 512-pixel inputs)",
-        ) from err
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise InputError(
-            f"{role} file {path} is not a readable image ({type(err).__name__}: {err})",
-            "a PNG (or another format Pillow reads)",
-            "re-export the image as PNG",
-        ) from err
+        raise InputError(f"{role} file {path} is too large to decode safely ({err})",
+                         f"at most {Image.MAX_IMAGE_PIXELS} pixels", large_fix) from err
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise InputError(f"{role} file {path} is not a readable image ({type(err).__name__}: {err})",
+                         formats, format_fix) from err
     return img
 
 

@@ -88,26 +88,12 @@ def discover(target: str) -> List[str]:
 
 
 def _open(path: str):
-    from PIL import Image, UnidentifiedImageError
+    from ..core.images import open_image
 
-    if not os.path.isfile(path):
-        raise InputError(f"input image not found: {path}", "an existing image file", _fix_open(path))
-    try:
-        img = Image.open(path)
-        img.load()
-    except Image.DecompressionBombError as err:
-        raise InputError(
-            f"input {path} is too large to decode safely ({err})",
-            f"at most {Image.MAX_IMAGE_PIXELS} pixels",
-            "downscale the photo first (the output is --size pixels anyway)",
-        ) from err
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise InputError(
-            f"input {path} is not a readable image ({type(err).__name__}: {err})",
-            "a PNG, JPEG, WebP, BMP, TIFF or GIF file",
-            "re-export the photo as PNG or JPEG",
-        ) from err
-    return img
+    return open_image(path, "input image", missing_fix=_fix_open(path),
+                      large_fix="downscale the photo first (the output is --size pixels anyway)",
+                      formats="a PNG, JPEG, WebP, BMP, TIFF or GIF file",
+                      format_fix="re-export the photo as PNG or JPEG")
 
 
 def _cmyk_to_rgb(img, notes: List[str]):

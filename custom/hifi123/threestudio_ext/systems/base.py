@@ -389,21 +389,29 @@ class ImageConditionedSystem(BaseLift3DSystem):
             losses["loss_normal"] = self.reference_normal_loss(batch, out)
         return losses
 
-    def reference_depth_loss(self, batch: Dict[str, Any], out: Dict[str, Any]) -> torch.Tensor:
-        ref = batch.get("ref_depth")
+    @staticmethod
+    def _reference_pair(batch: Dict[str, Any], out: Dict[str, Any], term: str, ref_key: str, what: str,
+                        needs_data: str, data_fix: str, out_key: str, needs_renderer: str,
+                        renderer_fix: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(reference map from the batch, render output) for a reference loss, or one error that
+        says which of the two is missing and how to get it."""
+        ref = batch.get(ref_key)
         if ref is None:
-            raise InputError(
-                "lambda_depth > 0 but the batch has no reference depth",
-                "data.requires_depth: true and a <name>_depth.png next to the image",
-                "set data.requires_depth=true (or lambda_depth=0); `hifi123 preprocess` writes the depth map",
-            )
-        if "depth" not in out:
-            raise InputError(
-                f"lambda_depth > 0 but the renderer {self.cfg.renderer_type} returns no depth",
-                "a renderer with a `depth` output (threestudio's nvdiff-rasterizer has none)",
-                "set system.loss.lambda_depth=0 for this stage",
-            )
-        pred = out["depth"].reshape(ref.shape[0], *ref.shape[1:3])
+            raise InputError(f"lambda_{term} > 0 but the batch has no {what}", needs_data, data_fix)
+        if out_key not in out:
+            raise InputError(f"lambda_{term} > 0 but {needs_renderer[0]}", needs_renderer[1], renderer_fix)
+        return ref, out[out_key]
+
+    def reference_depth_loss(self, batch: Dict[str, Any], out: Dict[str, Any]) -> torch.Tensor:
+        ref, depth = self._reference_pair(
+            batch, out, "depth", "ref_depth", "reference depth",
+            "data.requires_depth: true and a <name>_depth.png next to the image",
+            "set data.requires_depth=true (or lambda_depth=0); `hifi123 preprocess` writes the depth map",
+            "depth", (f"the renderer {self.cfg.renderer_type} returns no depth",
+                      "a renderer with a `depth` output (threestudio's nvdiff-rasterizer has none)"),
+            "set system.loss.lambda_depth=0 for this stage",
+        )
+        pred = depth.reshape(ref.shape[0], *ref.shape[1:3])
         ref = ref.reshape(pred.shape).to(pred)
         mask = batch["mask"].reshape(pred.shape)
         # depth_erosion is an OpenCV kernel size at depth_erosion_resolution: radius k // 2
@@ -420,20 +428,15 @@ class ImageConditionedSystem(BaseLift3DSystem):
         return pearson_depth_loss(pred, ref, mask)
 
     def reference_normal_loss(self, batch: Dict[str, Any], out: Dict[str, Any]) -> torch.Tensor:
-        ref = batch.get("ref_normal")
-        if ref is None:
-            raise InputError(
-                "lambda_normal > 0 but the batch has no reference normal map",
-                "data.requires_normal: true and a <name>_normal.png next to the image",
-                "set data.requires_normal=true (or lambda_normal=0)",
-            )
-        if "comp_normal" not in out:
-            raise InputError(
-                "lambda_normal > 0 but the render has no comp_normal",
-                "renderer.return_comp_normal: true and a material that needs normals",
-                "enable return_comp_normal (or set lambda_normal=0)",
-            )
-        return reference_normal_loss(ref, out["comp_normal"], batch["mask"][..., 0])
+        ref, normal = self._reference_pair(
+            batch, out, "normal", "ref_normal", "reference normal map",
+            "data.requires_normal: true and a <name>_normal.png next to the image",
+            "set data.requires_normal=true (or lambda_normal=0)",
+            "comp_normal", ("the render has no comp_normal",
+                            "renderer.return_comp_normal: true and a material that needs normals"),
+            "enable return_comp_normal (or set lambda_normal=0)",
+        )
+        return reference_normal_loss(ref, normal, batch["mask"][..., 0])
 
     # ---------------------------------------------------------------- regularisers
     def _require(self, out: Dict[str, Any], key: str, term: str) -> Any:
