@@ -154,6 +154,58 @@ def bench_rgsd(iterations: int = 8, steps: int = 20, inject_steps: int = 12, rep
 REFINE_RENDER_SIZE = 800
 
 
+def _sample_point_cloud(size: int, azimuths: int):
+    """(the sample object's 360° point cloud built at `size` from its exact renders, with
+    `azimuths` views per elevation; the seconds the build took)."""
+    import numpy as np
+
+    from .core.cameras import ViewCamera
+    from .core.makeit3d.pointcloud import PointCloudConfig, build_point_cloud
+    from .sample.make_sample import REF_DISTANCE, REF_FOVY_DEG, render_sample
+
+    def render(cam):
+        r = render_sample(cam.elevation_deg, cam.azimuth_deg, cam.distance, cam.fovy_deg,
+                          cam.height, supersample=1)
+        return {"rgb": r["rgb"], "depth": r["depth_z"], "opacity": r["alpha"].astype(np.float32)}
+
+    t0 = time.perf_counter()
+    ref = render_sample(0.0, 0.0, REF_DISTANCE, REF_FOVY_DEG, size, supersample=1)
+    cloud = build_point_cloud(
+        render, ViewCamera.orbit(0.0, 0.0, REF_DISTANCE, REF_FOVY_DEG, size), ref["rgb"],
+        ref["alpha"], PointCloudConfig(resolution=size, n_azimuths=azimuths),
+    )
+    return cloud, time.perf_counter() - t0
+
+
+def _interleaved_medians(fns: dict, repeats: int) -> dict:
+    """name -> the median seconds of `fns[name]()` over `repeats` runs, interleaved so that
+    machine load affects all alike."""
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _log_raster(log, res: dict, ratio: float, size: int, settings, repeats: int, cloud,
+                build_s: float, cover: list) -> None:
+    """The report of :func:`bench_raster`."""
+    log(f"Make-It-3D refine rasteriser vs deferred U-Net on CPU "
+        f"({torch.get_num_threads()} threads), "
+        f"{size}x{size}{' (the refine render size)' if size == REFINE_RENDER_SIZE else ''}, "
+        f"K={settings.n_scales} scales, radius {settings.radius_px:g} px, "
+        f"{settings.points_per_pixel} points/pixel, median of {repeats}")
+    log(f"point cloud: {len(cloud)} points from {len(cloud.cameras) + 1} views of the sample "
+        f"object (built in {build_s:.1f} s); "
+        f"coverage per scale {', '.join(f'{c:.1%}' for c in cover)}")
+    log(f"  rasterise all scales, forward + backward: {res['raster'] * 1000:8.1f} ms")
+    log(f"  U-Net forward + backward:                 {res['unet'] * 1000:8.1f} ms")
+    log(f"goal <= 0.10: {'met' if ratio <= 0.10 else 'not met'}")
+    log(f"raster/unet ratio: {ratio:.2f}")
+
+
 def bench_raster(size: int = REFINE_RENDER_SIZE, repeats: int = 5, threads: int = 1, azimuths: int = 12,
                  log=print) -> dict:
     """Make-It-3D refine: rasterising the point cloud at all K scales (forward + backward to the
@@ -163,29 +215,16 @@ def bench_raster(size: int = REFINE_RENDER_SIZE, repeats: int = 5, threads: int 
     default at the refine stage's render size."""
     import math
 
-    import numpy as np
-
     from .core.cameras import ViewCamera
     from .core.makeit3d.deferred_unet import DeferredUNet
     from .core.makeit3d.point_raster import PointRasterSettings, rasterize_points
-    from .core.makeit3d.pointcloud import PointCloudConfig, build_point_cloud
-    from .sample.make_sample import REF_DISTANCE, REF_FOVY_DEG, render_sample
+    from .sample.make_sample import REF_DISTANCE, REF_FOVY_DEG
 
     if threads:
         torch.set_num_threads(int(threads))
     torch.manual_seed(0)
 
-    def render(cam):
-        r = render_sample(cam.elevation_deg, cam.azimuth_deg, cam.distance, cam.fovy_deg, cam.height, supersample=1)
-        return {"rgb": r["rgb"], "depth": r["depth_z"], "opacity": r["alpha"].astype(np.float32)}
-
-    t0 = time.perf_counter()
-    ref = render_sample(0.0, 0.0, REF_DISTANCE, REF_FOVY_DEG, size, supersample=1)
-    cloud = build_point_cloud(
-        render, ViewCamera.orbit(0.0, 0.0, REF_DISTANCE, REF_FOVY_DEG, size), ref["rgb"], ref["alpha"],
-        PointCloudConfig(resolution=size, n_azimuths=azimuths),
-    )
-    build_s = time.perf_counter() - t0
+    cloud, build_s = _sample_point_cloud(size, azimuths)
     n = len(cloud)
     feats = torch.cat([cloud.colors, torch.randn(n, 16)], 1).requires_grad_(True)
     background = torch.ones(19, requires_grad=True)
@@ -212,25 +251,10 @@ def bench_raster(size: int = REFINE_RENDER_SIZE, repeats: int = 5, threads: int 
         unet.zero_grad(set_to_none=True)
 
     deferred()
-    times = {"raster": [], "unet": []}
-    for _ in range(repeats):  # interleaved, so machine load affects both alike
-        for name, fn in (("raster", raster), ("unet", deferred)):
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    res = {k: statistics.median(v) for k, v in times.items()}
+    res = _interleaved_medians({"raster": raster, "unet": deferred}, repeats)
     ratio = res["raster"] / res["unet"]
     cover = [float((o.coverage > 0).float().mean()) for o in outs]
-    log(f"Make-It-3D refine rasteriser vs deferred U-Net on CPU ({torch.get_num_threads()} threads), "
-        f"{size}x{size}{' (the refine render size)' if size == REFINE_RENDER_SIZE else ''}, "
-        f"K={settings.n_scales} scales, radius {settings.radius_px:g} px, "
-        f"{settings.points_per_pixel} points/pixel, median of {repeats}")
-    log(f"point cloud: {n} points from {len(cloud.cameras) + 1} views of the sample object (built in {build_s:.1f} s); "
-        f"coverage per scale {', '.join(f'{c:.1%}' for c in cover)}")
-    log(f"  rasterise all scales, forward + backward: {res['raster'] * 1000:8.1f} ms")
-    log(f"  U-Net forward + backward:                 {res['unet'] * 1000:8.1f} ms")
-    log(f"goal <= 0.10: {'met' if ratio <= 0.10 else 'not met'}")
-    log(f"raster/unet ratio: {ratio:.2f}")
+    _log_raster(log, res, ratio, size, settings, repeats, cloud, build_s, cover)
     res.update(ratio=ratio, points=n, size=size, threads=torch.get_num_threads(), finite=math.isfinite(ratio))
     return res
 

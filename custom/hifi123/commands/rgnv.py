@@ -64,30 +64,63 @@ def _model_refs(args, need_dpt: bool):
 def _cmd_rgnv(args) -> int:
     import torch
 
-    from ..core.hifi123.rgnv import RGNVConfig, RGNVPipeline
-    from ..core.images import (
-        check_writable_dir,
-        image_grid,
-        load_depth,
-        load_rgba,
-        save_png,
-        to_tensor_image,
-    )
+    from ..core.hifi123.rgnv import RGNVPipeline
+    from ..core.images import check_writable_dir, image_grid, save_png
     from ..models.loader import load_diffusion
 
     # 1. everything the user gave is checked before any model loads
+    ref, coarse, ref_depth, depths = _load_inputs(args)
+    out_dir = check_writable_dir(args.out)
+    _check_outputs(args, out_dir)
+    cfg = _rgnv_config(args)
+    need_dpt = ref_depth is None or depths is None
+    model, upscaler_ref = _model_refs(args, need_dpt)
+
+    # 2. models and the enhancement
+    from . import resolve_device
+
+    device = resolve_device(args.device)
+    dtype = torch.float16 if (args.fp16 and device.type == "cuda") else torch.float32
+    components = load_diffusion(model, "--model", dtype=dtype, device=device,
+                                with_depth_estimator=need_dpt)
+    pipe = RGNVPipeline(components, cfg)
+    out = _enhance(args, pipe, cfg, ref, ref_depth, coarse, depths)
+
+    # 3. outputs
+    rows = _write_enhanced(args, out_dir, pipe, ref, coarse, out)
+    if upscaler_ref is not None:
+        _write_upscaled(args, out_dir, upscaler_ref, out, cfg.prompt, dtype, device)
+    sheet = os.path.join(out_dir, "comparison.png")
+    save_png(sheet, image_grid(rows))
+    print(f"wrote {sheet}  (columns: reference | coarse | enhanced)")
+    return 0
+
+
+def _load_inputs(args):
+    """(reference, coarse views, reference depth or None, depths or None), loaded and checked."""
+    from ..core.images import load_depth, load_rgba
+
     ref = load_rgba(args.ref, role="--ref image")
     coarse = [load_rgba(p, role="--coarse view") for p in args.coarse]
-    ref_depth = load_depth(args.ref_depth, ref.shape[:2], "--ref-depth map") if args.ref_depth else None
+    ref_depth = None
+    if args.ref_depth:
+        ref_depth = load_depth(args.ref_depth, ref.shape[:2], "--ref-depth map")
     if args.depth and len(args.depth) != len(args.coarse):
         raise Hifi123Error(
             f"{len(args.coarse)} --coarse views but {len(args.depth)} --depth maps",
             "one --depth per --coarse view, in the same order (or none: DPT estimates them)",
             "pass as many --depth files as --coarse files",
         )
-    depths = [load_depth(p, v.shape[:2], "--depth map") for p, v in zip(args.depth, coarse)] if args.depth else None
-    out_dir = check_writable_dir(args.out)
-    _check_outputs(args, out_dir)
+    depths = None
+    if args.depth:
+        depths = [load_depth(p, v.shape[:2], "--depth map") for p, v in zip(args.depth, coarse)]
+    return ref, coarse, ref_depth, depths
+
+
+def _rgnv_config(args):
+    """The validated `RGNVConfig` of the options (a bad value is a usage error)."""
+    from ..core.hifi123.rgnv import RGNVConfig
+
     cfg = RGNVConfig(
         num_steps=args.steps, inject_steps=args.inject_steps, guidance_scale=args.guidance_scale,
         prompt=_target_prompt(args), negative_prompt=args.negative_prompt, inject=not args.no_inject,
@@ -97,25 +130,29 @@ def _cmd_rgnv(args) -> int:
         cfg.validate()
     except ValueError as err:
         raise Hifi123Error(f"bad option: {err}", fix="see `hifi123 rgnv --help`") from err
-    need_dpt = ref_depth is None or depths is None
-    model, upscaler_ref = _model_refs(args, need_dpt)
+    return cfg
 
-    # 2. models and the enhancement
-    from . import resolve_device
 
-    device = resolve_device(args.device)
-    dtype = torch.float16 if (args.fp16 and device.type == "cuda") else torch.float32
-    pipe = RGNVPipeline(load_diffusion(model, "--model", dtype=dtype, device=device, with_depth_estimator=need_dpt), cfg)
+def _enhance(args, pipe, cfg, ref, ref_depth, coarse, depths):
+    """The reference branch (when injecting) and the enhanced views, with a progress bar of the
+    UNet evaluations."""
     from tqdm.auto import tqdm
 
-    total = 2 * cfg.inject_steps * (1 + len(coarse)) if cfg.inject else 2 * cfg.inject_steps * len(coarse)
+    per_view = 2 * cfg.inject_steps
+    total = per_view * (1 + len(coarse)) if cfg.inject else per_view * len(coarse)
     bar = tqdm(total=total, desc="RGNV", unit="eval", disable=args.quiet)
     pipe.progress = lambda phase, n: bar.update(n)
     cache = pipe.build_reference(ref, ref_depth) if cfg.inject else None
     out = pipe.enhance(cache, coarse, depths, batch_size=args.batch_size)
     bar.close()
+    return out
 
-    # 3. outputs
+
+def _write_enhanced(args, out_dir: str, pipe, ref, coarse, out) -> list:
+    """Each enhanced view as `<name>_enhanced.png`; returns the comparison sheet's rows
+    (reference | coarse | enhanced)."""
+    from ..core.images import save_png, to_tensor_image
+
     rows = []
     ref_img = pipe.prepare(ref, "white")[0][0]
     for i, path in enumerate(args.coarse):
@@ -123,20 +160,21 @@ def _cmd_rgnv(args) -> int:
         save_png(dst, out.images[i])
         print(f"wrote {dst}")
         rows.append([ref_img, pipe.prepare(to_tensor_image(coarse[i]), "white")[0][0], out.images[i]])
-    if upscaler_ref is not None:
-        from ..core.hifi123.rgnv import upscale_x4
-        from ..models.loader import load_upscaler
+    return rows
 
-        up = upscale_x4(load_upscaler(upscaler_ref, dtype=dtype, device=device), out.raw, out.masks,
-                        prompt=cfg.prompt, steps=args.upscale_steps)
-        for i, path in enumerate(args.coarse):
-            dst = os.path.join(out_dir, f"{_default_out_name(path)}_upsample.png")
-            save_png(dst, up[i])
-            print(f"wrote {dst}")
-    sheet = os.path.join(out_dir, "comparison.png")
-    save_png(sheet, image_grid(rows))
-    print(f"wrote {sheet}  (columns: reference | coarse | enhanced)")
-    return 0
+
+def _write_upscaled(args, out_dir: str, upscaler_ref, out, prompt: str, dtype, device) -> None:
+    """Each enhanced view upscaled x4 as `<name>_upsample.png`."""
+    from ..core.hifi123.rgnv import upscale_x4
+    from ..core.images import save_png
+    from ..models.loader import load_upscaler
+
+    up = upscale_x4(load_upscaler(upscaler_ref, dtype=dtype, device=device), out.raw, out.masks,
+                    prompt=prompt, steps=args.upscale_steps)
+    for i, path in enumerate(args.coarse):
+        dst = os.path.join(out_dir, f"{_default_out_name(path)}_upsample.png")
+        save_png(dst, up[i])
+        print(f"wrote {dst}")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -398,6 +398,60 @@ def _caption(cfg: PreprocessConfig, models: Models, on_white, path: str, log: Ca
     return caption, source
 
 
+def _input_image(image, cfg: PreprocessConfig, depth_z: Optional[np.ndarray]) -> InputImage:
+    """The image (read when given a path), checked against the size of the given depth."""
+    if isinstance(image, InputImage):
+        img = image
+    else:
+        img = read_image(image, cfg.ignore_alpha, max(MAX_WORKING_SIDE, 2 * cfg.size))
+    if depth_z is not None and tuple(np.shape(depth_z)) != tuple(img.shape):
+        raise InputError(
+            f"the given depth is {np.shape(depth_z)} but the image {img.path} is "
+            f"{tuple(img.shape)}",
+            "a depth map of the image's size", "resize the depth map",
+        )
+    return img
+
+
+def _recentred(img: InputImage, alpha, cfg: PreprocessConfig, depth_z: Optional[np.ndarray]):
+    """Step 2: (the recentring, 8-bit RGBA, the object mask, the RGB on white, the recentred
+    disparity of the given depth or None). An object that vanishes at --size is an error."""
+    t = plan_recentring(alpha > ALPHA_THRESHOLD, cfg.size, cfg.border_ratio,
+                        source=f"input {img.path}")
+    extra = extra_mask = None
+    if depth_z is not None:
+        dz = np.asarray(depth_z, dtype=np.float64)
+        ok = (alpha > ALPHA_THRESHOLD) & np.isfinite(dz) & (dz > 0)
+        extra = np.where(ok, 1.0 / np.where(ok, dz, 1.0), 0.0)  # recentre disparity, not depth
+        extra_mask = ok.astype(np.float32)
+    rgba, disp_given = recenter(img.rgb, alpha, t, extra, extra_mask)
+    rgba_u8 = _to_u8(rgba)
+    # what threestudio will read back (8-bit alpha / 255 > 0.5) is the mask of depth and normals
+    mask = rgba_u8[..., 3].astype(np.float32) / 255.0 > ALPHA_THRESHOLD
+    if not mask.any():
+        raise InputError(f"input {img.path}: the object vanished when resized to {cfg.size} px",
+                         "a larger object or a larger --size", "increase --size")
+    on_white = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
+    return t, rgba_u8, mask, on_white, disp_given
+
+
+def _write_images(paths: OutputPaths, rgba_u8, depth_u8, normal_u8, caption: Optional[str]):
+    """Step 5 up to the sidecar: the images, the caption (else a stale one is removed) and the
+    contact sheet; returns the paths written, in order."""
+    _save_array_png(paths.rgba, rgba_u8, "RGBA")
+    _save_array_png(paths.depth, depth_u8, "L")
+    _save_array_png(paths.normal, normal_u8, "RGB")
+    written = [paths.rgba, paths.depth, paths.normal]
+    if caption is not None:
+        _write_text(paths.caption, caption + "\n")
+        written.append(paths.caption)
+    elif os.path.exists(paths.caption):
+        os.remove(paths.caption)  # a stale caption from an earlier run would be misleading
+    _save_array_png(paths.sheet, contact_sheet(rgba_u8, depth_u8, normal_u8), "RGB")
+    written.append(paths.sheet)
+    return written
+
+
 def preprocess_image(
     image,
     out_dir: str,
@@ -416,12 +470,7 @@ def preprocess_image(
     """
     cfg = cfg or PreprocessConfig()
     cfg.validate()
-    img = image if isinstance(image, InputImage) else read_image(image, cfg.ignore_alpha, max(MAX_WORKING_SIDE, 2 * cfg.size))
-    if depth_z is not None and tuple(np.shape(depth_z)) != tuple(img.shape):
-        raise InputError(
-            f"the given depth is {np.shape(depth_z)} but the image {img.path} is {tuple(img.shape)}",
-            "a depth map of the image's size", "resize the depth map",
-        )
+    img = _input_image(image, cfg, depth_z)
     out_dir = check_output_dir(out_dir)
     models = models or Models(cfg, log)
     need_seg = img.alpha is None
@@ -433,21 +482,7 @@ def preprocess_image(
     alpha, alpha_source = _object_alpha(img, cfg, models)
 
     # 2. recentring
-    t = plan_recentring(alpha > ALPHA_THRESHOLD, cfg.size, cfg.border_ratio, source=f"input {img.path}")
-    extra = extra_mask = None
-    if depth_z is not None:
-        dz = np.asarray(depth_z, dtype=np.float64)
-        ok = (alpha > ALPHA_THRESHOLD) & np.isfinite(dz) & (dz > 0)
-        extra = np.where(ok, 1.0 / np.where(ok, dz, 1.0), 0.0)  # recentre disparity, not depth
-        extra_mask = ok.astype(np.float32)
-    rgba, disp_given = recenter(img.rgb, alpha, t, extra, extra_mask)
-    rgba_u8 = _to_u8(rgba)
-    # what threestudio will read back (8-bit alpha / 255 > 0.5) is the mask of depth and normals
-    mask = rgba_u8[..., 3].astype(np.float32) / 255.0 > ALPHA_THRESHOLD
-    if not mask.any():
-        raise InputError(f"input {img.path}: the object vanished when resized to {cfg.size} px",
-                         "a larger object or a larger --size", "increase --size")
-    on_white = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
+    t, rgba_u8, mask, on_white, disp_given = _recentred(img, alpha, cfg, depth_z)
 
     # 3. depth -> camera z under the assumptions -> normals
     depth_u8, normal_u8, depth_source = _depth_and_normals(cfg, models, mask, on_white, disp_given)
@@ -456,17 +491,7 @@ def preprocess_image(
     caption, caption_source = _caption(cfg, models, on_white, img.path, log)
 
     # 5. files (sidecar last)
-    _save_array_png(paths.rgba, rgba_u8, "RGBA")
-    _save_array_png(paths.depth, depth_u8, "L")
-    _save_array_png(paths.normal, normal_u8, "RGB")
-    written = [paths.rgba, paths.depth, paths.normal]
-    if caption is not None:
-        _write_text(paths.caption, caption + "\n")
-        written.append(paths.caption)
-    elif os.path.exists(paths.caption):
-        os.remove(paths.caption)  # a stale caption from an earlier run would be misleading
-    _save_array_png(paths.sheet, contact_sheet(rgba_u8, depth_u8, normal_u8), "RGB")
-    written.append(paths.sheet)
+    written = _write_images(paths, rgba_u8, depth_u8, normal_u8, caption)
     st = os.stat(img.path)
     meta = {
         "input": {"path": img.path, "size": st.st_size, "mtime": st.st_mtime, "sha256": file_sha256(img.path)},
@@ -507,6 +532,63 @@ def default_out_dir(target: str) -> str:
     return os.path.join(base, "preprocessed")
 
 
+def _check_output_names(files: List[str], out_dir: str, target: str) -> None:
+    """One output set per input (distinct output names), and no output path over an input."""
+    by_name: Dict[str, str] = {}
+    inputs = {os.path.realpath(f) for f in files}
+    for f in files:
+        n = output_name(f)
+        if n in by_name:
+            raise InputError(
+                f"{os.path.basename(by_name[n])} and {os.path.basename(f)} would both write "
+                f"{n}_rgba.png",
+                "inputs with distinct names (the extension and a trailing _rgba are dropped)",
+                "rename one of them",
+            )
+        by_name[n] = f
+        outputs = asdict(OutputPaths.of(out_dir, n)).values()
+        clash = [p for p in outputs if os.path.realpath(p) in inputs]
+        if clash:
+            raise InputError(
+                f"writing the outputs of {f} into {out_dir} would overwrite the input {clash[0]}",
+                "an output folder that does not hold the inputs' output names",
+                f"pass another folder: hifi123 preprocess {target} --out DIR",
+            )
+
+
+def _read_inputs(files: List[str], cfg: PreprocessConfig, single: bool,
+                 record_failure: Callable[[str, Hifi123Error], None]) -> list:
+    """Step 1: (path, needs segmentation, the decoded image for a single input) per readable
+    input; an unreadable one goes to `record_failure`. A batch's images are not kept."""
+    readable = []
+    for f in files:
+        try:
+            img = read_image(f, cfg.ignore_alpha, max(MAX_WORKING_SIDE, 2 * cfg.size))
+        except Hifi123Error as err:
+            record_failure(f, err)
+            continue
+        readable.append((f, img.alpha is None, img if single else None))
+        del img
+    return readable
+
+
+def _outdated(readable: list, cfg: PreprocessConfig, models: Models, out_dir: str, force: bool,
+              summary: Summary, say: Callable[[str], None]) -> list:
+    """Step 2: (path, settings, image or None) per input to process; the inputs whose outputs
+    are up to date (and not `force`d) go to `summary.skipped`."""
+    todo = []
+    for f, need_seg, img in readable:
+        name = output_name(f)
+        paths = OutputPaths.of(out_dir, name)
+        settings = settings_of(cfg, models, need_seg)
+        if not force and is_up_to_date(f, paths, settings):
+            summary.skipped.append(ImageResult(f, name, paths, skipped=True))
+            say(f"{os.path.basename(f)}: up to date, skipped ({paths.rgba}; --force redoes it)")
+        else:
+            todo.append((f, settings, img))
+    return todo
+
+
 def preprocess(
     target: str,
     out: Optional[str] = None,
@@ -526,24 +608,7 @@ def preprocess(
     summary = Summary(out_dir)
 
     # names: one output set per input, never over an input
-    by_name: Dict[str, str] = {}
-    inputs = {os.path.realpath(f) for f in files}
-    for f in files:
-        n = output_name(f)
-        if n in by_name:
-            raise InputError(
-                f"{os.path.basename(by_name[n])} and {os.path.basename(f)} would both write {n}_rgba.png",
-                "inputs with distinct names (the extension and a trailing _rgba are dropped)",
-                "rename one of them",
-            )
-        by_name[n] = f
-        clash = [p for p in asdict(OutputPaths.of(out_dir, n)).values() if os.path.realpath(p) in inputs]
-        if clash:
-            raise InputError(
-                f"writing the outputs of {f} into {out_dir} would overwrite the input {clash[0]}",
-                "an output folder that does not hold the inputs' output names",
-                f"pass another folder: hifi123 preprocess {target} --out DIR",
-            )
+    _check_output_names(files, out_dir, target)
 
     # 1. read and check every input before any model loads (decoded again when processed, so a
     #    large folder is never held in memory)
@@ -556,28 +621,11 @@ def preprocess(
         summary.failed.append((f, err))
         say(f"{os.path.basename(f)}: FAILED: {err.what}")
 
-    readable = []  # (path, needs segmentation, the decoded image for a single input)
-    for f in files:
-        try:
-            img = read_image(f, cfg.ignore_alpha, max(MAX_WORKING_SIDE, 2 * cfg.size))
-        except Hifi123Error as err:
-            record_failure(f, err)
-            continue
-        readable.append((f, img.alpha is None, img if single else None))
-        del img
+    readable = _read_inputs(files, cfg, single, record_failure)
 
     # 2. outputs that are up to date are skipped
     models = Models(cfg, say)
-    todo = []  # (path, settings, image or None)
-    for f, need_seg, img in readable:
-        name = output_name(f)
-        paths = OutputPaths.of(out_dir, name)
-        settings = settings_of(cfg, models, need_seg)
-        if not force and is_up_to_date(f, paths, settings):
-            summary.skipped.append(ImageResult(f, name, paths, skipped=True))
-            say(f"{os.path.basename(f)}: up to date, skipped ({paths.rgba}; --force redoes it)")
-        else:
-            todo.append((f, settings, img))
+    todo = _outdated(readable, cfg, models, out_dir, force, summary, say)
 
     # 3. models: every reference checked now, weights loaded on first use
     if todo:

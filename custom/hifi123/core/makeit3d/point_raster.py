@@ -306,6 +306,61 @@ def _footprint(radius: float, width: int, device: torch.device, dtype: torch.dty
     return len(pairs), max(abs(d) for d in span), span_t, span_t.to(dtype), tuple(map(tuple, groups)), pair_off
 
 
+def _slab_count(st: _SlabState, n: int, depth_slabs, min_slab_points,
+                max_fragments_per_chunk) -> int:
+    """Step 1 of :func:`select_fragments`: the number of depth slabs for `n` points."""
+    n_slabs = max(min(int(depth_slabs), -(-n // max(int(min_slab_points), 1))), 1,
+                  -(-n * st.n_off // max(int(max_fragments_per_chunk), 1)))
+    # on CPU, slabs small enough for 32-bit (pixel, position) keys, when not tiny
+    if st.device.type == "cpu":
+        per_key = 1 << max(32 - int(st.P - 1).bit_length(), 0)
+        if per_key >= _MIN_KEY_SLAB:
+            n_slabs = max(n_slabs, -(-n // per_key))
+    return n_slabs
+
+
+def _composite_slabs(st: _SlabState, us, vs, ci_all, cj_all, order, per_slab: int) -> List[tuple]:
+    """Step 2 of :func:`select_fragments`: slab by slab, front to back, select the slab's points
+    (`us`, `vs`, their pixel `ci_all`, `cj_all` and point index `order`, all in depth order), key
+    and composite their fragments. Returns the parts (`_composite_slab`) of the slabs with any."""
+    n = order.numel()
+    parts: List[tuple] = []
+    n_runs = 0  # runs of the slabs before
+    rest: Optional[torch.Tensor] = None  # depth-order positions still to process (after the first)
+    first = True
+    while True:
+        if first:  # the nearest points: a plain slice of the depth order
+            sel, m = slice(0, min(per_slab, n)), min(per_slab, n)
+            rest = torch.arange(m, n, device=st.device) if n > m else None
+            uu, vv, ci, cj, ids = us[sel], vs[sel], ci_all[sel], cj_all[sel], order[sel]
+        else:
+            if rest is None:
+                break
+            rest = _cull_occluded(st, rest, ci_all, cj_all)
+            if rest.numel() == 0:
+                break
+            sel, rest = rest[:per_slab], (rest[per_slab:] if rest.numel() > per_slab else None)
+            uu, vv, ci, cj, ids = (t.index_select(0, sel) for t in (us, vs, ci_all, cj_all, order))
+            m = sel.numel()
+        key_s, shift, pix_mask = _slab_keys(st, uu, vv, ci, cj, m, first)
+        if key_s.numel() > 0:
+            part = _composite_slab(
+                st, key_s, shift, pix_mask, uu, vv, ids, first, n_runs, order.dtype)
+            parts.append(part)
+            n_runs += part[4].numel()
+        first = False
+    return parts
+
+
+def _cull_occluded(st: _SlabState, rest, ci_all, cj_all):
+    """Occlusion culling (exact): the positions in `rest` whose point's footprint window still
+    holds an open pixel (the others are dropped)."""
+    reach = dilate_bool(st.open_px.view(st.h, st.w), st.half).view(-1)
+    cell = (cj_all.index_select(0, rest).clamp_(0, st.h - 1) * st.w
+            + ci_all.index_select(0, rest).clamp_(0, st.w - 1))
+    return _compress(rest, reach.index_select(0, cell))
+
+
 @torch.no_grad()
 def select_fragments(
     u: torch.Tensor,
@@ -347,45 +402,14 @@ def select_fragments(
         order = order.int()
     # 1. up to `depth_slabs` slabs of at least `min_slab_points` points (a slab has a fixed cost of
     # some 60 tensor operations), more when the memory bound requires
-    n_slabs = max(min(int(depth_slabs), -(-n // max(int(min_slab_points), 1))), 1,
-                  -(-n * st.n_off // max(int(max_fragments_per_chunk), 1)))
-    if device.type == "cpu":  # slabs small enough for 32-bit (pixel, position) keys, when not tiny
-        per_key = 1 << max(32 - int(st.P - 1).bit_length(), 0)
-        if per_key >= _MIN_KEY_SLAB:
-            n_slabs = max(n_slabs, -(-n // per_key))
+    n_slabs = _slab_count(st, n, depth_slabs, min_slab_points, max_fragments_per_chunk)
     per_slab = -(-n // n_slabs)  # points per slab (the last slabs may hold fewer, or be culled away)
-    parts: List[tuple] = []
-    n_runs = 0  # runs of the slabs before
     ci_all, cj_all = torch.floor(us).int(), torch.floor(vs).int()
     half = st.half
     st.interior = n == 0 or bool(  # no footprint window crosses the image border
         (ci_all.min() >= half) & (ci_all.max() < w - half) & (cj_all.min() >= half) & (cj_all.max() < h - half))
-    rest: Optional[torch.Tensor] = None  # depth-order positions still to process (after the first slab)
-    first = True
     # 2. slab by slab, front to back: select, key, composite
-    while True:
-        if first:  # the nearest points: a plain slice of the depth order
-            sel, m = slice(0, min(per_slab, n)), min(per_slab, n)
-            rest = torch.arange(m, n, device=device) if n > m else None
-            uu, vv, ci, cj, ids = us[sel], vs[sel], ci_all[sel], cj_all[sel], order[sel]
-        else:
-            if rest is None:
-                break
-            # occlusion culling (exact): a point whose footprint window holds no open pixel is dropped
-            reach = dilate_bool(st.open_px.view(h, w), half).view(-1)
-            cell = cj_all.index_select(0, rest).clamp_(0, h - 1) * w + ci_all.index_select(0, rest).clamp_(0, w - 1)
-            rest = _compress(rest, reach.index_select(0, cell))
-            if rest.numel() == 0:
-                break
-            sel, rest = rest[:per_slab], (rest[per_slab:] if rest.numel() > per_slab else None)
-            uu, vv, ci, cj, ids = (t.index_select(0, sel) for t in (us, vs, ci_all, cj_all, order))
-            m = sel.numel()
-        key_s, shift, pix_mask = _slab_keys(st, uu, vv, ci, cj, m, first)
-        if key_s.numel() > 0:
-            part = _composite_slab(st, key_s, shift, pix_mask, uu, vv, ids, first, n_runs, order.dtype)
-            parts.append(part)
-            n_runs += part[4].numel()
-        first = False
+    parts = _composite_slabs(st, us, vs, ci_all, cj_all, order, per_slab)
     # 3. each slab's fragments are grouped by pixel; a pixel reached in several slabs has one run per
     # slab, in depth order (the compositing sums runs, so no global re-sort is needed)
     if not parts:

@@ -314,6 +314,88 @@ def _sample_bilinear(img: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tor
     return out[0, :, 0].T
 
 
+@dataclass
+class _Reference:
+    """What every view of the build needs of the reference view (at the build resolution)."""
+
+    camera: ViewCamera
+    depth_z: torch.Tensor  # [R, R] rendered z-depth
+    image: torch.Tensor  # [R, R, 3] the reference image in [0, 1]
+    visible: torch.Tensor  # [R, R] bool: its mask for the reference-visibility test
+
+
+def _reference_points(render_fn, ref_cam, reference_rgb, reference_mask, cfg, depth_type, device):
+    """Step 1: (the reference, [N] pixel indices, [N, 3] points): the opaque and masked pixels of
+    the reference view, eroded, back-projected with the rendered depth and z-buffered."""
+    R = cfg.resolution
+    _, ref_z, ref_op = _render(render_fn, ref_cam, depth_type, device)
+    dev = ref_z.device
+    ref_img = _resize(_as_map(reference_rgb, dev, channels=3)[..., :3], R, R).clamp(0, 1)
+    ref_vis = ref_op > cfg.opacity_threshold
+    if reference_mask is not None:
+        m = _as_map(reference_mask, dev)
+        ref_vis &= _resize(m.float() if m.dtype == torch.bool else m, R, R) > 0.5
+    ref_mask = erode(ref_vis, cfg.px(cfg.reference_erosion_px))
+    pix = ref_mask.reshape(-1).nonzero().squeeze(1)
+    pts = backproject(ref_z.reshape(-1)[pix], pix, ref_cam)
+    keep = zbuffer_filter(pts, ref_cam, cfg.zbuffer_radius_px, cfg)
+    vis_mask = erode(ref_vis, cfg.px(cfg.reference_visible_erosion_px))
+    return _Reference(ref_cam, ref_z, ref_img, vis_mask), pix[keep], pts[keep]
+
+
+def _novel_view_points(render_fn, cam, depth_type, dev, existing, ref: _Reference, cfg):
+    """Steps 2-3 for one view: ([N, 3] new points, [N, 3] colours, [N] reference-visible flags,
+    the view's stats): its eroded mask minus depth edges and minus what `existing` covers,
+    back-projected and z-buffered, coloured from its render (from the reference where seen)."""
+    rgb, z, op = _render(render_fn, cam, depth_type, dev)
+    mask = erode(op > cfg.opacity_threshold, cfg.px(cfg.novel_erosion_px))
+    edges = depth_edges(z, op > cfg.opacity_threshold, cam.focal, cfg.depth_edge_slope_deg)
+    mask &= ~dilate(edges, cfg.px(cfg.depth_edge_dilation_px))
+    opaque = op > cfg.opacity_threshold
+    covered = coverage_mask(existing, cam, z, opaque, cfg)
+    if cfg.coverage_erosion_px > 0:
+        covered = erode(covered, cfg.px(cfg.coverage_erosion_px))
+    new = mask & ~covered
+    pix = new.reshape(-1).nonzero().squeeze(1)
+    pts = backproject(z.reshape(-1)[pix], pix, cam)
+    keep = zbuffer_filter(pts, cam, cfg.zbuffer_radius_px, cfg)
+    pix, pts = pix[keep], pts[keep]
+    col = rgb.reshape(-1, 3)[pix].clamp(0, 1)
+    flag = _flag_reference_visible(pts, col, ref, cfg)
+    stats = {
+        "elevation_deg": cam.elevation_deg, "azimuth_deg": cam.azimuth_deg,
+        "mask": int(mask.sum()), "covered": int((mask & covered).sum()),
+        "added": int(len(pts)), "reference_visible": int(flag.sum()),
+    }
+    return pts, col, flag, stats
+
+
+def _flag_reference_visible(pts, col, ref: _Reference, cfg) -> torch.Tensor:
+    """Step 3: [N] bool, the novel points the reference camera sees (strict test); with
+    `recolor_reference_visible` their colours `col` are resampled from the reference image."""
+    flag = torch.zeros(len(pts), dtype=torch.bool, device=ref.depth_z.device)
+    if len(pts):
+        flag, u, v = visible_in_view(pts, ref.camera, ref.depth_z, ref.visible, cfg, strict=True)
+        if cfg.recolor_reference_visible and bool(flag.any()):
+            col[flag] = _sample_bilinear(ref.image, u[flag], v[flag]).to(col.dtype)
+    return flag
+
+
+def _apply_budget(positions, colors, flags, sources, cfg, dev):
+    """Step 4: at most `max_points` points, a seeded random subset in the original order:
+    reference points are kept while they fit, the novel points fill the rest."""
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    ref_ids = (sources == 0).nonzero().squeeze(1).cpu()
+    nov_ids = (sources != 0).nonzero().squeeze(1).cpu()
+    if len(ref_ids) >= cfg.max_points:
+        chosen = ref_ids[torch.randperm(len(ref_ids), generator=gen)[: cfg.max_points]]
+    else:
+        take = cfg.max_points - len(ref_ids)
+        chosen = torch.cat([ref_ids, nov_ids[torch.randperm(len(nov_ids), generator=gen)[:take]]])
+    chosen = chosen.sort().values.to(dev)
+    return positions[chosen], colors[chosen], flags[chosen], sources[chosen]
+
+
 def build_point_cloud(
     render_fn: RenderFn,
     reference_camera: ViewCamera,
@@ -337,79 +419,36 @@ def build_point_cloud(
     views = [c if (c.height, c.width) == (R, R) else c.resized(R) for c in views]
 
     # ---- 1. reference view: rendered depth, reference colours
-    _, ref_z, ref_op = _render(render_fn, ref_cam, depth_type, device)
-    dev = ref_z.device
-    ref_img = _resize(_as_map(reference_rgb, dev, channels=3)[..., :3], R, R).clamp(0, 1)
-    ref_vis = ref_op > cfg.opacity_threshold
-    if reference_mask is not None:
-        m = _as_map(reference_mask, dev)
-        ref_vis &= _resize(m.float() if m.dtype == torch.bool else m, R, R) > 0.5
-    ref_mask = erode(ref_vis, cfg.px(cfg.reference_erosion_px))
-    pix = ref_mask.reshape(-1).nonzero().squeeze(1)
-    pts = backproject(ref_z.reshape(-1)[pix], pix, ref_cam)
-    keep = zbuffer_filter(pts, ref_cam, cfg.zbuffer_radius_px, cfg)
-    pix, pts = pix[keep], pts[keep]
+    ref, pix, pts = _reference_points(
+        render_fn, ref_cam, reference_rgb, reference_mask, cfg, depth_type, device)
+    dev = ref.depth_z.device
     positions = [pts]
-    colors = [ref_img.reshape(-1, 3)[pix]]
+    colors = [ref.image.reshape(-1, 3)[pix]]
     flags = [torch.ones(len(pts), dtype=torch.bool, device=dev)]
     sources = [torch.zeros(len(pts), dtype=torch.long, device=dev)]
     stats: Dict[str, Any] = {"reference": int(len(pts)), "views": []}
-    vis_mask = erode(ref_vis, cfg.px(cfg.reference_visible_erosion_px))
     if log:
         log(f"reference view: {len(pts)} points")
 
     # ---- 2. the views all around: only what no existing point covers
+    # ---- 3. (in each view) novel points the reference camera sees
     for vi, cam in enumerate(views, start=1):
-        rgb, z, op = _render(render_fn, cam, depth_type, dev)
-        mask = erode(op > cfg.opacity_threshold, cfg.px(cfg.novel_erosion_px))
-        edges = depth_edges(z, op > cfg.opacity_threshold, cam.focal, cfg.depth_edge_slope_deg)
-        mask &= ~dilate(edges, cfg.px(cfg.depth_edge_dilation_px))
-        opaque = op > cfg.opacity_threshold
-        covered = coverage_mask(torch.cat(positions), cam, z, opaque, cfg)
-        if cfg.coverage_erosion_px > 0:
-            covered = erode(covered, cfg.px(cfg.coverage_erosion_px))
-        new = mask & ~covered
-        pix = new.reshape(-1).nonzero().squeeze(1)
-        pts = backproject(z.reshape(-1)[pix], pix, cam)
-        keep = zbuffer_filter(pts, cam, cfg.zbuffer_radius_px, cfg)
-        pix, pts = pix[keep], pts[keep]
-        col = rgb.reshape(-1, 3)[pix].clamp(0, 1)
-        # ---- 3. novel points the reference camera sees
-        flag = torch.zeros(len(pts), dtype=torch.bool, device=dev)
-        if len(pts):
-            flag, u, v = visible_in_view(pts, ref_cam, ref_z, vis_mask, cfg, strict=True)
-            if cfg.recolor_reference_visible and bool(flag.any()):
-                col[flag] = _sample_bilinear(ref_img, u[flag], v[flag]).to(col.dtype)
+        pts, col, flag, view_stats = _novel_view_points(
+            render_fn, cam, depth_type, dev, torch.cat(positions), ref, cfg)
         positions.append(pts)
         colors.append(col)
         flags.append(flag)
         sources.append(torch.full((len(pts),), vi, dtype=torch.long, device=dev))
-        stats["views"].append({
-            "elevation_deg": cam.elevation_deg, "azimuth_deg": cam.azimuth_deg, "mask": int(mask.sum()),
-            "covered": int((mask & covered).sum()), "added": int(len(pts)), "reference_visible": int(flag.sum()),
-        })
+        stats["views"].append(view_stats)
         if log:
-            log(f"view {vi}/{len(views)} (elev {cam.elevation_deg:+.0f}, azim {cam.azimuth_deg:+.0f}): "
-                f"{int(mask.sum())} mask px, {int((mask & covered).sum())} covered, {len(pts)} new points")
+            log(f"view {vi}/{len(views)} (elev {cam.elevation_deg:+.0f}, "
+                f"azim {cam.azimuth_deg:+.0f}): {view_stats['mask']} mask px, "
+                f"{view_stats['covered']} covered, {len(pts)} new points")
 
-    positions_t = torch.cat(positions)
-    colors_t = torch.cat(colors)
-    flags_t = torch.cat(flags)
-    sources_t = torch.cat(sources)
+    cloud = torch.cat(positions), torch.cat(colors), torch.cat(flags), torch.cat(sources)
     # ---- 4. budget
-    n = len(positions_t)
-    stats["before_budget"] = n
-    if n > cfg.max_points:
-        gen = torch.Generator().manual_seed(int(cfg.seed))
-        ref_ids = (sources_t == 0).nonzero().squeeze(1).cpu()
-        nov_ids = (sources_t != 0).nonzero().squeeze(1).cpu()
-        if len(ref_ids) >= cfg.max_points:
-            chosen = ref_ids[torch.randperm(len(ref_ids), generator=gen)[: cfg.max_points]]
-        else:
-            take = cfg.max_points - len(ref_ids)
-            chosen = torch.cat([ref_ids, nov_ids[torch.randperm(len(nov_ids), generator=gen)[:take]]])
-        chosen = chosen.sort().values.to(dev)
-        positions_t, colors_t = positions_t[chosen], colors_t[chosen]
-        flags_t, sources_t = flags_t[chosen], sources_t[chosen]
-    stats["points"] = int(len(positions_t))
-    return PointCloud(positions_t, colors_t, flags_t, sources_t, views, stats)
+    stats["before_budget"] = len(cloud[0])
+    if len(cloud[0]) > cfg.max_points:
+        cloud = _apply_budget(*cloud, cfg, dev)
+    stats["points"] = int(len(cloud[0]))
+    return PointCloud(*cloud, views, stats)

@@ -297,39 +297,75 @@ class MakeIt3DPrior:
         Returns `loss_<term>` scalars plus `t`, `use_clip_d`, `is_back` ([B]), `grad_norm`,
         `latents`, `x0_pred` (detached) and, with `return_eval`, an `eval` dict of images.
         """
+        want = self._wanted_terms(terms)
+        b = images.shape[0]
+        device = images.device
+        out: Dict[str, Any] = {}
+        relative_azimuth, out["is_back"] = self._back_views(relative_azimuth, b, device)
+        if want & set(RAW_CLIP_TERMS):
+            out.update(self._raw_clip_losses(images, want, as_latents, background))
+        if not want & set(DIFFUSION_TERMS):
+            return out
+
+        latents = self._latents(images, as_latents)
+        t, noise = self._timesteps_and_noise(latents, t, noise, b, device, generator)
+        use_clip_d = select_clip_d(t, relative_azimuth, self.clip_d_max_step, self.cfg.back_threshold_deg)
+        z_t = self.noisy_latents(latents, t, noise)
+        eps_hat = self.predict_noise(z_t, t)
+        x0 = self.predict_x0(z_t, t, eps_hat)
+        if "sds" in want:
+            out.update(self._sds_loss(latents, eps_hat, noise, t, use_clip_d, b))
+        if want & set(CLIP_D_TERMS):
+            out.update(self._clip_d_losses(latents, x0, use_clip_d, want, background, b))
+
+        out.update(t=t, use_clip_d=use_clip_d, latents=latents.detach(), x0_pred=x0.detach(), noise=noise)
+        if return_eval:
+            out["eval"] = self._eval_images(z_t, t, eps_hat, x0)
+        return out
+
+    @staticmethod
+    def _wanted_terms(terms: Optional[Iterable[str]]) -> set:
+        """The set of terms to compute (None: all of TERMS); an unknown term is an error."""
         want = set(TERMS if terms is None else terms)
         unknown = want - set(TERMS)
         if unknown:
             raise ValueError(f"unknown Make-It-3D prior terms {sorted(unknown)}; known: {TERMS}")
-        b = images.shape[0]
-        device = images.device
-        out: Dict[str, Any] = {}
-        if relative_azimuth is not None:
-            relative_azimuth = torch.as_tensor(relative_azimuth, device=device).float().reshape(-1).expand(b)
-            out["is_back"] = is_back_view(relative_azimuth, 0.0, self.cfg.back_threshold_deg)
-        else:
-            out["is_back"] = torch.zeros(b, dtype=torch.bool, device=device)
+        return want
 
-        if want & set(RAW_CLIP_TERMS):
-            if as_latents:
-                raise ValueError("the raw-render CLIP terms need images, not latents")
-            emb = self._clip_image(images)
-            if "clip_img" in want:
-                ref = self.reference_embeddings(background).to(emb)
-                out["loss_clip_img"] = -(emb * ref).sum(-1).mean()
-            if "clip_txt" in want:
-                txt = self._need(self.text_embedding, "text").to(emb)
-                out["loss_clip_txt"] = -(emb * txt).sum(-1).mean()
+    def _back_views(self, relative_azimuth, b: int, device):
+        """(relative azimuth as [B] floats or None, [B] bool back-view flags: none without one)."""
+        if relative_azimuth is None:
+            return None, torch.zeros(b, dtype=torch.bool, device=device)
+        relative_azimuth = torch.as_tensor(relative_azimuth, device=device).float()
+        relative_azimuth = relative_azimuth.reshape(-1).expand(b)
+        return relative_azimuth, is_back_view(relative_azimuth, 0.0, self.cfg.back_threshold_deg)
 
-        if not want & set(DIFFUSION_TERMS):
-            return out
-
+    def _raw_clip_losses(self, images, want: set, as_latents: bool, background) -> Dict[str, Any]:
+        """The raw-render CLIP terms asked for: -cos(CLIP(render), reference / caption)."""
         if as_latents:
-            latents = images.float()
-            if latents.shape[-2:] != (self.latent_size, self.latent_size):
-                latents = F.interpolate(latents, (self.latent_size, self.latent_size), mode="bilinear", align_corners=False)
-        else:
-            latents = self.encode(images)
+            raise ValueError("the raw-render CLIP terms need images, not latents")
+        out: Dict[str, Any] = {}
+        emb = self._clip_image(images)
+        if "clip_img" in want:
+            ref = self.reference_embeddings(background).to(emb)
+            out["loss_clip_img"] = -(emb * ref).sum(-1).mean()
+        if "clip_txt" in want:
+            txt = self._need(self.text_embedding, "text").to(emb)
+            out["loss_clip_txt"] = -(emb * txt).sum(-1).mean()
+        return out
+
+    def _latents(self, images: torch.Tensor, as_latents: bool) -> torch.Tensor:
+        """The latents to noise: `images` themselves (resized) with `as_latents`, else encoded."""
+        if not as_latents:
+            return self.encode(images)
+        latents = images.float()
+        size = (self.latent_size, self.latent_size)
+        if latents.shape[-2:] != size:
+            latents = F.interpolate(latents, size, mode="bilinear", align_corners=False)
+        return latents
+
+    def _timesteps_and_noise(self, latents, t, noise, b: int, device, generator):
+        """([B] long timesteps, noise like the latents): the given ones, or drawn (t first)."""
         if t is None:
             t = self.sample_timesteps(b, device, generator)
         t = torch.as_tensor(t, device=device).long().reshape(-1).expand(b)
@@ -337,39 +373,35 @@ class MakeIt3DPrior:
             if generator is None:
                 noise = torch.randn_like(latents)
             else:
-                noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents)
-        use_clip_d = select_clip_d(t, relative_azimuth, self.clip_d_max_step, self.cfg.back_threshold_deg)
-        z_t = self.noisy_latents(latents, t, noise)
-        eps_hat = self.predict_noise(z_t, t)
-        x0 = self.predict_x0(z_t, t, eps_hat)
-        zero = latents.sum() * 0.0  # a zero that keeps the graph (a step with no active item)
+                noise = torch.randn(latents.shape, generator=generator, device=generator.device)
+                noise = noise.to(latents)
+        return t, noise
 
-        if "sds" in want:
-            grad = self.sds_gradient(eps_hat, noise, t) * (~use_clip_d).to(latents.dtype).view(-1, 1, 1, 1)
-            target = (latents - grad).detach()
-            out["loss_sds"] = 0.5 * F.mse_loss(latents, target, reduction="sum") / b
-            out["grad_norm"] = grad.norm()
+    def _sds_loss(self, latents, eps_hat, noise, t, use_clip_d, b: int) -> Dict[str, Any]:
+        """`loss_sds` over the items not on the CLIP-D branch, and the SDS gradient's norm."""
+        keep = (~use_clip_d).to(latents.dtype).view(-1, 1, 1, 1)
+        grad = self.sds_gradient(eps_hat, noise, t) * keep
+        target = (latents - grad).detach()
+        loss = 0.5 * F.mse_loss(latents, target, reduction="sum") / b
+        return {"loss_sds": loss, "grad_norm": grad.norm()}
 
-        if want & set(CLIP_D_TERMS):
-            idx = use_clip_d.nonzero(as_tuple=True)[0]
-            if idx.numel() == 0:
-                for k in CLIP_D_TERMS:
-                    if k in want:
-                        out[f"loss_{k}"] = zero
-            else:
-                if self.decode_fn is None:
-                    raise RuntimeError("CLIP-D needs a decoder")
-                emb = self._clip_image(self.decode_fn(x0[idx]))
-                if "clip_d" in want:
-                    ref = self.reference_embeddings(None if background is None else background[idx]).to(emb)
-                    out["loss_clip_d"] = -(emb * ref).sum(-1).sum() / b
-                if "clip_d_txt" in want:
-                    txt = self._need(self.text_embedding, "text").to(emb)
-                    out["loss_clip_d_txt"] = -(emb * txt).sum(-1).sum() / b
-
-        out.update(t=t, use_clip_d=use_clip_d, latents=latents.detach(), x0_pred=x0.detach(), noise=noise)
-        if return_eval:
-            out["eval"] = self._eval_images(z_t, t, eps_hat, x0)
+    def _clip_d_losses(self, latents, x0, use_clip_d, want: set, background, b: int):
+        """The CLIP-D terms asked for, over the items on the CLIP-D branch (x0^ decoded)."""
+        idx = use_clip_d.nonzero(as_tuple=True)[0]
+        if idx.numel() == 0:
+            zero = latents.sum() * 0.0  # a zero that keeps the graph (a step with no active item)
+            return {f"loss_{k}": zero for k in CLIP_D_TERMS if k in want}
+        if self.decode_fn is None:
+            raise RuntimeError("CLIP-D needs a decoder")
+        out: Dict[str, Any] = {}
+        emb = self._clip_image(self.decode_fn(x0[idx]))
+        if "clip_d" in want:
+            bg = None if background is None else background[idx]
+            ref = self.reference_embeddings(bg).to(emb)
+            out["loss_clip_d"] = -(emb * ref).sum(-1).sum() / b
+        if "clip_d_txt" in want:
+            txt = self._need(self.text_embedding, "text").to(emb)
+            out["loss_clip_d_txt"] = -(emb * txt).sum(-1).sum() / b
         return out
 
     @torch.no_grad()
