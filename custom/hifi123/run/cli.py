@@ -12,6 +12,7 @@ import sys
 from typing import List, Optional
 
 from ..errors import Hifi123Error
+from . import slurm
 from .plan import METHODS, RunOptions, parse_override
 
 EPILOG = """\
@@ -34,6 +35,9 @@ examples:
   hifi123 run photo.jpg --gpu 0,1                      # one object on two GPUs (Lightning DDP)
   hifi123 run photo.jpg --set trainer.max_steps=2000 --set refine:system.loss.lambda_rgb=500
   hifi123 run --manifest images.txt --gpus 0,1,2,3     # one worker per GPU, images shared round-robin
+  hifi123 run --manifest images.txt --backend slurm --partition gpu --time 04:00:00
+                                                       # one Slurm array job, one task per image
+  hifi123 run --manifest images.txt --status           # the summary table now (either backend)
 """
 
 _GPU_SPEC = re.compile(r"^\d+(,\d+)*$")
@@ -60,6 +64,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the exact commands, run nothing")
     p.add_argument("--quiet", action="store_true", help="stage output only to the log files")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    slurm.add_arguments(p)  # --backend slurm, its options, --status
     p.set_defaults(func=run)
     return p
 
@@ -96,7 +101,7 @@ def options_from_args(args) -> RunOptions:
             raise _bad(f"bad --set: {err}", "KEY=VALUE (both training stages) or STAGE:KEY=VALUE") from err
     if args.prompt is not None and not args.prompt.strip():
         raise _bad("--prompt is empty", "a caption such as 'a ceramic owl'")
-    root = find_threestudio_root(args.threestudio_root)
+    root = "" if getattr(args, "status", False) else find_threestudio_root(args.threestudio_root)
     image = os.path.abspath(os.path.expanduser(args.image)) if args.image else ""
     return RunOptions(image=image, method=args.method, out=os.path.abspath(os.path.expanduser(args.out)),
                       gpu=args.gpu or "0", lowvram=args.lowvram, threestudio_root=root, python=sys.executable,
@@ -104,7 +109,12 @@ def options_from_args(args) -> RunOptions:
 
 
 def run(args) -> int:
+    sopts = slurm.options_from_args(args)  # --backend and its options: checked first
     opts = options_from_args(args)
+    if args.status:
+        return slurm.print_status(args.manifest, opts)
+    if sopts is not None:
+        return slurm.submit_manifest(args.manifest, opts, sopts, dry_run=args.dry_run)
     if args.manifest:
         from .manifest import run_manifest
 
