@@ -20,7 +20,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo", "srun")
@@ -210,10 +210,12 @@ PartitionName=debug Nodes=localnode Default=YES MaxTime=INFINITE State=UP
             for n, p in self.procs.items()
             if p.poll() is not None
         ]
-        tails = "\n".join(f"--- {log.name}:\n{_tail(log)}" for log in logs)
+        consoles = [self.folder / "log" / f"{n}.console" for n in self.procs]
+        shown = [log for log in [*logs, *consoles] if log.is_file() and log.stat().st_size]
+        tails = "\n".join(f"--- {log.name}:\n{_tail(log)}" for log in shown)
         raise Unavailable(
-            f"{what} did not come up in {timeout:.0f} s"
-            + (f" ({'; '.join(dead)})" if dead else "")
+            f"{what} did not come up "
+            + (f"({'; '.join(dead)})" if dead else f"in {timeout:.0f} s")
             + f"\n{tails}"
         )
 
@@ -280,6 +282,3 @@ def start(folder: Path, timeout: float = 40) -> Cluster:
         raise Unavailable(f"could not start Slurm: {type(err).__name__}: {err}") from err
     return cluster
 
-
-def find_pids_of(conf: Optional[str]) -> List[int]:  # for checks after stop()
-    return Cluster(Path(conf).parent).leftover_pids() if conf else []
