@@ -297,15 +297,26 @@ def test_status_reads_records_and_the_queue(tmp_path, monkeypatch):
         base, {t: {"job": f"9_{k}", "log": f"/l/9_{k}_0_log.out"} for k, t in enumerate("abc")}
     )
     monkeypatch.setattr(slurm, "queue_states", lambda: {"9_1": ("PENDING", "BeginTime")})
+    monkeypatch.delenv("THREESTUDIO_ROOT", raising=False)
     code, out, err = _cli(
-        ["--manifest", man, "--status", "--threestudio-root", root, "--out", base.out]
-    )
+        ["--manifest", man, "--status", "--out", base.out]
+    )  # needs no threestudio
     assert code == 2, err
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert "**queued**" in rows["b"] and "9_1" in rows["b"]  # requeued: waiting for its turn
     assert "**interrupted**" in rows["c"] and "/l/9_2_0_log.out" in rows["c"]  # gone without a word
     assert "| done |" in rows["a"] and "9_0" in rows["a"]
     assert not (tmp_path / "out" / "summary-hifi123.md").exists()  # --status only reads
+
+
+def test_dry_run_prints_the_submission_and_submits_nothing(tmp_path, fake_slurm_bin):
+    pytest.importorskip("submitit")
+    argv = _args(tmp_path, "--backend", "slurm", "--time", "02:00:00", "--slurm-opt", "qos=high")
+    code, out, err = _cli(argv + ["--dry-run"])
+    assert code == 0, err
+    assert "2 to submit" in out and "--time=02:00:00 --gres=gpu:1 --qos=high" in out
+    assert "### array task 0:" in out and "### array task 1:" in out and "launch.py" in out
+    assert not fake_slurm_bin.exists() and not (tmp_path / "out" / "slurm").exists()
 
 
 # ------------------------------------------------------------------------- the task itself
