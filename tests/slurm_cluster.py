@@ -20,7 +20,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo", "srun")
@@ -83,16 +83,17 @@ class Cluster:
             if len(p) == 3
         }
 
-    def release_held(self) -> List[str]:
-        """Start requeued jobs now: Slurm holds a requeued batch job for two minutes
-        (reason BeginTime), too long for a test."""
+    def release_held(self, time_limit: Optional[int] = None) -> List[str]:
+        """Start requeued jobs now: Slurm holds a requeued batch job for two minutes (reason
+        BeginTime), too long for a test. `time_limit`: give them that many minutes as well."""
         held = [
             job
             for job, (state, reason) in self.queue().items()
             if state == "PENDING" and reason == "BeginTime"
         ]
+        extra = [f"TimeLimit={time_limit}"] if time_limit else []
         for job in held:
-            self.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
+            self.run("scontrol", "update", f"JobId={job}", "StartTime=now", *extra, check=False)
         return held
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -281,4 +282,3 @@ def start(folder: Path, timeout: float = 40) -> Cluster:
         cluster.stop()
         raise Unavailable(f"could not start Slurm: {type(err).__name__}: {err}") from err
     return cluster
-

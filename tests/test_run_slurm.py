@@ -425,12 +425,14 @@ def on_cluster(cluster, monkeypatch):
 
 
 class _Chaos(threading.Thread):
-    """While a submission runs: preempt the task of `tag` once it hangs in `stage` (Slurm's USR2, as
-    at a time limit or a preemption), and start requeued tasks without Slurm's two-minute hold."""
+    """While a submission runs: once the task of `tag` hangs in `stage`, send it USR2 (what Slurm
+    sends before a time limit or a preemption) or, with `shorten`, cut its time limit to one
+    minute so that Slurm sends it; start requeued tasks without Slurm's two-minute hold."""
 
-    def __init__(self, cluster, base, hang=None):
+    def __init__(self, cluster, base, hang=None, requeue_time_limit=None, shorten=False):
         super().__init__(daemon=True)
         self.cluster, self.base, self.hang = cluster, base, hang
+        self.requeue_time_limit, self.shorten = requeue_time_limit, shorten
         self.stop, self.signalled, self.released = threading.Event(), None, []
 
     def run(self):
@@ -439,9 +441,12 @@ class _Chaos(threading.Thread):
                 tag, stage = self.hang
                 if os.path.exists(os.path.join(self.base.out, f"hanging-{tag}-{stage}")):
                     job = slurm.load_jobs(self.base)[tag]["job"]
-                    self.cluster.run("scancel", "--signal=USR2", job)
+                    if self.shorten:  # Slurm itself warns it: the time limit is near
+                        self.cluster.run("scontrol", "update", f"JobId={job}", "TimeLimit=1")
+                    else:  # what Slurm sends at a time limit or a preemption
+                        self.cluster.run("scancel", "--signal=USR2", job)
                     self.signalled = job
-            self.released += self.cluster.release_held()
+            self.released += self.cluster.release_held(self.requeue_time_limit)
             self.stop.wait(0.5)
 
 
@@ -565,6 +570,45 @@ def test_array_job_on_a_real_slurm(tmp_path, on_cluster):
     assert slurm.load_jobs(base)["bad"]["job"].split("_")[0] != ids["bad"].split("_")[0]
     assert "good: done already" in "\n".join(lines)
     assert time.time() - t0 < 180
+
+
+def test_time_limit_requeues_and_resumes_on_a_real_slurm(tmp_path, on_cluster):
+    """No signal from the test: once the task hangs in its coarse stage, the test shortens its
+    time limit to one minute, and Slurm's own warning (USR2, 90 s before the limit, sent at
+    slurmctld's next check) stops it; it is requeued (back to ten minutes, so that Slurm does not
+    warn it again mid-run) and resumes from the checkpoint."""
+    root = fake_threestudio(tmp_path)
+    man = write_manifest(tmp_path, ["long.png"])
+    (entry,) = mf.read_manifest(man)
+    base = pl.RunOptions(image="", out=str(tmp_path / "out"), threestudio_root=root, python=PY)
+    fake = CountingExecutor(
+        mf.entry_options(base, entry, "0"), hang={("long", "coarse")}, hang_seconds=100
+    )
+    chaos = _Chaos(on_cluster, base, hang=("long", "coarse"), requeue_time_limit=10, shorten=True)
+    chaos.start()
+    lines = []
+    try:
+        code = slurm.submit_manifest(
+            man,
+            base,
+            slurm.SlurmOptions(time_min=10, time_text="00:10:00"),
+            execute=fake,
+            poll_seconds=0.5,
+            say=lines.append,
+        )
+    finally:
+        chaos.stop.set()
+        chaos.join()
+    assert code == 0, "\n".join(lines)
+    job = slurm.load_jobs(base)["long"]["job"]
+    assert chaos.signalled == job and chaos.released == [job]  # requeued once
+    calls = _calls(base.out)
+    assert {k: len(v) for k, v in calls.items()} == {
+        ("long", s): (2 if s == "coarse" else 1) for s in EXECUTED
+    }
+    assert calls[("long", "coarse")][1]["resume"].endswith(os.path.join("ckpts", "last.ckpt"))
+    log = open(slurm.load_jobs(base)["long"]["log"]).read()
+    assert "Caught signal SIGUSR2" in log and "requeueing long" in log and "restart 1" in log
 
 
 def _tree(out):
