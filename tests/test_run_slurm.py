@@ -311,10 +311,13 @@ def test_status_reads_records_and_the_queue(tmp_path, monkeypatch):
 
 def test_dry_run_prints_the_submission_and_submits_nothing(tmp_path, fake_slurm_bin):
     pytest.importorskip("submitit")
-    argv = _args(tmp_path, "--backend", "slurm", "--time", "02:00:00", "--slurm-opt", "qos=high")
+    argv = _args(tmp_path, "--backend", "slurm", "--time", "01:59:30", "--slurm-opt", "qos=high")
     code, out, err = _cli(argv + ["--dry-run"])
     assert code == 0, err
-    assert "2 to submit" in out and "--time=02:00:00 --gres=gpu:1 --qos=high" in out
+    assert (
+        "2 to submit" in out
+        and "--time=120 (minutes: 01:59:30, rounded up) --gres=gpu:1 --qos=high" in out
+    )
     assert "### array task 0:" in out and "### array task 1:" in out and "launch.py" in out
     assert not fake_slurm_bin.exists() and not (tmp_path / "out" / "slurm").exists()
 

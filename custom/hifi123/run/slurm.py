@@ -54,21 +54,21 @@ from .runner import (
 
 INSTALL_FIX = "pip install 'hifi123[slurm]'   (or: pip install submitit)"
 DEFAULT_TIME = "24:00:00"
-#: sbatch options this backend sets itself: not allowed in --slurm-opt (the flag to use instead)
+#: sbatch options this backend sets itself, refused in --slurm-opt: what to do instead
 OWN_OPTIONS = {
-    "partition": "--partition P",
-    "time": "--time HH:MM:SS",
-    "gres": "--gpus-per-job N (a GPU model: --slurm-opt constraint=MODEL)",
-    "gpus": "--gpus-per-job N",
-    "gpus-per-node": "--gpus-per-job N",
-    "gpus-per-task": "--gpus-per-job N",
-    "array": "--max-parallel N (one task per image)",
-    "output": "nothing: each task logs to OUT/slurm/<variant>/",
-    "error": "nothing: see output",
-    "open-mode": "nothing: logs are appended",
-    "signal": "nothing: submitit's USR2 warning",
-    "wrap": "nothing: the job runs submitit's command",
-    "job-name": "nothing: hifi123-<variant>",
+    "partition": "use --partition P",
+    "time": "use --time HH:MM:SS",
+    "gres": "use --gpus-per-job N (for a GPU model: --slurm-opt constraint=MODEL)",
+    "gpus": "use --gpus-per-job N",
+    "gpus-per-node": "use --gpus-per-job N",
+    "gpus-per-task": "use --gpus-per-job N",
+    "array": "use --max-parallel N (the array has one task per image)",
+    "output": "drop it: each task logs to OUT/slurm/<variant>/<task>_0_log.out",
+    "error": "drop it: each task logs to OUT/slurm/<variant>/<task>_0_log.out",
+    "open-mode": "drop it: the task logs are appended to",
+    "signal": "drop it: the requeue relies on submitit's USR2 warning",
+    "wrap": "drop it: the job runs submitit's command",
+    "job-name": "drop it: the job is named hifi123-<variant>",
 }
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d+):(\d+)$")
 _KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_-]+$")
@@ -102,8 +102,10 @@ class SlurmOptions:
 
     def describe(self) -> str:
         extra = "".join(f" --{k}" + ("" if v is True else f"={v}") for k, v in self.extra)
+        rounded = self.time_min * 60 != _seconds(self.time_text)
         return (
-            f"--partition={self.partition or '(the default partition)'} --time={self.time_text} "
+            f"--partition={self.partition or '(the default partition)'} --time={self.time_min} "
+            f"(minutes: {self.time_text}{', rounded up' if rounded else ''}) "
             f"--gres=gpu:{self.gpus_per_job}"
             + (f" (at most {self.max_parallel} at once)" if self.max_parallel else "")
             + extra
@@ -115,6 +117,11 @@ class SlurmOptions:
 
 def _bad(what: str, expected: str, fix: str) -> Hifi123Error:
     return Hifi123Error(what, expected, fix)
+
+
+def _seconds(text: str) -> int:
+    days, hours, minutes, seconds = (int(g or 0) for g in _TIME.match(text.strip()).groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
 def parse_time(text: str) -> int:
@@ -131,7 +138,7 @@ def parse_time(text: str) -> int:
             expected,
             "e.g. --time 04:00:00",
         )
-    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    total = _seconds(text)
     if total <= 0:
         raise _bad(f"bad --time {text!r}: zero", expected, "e.g. --time 04:00:00")
     return -(-total // 60)
@@ -162,7 +169,7 @@ def parse_slurm_opt(text: str) -> Tuple[str, object]:
         raise _bad(
             f"--slurm-opt {text!r}: hifi123 sets --{key} itself",
             "options hifi123 does not set",
-            f"use {OWN_OPTIONS[key]}",
+            OWN_OPTIONS[key],
         )
     return key, (value if value != "" else True)
 
@@ -482,9 +489,8 @@ def slurm_summary(
             row["status"] = "interrupted"  # its task has left the queue without a word
         if row["status"] != "done":
             rec = load_record(row["record"]) or {}
-            stage_log = ((rec.get("stages") or {}).get(row.get("failed_stage") or "") or {}).get(
-                "log"
-            )
+            failed = (rec.get("stages") or {}).get(row.get("failed_stage") or "") or {}
+            stage_log = failed.get("log")
             row["log"] = stage_log if stage_log and os.path.isfile(stage_log) else job.get("log")
     counts: Dict[str, int] = {}
     for r in summary["images"]:
