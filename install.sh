@@ -41,6 +41,7 @@ COMMON_PINS=(
   pillow safetensors tqdm scipy imageio imageio-ffmpeg trimesh
   lpips==0.1.4 open_clip_torch==3.3.0 timm==1.0.31 torchmetrics
   pytest ruff selenium
+  submitit==1.5.4   # hifi123 run --backend slurm (the `slurm` extra); its tests start a real Slurm
 )
 # what threestudio imports at module level on CPU, and what launch.py / its exporter need (the six
 # GPU-only modules are stubbed by our test support instead): the threestudio-marked tests run as

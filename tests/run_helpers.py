@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import sys
+import time
 from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
@@ -126,7 +127,47 @@ class FakeExecutor:
         return 0
 
 
+class CountingExecutor(FakeExecutor):
+    """FakeExecutor for stages run in other processes (Slurm tasks): each call is appended to
+    `OUT/calls.jsonl` (tag, stage, resume checkpoint, pid) instead of kept in memory. `hang`:
+    (tag, stage) pairs whose first call writes a checkpoint, touches `OUT/hanging-<tag>-<stage>`
+    and sleeps until killed (at most `hang_seconds`, then it fails)."""
 
+    def __init__(self, *opts, fail=None, hang=(), hang_seconds=120):
+        super().__init__(*opts, fail=fail)
+        self.hang = set(hang)
+        self.hang_seconds = hang_seconds
+
+    def __setstate__(self, state):
+        # unpickled in a Slurm task: no GPU there, and no stage needs one (as `gpu` in conftest)
+        self.__dict__.update(state)
+        from hifi123.run import runner
+
+        runner.gpu_available = lambda: True
+
+    @staticmethod
+    def calls_of(out):
+        path = os.path.join(out, "calls.jsonl")
+        if not os.path.isfile(path):
+            return []
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def __call__(self, stage, echo):
+        tag = os.path.basename(os.path.dirname(stage.log))
+        out = self.opts[tag].out
+        earlier = [c for c in self.calls_of(out) if (c["tag"], c["stage"]) == (tag, stage.name)]
+        with open(os.path.join(out, "calls.jsonl"), "a") as f:
+            call = {"tag": tag, "stage": stage.name, "resume": stage.resume, "pid": os.getpid()}
+            f.write(json.dumps(call) + "\n")
+        if (tag, stage.name) in self.hang and not earlier:
+            touch(os.path.join(stage.trial, "ckpts/last.ckpt"))  # a checkpoint mid-training
+            touch(os.path.join(out, f"hanging-{tag}-{stage.name}"), str(os.getpid()))
+            deadline = time.time() + self.hang_seconds
+            while time.time() < deadline:
+                time.sleep(0.2)
+            return 1
+        return super().__call__(stage, echo)
 
 
 def _cli(argv):

@@ -15,6 +15,8 @@ from hifi123.run import plan as pl
 from report_helpers import METRICS, fabricated_batch
 
 MISSING = browser_missing()
+if MISSING is not None and os.environ.get("HIFI123_REQUIRE_BROWSER") == "1":  # CI installed one
+    raise RuntimeError(f"HIFI123_REQUIRE_BROWSER=1 but there is no browser to test in: {MISSING}")
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"no browser to test in: {MISSING}")
 
 SECTIONS = {

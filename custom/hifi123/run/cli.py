@@ -12,6 +12,7 @@ import sys
 from typing import List, Optional
 
 from ..errors import Hifi123Error
+from . import slurm
 from .plan import METHODS, RunOptions, parse_override
 
 EPILOG = """\
@@ -35,6 +36,9 @@ examples:
   hifi123 run photo.jpg --gpu 0,1                      # one object on two GPUs (Lightning DDP)
   hifi123 run photo.jpg --set trainer.max_steps=2000 --set refine:system.loss.lambda_rgb=500
   hifi123 run --manifest images.txt --gpus 0,1,2,3     # one worker per GPU, images shared round-robin
+  hifi123 run --manifest images.txt --backend slurm --partition gpu --time 04:00:00
+                                                       # one Slurm array job, one task per image
+  hifi123 run --manifest images.txt --status           # the summary table now (either backend)
 """
 
 _GPU_SPEC = re.compile(r"^\d+(,\d+)*$")
@@ -63,6 +67,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true",
                    help="no OUT/report/index.html at the end (hifi123 report OUT writes it later)")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    slurm.add_arguments(p)  # --backend slurm, its options, --status
     p.set_defaults(func=run)
     return p
 
@@ -100,13 +105,14 @@ def options_from_args(args) -> RunOptions:
     if args.prompt is not None and not args.prompt.strip():
         raise _bad("--prompt is empty", "a caption such as 'a ceramic owl'")
     out = os.path.abspath(os.path.expanduser(args.out))
+    status = getattr(args, "status", False)  # --status only reads the outputs
     if os.path.exists(out) and not os.path.isdir(out):
         raise _bad(f"--out {out} is a file", "the output folder (created if missing)", "pass another --out DIR")
-    if not args.dry_run:  # a real run writes there: prove it can before anything starts
+    if not args.dry_run and not status:  # a real run writes there: prove it can before anything starts
         from ..preprocess.pipeline import check_output_dir
 
         check_output_dir(out, "--out")
-    root = find_threestudio_root(args.threestudio_root)
+    root = "" if status else find_threestudio_root(args.threestudio_root)
     image = os.path.abspath(os.path.expanduser(args.image)) if args.image else ""
     return RunOptions(image=image, method=args.method, out=out,
                       gpu=args.gpu or "0", lowvram=args.lowvram, threestudio_root=root, python=sys.executable,
@@ -114,14 +120,16 @@ def options_from_args(args) -> RunOptions:
 
 
 def run(args) -> int:
+    sopts = slurm.options_from_args(args)  # --backend and its options: checked first
     opts = options_from_args(args)
-    # the HTML report ends every real run, failed ones too (not dry runs, not the manifest workers)
-    if args.dry_run or args.no_report or args.worker is not None:
-        return _run(args, opts)
+    # the HTML report ends every real run, failed ones too (not dry runs, not --status, not the
+    # manifest workers)
+    if args.dry_run or args.no_report or args.status or args.worker is not None:
+        return _run(args, opts, sopts)
     from ..report import report_after_run
 
     try:
-        code = _run(args, opts)
+        code = _run(args, opts, sopts)
     except KeyboardInterrupt:
         raise
     except BaseException:
@@ -131,7 +139,11 @@ def run(args) -> int:
     return code
 
 
-def _run(args, opts: RunOptions) -> int:
+def _run(args, opts: RunOptions, sopts) -> int:
+    if args.status:
+        return slurm.print_status(args.manifest, opts)
+    if sopts is not None:
+        return slurm.submit_manifest(args.manifest, opts, sopts, dry_run=args.dry_run)
     if args.manifest:
         from .manifest import run_manifest
 

@@ -195,11 +195,14 @@ def _metric(v, digits):
 
 def summary_markdown(summary: dict) -> str:
     names = summary["stages"]
+    slurm = summary.get("backend") == "slurm"  # + each image's Slurm task and the log of a failure
     head = ["image", "status"] + list(names) + ["total", "LPIPS_ref ↓", "contextual ↓", "CLIP ↑", "note"]
+    head += ["Slurm task", "log"] if slurm else []
     counts = ", ".join(f"{v} {k}" for k, v in sorted(summary["counts"].items()))
     lines = [f"# hifi123 run: {summary['variant']} — {len(summary['images'])} images ({counts})", ""]
     if summary.get("manifest"):
-        lines.append(f"Manifest `{summary['manifest']}`, GPUs {', '.join(summary['gpus']) or '–'}, "
+        where = "Slurm" if slurm else f"GPUs {', '.join(summary['gpus']) or '–'}"
+        lines.append(f"Manifest `{summary['manifest']}`, {where}, "
                      f"outputs `{summary['out']}`" + (f", wall time {fmt_seconds(summary['wall_seconds'])}"
                                                       if summary.get("wall_seconds") is not None else "") + ".")
         lines.append("")
@@ -215,6 +218,8 @@ def summary_markdown(summary: dict) -> str:
         cells += [fmt_seconds(r["total_seconds"]) if r["total_seconds"] else "–",
                   _metric(m.get("lpips_ref"), 4), _metric(m.get("contextual"), 3), _metric(m.get("clip"), 4),
                   note.replace("|", "\\|")[:160]]
+        if slurm:
+            cells += [r.get("slurm_job") or "–", f"`{r['log']}`" if r.get("log") else ""]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Times are h:mm:ss of each stage's last run (a resumed stage includes its interrupted "
               "attempts); per-image details in the run records (`runs/<tag>.<variant>.json`).", ""]

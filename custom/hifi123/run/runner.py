@@ -147,10 +147,11 @@ def check_image(path: str, flag: str = "IMAGE") -> None:
 # ---------------------------------------------------------------------------------- execution
 
 
-def execute_subprocess(stage: Stage, echo: bool = True) -> int:
-    """Run `stage.argv` in `stage.cwd` with `stage.env`; append its output to `stage.log` (and the
-    terminal when `echo`). Returns the exit code."""
-    env = dict(os.environ)
+def execute_subprocess(stage: Stage, echo: bool = True,
+                       environ: Optional[Dict[str, str]] = None) -> int:
+    """Run `stage.argv` in `stage.cwd` with `stage.env` over `environ` (default: this process's);
+    append its output to `stage.log` (and the terminal when `echo`). Returns the exit code."""
+    env = dict(os.environ if environ is None else environ)
     env.update(stage.env)
     env.setdefault("PYTHONUNBUFFERED", "1")
     os.makedirs(os.path.dirname(stage.log), exist_ok=True)
