@@ -92,6 +92,18 @@ class DeviceSafeSingleImageDataModule(SingleImageDataModule):
 
     def __init__(self, cfg: Optional[Any] = None) -> None:
         pl.LightningDataModule.__init__(self)  # the parent would parse with its own (smaller) config
+        if cfg is not None and hasattr(cfg, "keys"):  # one clear error before threestudio's parse
+            from ...errors import check_config_keys, check_config_numbers, check_config_types
+
+            owner = getattr(type(self), "_hifi123_name", type(self).__name__)
+            check_config_keys(cfg, self.Config.__dataclass_fields__, "data", owner)
+            check_config_numbers(cfg, "data", owner)
+            check_config_types(self.Config, cfg, "data", owner)
+            camera = cfg.get("random_camera") or {}
+            check_config_keys(camera, RandomCameraDataModuleConfig.__dataclass_fields__,
+                              "data.random_camera", "threestudio's random-camera views")
+            check_config_types(RandomCameraDataModuleConfig, camera, "data.random_camera",
+                               "threestudio's random-camera views")
         self.cfg = parse_structured(self.Config, cfg)
         self.validate()
 
@@ -183,13 +195,17 @@ class MakeIt3DSingleImageDataModule(DeviceSafeSingleImageDataModule):
 
     def validate(self) -> None:
         super().validate()
+        from ...errors import InputError
+
         c = self.cfg
-        if c.azimuth_sampling not in AZIMUTH_SAMPLING:
-            raise ValueError(f"data.azimuth_sampling must be one of {AZIMUTH_SAMPLING}, got {c.azimuth_sampling!r}")
-        if not 0.0 <= c.progressive_fraction <= 1.0:
-            raise ValueError(f"data.progressive_fraction must be in [0, 1], got {c.progressive_fraction}")
-        if c.max_steps <= 0:
-            raise ValueError(f"data.max_steps must be positive (set it to ${{trainer.max_steps}}), got {c.max_steps}")
-        for name in ("phase1_azimuth_half_range", "phase2_azimuth_half_range"):
-            if not 0.0 <= getattr(c, name) <= 180.0:
-                raise ValueError(f"data.{name} must be in [0, 180], got {getattr(c, name)}")
+        checks = [
+            ("azimuth_sampling", c.azimuth_sampling in AZIMUTH_SAMPLING,
+             f"one of {list(AZIMUTH_SAMPLING)}"),
+            ("progressive_fraction", 0.0 <= c.progressive_fraction <= 1.0, "a fraction in [0, 1]"),
+            ("max_steps", c.max_steps > 0, "a positive step count: ${trainer.max_steps}"),
+        ] + [(name, 0.0 <= getattr(c, name) <= 180.0, "degrees in [0, 180]")
+             for name in ("phase1_azimuth_half_range", "phase2_azimuth_half_range")]
+        for name, ok, expected in checks:
+            if not ok:
+                raise InputError(f"data.{name}={getattr(c, name)!r}", expected,
+                                 f"set data.{name} to {expected.split(': ')[-1]}")
