@@ -53,6 +53,11 @@ say()  { printf '\033[1;34m[hifi123]\033[0m %s\n' "$*"; }
 die()  { printf '\033[1;31m[hifi123] error:\033[0m %s\n' "$*" >&2; exit 1; }
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+# a command-line mistake: what was wrong, what was expected, the fix; exit code 2 (as `hifi123`)
+usage_error() {
+  printf '\033[1;31m[hifi123] error:\033[0m %s\n  expected: %s\n  fix: %s\n' "$1" "$2" "$3" >&2
+  exit 2
+}
 
 MODE=gpu
 STACK=compat
@@ -65,11 +70,15 @@ while [ $# -gt 0 ]; do
     --force) FORCE=1 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; PYTEST_ARGS=("$@"); break ;;
-    *) usage; die "unknown argument '$1'" ;;
+    *) usage; usage_error "unknown argument '$1'" \
+         "--test, --latest, --force, -h/--help, or -- PYTEST_ARGS" \
+         "bash install.sh --help (arguments for pytest go after --)" ;;
   esac
   shift
 done
-[ "$STACK" = latest ] && [ "$MODE" != test ] && die "--latest only goes with --test (GPU installs use threestudio's pinned stack)"
+[ "$STACK" = latest ] && [ "$MODE" != test ] && usage_error "--latest without --test" \
+  "--latest only together with --test (GPU installs use threestudio's pinned stack)" \
+  "bash install.sh --test --latest"
 
 pip_q() { "$@" --disable-pip-version-check --progress-bar off -q; }
 
@@ -79,7 +88,9 @@ test_mode() {
   local -a TORCH_PINS
   if [ "$STACK" = latest ]; then venv="$HERE/.venv-latest"; pins=("${LATEST_PINS[@]}"); TORCH_PINS=("${LATEST_TORCH[@]}")
   else venv="$HERE/.venv"; pins=("${COMPAT_PINS[@]}"); TORCH_PINS=("${COMPAT_TORCH[@]}"); fi
-  command -v "$PYTHON" >/dev/null || die "'$PYTHON' not found; install Python 3.9-3.11 or set PYTHON=/path/to/python3"
+  command -v "$PYTHON" >/dev/null || die "PYTHON='$PYTHON' not found
+  expected: a Python 3.9-3.11 interpreter
+  fix: install Python 3.9-3.11 or set PYTHON=/path/to/python3"
   [ -x "$venv/bin/python" ] || { say "creating $venv"; "$PYTHON" -m venv "$venv"; }
   local py="$venv/bin/python"
 
@@ -139,8 +150,12 @@ EOF
 # ------------------------------------------------------------------------------------------------
 gpu_mode() {
   local root="${THREESTUDIO_ROOT:-$HERE/threestudio}"
-  command -v "$PYTHON" >/dev/null || die "'$PYTHON' not found"
-  "$PYTHON" -c "import torch" 2>/dev/null || die "torch is not installed in '$PYTHON'. Install a CUDA build of torch and torchvision first (threestudio is tested with torch 2.0.1+cu118), then re-run: bash install.sh"
+  command -v "$PYTHON" >/dev/null || die "PYTHON='$PYTHON' not found
+  expected: the Python interpreter that has your CUDA build of torch
+  fix: set PYTHON=/path/to/python3, or bash install.sh --test for the CPU test environment"
+  "$PYTHON" -c "import torch" 2>/dev/null || die "torch is not installed in '$PYTHON'
+  expected: a CUDA build of torch and torchvision (threestudio is tested with torch 2.0.1+cu118)
+  fix: install them into that Python first, then re-run: bash install.sh"
   if ! "$PYTHON" -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     local tv; tv="$("$PYTHON" -c "import torch; print(torch.__version__, 'CUDA', torch.version.cuda)" 2>/dev/null)"
     if [ "$FORCE" != 1 ]; then

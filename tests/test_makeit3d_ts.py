@@ -155,7 +155,7 @@ def test_guidance_errors_before_loading_a_model(threestudio_env, tiny_models, tm
     assert find("makeit3d-guidance")(_guidance_cfg(tiny_models, cond_image_path=str(lone), prompt="a red toy")).prompt == "a red toy"
     with pytest.raises(ModelNotFoundError, match="pretrained_model_name_or_path"):
         find("makeit3d-guidance")(_guidance_cfg(tiny_models, pretrained_model_name_or_path=str(tmp_path / "nope")))
-    with pytest.raises(ValueError, match="weighting_strategy"):
+    with pytest.raises(InputError, match=r"system\.guidance\.weighting_strategy"):
         find("makeit3d-guidance")(_guidance_cfg(tiny_models, weighting_strategy="fantasia"))
     with pytest.raises(InputError, match=r"system\.guidance\.not_a_field") as err:  # not a bare TypeError
         find("makeit3d-guidance")(_guidance_cfg(tiny_models, not_a_field=1))
@@ -195,7 +195,9 @@ def test_progressive_camera_datamodule_on_cpu(threestudio_env, tmp_path):
     assert ref["azimuth"].item() == 30.0 and ref["rgb"].device.type == "cpu" and ref["ref_depth"] is not None
     dm.setup("validate")
     assert len(dm.val_dataset) == 2
-    with pytest.raises(ValueError, match="azimuth_sampling"):
+    from hifi123.errors import Hifi123Error
+
+    with pytest.raises(Hifi123Error, match=r"data\.azimuth_sampling"):
         threestudio_env.threestudio.find(cfg.data_type)({**dict(cfg.data), "azimuth_sampling": "normal"})
 
 

@@ -56,7 +56,7 @@ def test_errors_name_the_threestudio_field_before_loading_a_model(threestudio_en
         find(NAME)(_cfg(cond_image_path=""))
     with pytest.raises(InputError, match="cond_depth_path: file not found"):
         find(NAME)(_cfg(cond_depth_path=str(tmp_path / "missing.png")))
-    with pytest.raises(ValueError, match="loss_type"):
+    with pytest.raises(InputError, match=r"system\.guidance\.loss_type"):
         find(NAME)(_cfg(loss_type="huber"))
     with pytest.raises(InputError, match=r"system\.guidance\.not_a_field"):  # before threestudio's TypeError
         find(NAME)(_cfg(not_a_field=1))

@@ -91,5 +91,5 @@ def test_bad_config_fails_before_loading(threestudio_env, cfg):
     find = threestudio_env.threestudio.find
     with pytest.raises(InputError, match="cond_image_path"):
         find(NAME)({**cfg, "cond_image_path": "/no/such_rgba.png"})
-    with pytest.raises(ValueError, match="weighting"):
+    with pytest.raises(InputError, match=r"system\.guidance\.weighting"):
         find(NAME)({**cfg, "weighting": "other"})

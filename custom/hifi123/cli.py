@@ -19,7 +19,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from .commands import bench, dispatch, rgnv, tiny_models
+from .commands import Parser, bench, dispatch, rgnv, tiny_models
 from .evaluation import cli as eval_cli
 from .preprocess import cli as preprocess_cli
 from .report import cli as report_cli
@@ -30,7 +30,7 @@ SUBCOMMANDS = (tiny_models, rgnv, bench, preprocess_cli, eval_cli, run_cli, repo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hifi123", description="HiFi-123 / Make-It-3D tools for threestudio")
+    p = Parser(prog="hifi123", description="HiFi-123 / Make-It-3D tools for threestudio")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for command in SUBCOMMANDS:
         command.add_parser(sub)

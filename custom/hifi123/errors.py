@@ -119,3 +119,37 @@ def check_config_numbers(given, path: str, owner: str) -> None:
             "finite numbers (no nan or inf) in every setting",
             "set a finite value (YAML `.nan` / `.inf` are not settings)",
         )
+
+
+def check_config_types(config_cls, given, path: str, owner: str) -> None:
+    """Parse the config block `given` into the structured `config_cls` as threestudio will: a value
+    of the wrong type is one InputError naming its full path, instead of OmegaConf's traceback."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ValidationError
+
+    try:
+        OmegaConf.merge(OmegaConf.structured(config_cls), given)
+    except ValidationError as err:
+        key = f"{path}.{err.full_key}" if err.full_key else path
+        declared = {f.name: f.type for f in dataclasses.fields(config_cls)}.get(
+            str(err.full_key).split(".")[0].split("[")[0])
+        kind = getattr(declared, "__name__", None) or str(declared).replace("typing.", "")
+        raise InputError(
+            f"{owner}: {key} = {getattr(err, 'value', None)!r}: {str(err.msg).splitlines()[0]}",
+            f"a value of the type {key} declares ({kind})",
+            f"set {key} to such a value",
+        ) from None
+
+
+def settings_error(err: Exception, path: str, owner: str, fields=()) -> InputError:
+    """A core settings class's ValueError (`validate()`, which names the field) as the config's
+    InputError: the field under its full config path, what is allowed and the fix."""
+    text = str(err)
+    named = text.split(" ", 1)[0] in set(fields)
+    return InputError(
+        f"{owner}: {path}.{text}" if named else f"{owner}: {path}: {text}",
+        "values in the ranges and choices the settings declare (the field's docstring says them)",
+        f"fix that key under {path}",
+    )

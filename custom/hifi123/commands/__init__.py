@@ -7,10 +7,44 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from typing import Callable, List, Optional
 
 from ..errors import Hifi123Error
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with our error form: a usage error (exit code 2) also says what was expected and
+    how to fix it. Sub-command parsers made by `add_subparsers` are of this class too."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        expected, fix = _usage_hint(message, self.prog)
+        self.exit(2, f"{self.prog}: error: {message}\n  expected: {expected}\n  fix: {fix}\n")
+
+
+def _usage_hint(message: str, prog: str):
+    """(expected, fix) for one of argparse's usage messages."""
+    helps = f"`{prog} --help` lists every option with its range"
+    found = re.search(r": expected (.+?)(?:, got .*)?$", message, re.S)
+    choice = re.search(r"invalid choice: .* \(choose from (.*)\)", message)
+    if "unrecognized arguments:" in message:
+        return f"only the options of {prog}", f"remove or correct them; {helps}"
+    if "the following arguments are required:" in message:
+        missing = message.split(":", 1)[1].strip()
+        return f"{missing} on the command line", f"add {missing}; {helps}"
+    if choice:
+        return f"one of {choice.group(1)}", f"pick one of them; {helps}"
+    if "not allowed with argument" in message:
+        return "at most one of these options", "drop one of them"
+    if found:
+        return found.group(1), helps
+    if "invalid int value" in message:
+        return "an integer", helps
+    if "invalid float value" in message:
+        return "a number", helps
+    return f"arguments as {prog} --help describes them", helps
 
 
 def dispatch(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None) -> int:
@@ -30,7 +64,7 @@ def dispatch(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None) 
 
 def standalone(name: str, add_parser: Callable, argv: Optional[List[str]] = None) -> int:
     """`python -m hifi123.<module>.cli ARGS` = `hifi123 <name> ARGS`, with only that subcommand."""
-    parser = argparse.ArgumentParser(prog="hifi123")
+    parser = Parser(prog="hifi123")
     add_parser(parser.add_subparsers(dest="command", metavar="COMMAND"))
     return dispatch(parser, [name, *(sys.argv[1:] if argv is None else argv)])
 

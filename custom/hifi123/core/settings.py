@@ -25,12 +25,14 @@ _RANGE_KEYS = ("ge", "gt", "le", "lt")
 
 def setting(default: Any = dataclasses.MISSING, *, factory: Optional[Callable[[], Any]] = None,
             ge: Optional[float] = None, gt: Optional[float] = None,
-            le: Optional[float] = None, lt: Optional[float] = None) -> Any:
-    """A dataclass field with a declared numeric range (checked by :func:`check_declared`)."""
+            le: Optional[float] = None, lt: Optional[float] = None, hint: str = "") -> Any:
+    """A dataclass field with a declared numeric range (checked by :func:`check_declared` and
+    :func:`check_ranges`); `hint` is added to the fix of an out-of-range value."""
     bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    meta = {"range": bounds, "hint": hint}
     if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata={"range": bounds})
-    return dataclasses.field(default=default, metadata={"range": bounds})
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def hints(cls: type) -> Dict[str, Any]:
@@ -207,5 +209,7 @@ def check_ranges(values: Any, config_cls: type, path: str) -> None:
         if wrong_type or not math.isfinite(float(value)) or not _in_range(float(value), bounds):
             from ..errors import InputError
 
+            hint = f.metadata.get("hint")
             raise InputError(f"{shown} = {value!r}", f"a finite number {_range_text(bounds)}",
-                             f"set {shown} to a value {_range_text(bounds)} (default: {f.default!r})")
+                             f"set {shown} to a value {_range_text(bounds)} (default: {f.default!r})"
+                             + (f"; {hint}" if hint else ""))

@@ -54,11 +54,12 @@ class StrictConfig:
 
     def __init__(self, cfg=None, *args, **kwargs):
         if cfg is not None and hasattr(cfg, "keys"):
-            from ..errors import check_config_keys, check_config_numbers
+            from ..errors import check_config_keys, check_config_numbers, check_config_types
 
             owner = getattr(type(self), "_hifi123_name", type(self).__name__)
             check_config_keys(cfg, self.Config.__dataclass_fields__, self.config_path, owner, self.foreign_hint)
             check_config_numbers(cfg, self.config_path, owner)
+            check_config_types(self.Config, cfg, self.config_path, owner)
             check_declared_ranges(cfg, self.Config, self.config_path)
         super().__init__(cfg, *args, **kwargs)
 

@@ -83,6 +83,14 @@ class RGNVGuidanceConfig(RGNVConfig):
             path = getattr(self, key)
             if path and not os.path.isfile(os.path.expanduser(path)):
                 raise InputError(f"{key}: file not found: {path}", "an existing image file", f"fix {key}")
+        # read them now (cheap), so that an RGB photo or a colour "depth" map stops the run here
+        from ..images import load_depth, load_rgba
+
+        ref = load_rgba(os.path.expanduser(self.cond_image_path),
+                        role="reference image (cond_image_path)")
+        if self.cond_depth_path:
+            load_depth(os.path.expanduser(self.cond_depth_path), ref.shape[:2],
+                       role="reference depth (cond_depth_path)")
 
     def with_prompt(self) -> Tuple["RGNVGuidanceConfig", Optional[str]]:
         """These settings with the target prompt resolved (decision 30: an explicit `prompt` wins,

@@ -93,6 +93,18 @@ class DeviceSafeSingleImageDataModule(SingleImageDataModule):
 
     def __init__(self, cfg: Optional[Any] = None) -> None:
         pl.LightningDataModule.__init__(self)  # the parent would parse with its own (smaller) config
+        if cfg is not None and hasattr(cfg, "keys"):  # one clear error before threestudio's parse
+            from ...errors import check_config_keys, check_config_numbers, check_config_types
+
+            owner = getattr(type(self), "_hifi123_name", type(self).__name__)
+            check_config_keys(cfg, self.Config.__dataclass_fields__, "data", owner)
+            check_config_numbers(cfg, "data", owner)
+            check_config_types(self.Config, cfg, "data", owner)
+            camera = cfg.get("random_camera") or {}
+            check_config_keys(camera, RandomCameraDataModuleConfig.__dataclass_fields__,
+                              "data.random_camera", "threestudio's random-camera views")
+            check_config_types(RandomCameraDataModuleConfig, camera, "data.random_camera",
+                               "threestudio's random-camera views")
         self.cfg = parse_structured(self.Config, cfg)
         self.validate()
 
@@ -138,7 +150,7 @@ class HiFi123SingleImageDataModule(DeviceSafeSingleImageDataModule):
 
 @dataclass
 class MakeIt3DSingleImageDataModuleConfig(DeviceSafeSingleImageDataModuleConfig):
-    max_steps: int = setting(5000, ge=1)  # the run length the progressive fraction refers to (${trainer.max_steps})
+    max_steps: int = setting(5000, ge=1, hint="the shipped configs set it to ${trainer.max_steps}")  # the run length the progressive fraction refers to (${trainer.max_steps})
     progressive_fraction: float = setting(0.4, ge=0.0, le=1.0)  # official: 2000 of 5000 iterations in phase 1
     phase1_azimuth_half_range: float = setting(45.0, ge=0.0, le=180.0)  # official phase 1: phi in [135, 225]
     phase2_azimuth_half_range: float = setting(180.0, ge=0.0, le=180.0)  # official phase 2: phi in [0, 360]
@@ -184,7 +196,10 @@ class MakeIt3DSingleImageDataModule(DeviceSafeSingleImageDataModule):
 
     def validate(self) -> None:
         super().validate()
+        from ...errors import InputError
+
         c = self.cfg
         if c.azimuth_sampling not in AZIMUTH_SAMPLING:
-            raise ValueError(f"data.azimuth_sampling must be one of {AZIMUTH_SAMPLING}, got {c.azimuth_sampling!r}")
+            raise InputError(f"data.azimuth_sampling={c.azimuth_sampling!r}", f"one of {list(AZIMUTH_SAMPLING)}",
+                             f"set data.azimuth_sampling to one of {list(AZIMUTH_SAMPLING)}")
         check_ranges(c, MakeIt3DSingleImageDataModuleConfig, "data")  # max_steps: ${trainer.max_steps}

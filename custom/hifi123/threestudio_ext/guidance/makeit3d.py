@@ -75,7 +75,8 @@ class MakeIt3DGuidance(StrictConfig, BaseObject):
             self.cfg.cond_image_path, self.cfg.prompt, self.cfg.use_caption_file, "prompt"
         )
         threestudio.info(f"makeit3d-guidance: prompt from {self.prompt_source}: {self.prompt!r}")
-        preflight(self.cfg.pretrained_model_name_or_path, "pretrained_model_name_or_path", subfolders=DIFFUSION_SUBFOLDERS)
+        field = f"{self.config_path}.pretrained_model_name_or_path"
+        preflight(self.cfg.pretrained_model_name_or_path, field, subfolders=DIFFUSION_SUBFOLDERS)
         preflight_clip(self.cfg.clip_backend, self.cfg.clip_model, self.cfg.clip_pretrained)
         self.prior: Optional[MakeIt3DPrior] = None
         self.device = None  # set from the first input; threestudio's get_device is CUDA-only
@@ -84,8 +85,14 @@ class MakeIt3DGuidance(StrictConfig, BaseObject):
         """The core settings at this step (schedules evaluated), validated."""
         now = {name: C(getattr(self.cfg, name), epoch, global_step)
                for name in SCHEDULED if getattr(self.cfg, name) is not None}
-        settings = from_config(self.cfg, MakeIt3DGuidanceConfig, now)
-        settings.validate()
+        try:
+            settings = from_config(self.cfg, MakeIt3DGuidanceConfig, now)
+            settings.validate()
+        except ValueError as err:
+            from ...errors import settings_error
+
+            names = MakeIt3DGuidanceConfig.__dataclass_fields__
+            raise settings_error(err, self.config_path, "makeit3d-guidance", names) from None
         return settings
 
     def _prior_on(self, device: torch.device) -> MakeIt3DPrior:

@@ -24,8 +24,26 @@ class LazyRGNVCore:
     core_cls: type = None  # has `from_config(settings, device)`
 
     def setup_core(self) -> None:
-        settings = from_config(self.cfg, self.core_config_cls)
-        settings.validate(check_files=True)
+        import dataclasses
+
+        from ...errors import settings_error
+        from ...models.loader import preflight
+
+        owner = getattr(type(self), "_hifi123_name", type(self).__name__)
+        path = getattr(self, "config_path", "system.guidance")
+        try:
+            settings = from_config(self.cfg, self.core_config_cls)
+            settings.validate(check_files=True)
+        except ValueError as err:
+            names = [f.name for f in dataclasses.fields(self.core_config_cls)]
+            raise settings_error(err, path, owner, names) from None
+        # the weights are there (a folder in the diffusers layout, or cached / reachable on the
+        # hub): a missing model is an error now, not at the first training step
+        subfolders = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"]
+        if settings.load_depth_estimator:
+            subfolders += ["depth_estimator", "feature_extractor"]
+        preflight(settings.pretrained_model_name_or_path, f"{path}.pretrained_model_name_or_path",
+                  subfolders=subfolders)
         self.core_config, no_prompt = settings.with_prompt()
         if no_prompt:
             threestudio.warn(

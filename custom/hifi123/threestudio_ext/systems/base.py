@@ -45,7 +45,7 @@ from ...core.makeit3d.depth import pearson_depth_loss
 from ...core.morphology import erode, scale_px
 from ...core.normals import reference_normal_loss
 from ...core.settings import setting
-from ...errors import InputError
+from ...errors import InputError, check_config_keys
 from ...trials import plain_containers
 
 REFERENCE_TERMS = ("rgb", "mask", "depth", "normal")
@@ -55,6 +55,26 @@ RGB_LOSSES = ("mse", "l1")
 MASK_LOSSES = ("mse", "bce")
 DEPTH_KINDS = ("disparity", "depth")
 STAGES = ("coarse", "refine")
+
+
+#: the threestudio components a system block names with `<part>_type` and configures in `<part>`
+COMPONENT_PARTS = ("geometry", "material", "background", "renderer", "guidance", "prompt_processor",
+                   "guidance_3d", "prompt_processor_3d", "exporter")
+
+
+def check_component_blocks(cfg, config_cls) -> None:
+    """The keys of every component block against the Config of the component its `<part>_type`
+    names (threestudio's own components too), before any of them is built: a misspelt key is one
+    error naming `system.<part>.<key>`, not a TypeError from deep inside the build."""
+    for part in COMPONENT_PARTS:
+        kind = cfg.get(f"{part}_type", getattr(config_cls, f"{part}_type", None))
+        block = cfg.get(part)
+        if not kind or not hasattr(block, "keys") or kind not in threestudio.__modules__:
+            continue
+        config = getattr(threestudio.__modules__[kind], "Config", None)
+        if config is not None and hasattr(config, "__dataclass_fields__"):
+            check_config_keys(block, config.__dataclass_fields__, f"system.{part}", kind,
+                              foreign_hint=part.startswith(("guidance", "prompt_processor")))
 
 
 class ImageConditionedSystem(BaseLift3DSystem):
@@ -83,14 +103,16 @@ class ImageConditionedSystem(BaseLift3DSystem):
     refine_geometry = "mesh"
 
     def __init__(self, cfg, resumed: bool = False) -> None:
-        from ...errors import check_config_keys, check_config_numbers
+        from ...errors import check_config_keys, check_config_numbers, check_config_types
         from ..registry import check_declared_ranges
 
         if hasattr(cfg, "keys"):  # before threestudio's parse: one clear error, not a TypeError
             owner = getattr(type(self), "_hifi123_name", type(self).__name__)
             check_config_keys(cfg, self.Config.__dataclass_fields__, "system", owner)
             check_config_numbers(cfg, "system", owner)
+            check_config_types(self.Config, cfg, "system", owner)
             check_declared_ranges(cfg, self.Config, "system")
+            check_component_blocks(cfg, self.Config)
         super().__init__(cfg, resumed=resumed)
 
     # ----------------------------------------------------------------- configure
@@ -126,9 +148,15 @@ class ImageConditionedSystem(BaseLift3DSystem):
             ("video_format", c.video_format, ("mp4", "gif")),
         ):
             if value not in allowed:
-                raise ValueError(f"system.{name} must be one of {allowed}, got {value!r}")
+                raise InputError(f"system.{name}={value!r}", f"one of {list(allowed)}",
+                                 f"set system.{name} to one of them")
         try:
             self.reference_schedule = ReferenceSchedule(**dict(c.reference_schedule))
+        except ValueError as err:
+            raise InputError(f"system.reference_schedule: {err}",
+                             "mode shuffled | every_n | random | both, ref_fraction in [0, 1], "
+                             "block and n_ref >= 1",
+                             "fix that key under system.reference_schedule") from None
         except TypeError as err:
             raise InputError(
                 f"system.reference_schedule: {err}",
@@ -210,7 +238,14 @@ class ImageConditionedSystem(BaseLift3DSystem):
         return self.loss_terms_for(self.refining)
 
     def check_loss_weights(self) -> None:
-        missing = [f"lambda_{t}" for t in self.loss_terms() if f"lambda_{t}" not in self.cfg.loss]
+        read = [f"lambda_{t}" for t in self.loss_terms()]
+        guidances = [self.cfg.get(f"{part}_type") for part in ("guidance", "guidance_3d")]
+        if all(not kind or kind.startswith(("hifi123-", "makeit3d-")) for kind in guidances):
+            # our guidances' loss_* terms are all known here (a stock one may add its own): a
+            # lambda nobody reads is a misspelt one
+            owner = getattr(type(self), "_hifi123_name", "this system")
+            check_config_keys(self.cfg.loss, read, "system.loss", owner)
+        missing = [key for key in read if key not in self.cfg.loss]
         if missing:
             raise InputError(
                 f"system.loss lacks {', '.join(missing)}",

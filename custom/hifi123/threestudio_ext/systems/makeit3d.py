@@ -64,6 +64,8 @@ class MakeIt3DSystem(ImageConditionedSystem):
         self.albedo_windows = [(int(a), int(b)) for a, b in windows]
         self.refine = None
         self._coarse_checkpoint = None
+        if self.refining:
+            refine_config(self.cfg.refine)  # its keys: checked before the coarse trial is looked up
         self.resolve_chained_paths()  # before the refine stage takes the coarse checkpoint over
         self._contextual = None  # (VGG19 features, {render size: reference features})
         if self.refining:

@@ -154,7 +154,12 @@ def refine_config(block) -> RefineConfig:
     """`system.refine` (a dict / DictConfig) as :class:`RefineConfig`; unknown keys are an error."""
     from omegaconf import OmegaConf
 
+    from ...errors import check_config_keys
+
     raw = OmegaConf.to_container(block, resolve=True) if OmegaConf.is_config(block) else dict(block or {})
+    check_config_keys(raw, RefineConfig.__dataclass_fields__, "system.refine", "makeit3d-system")
+    check_config_keys(raw.get("point_cloud") or {}, PointCloudConfig.__dataclass_fields__,
+                      "system.refine.point_cloud", "makeit3d-system")
     try:
         cfg = RefineConfig(**raw)
         PointCloudConfig(**cfg.point_cloud)
