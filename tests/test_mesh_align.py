@@ -96,6 +96,15 @@ def test_random_frames_are_aligned_back(sample):
         assert res.candidates[-1]["iou"] < res.iou - 0.1
 
 
+def test_canonical_pose_is_the_same_rotation_with_the_smallest_yaw():
+    rng = np.random.default_rng(5)
+    for up, front in MA.conventions():
+        pose = MA.MeshPose(up, front, float(rng.uniform(-400.0, 400.0)), 2.0, 0.1, -0.2, 12.0)
+        can = MA.canonical(pose)
+        assert can.up == up and -45.0 <= can.yaw < 45.0
+        assert np.allclose(can.matrix(), pose.matrix(), atol=1e-9)
+
+
 def test_without_the_rotation_search_the_fit_fails(sample):
     """The search over conventions carries the result: with the identity convention only, a y-up
     mesh cannot be fitted (and is refused)."""

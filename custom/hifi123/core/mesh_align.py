@@ -163,6 +163,21 @@ class AlignmentResult:
         }
 
 
+def axis_name(vec: np.ndarray) -> str:
+    k = int(np.argmax(np.abs(vec)))
+    return ("+" if vec[k] > 0 else "-") + "xyz"[k]
+
+
+def canonical(pose: MeshPose) -> MeshPose:
+    """The same rotation written with the front axis that leaves the smallest yaw, in [-45, 45)."""
+    k = int(math.floor((pose.yaw + 45.0) / 90.0))
+    turned = rot_z(90.0 * k) @ axis_rotation(pose.up, pose.front)
+    out = MeshPose(**asdict(pose))
+    out.front = axis_name(turned[0])
+    out.yaw = float(pose.yaw - 90.0 * k)
+    return out
+
+
 def rotation_angle(a: MeshPose, b: MeshPose) -> float:
     """Angle in degrees between the rotations of two poses."""
     Ra = rot_z(a.yaw) @ axis_rotation(a.up, a.front)
@@ -456,14 +471,16 @@ def align_mesh(
     candidates = [
         {
             "start": {"up": p.up, "front": p.front, "yaw": p.yaw, "elevation": p.elevation},
-            "fitted": {"yaw": q.yaw % 360.0, "elevation": q.elevation, "scale": q.scale},
+            "fitted": {
+                k: getattr(canonical(q), k) for k in ("up", "front", "yaw", "elevation", "scale")
+            },
             "iou": sc[1],
             "depth_correlation": sc[2],
             "evaluations": n,
         }
         for sc, q, n, p in refined
     ]
-    best.yaw = float(best.yaw % 360.0)
+    best = canonical(best)
     return AlignmentResult(
         best,
         final_iou,
@@ -603,10 +620,12 @@ def write_outputs(
     out_dir: str,
     meta: Dict[str, object],
     overwrite: bool = False,
+    with_mesh: bool = True,
 ) -> Dict[str, str]:
     """aligned_mesh.ply (world frame, colours kept as vertex colours), alignment.json and
     alignment_overlay.png (mask vs silhouette) in `out_dir`; existing files are refused unless
-    `overwrite` (for our own stage outputs)."""
+    `overwrite` (for our own stage outputs). `with_mesh=False` (a refused fit): no mesh, and an
+    earlier one in `out_dir` is removed."""
     trimesh = _trimesh()
     os.makedirs(out_dir, exist_ok=True)
     paths = {name: os.path.join(out_dir, name) for name in OUTPUT_FILES}
@@ -633,10 +652,13 @@ def write_outputs(
         vertex_colors=colors,
         process=False,
     )
-    aligned.export(paths[ALIGNED_MESH])
+    if with_mesh:
+        aligned.export(paths[ALIGNED_MESH])
+    elif os.path.exists(paths[ALIGNED_MESH]):
+        os.remove(paths[ALIGNED_MESH])
     record = {**meta, **result.to_dict()}
     with open(paths[ALIGNMENT_JSON], "w", encoding="utf-8") as fh:
-        json.dump(record, fh, indent=2)
+        json.dump(record, fh, indent=2, default=_plain)
     H = mask.shape[0]
     d = render_silhouette(
         np.asarray(aligned.vertices),
@@ -647,6 +669,13 @@ def write_outputs(
     )
     overlay_png(mask, np.isfinite(d), paths[ALIGNMENT_OVERLAY])
     return paths
+
+
+def _plain(value):
+    """numpy scalars and arrays as plain JSON values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def overlay_png(mask: np.ndarray, sil: np.ndarray, path: str) -> None:
