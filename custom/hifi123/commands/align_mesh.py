@@ -41,6 +41,7 @@ def align_files(
     from ..core.images import check_writable_dir, load_depth, load_rgba
     from ..errors import InputError
     from ..outputs import check_outputs
+    from ..preprocess.pipeline import file_sha256
 
     # 1. every input checked, every output path cleared, before any work
     rgba = load_rgba(ref_path, role="--ref image")
@@ -95,6 +96,8 @@ def align_files(
         "reference": os.path.abspath(ref_path),
         "depth": os.path.abspath(depth_path) if depth_path else None,
         "min_iou": min_iou,
+        "mesh_sha256": file_sha256(mesh_path),  # `hifi123 run` redoes the alignment when it changes
+        "pose_option": pose,
     }
     accepted = result.by_hand or result.iou >= min_iou
     meta["accepted"] = accepted
