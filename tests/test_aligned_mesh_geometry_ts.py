@@ -44,7 +44,8 @@ def test_the_aligned_mesh_stays_where_it_was_put(threestudio_env, tmp_path):
     path = tmp_path / "aligned_mesh.ply"
     v, _ = colored_mesh(path)
     geo = build(threestudio_env, path)
-    assert torch.allclose(geo.isosurface().v_pos, torch.as_tensor(v, dtype=torch.float32), atol=1e-6)
+    placed = torch.as_tensor(v, dtype=torch.float32)
+    assert torch.allclose(geo.isosurface().v_pos, placed, atol=1e-6)
     assert geo.aligned_camera is None  # no alignment.json beside it
     # threestudio's own custom-mesh would re-centre (and rescale) it: the reason for the subclass
     plain = threestudio_env.threestudio.find("custom-mesh")(
@@ -53,7 +54,8 @@ def test_the_aligned_mesh_stays_where_it_was_put(threestudio_env, tmp_path):
     assert not torch.allclose(plain.isosurface().v_pos.cpu(), geo.isosurface().v_pos, atol=1e-3)
     # the state dict is custom-mesh's
     assert set(geo.state_dict()) == set(plain.state_dict())
-    (tmp_path / "alignment.json").write_text(json.dumps({"reference_camera": {"elevation_deg": 7.0}}))
+    record = {"reference_camera": {"elevation_deg": 7.0}}
+    (tmp_path / "alignment.json").write_text(json.dumps(record))
     assert build(threestudio_env, path).aligned_camera == {"elevation_deg": 7.0}
 
 
