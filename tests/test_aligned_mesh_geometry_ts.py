@@ -87,3 +87,25 @@ def test_texture_is_fitted_to_the_mesh_colours(threestudio_env, tmp_path):
     bare = tmp_path / "bare.obj"
     trimesh.creation.icosphere(2, radius=0.3).export(bare)
     assert build(threestudio_env, bare).fit_texture_to_colors() is None
+
+
+def test_a_reference_camera_other_than_the_alignments_is_refused():
+    import math
+    from types import SimpleNamespace
+
+    from hifi123.threestudio_ext.systems.hifi123 import HiFi123System
+
+    aligned = {"elevation_deg": 7.25, "azimuth_deg": 0.0, "distance": 3.8, "fovy_deg": 20.0}
+    fake = SimpleNamespace(geometry=SimpleNamespace(aligned_camera=aligned))
+
+    def batch(elevation, fovy=20.0):
+        return {"elevation": torch.tensor([elevation]), "azimuth": torch.tensor([0.0]),
+                "camera_distances": torch.tensor([3.8]), "fovy": torch.tensor([math.radians(fovy)])}
+
+    HiFi123System.check_aligned_camera(fake, batch(7.25))  # the same camera: accepted
+    with pytest.raises(InputError) as err:
+        HiFi123System.check_aligned_camera(fake, batch(0.0, fovy=30.0))
+    text = str(err.value)
+    assert "data.default_elevation_deg=0 but the alignment used 7.25" in text
+    assert "data.default_fovy_deg=30" in text
+    assert "pass data.default_elevation_deg=7.25 data.default_fovy_deg=20" in text

@@ -118,6 +118,8 @@ def test_cli_refuses_bad_mesh_options_before_any_stage(tmp_path):
         (["--method", "refine-mesh", "--mesh", str(tmp_path / "gone.obj")], "gone.obj"),
         (["--method", "refine-mesh", "--mesh", str(junk)], "junk.glb"),
         (["--method", "refine-mesh", "--mesh", opts.mesh, "--pose", "up=sideways"], "--pose up=sideways"),
+        (["--method", "refine-mesh", "--mesh", opts.mesh, "--set", "coarse:trainer.max_steps=2"],
+         "no coarse stage"),
     ]
     for extra, needle in cases:
         code, out, err = _cli(base + extra)

@@ -107,7 +107,7 @@ def options_from_args(args) -> RunOptions:
             raise _bad(f"bad --set: {err}", "KEY=VALUE (both training stages) or STAGE:KEY=VALUE") from err
     if args.prompt is not None and not args.prompt.strip():
         raise _bad("--prompt is empty", "a caption such as 'a ceramic owl'")
-    _check_mesh_args(args)
+    _check_mesh_args(args, overrides)
     out = os.path.abspath(os.path.expanduser(args.out))
     if os.path.exists(out) and not os.path.isdir(out):
         raise _bad(f"--out {out} is a file", "the output folder (created if missing)", "pass another --out DIR")
@@ -123,9 +123,12 @@ def options_from_args(args) -> RunOptions:
                       prompt=args.prompt, overrides=tuple(overrides), mesh=mesh, pose=args.pose)
 
 
-def _check_mesh_args(args) -> None:
-    """--mesh / --pose belong to the refine-mesh method and one image."""
+def _check_mesh_args(args, overrides=()) -> None:
+    """--mesh / --pose belong to the refine-mesh method (one image, no coarse stage)."""
     aligns = METHODS[args.method].aligns_mesh
+    if aligns and any(stage == "coarse" for stage, _ in overrides):
+        raise _bad("--set coarse:... with --method refine-mesh, which has no coarse stage",
+                   "--set refine:KEY=VALUE (or export:, video:)", "drop the coarse: options")
     for flag, value in (("--mesh", args.mesh), ("--pose", args.pose)):
         if value is not None and not aligns:
             raise _bad(f"{flag} is for --method refine-mesh (got --method {args.method})",

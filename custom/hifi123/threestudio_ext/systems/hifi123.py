@@ -145,6 +145,8 @@ class HiFi123System(ImageConditionedSystem):
                 "pass " + " ".join(f"data.{keys[k]}={float(aligned[k]):.4g}" for k in off)
                 + " (hifi123 run --method refine-mesh does this)",
             )
+        threestudio.info(f"hifi123-system: the reference camera is the mesh's alignment's "
+                         f"(elevation {have['elevation_deg']:.4g} deg)")
 
     def init_texture_from_mesh(self) -> None:
         """A custom mesh with colours (`hifi123-custom-mesh`): fit the texture field to them first,
