@@ -18,6 +18,13 @@ from PIL import Image
 
 SAMPLE = str(ms.DEFAULT_ASSETS_DIR / "sample_rgba.png")
 PY = sys.executable
+ALIGNED_ELEVATION = 12.5  # the elevation the fake align stage "fits"
+
+
+def pl_sha256(path):
+    from hifi123.preprocess.pipeline import file_sha256
+
+    return file_sha256(path)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -66,6 +73,16 @@ def make_done(opts, *stages, crashed=()):
         if st == "preprocess":
             for p in lay.preprocessed_files:
                 touch(p, "a red cup" if p.endswith("_caption.txt") else "x")
+        elif st == "align":  # what `hifi123 align-mesh` writes (alignment.json: its record)
+            for name in pl.ALIGNED_FILES[::2]:
+                touch(lay.aligned(name))
+            sha = pl_sha256(opts.mesh) if opts.mesh and os.path.isfile(opts.mesh) else None
+            record = {"mesh": opts.mesh, "mesh_sha256": sha, "pose_option": opts.pose,
+                      "silhouette_iou": 0.97,
+                      "matrix": [[2.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 2.0, 0.1]],
+                      "reference_camera": {"elevation_deg": ALIGNED_ELEVATION, "azimuth_deg": 0.0,
+                                           "distance": 3.8, "fovy_deg": 20.0}}
+            touch(lay.aligned("alignment.json"), json.dumps(record))
         elif st in pl.TRAINING_STAGES:
             t = trial(opts, st)
             for rel in ("ckpts/last.ckpt", "configs/parsed.yaml", pl.MARKER):

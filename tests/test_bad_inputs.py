@@ -79,6 +79,10 @@ def inputs(tmp_path_factory):
         d / "colour_depth.png"
     )
     (d / "notimg.png").write_text("not an image")
+    (d / "notmesh.obj").write_text("not a mesh")
+    import trimesh
+
+    trimesh.creation.box(extents=(0.5, 0.5, 0.5)).export(d / "box.obj")
     ref.resize((64, 48)).save(d / "wide_rgba.png")
     ref.resize((16, 16)).save(d / "tiny_rgba.png")
     rgba = np.zeros((64, 64, 4), np.uint8)
@@ -195,6 +199,7 @@ SV_MODELS = (
 )
 GSO = "eval gso --pred {in}/pred --gt {in}/gt --tiny"
 RUN = "run {in}/ref_rgba.png --threestudio-root {ts} --out {out} --dry-run"
+ALIGN = "align-mesh {in}/box.obj --ref {in}/ref_rgba.png --out {out}"
 RUN_M = "run --manifest {in}/images.txt --threestudio-root {ts} --out {out} --dry-run"
 
 CLI = [
@@ -445,6 +450,21 @@ CLI = [
         "trial already holds files"),
     cli("report/no-out", "report", "OUT", "required"),
     cli("report/unknown-flag", "report {in}/trial --open", "unrecognized arguments: --open"),
+    # --- align-mesh: every input checked before any fitting
+    cli("align-mesh/missing-mesh", ALIGN.replace("box.obj", "nope.obj"), "nope.obj", "not found"),
+    cli("align-mesh/not-a-mesh", ALIGN.replace("box.obj", "notmesh.obj"), "notmesh.obj",
+        "no triangles"),
+    cli("align-mesh/ref-missing", ALIGN.replace("ref_rgba", "nope"), "--ref", "nope.png"),
+    cli("align-mesh/ref-rgb", ALIGN.replace("ref_rgba", "photo"), "--ref", "photo.png",
+        "no alpha channel"),
+    cli("align-mesh/ref-empty-mask", ALIGN.replace("ref_rgba", "empty_rgba"), "empty_rgba.png"),
+    cli("align-mesh/out-is-a-file", "align-mesh {in}/box.obj --ref {in}/ref_rgba.png --out "
+        "{in}/notimg.png", "notimg.png"),
+    cli("align-mesh/depth-not-an-image", ALIGN + " --depth {in}/notimg.png", "--depth",
+        "not a readable image"),
+    cli("align-mesh/elevation-out-of-range", ALIGN + " --elevation 95", "--elevation", "95"),
+    cli("align-mesh/bad-pose-axis", ALIGN + " --pose up=+q", "--pose up=+q", "+y"),
+    cli("align-mesh/no-ref", "align-mesh {in}/box.obj --out {out}", "--ref", "required"),
 ]
 
 
@@ -499,15 +519,29 @@ INSTALL = [
 ]
 
 
+def _repo_state():
+    """(size, mtime) of every file of the checkout, and the top level of each virtual env (a
+    pip install touches it): cheap enough to take twice per case, and any write shows."""
+    state = {}
+    for root, dirs, files in os.walk(REPO):
+        rel = os.path.relpath(root, REPO)
+        if rel.split(os.sep)[0].startswith(".venv"):
+            state[rel] = sorted((n, os.stat(os.path.join(root, n)).st_mtime_ns)
+                                for n in dirs + files)
+            dirs[:] = []
+            continue
+        dirs[:] = [d for d in dirs if d not in (".git", "__pycache__", ".pytest_cache", ".ruff_cache")]
+        for name in files:
+            st = os.stat(os.path.join(root, name))
+            state[os.path.join(rel, name)] = (st.st_size, st.st_mtime_ns)
+    return state
+
+
 @pytest.mark.parametrize("case", INSTALL, ids=[c.id for c in INSTALL])
 def test_install_sh(case, tmp_path):
     env = dict(os.environ, **(case.env or {}))
     env.pop("THREESTUDIO_ROOT", None)
-    top = {
-        p: _hashes(p) if os.path.isdir(p) else p.read_bytes()
-        for p in REPO.iterdir()
-        if p.name != ".git"
-    }
+    top = _repo_state()
     proc = subprocess.run(
         ["bash", str(REPO / "install.sh"), *shlex.split(case.argv)],
         cwd=tmp_path,
@@ -522,11 +556,7 @@ def test_install_sh(case, tmp_path):
     for needle in case.needles:
         assert needle in proc.stderr, (needle, proc.stderr)
     # nothing created, removed or changed in the repository (no venv, no threestudio clone)
-    assert {
-        p: _hashes(p) if os.path.isdir(p) else p.read_bytes()
-        for p in REPO.iterdir()
-        if p.name != ".git"
-    } == top
+    assert _repo_state() == top
     assert os.listdir(tmp_path) == []
 
 
@@ -727,7 +757,8 @@ def test_the_table_covers_every_surface_with_150_cases():
         "eval-gso",
         "run",
         "report",
+        "align-mesh",
     } <= surfaces
-    assert len(commands) == 7  # a new subcommand needs its bad-input cases here
+    assert len(commands) == 8  # a new subcommand needs its bad-input cases here
     ids = [c.id for c in CLI + INSTALL + API]
     assert len(ids) == len(set(ids)) and len(ids) >= 150

@@ -42,8 +42,8 @@ def test_bad_numbers_stop_before_any_work(base, flag, value, capsys):
 def test_every_subcommand_is_on_the_one_parser():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    assert sorted(sub.choices) == ["bench", "eval", "preprocess", "report", "rgnv", "run",
-                                   "tiny-models"]
+    assert sorted(sub.choices) == ["align-mesh", "bench", "eval", "preprocess", "report", "rgnv",
+                                   "run", "tiny-models"]
 
 
 def test_number_types_accept_the_edges_and_name_the_range():

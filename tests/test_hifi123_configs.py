@@ -29,6 +29,9 @@ def _flat(cfg, prefix=""):
                                             "system.guidance.enable_sequential_cpu_offload"}),
     ("refine.yaml", "refine-lowvram.yaml", {"data.height", "data.width", "data.random_camera.height",
                                             "data.random_camera.width", "system.guidance.cache_device"}),
+    ("refine-mesh.yaml", "refine-mesh-lowvram.yaml",
+     {"data.height", "data.width", "data.random_camera.height", "data.random_camera.width",
+      "system.guidance.cache_device"}),
 ])
 def test_lowvram_variants_differ_only_where_marked(base, low, changed):
     a = _flat(OmegaConf.load(CONFIGS / base))

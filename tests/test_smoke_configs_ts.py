@@ -32,7 +32,7 @@ def _parse_all(cfg, find):
 def test_every_shipped_config_has_a_smoke_file():
     from hifi123.testing.smoke import load_smoke, smoke_file
 
-    assert len(SHIPPED) == 8
+    assert len(SHIPPED) == 10
     for name in SHIPPED:
         smoke = load_smoke(name)
         assert (REPO / smoke["base"]).is_file(), (name, smoke["base"])

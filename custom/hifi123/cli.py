@@ -7,6 +7,7 @@
     hifi123 bench rgsd [--iterations 8] [--steps 20] [--inject-steps 12]
     hifi123 preprocess IMAGE_OR_DIR [--out DIR] ...
     hifi123 eval single-view|gso ...
+    hifi123 align-mesh MESH --ref <name>_rgba.png --out DIR [--pose ...] [--elevation DEG]
     hifi123 run IMAGE | --manifest FILE [--method hifi123|makeit3d] [--gpu 0 | --gpus 0,1] [--lowvram] [--dry-run]
     hifi123 report OUT [--dest DIR]
 
@@ -19,14 +20,14 @@ import argparse
 import sys
 from typing import List, Optional
 
-from .commands import Parser, bench, dispatch, rgnv, tiny_models
+from .commands import Parser, align_mesh, bench, dispatch, rgnv, tiny_models
 from .evaluation import cli as eval_cli
 from .preprocess import cli as preprocess_cli
 from .report import cli as report_cli
 from .run import cli as run_cli
 
 #: every subcommand, in `--help` order; each registers itself with `add_parser(subparsers)`
-SUBCOMMANDS = (tiny_models, rgnv, bench, preprocess_cli, eval_cli, run_cli, report_cli)
+SUBCOMMANDS = (tiny_models, rgnv, bench, preprocess_cli, eval_cli, align_mesh, run_cli, report_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

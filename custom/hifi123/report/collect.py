@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional
 from ..errors import InputError
 
 #: the stages of `hifi123 run` in order (plan.STAGE_ORDER; repeated to keep this import-light)
-STAGE_ORDER = ("preprocess", "coarse", "refine", "export", "glb", "ply", "video", "eval")
+STAGE_ORDER = ("preprocess", "align", "coarse", "refine", "export", "glb", "ply", "video", "eval")
 TRIAL_STAGES = ("coarse", "refine")
 EVAL_JSON = os.path.join("save", "eval", "single_view.json")
 
@@ -257,7 +257,7 @@ def _attach_eval(e: Entry, record_metrics: Optional[dict] = None) -> None:
 def _entry_from_record(
     out: str, rec: dict, record_path: str, taken: set, multi_variant: bool
 ) -> Entry:
-    from ..run.plan import METHODS, Layout, RunOptions
+    from ..run.plan import METHODS, Layout, RunOptions, stage_names
 
     name = os.path.basename(record_path)[: -len(".json")]
     tag = str(rec.get("tag") or name.split(".")[0])
@@ -280,7 +280,7 @@ def _entry_from_record(
         opts = RunOptions(image=str(e.image), method=method, out=out, lowvram=lowvram, tag=tag)
         lay = Layout.of(opts)
         e.mesh_from = opts.spec.mesh_from
-        for st in TRIAL_STAGES:
+        for st in (t for t in TRIAL_STAGES if t in opts.training_stages):
             path = lay.trial(opts.training(st).name)
             if os.path.isdir(path):
                 e.trials[st] = scan_trial(path, st)
@@ -290,7 +290,7 @@ def _entry_from_record(
         if os.path.isfile(cap):
             e.caption = " ".join(tail(cap, 50)).strip() or None
     names = [
-        n for n in STAGE_ORDER if n in stages or (method and (n != "ply" or method == "makeit3d"))
+        n for n in STAGE_ORDER if n in stages or (method and n in stage_names(method))
     ]
     for n in names:
         info = stages.get(n) if isinstance(stages.get(n), dict) else {}

@@ -18,6 +18,7 @@ from .plan import METHODS, RunOptions, parse_override
 EPILOG = """\
 stages (each skipped when done; an interrupted training stage resumes from ckpts/last.ckpt):
   preprocess -> coarse -> refine -> export (OBJ/MTL) -> glb [-> ply: Make-It-3D] -> video -> eval
+  refine-mesh: preprocess -> align (--mesh to the photo) -> refine -> export -> glb -> video -> eval
 
 outputs (OUT = --out):
   OUT/preprocessed/TAG/            <name>_rgba.png, _depth.png, _normal.png, _caption.txt
@@ -34,6 +35,7 @@ examples:
   hifi123 run photo.jpg                                # HiFi-123 on GPU 0
   hifi123 run photo.jpg --method makeit3d --lowvram --dry-run
   hifi123 run photo.jpg --gpu 0,1                      # one object on two GPUs (Lightning DDP)
+  hifi123 run photo.jpg --method refine-mesh --mesh triposr.obj   # refine a mesh you already have
   hifi123 run photo.jpg --set trainer.max_steps=2000 --set refine:system.loss.lambda_rgb=500
   hifi123 run --manifest images.txt --gpus 0,1,2,3     # one worker per GPU, images shared round-robin
   hifi123 run --manifest images.txt --backend slurm --partition gpu --time 04:00:00
@@ -51,7 +53,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", nargs="?", metavar="IMAGE", help="the photo (any image; cut out and captioned by preprocess)")
     p.add_argument("--manifest", default=None, help="a text file with one image path per line (instead of IMAGE)")
-    p.add_argument("--method", choices=sorted(METHODS), default="hifi123", help="hifi123 (default) or makeit3d")
+    p.add_argument("--method", choices=sorted(METHODS), default="hifi123",
+                   help="hifi123 (default), makeit3d, or refine-mesh (HiFi-123's refine on --mesh)")
+    p.add_argument("--mesh", default=None,
+                   help="refine-mesh: your mesh (OBJ/GLB/PLY from TripoSR, SF3D, InstantMesh, "
+                   "TRELLIS, Hunyuan3D, ...)")
+    p.add_argument("--pose", default=None,
+                   help="refine-mesh: the mesh's pose by hand, as `hifi123 align-mesh --pose`")
     p.add_argument("--out", default="outputs", help="output root (default ./outputs)")
     p.add_argument("--gpu", default=None, help="GPU id(s) for one image, launch.py style: 0 (default) or 0,1 (DDP)")
     p.add_argument("--gpus", default=None, help="with --manifest: one worker per GPU id, e.g. 0,1,2,3 (default 0)")
@@ -104,6 +112,7 @@ def options_from_args(args) -> RunOptions:
             raise _bad(f"bad --set: {err}", "KEY=VALUE (both training stages) or STAGE:KEY=VALUE") from err
     if args.prompt is not None and not args.prompt.strip():
         raise _bad("--prompt is empty", "a caption such as 'a ceramic owl'")
+    _check_mesh_args(args, overrides)
     out = os.path.abspath(os.path.expanduser(args.out))
     status = getattr(args, "status", False)  # --status only reads the outputs
     if os.path.exists(out) and not os.path.isdir(out):
@@ -114,9 +123,33 @@ def options_from_args(args) -> RunOptions:
         check_output_dir(out, "--out")
     root = "" if status else find_threestudio_root(args.threestudio_root)
     image = os.path.abspath(os.path.expanduser(args.image)) if args.image else ""
+    mesh = os.path.abspath(os.path.expanduser(args.mesh)) if args.mesh else None
     return RunOptions(image=image, method=args.method, out=out,
                       gpu=args.gpu or "0", lowvram=args.lowvram, threestudio_root=root, python=sys.executable,
-                      prompt=args.prompt, overrides=tuple(overrides))
+                      prompt=args.prompt, overrides=tuple(overrides), mesh=mesh, pose=args.pose)
+
+
+def _check_mesh_args(args, overrides=()) -> None:
+    """--mesh / --pose belong to the refine-mesh method (one image, no coarse stage)."""
+    aligns = METHODS[args.method].aligns_mesh
+    if aligns and any(stage == "coarse" for stage, _ in overrides):
+        raise _bad("--set coarse:... with --method refine-mesh, which has no coarse stage",
+                   "--set refine:KEY=VALUE (or export:, video:)", "drop the coarse: options")
+    for flag, value in (("--mesh", args.mesh), ("--pose", args.pose)):
+        if value is not None and not aligns:
+            raise _bad(f"{flag} is for --method refine-mesh (got --method {args.method})",
+                       "--method refine-mesh --mesh MESH",
+                       f"add --method refine-mesh, or drop {flag}")
+    if aligns and args.manifest:
+        raise _bad("--method refine-mesh takes one IMAGE and its --mesh", "hifi123 run IMAGE "
+                   "--method refine-mesh --mesh MESH", "run each photo with its own mesh")
+    if aligns and not args.mesh:
+        raise _bad("--method refine-mesh needs --mesh", "the mesh to refine (OBJ, GLB, PLY, ...)",
+                   f"hifi123 run {args.image or 'IMAGE'} --method refine-mesh --mesh MESH")
+    if args.pose:
+        from ..core.mesh_align import parse_pose
+
+        parse_pose(args.pose)  # a malformed --pose stops here, before any stage
 
 
 def run(args) -> int:

@@ -3,11 +3,13 @@
     scan_state(layout)               reads the outputs tree (the only I/O in this module)
     plan_stages(opts, state, ran)    -> [Stage, ...] in order; `Stage.skip` says why one does not run
 
-Stages, in order (`ply` only for Make-It-3D):
+Stages, in order (`ply` only for Make-It-3D; `align` instead of `coarse` for refine-mesh):
 
     preprocess  python -m hifi123.cli preprocess IMAGE --out OUT/preprocessed/TAG
+    align       python -m hifi123.cli align-mesh MESH --ref <rgba> --out OUT/aligned/TAG --overwrite
     coarse      python launch.py --config custom/hifi123/configs/<coarse>.yaml --train --gpu G ...
     refine      python launch.py --config .../<refine>.yaml --train ... system.geometry_convert_from=<coarse>/ckpts/last.ckpt
+                (refine-mesh: system.geometry.shape_init=mesh:<aligned mesh>, the fitted elevation)
     export      python launch.py --config <trial>/configs/parsed.yaml --export ... system.exporter_type=mesh-exporter
     glb         python -m hifi123.run.export glb <trial>           (next to model.obj)
     ply         python -m hifi123.run.export ply <refine>/ckpts/last.ckpt --out <refine>/save/pointcloud.ply
@@ -19,6 +21,7 @@ Layout (deterministic, so a re-run finds everything; threestudio's own `<name>/<
 `use_timestamp=false`):
 
     OUT/preprocessed/TAG/<name>_rgba.png, _depth.png, _normal.png, _caption.txt, _preprocess.json
+    OUT/aligned/TAG/aligned_mesh.ply, alignment.json, alignment_overlay.png   (refine-mesh)
     OUT/<run name>/TAG/{ckpts,configs,save,...}     one threestudio trial per training stage
     OUT/logs/TAG/<variant>-<stage>.log               what each stage printed
     OUT/runs/TAG.<variant>.json                      the run record (stage timings, outputs, metrics)
@@ -29,6 +32,7 @@ Completion evidence ("done"):
     training    `<trial>/hifi123_stage.json` (written by the runner after launch.py exits 0 and the
                 trial has `ckpts/last.ckpt` and `configs/parsed.yaml`) plus `ckpts/last.ckpt`.
                 A `last.ckpt` without the marker is an interrupted run: it resumes with `resume=`.
+    align       its three files, made from the same --mesh (content hash) and --pose
     others      their output files (each is written last or atomically by its writer)
 A stage also runs when a stage it depends on runs (or ran earlier in this invocation: `ran`); a
 training stage forced that way starts fresh, and the runner moves its old trial folder aside.
@@ -70,6 +74,7 @@ class MethodSpec:
     prompt_key: Optional[str]  # override that receives the caption (None: the config reads <name>_caption.txt)
     mesh_from: str  # the training stage whose geometry the mesh exporter exports
     pointcloud: bool  # Make-It-3D: a coloured PLY of the refine stage's point cloud
+    aligns_mesh: bool = False  # refine-mesh: the user's --mesh, aligned, replaces the coarse stage
 
 
 def _ts(config: str) -> TrainingStage:
@@ -100,15 +105,29 @@ METHODS: Dict[str, MethodSpec] = {
         mesh_from="coarse",  # the refine stage is a point cloud: the mesh comes from the coarse NeRF
         pointcloud=True,
     ),
+    "refine-mesh": MethodSpec(  # HiFi-123's refine on a mesh the user has (decision 31)
+        stages={
+            False: {"refine": TrainingStage("refine-mesh.yaml", "hifi123-refine-mesh")},
+            True: {"refine": TrainingStage("refine-mesh-lowvram.yaml",
+                                           "hifi123-refine-mesh-lowvram")},
+        },
+        chain_key="system.geometry.shape_init",  # mesh:<OUT/aligned/TAG/aligned_mesh.ply>
+        prompt_key=None,  # refine-mesh.yaml's RGSD reads <name>_caption.txt
+        mesh_from="refine",  # the frozen mesh with the refined texture
+        pointcloud=False,
+        aligns_mesh=True,
+    ),
 }
 
 #: stage order and what each one needs
-STAGE_ORDER = ("preprocess", "coarse", "refine", "export", "glb", "ply", "video", "eval")
+STAGE_ORDER = ("preprocess", "align", "coarse", "refine", "export", "glb", "ply", "video", "eval")
 TRAINING_STAGES = ("coarse", "refine")
 #: stages `--set STAGE:KEY=VALUE` may address (launch.py stages)
 OVERRIDABLE = ("coarse", "refine", "export", "video")
 
 CAPTION_PLACEHOLDER = "<the caption in {path}>"
+ALIGNMENT_PLACEHOLDER = "<the elevation_deg fitted in {path}>"
+ALIGNED_FILES = ("aligned_mesh.ply", "alignment.json", "alignment_overlay.png")  # core.mesh_align
 
 
 # ---------------------------------------------------------------------------------- options
@@ -126,10 +145,17 @@ class RunOptions:
     prompt: Optional[str] = None  # instead of the BLIP-2 caption
     overrides: Tuple[Tuple[Optional[str], str], ...] = ()  # (stage or None = both training stages, "key=value")
     tag: Optional[str] = None  # default: sanitized image name
+    mesh: Optional[str] = None  # refine-mesh: the user's mesh (absolute path)
+    pose: Optional[str] = None  # refine-mesh: `hifi123 align-mesh --pose` (by hand)
 
     @property
     def spec(self) -> MethodSpec:
         return METHODS[self.method]
+
+    @property
+    def training_stages(self) -> Tuple[str, ...]:
+        """This method's training stages, in order."""
+        return tuple(st for st in TRAINING_STAGES if st in self.spec.stages[self.lowvram])
 
     @property
     def variant(self) -> str:
@@ -221,6 +247,13 @@ class Layout:
         return self.pre("_caption.txt")
 
     @property
+    def aligned_dir(self) -> str:
+        return os.path.join(self.out, "aligned", self.tag)
+
+    def aligned(self, name: str = ALIGNED_FILES[0]) -> str:
+        return os.path.join(self.aligned_dir, name)
+
+    @property
     def preprocessed_files(self) -> Tuple[str, ...]:
         return tuple(self.pre(s) for s in ("_rgba.png", "_depth.png", "_normal.png", "_caption.txt", "_preprocess.json"))
 
@@ -267,6 +300,8 @@ class State:
     preprocessed_sha256: Optional[str] = None  # the photo the preprocessed files were made from
     #: training stage -> the inputs it last finished with (its completion marker), if recorded
     identities: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    mesh_sha256: Optional[str] = None  # refine-mesh: the --mesh file as it is now
+    alignment: Optional[Mapping[str, Any]] = None  # refine-mesh: OUT/aligned/TAG/alignment.json
 
     def matches(self, pattern: str) -> List[str]:
         parts = pattern.split(os.sep)
@@ -296,7 +331,7 @@ def scan_state(opts: RunOptions) -> State:
     """Read the outputs tree of one image and method (no writes)."""
     lay = Layout.of(opts)
     files = {p for p in lay.preprocessed_files if os.path.isfile(p)}
-    for st in TRAINING_STAGES:
+    for st in opts.training_stages:
         trial = lay.trial(opts.training(st).name)
         for pattern in trial_outputs(trial).values():
             files.update(p for p in glob.glob(pattern) if os.path.isfile(p))
@@ -319,7 +354,7 @@ def scan_state(opts: RunOptions) -> State:
         except (OSError, ValueError, AttributeError):
             made_from = None  # an older or foreign sidecar: no content record
     identities = {}
-    for st in TRAINING_STAGES:
+    for st in opts.training_stages:
         marker = os.path.join(lay.trial(opts.training(st).name), MARKER)
         try:
             with open(marker, encoding="utf-8") as f:
@@ -328,7 +363,16 @@ def scan_state(opts: RunOptions) -> State:
             recorded = None  # no marker, or one written before identities were recorded
         if isinstance(recorded, dict):
             identities[st] = recorded
-    return State(frozenset(files), caption, current, made_from, identities)
+    mesh_sha, alignment = None, None
+    if opts.spec.aligns_mesh:
+        files.update(p for p in map(lay.aligned, ALIGNED_FILES) if os.path.isfile(p))
+        mesh_sha = file_sha256(opts.mesh) if opts.mesh and os.path.isfile(opts.mesh) else None
+        try:
+            with open(lay.aligned("alignment.json"), encoding="utf-8") as f:
+                alignment = json.load(f)
+        except (OSError, ValueError):
+            alignment = None
+    return State(frozenset(files), caption, current, made_from, identities, mesh_sha, alignment)
 
 
 # ------------------------------------------------------------------------------------ stages
@@ -369,8 +413,9 @@ def _deps(opts: RunOptions) -> Dict[str, Tuple[str, ...]]:
     spec = opts.spec
     d = {
         "preprocess": (),
+        "align": ("preprocess",),
         "coarse": ("preprocess",),
-        "refine": ("coarse",),
+        "refine": ("align",) if spec.aligns_mesh else ("coarse",),
         "export": (spec.mesh_from,),
         "glb": ("export",),
         "video": ("refine",),  # but a refine run makes the video itself (see plan_stages)
@@ -382,7 +427,10 @@ def _deps(opts: RunOptions) -> Dict[str, Tuple[str, ...]]:
 
 
 def stage_names(method: str) -> Tuple[str, ...]:
-    return tuple(s for s in STAGE_ORDER if s != "ply" or METHODS[method].pointcloud)
+    spec = METHODS[method]
+    skip = {"ply"} if not spec.pointcloud else set()
+    skip |= {"coarse"} if spec.aligns_mesh else {"align"}
+    return tuple(s for s in STAGE_ORDER if s not in skip)
 
 
 def _short(path: str, base: str) -> str:
@@ -452,7 +500,9 @@ def _build_training(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[boo
         "use_timestamp=false",  # deterministic trial folder OUT/<name>/<tag>: resumable
         "checkpoint.save_last=true",  # ckpts/last.ckpt: what refine, export and resume use
     ]
-    if name == "refine":
+    if name == "refine" and p.spec.aligns_mesh:
+        stage.argv += _aligned_mesh_args(p)
+    elif name == "refine":
         stage.argv.append(override(p.spec.chain_key, os.path.join(p.trials["coarse"], "ckpts", "last.ckpt")))
     text = opts.prompt if opts.prompt is not None else state.caption
     if p.spec.prompt_key:
@@ -488,9 +538,42 @@ def _training_identity(p: _Plan, name: str, prompt: Optional[str]) -> Dict[str, 
         "prompt": prompt,
         "set": p.user_overrides(name),
     }
-    if name == "refine":
+    if name == "refine" and p.spec.aligns_mesh:
+        identity["alignment"] = _identity_key((p.state.alignment or {}).get("matrix") or {})
+    elif name == "refine":
         identity["coarse"] = _identity_key(p.identities.get("coarse", {}))
     return identity
+
+
+def _aligned_mesh_args(p: _Plan) -> List[str]:
+    """refine-mesh: the aligned mesh and the reference camera it was aligned for."""
+    lay = p.lay
+    camera = (p.state.alignment or {}).get("reference_camera") or {}
+    elevation = camera.get("elevation_deg")
+    if isinstance(elevation, (int, float)) and not isinstance(elevation, bool):
+        elev = f"data.default_elevation_deg={float(elevation):.6g}"  # a number, unquoted
+    else:  # not aligned yet (a dry run): the runner re-plans after the align stage
+        elev = override("data.default_elevation_deg",
+                        ALIGNMENT_PLACEHOLDER.format(path=lay.aligned("alignment.json")))
+    return [override(p.spec.chain_key, "mesh:" + lay.aligned()), elev]
+
+
+def _build_align(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
+    opts, lay, state = p.opts, p.lay, p.state
+    stage.argv = [opts.python, "-m", "hifi123.cli", "align-mesh", str(opts.mesh), "--ref", lay.rgba,
+                  "--out", lay.aligned_dir, "--overwrite"]  # the folder is this stage's own
+    if opts.pose:
+        stage.argv += ["--pose", opts.pose]
+    stage.outputs = [glob.escape(lay.aligned(n)) for n in ALIGNED_FILES]
+    record = state.alignment or {}
+    if all(state.has(f) for f in stage.outputs):
+        if state.mesh_sha256 and record.get("mesh_sha256") != state.mesh_sha256:
+            stage.why = f"{opts.mesh} is not the mesh that was aligned (its content differs)"
+            return False
+        if record.get("pose_option") != opts.pose:
+            stage.why = "--pose changed since the alignment"
+            return False
+    return None
 
 
 def _identity_key(identity: Mapping[str, Any]) -> str:
@@ -567,7 +650,8 @@ def _build_eval(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
     return None
 
 
-_BUILDERS = {"preprocess": _build_preprocess, "export": _build_export, "glb": _build_glb, "ply": _build_ply,
+_BUILDERS = {"preprocess": _build_preprocess, "align": _build_align, "export": _build_export,
+             "glb": _build_glb, "ply": _build_ply,
              "video": _build_video, "eval": _build_eval, **{st: _build_training for st in TRAINING_STAGES}}
 
 
@@ -577,7 +661,7 @@ def plan_stages(opts: RunOptions, state: State, ran: Iterable[str] = ()) -> List
     Pure: depends only on `opts`, `state` (the outputs tree) and `ran` (stages already run in this
     invocation, whose dependents must run again)."""
     lay = Layout.of(opts)
-    trials = {st: lay.trial(opts.training(st).name) for st in TRAINING_STAGES}
+    trials = {st: lay.trial(opts.training(st).name) for st in opts.training_stages}
     plan = _Plan(opts, state, lay, trials, {st: trial_outputs(t) for st, t in trials.items()}, gpu_env(opts.gpu))
     ran, deps = set(ran), _deps(opts)
     stages: List[Stage] = []

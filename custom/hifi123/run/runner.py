@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from ..errors import Hifi123Error, InputError
 from .plan import (
+    ALIGNMENT_PLACEHOLDER,
     CAPTION_PLACEHOLDER,
     CONFIG_DIR,
     EVAL_REPORT,
@@ -105,7 +106,7 @@ def check_threestudio(opts: RunOptions) -> None:
         raise Hifi123Error(f"hifi123 is not installed in threestudio: {link} does not exist",
                            "custom/hifi123 in the threestudio root (a link to this repository's custom/hifi123)",
                            f"bash install.sh (it makes the link), or: ln -s {REPO_ROOT / 'custom' / 'hifi123' if REPO_ROOT else '<hifi123>/custom/hifi123'} {link}")
-    for st in TRAINING_STAGES:
+    for st in opts.training_stages:
         cfg = os.path.join(root, CONFIG_DIR, opts.training(st).config)
         if not os.path.isfile(cfg):
             raise Hifi123Error(
@@ -142,6 +143,20 @@ def check_image(path: str, flag: str = "IMAGE") -> None:
     if not os.path.isfile(path):
         raise InputError(f"image {path} not found ({flag})", "an image file (PNG/JPEG/...) of the object",
                          "check the path")
+
+
+def check_mesh(opts: RunOptions) -> None:
+    """refine-mesh: --mesh is given and is a readable triangle mesh, before any stage runs."""
+    if not opts.spec.aligns_mesh:
+        return
+    if not opts.mesh:
+        raise InputError(f"--method {opts.method} refines a mesh you have, but no --mesh was given",
+                         "--mesh MESH (OBJ, GLB, PLY, ... from TripoSR, SF3D, InstantMesh, "
+                         "TRELLIS, Hunyuan3D)",
+                         f"hifi123 run {opts.image} --method {opts.method} --mesh MESH")
+    from ..core.mesh_align import load_mesh
+
+    load_mesh(opts.mesh)
 
 
 # ---------------------------------------------------------------------------------- execution
@@ -235,7 +250,7 @@ def outputs_of(opts: RunOptions) -> Dict[str, Optional[str]]:
     """Where every output of one image is (None: not written yet)."""
     lay = Layout.of(opts)
     spec = opts.spec
-    trials = {st: lay.trial(opts.training(st).name) for st in TRAINING_STAGES}
+    trials = {st: lay.trial(opts.training(st).name) for st in opts.training_stages}
     mesh = trial_outputs(trials[spec.mesh_from])
     ref = trial_outputs(trials["refine"])
 
@@ -244,7 +259,10 @@ def outputs_of(opts: RunOptions) -> Dict[str, Optional[str]]:
 
     out = {
         "inputs (RGBA, depth, normal, caption)": lay.rgba if os.path.isfile(lay.rgba) else None,
-        "coarse trial": trials["coarse"] if os.path.isdir(trials["coarse"]) else None,
+        **({"aligned mesh (+ alignment.json, overlay)":
+            lay.aligned() if os.path.isfile(lay.aligned()) else None} if spec.aligns_mesh else {}),
+        **({"coarse trial": trials["coarse"] if os.path.isdir(trials["coarse"]) else None}
+           if "coarse" in trials else {}),
         "refine trial": trials["refine"] if os.path.isdir(trials["refine"]) else None,
         "mesh (OBJ/MTL + texture)": find(mesh["obj"]),
         "mesh (GLB)": find(mesh["glb"]),
@@ -304,6 +322,7 @@ def run_image(opts: RunOptions, *, dry_run: bool = False, echo: bool = True,
     stage failed. `echo`: stream the stages' output to the terminal (else only to the logs)."""
     execute = execute or execute_subprocess
     check_image(opts.image)
+    check_mesh(opts)
     check_threestudio(opts)
     lay = Layout.of(opts)
     stages = plan_stages(opts, scan_state(opts))
@@ -343,6 +362,11 @@ def run_image(opts: RunOptions, *, dry_run: bool = False, echo: bool = True,
             if any(CAPTION_PLACEHOLDER.split("{")[0] in a for a in stage.argv):
                 raise StageFailed(f"stage {stage.name}: the caption {lay.caption} is missing", stage.name,
                                   "the preprocess stage writes it", "pass --prompt TEXT, or re-run the preprocess stage")
+            if any(ALIGNMENT_PLACEHOLDER.split("{")[0] in a for a in stage.argv):
+                raise StageFailed(f"stage {stage.name}: {lay.aligned('alignment.json')} has no "
+                                  "fitted reference camera", stage.name,
+                                  "the align stage writes it",
+                                  "re-run the same command (the align stage runs again)")
             _run_stage(opts, stage, record, execute, echo, say)
             ran.append(stage.name)
     except Hifi123Error as err:

@@ -111,8 +111,57 @@ class HiFi123System(ImageConditionedSystem):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        if self.refining and hasattr(self.geometry, "fit_texture_to_colors"):
+            self.check_aligned_camera()
         if self.refining and not self.guidance.has_fixed_targets:
+            self.init_texture_from_mesh()
             self.compute_fixed_targets()
+
+    def check_aligned_camera(self, like: Optional[Dict[str, Any]] = None) -> None:
+        """A mesh aligned by `hifi123 align-mesh` (its alignment.json) fits one reference camera;
+        the datamodule's must be that one (decision 31)."""
+        aligned = getattr(self.geometry, "aligned_camera", None)
+        if not aligned:
+            return
+        like = like if like is not None else self._reference_camera()
+        have = {
+            "elevation_deg": float(like["elevation"].reshape(-1)[0]),
+            "azimuth_deg": float(like["azimuth"].reshape(-1)[0]),
+            "distance": float(like["camera_distances"].reshape(-1)[0]),
+            "fovy_deg": math.degrees(float(like["fovy"].reshape(-1)[0])),
+        }
+        keys = {"elevation_deg": "default_elevation_deg", "azimuth_deg": "default_azimuth_deg",
+                "distance": "default_camera_distance", "fovy_deg": "default_fovy_deg"}
+        off = [k for k in keys
+               if abs(have[k] - float(aligned[k])) > 0.01 * max(1.0, abs(float(aligned[k])))]
+        if off:
+            from ...errors import InputError
+
+            raise InputError(
+                "the mesh was aligned for another reference camera than data's: "
+                + ", ".join(f"data.{keys[k]}={have[k]:.4g} but the alignment used {aligned[k]:.4g}"
+                            for k in off),
+                "the reference camera of the mesh's alignment.json",
+                "pass " + " ".join(f"data.{keys[k]}={float(aligned[k]):.4g}" for k in off)
+                + " (hifi123 run --method refine-mesh does this)",
+            )
+        threestudio.info(f"hifi123-system: the reference camera is the mesh's alignment's "
+                         f"(elevation {have['elevation_deg']:.4g} deg)")
+
+    def init_texture_from_mesh(self) -> None:
+        """A custom mesh with colours (`hifi123-custom-mesh`): fit the texture field to them first,
+        so the fixed-view targets enhance the mesh's own texture (decision 31)."""
+        fit = getattr(self.geometry, "fit_texture_to_colors", None)
+        if fit is None:
+            return
+        from threestudio.utils.ops import get_activation
+
+        act = get_activation(getattr(self.material.cfg, "color_activation", "sigmoid"))
+        mse = fit(act)
+        if mse is None:
+            threestudio.info("hifi123-system: the mesh has no colours; the texture starts blank")
+        else:
+            threestudio.info(f"hifi123-system: texture fitted to the mesh's colours (MSE {mse:.4f})")
 
     def fixed_batches(self, like: Dict[str, Any]):
         ref_e = float(like["elevation"].reshape(-1)[0])
