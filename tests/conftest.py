@@ -4,6 +4,7 @@ Tests marked ``@pytest.mark.threestudio`` run against a real threestudio checkou
 modules stubbed, see ``hifi123.testing.threestudio_stubs``) and are skipped cleanly when none is
 found. Unmarked tests never import threestudio.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,11 @@ def _skip_reason() -> str:
 
 def pytest_collection_modifyitems(config, items):
     # a file name ending in _ts means: every test in it needs threestudio, and no other test does
-    wrong = [item.nodeid for item in items
-             if bool(item.get_closest_marker("threestudio")) != item.path.name.endswith("_ts.py")]
+    wrong = [
+        item.nodeid
+        for item in items
+        if bool(item.get_closest_marker("threestudio")) != item.path.name.endswith("_ts.py")
+    ]
     if wrong:
         raise pytest.UsageError(
             "threestudio-marked tests belong in tests/*_ts.py files (pytestmark = pytest.mark.threestudio) "

@@ -1,5 +1,6 @@
 """Shared by the `hifi123 run` tests: a fake threestudio root (a launch.py stub and our config
 names), option and output-tree builders, a fake stage executor, GPU fixtures, the CLI runner."""
+
 from __future__ import annotations
 
 import io
@@ -33,7 +34,9 @@ def pl_sha256(path):
 def fake_threestudio(tmp_path, configs=True, link=True):
     root = tmp_path / "threestudio"
     root.mkdir(parents=True)
-    (root / "launch.py").write_text("raise SystemExit('launch.py stub: never run by these tests')\n")
+    (root / "launch.py").write_text(
+        "raise SystemExit('launch.py stub: never run by these tests')\n"
+    )
     if link:
         cdir = root / "custom" / "hifi123" / "configs"
         cdir.mkdir(parents=True)
@@ -52,8 +55,14 @@ def make_opts(tmp_path, method="hifi123", **kw):
         image = str(tmp_path / "photos" / "cat.png")
         os.makedirs(os.path.dirname(image), exist_ok=True)
         Image.open(SAMPLE).save(image)
-    return pl.RunOptions(image=image, method=method, out=str(tmp_path / "out"), threestudio_root=root,
-                         python=PY, **kw)
+    return pl.RunOptions(
+        image=image,
+        method=method,
+        out=str(tmp_path / "out"),
+        threestudio_root=root,
+        python=PY,
+        **kw,
+    )
 
 
 def touch(path, text="x"):
@@ -77,11 +86,19 @@ def make_done(opts, *stages, crashed=()):
             for name in pl.ALIGNED_FILES[::2]:
                 touch(lay.aligned(name))
             sha = pl_sha256(opts.mesh) if opts.mesh and os.path.isfile(opts.mesh) else None
-            record = {"mesh": opts.mesh, "mesh_sha256": sha, "pose_option": opts.pose,
-                      "silhouette_iou": 0.97,
-                      "matrix": [[2.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 2.0, 0.1]],
-                      "reference_camera": {"elevation_deg": ALIGNED_ELEVATION, "azimuth_deg": 0.0,
-                                           "distance": 3.8, "fovy_deg": 20.0}}
+            record = {
+                "mesh": opts.mesh,
+                "mesh_sha256": sha,
+                "pose_option": opts.pose,
+                "silhouette_iou": 0.97,
+                "matrix": [[2.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 2.0, 0.1]],
+                "reference_camera": {
+                    "elevation_deg": ALIGNED_ELEVATION,
+                    "azimuth_deg": 0.0,
+                    "distance": 3.8,
+                    "fovy_deg": 20.0,
+                },
+            }
             touch(lay.aligned("alignment.json"), json.dumps(record))
         elif st in pl.TRAINING_STAGES:
             t = trial(opts, st)
@@ -96,8 +113,10 @@ def make_done(opts, *stages, crashed=()):
         elif st == "video":
             touch(os.path.join(trial(opts, "refine"), "save/it100-test.mp4"))
         elif st == "eval":
-            touch(os.path.join(trial(opts, "refine"), pl.EVAL_REPORT),
-                  json.dumps({"metrics": {"lpips_ref": 0.08, "contextual": 1.6, "clip": 0.91}}))
+            touch(
+                os.path.join(trial(opts, "refine"), pl.EVAL_REPORT),
+                json.dumps({"metrics": {"lpips_ref": 0.08, "contextual": 1.6, "clip": 0.91}}),
+            )
     for st in crashed:
         touch(os.path.join(trial(opts, st), "ckpts/last.ckpt"))
 
@@ -210,7 +229,6 @@ def _printed_commands(text):
     return cmds
 
 
-
 def write_manifest(tmp_path, names, extra=""):
     d = tmp_path / "photos"
     d.mkdir(exist_ok=True)
@@ -227,21 +245,30 @@ def write_textured_box(folder, size=48):
     `f v/vt/` corners), model.mtl with map_Kd, texture_kd.jpg (the synthetic sample). Each face has
     its own UV island, so positions are shared and UVs are not (seams)."""
     os.makedirs(folder, exist_ok=True)
-    Image.open(SAMPLE).convert("RGB").resize((size, size)).save(os.path.join(folder, "texture_kd.jpg"), quality=90)
+    Image.open(SAMPLE).convert("RGB").resize((size, size)).save(
+        os.path.join(folder, "texture_kd.jpg"), quality=90
+    )
     v = np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)])
     quads = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
     faces, uv, ftex = [], [], []
     for q, quad in enumerate(quads):
         u0, v0 = (q % 3) / 3.0, (q // 3) / 2.0
         base = len(uv)
-        uv += [[u0 + 0.02, v0 + 0.02], [u0 + 0.31, v0 + 0.02], [u0 + 0.31, v0 + 0.48], [u0 + 0.02, v0 + 0.48]]
+        uv += [
+            [u0 + 0.02, v0 + 0.02],
+            [u0 + 0.31, v0 + 0.02],
+            [u0 + 0.31, v0 + 0.48],
+            [u0 + 0.02, v0 + 0.48],
+        ]
         faces += [[quad[0], quad[1], quad[2]], [quad[0], quad[2], quad[3]]]
         ftex += [[base, base + 1, base + 2], [base, base + 2, base + 3]]
     uv = np.array(uv)
     lines = ["mtllib model.mtl", "g object", "usemtl default"]
     lines += [f"v {a} {b} {c}" for a, b, c in v]
     lines += [f"vt {a} {1.0 - b}" for a, b in uv]
-    lines += ["f " + " ".join(f"{p + 1}/{t + 1}/" for p, t in zip(f, ft)) for f, ft in zip(faces, ftex)]
+    lines += [
+        "f " + " ".join(f"{p + 1}/{t + 1}/" for p, t in zip(f, ft)) for f, ft in zip(faces, ftex)
+    ]
     with open(os.path.join(folder, "model.obj"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(folder, "model.mtl"), "w") as f:

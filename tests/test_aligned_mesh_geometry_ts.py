@@ -1,6 +1,7 @@
 """`hifi123-custom-mesh` (decision 31): threestudio's `custom-mesh` that keeps an aligned mesh
 where `hifi123 align-mesh` put it, refuses what it cannot texture, and fits its texture field to
 the mesh's colours."""
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,21 @@ SMALL = {
     "texture_init_steps": 150,
     "texture_init_points": 4096,
     "texture_init_lr": 0.02,
-    "pos_encoding_config": {"otype": "HashGrid", "n_levels": 6, "n_features_per_level": 2,
-                            "log2_hashmap_size": 14, "base_resolution": 4, "per_level_scale": 1.6},
-    "mlp_network_config": {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none",
-                           "n_neurons": 32, "n_hidden_layers": 1},
+    "pos_encoding_config": {
+        "otype": "HashGrid",
+        "n_levels": 6,
+        "n_features_per_level": 2,
+        "log2_hashmap_size": 14,
+        "base_resolution": 4,
+        "per_level_scale": 1.6,
+    },
+    "mlp_network_config": {
+        "otype": "VanillaMLP",
+        "activation": "ReLU",
+        "output_activation": "none",
+        "n_neurons": 32,
+        "n_hidden_layers": 1,
+    },
 }
 
 
@@ -50,7 +62,8 @@ def test_the_aligned_mesh_stays_where_it_was_put(threestudio_env, tmp_path):
     # threestudio's own custom-mesh would re-centre (and rescale) it: the reason for the subclass
     plain = threestudio_env.threestudio.find("custom-mesh")(
         {k: SMALL[k] for k in ("radius", "pos_encoding_config", "mlp_network_config")}
-        | {"shape_init": f"mesh:{path}", "shape_init_params": 0.4})
+        | {"shape_init": f"mesh:{path}", "shape_init_params": 0.4}
+    )
     assert not torch.allclose(plain.isosurface().v_pos.cpu(), geo.isosurface().v_pos, atol=1e-3)
     # the state dict is custom-mesh's
     assert set(geo.state_dict()) == set(plain.state_dict())
@@ -99,8 +112,12 @@ def test_a_reference_camera_other_than_the_alignments_is_refused():
     fake = SimpleNamespace(geometry=SimpleNamespace(aligned_camera=aligned))
 
     def batch(elevation, fovy=20.0):
-        return {"elevation": torch.tensor([elevation]), "azimuth": torch.tensor([0.0]),
-                "camera_distances": torch.tensor([3.8]), "fovy": torch.tensor([math.radians(fovy)])}
+        return {
+            "elevation": torch.tensor([elevation]),
+            "azimuth": torch.tensor([0.0]),
+            "camera_distances": torch.tensor([3.8]),
+            "fovy": torch.tensor([math.radians(fovy)]),
+        }
 
     HiFi123System.check_aligned_camera(fake, batch(7.25))  # the same camera: accepted
     with pytest.raises(InputError) as err:

@@ -1,4 +1,5 @@
 """`hifi123 rgnv` and `hifi123 tiny-models` as a user runs them."""
+
 import os
 
 import numpy as np
@@ -7,7 +8,9 @@ from hifi123 import cli
 from hifi123.models import loader
 from PIL import Image
 
-SAMPLE = os.path.join(os.path.dirname(__file__), "..", "custom", "hifi123", "assets", "sample_rgba.png")
+SAMPLE = os.path.join(
+    os.path.dirname(__file__), "..", "custom", "hifi123", "assets", "sample_rgba.png"
+)
 
 
 @pytest.fixture
@@ -28,7 +31,19 @@ def _png(path, arr, mode=None):
     return str(path)
 
 
-@pytest.mark.parametrize("case", ["rgb", "empty", "unreadable", "missing", "nonsquare", "depth_size", "depth_count", "model_dir"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "rgb",
+        "empty",
+        "unreadable",
+        "missing",
+        "nonsquare",
+        "depth_size",
+        "depth_count",
+        "model_dir",
+    ],
+)
 def test_bad_inputs_fail_early_with_clear_errors(case, tmp_path, capsys, no_model_loading):
     good = SAMPLE
     args = ["rgnv", "--ref", good, "--coarse", good, "--out", str(tmp_path / "out")]
@@ -78,14 +93,36 @@ def test_rgnv_command_end_to_end_on_the_tiny_model(tmp_path, capsys, monkeypatch
     rgba = np.concatenate([r["rgb"], r["alpha"][..., None]], -1)
     coarse = _png(tmp_path / "view_rgba.png", (rgba * 255).round().astype(np.uint8))
     out = tmp_path / "out"
-    code = cli.main(["rgnv", "--ref", SAMPLE, "--coarse", coarse, "--out", str(out), "--tiny",
-                     "--steps", "6", "--inject-steps", "4", "--quiet", "--prompt", "a toy"])
+    code = cli.main(
+        [
+            "rgnv",
+            "--ref",
+            SAMPLE,
+            "--coarse",
+            coarse,
+            "--out",
+            str(out),
+            "--tiny",
+            "--steps",
+            "6",
+            "--inject-steps",
+            "4",
+            "--quiet",
+            "--prompt",
+            "a toy",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     enhanced = np.asarray(Image.open(out / "view_enhanced.png"))
     sheet = Image.open(out / "comparison.png")
     assert enhanced.shape == (64, 64, 3)  # the tiny model's native size
     assert sheet.size[0] > 3 * 64 and sheet.size[1] > 64  # reference | coarse | enhanced
-    mask = np.asarray(Image.fromarray((r["alpha"] * 255).astype(np.uint8)).resize((64, 64), Image.BILINEAR)) > 127
+    mask = (
+        np.asarray(
+            Image.fromarray((r["alpha"] * 255).astype(np.uint8)).resize((64, 64), Image.BILINEAR)
+        )
+        > 127
+    )
     assert (enhanced[~mask] == 255).all()  # composited on white outside the coarse view's mask
     assert enhanced[mask].std() > 0
 
@@ -94,7 +131,9 @@ def test_tiny_models_command_writes_loadable_models(tmp_path, capsys):
     code = cli.main(["tiny-models", "--out", str(tmp_path / "tiny")])
     assert code == 0
     assert "sd2-depth" in capsys.readouterr().out
-    comps = loader.load_diffusion(str(tmp_path / "tiny" / "sd2-depth"), "--model", with_depth_estimator=True)
+    comps = loader.load_diffusion(
+        str(tmp_path / "tiny" / "sd2-depth"), "--model", with_depth_estimator=True
+    )
     assert comps.is_depth_model and comps.depth_estimator is not None
     # the folder is marked as ours: a second run may write there again
     assert os.path.isfile(tmp_path / "tiny" / ".hifi123-tiny-models")
@@ -105,25 +144,62 @@ def test_rgnv_x4_upscale_on_the_tiny_upscaler(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out = tmp_path / "out"
     coarse = os.path.join(os.path.dirname(SAMPLE), "sample_coarse_az090_rgba.png")
-    code = cli.main(["rgnv", "--ref", SAMPLE, "--coarse", coarse, "--out", str(out), "--tiny", "--steps", "4",
-                     "--inject-steps", "2", "--quiet", "--upscale", "--upscale-steps", "2"])
+    code = cli.main(
+        [
+            "rgnv",
+            "--ref",
+            SAMPLE,
+            "--coarse",
+            coarse,
+            "--out",
+            str(out),
+            "--tiny",
+            "--steps",
+            "4",
+            "--inject-steps",
+            "2",
+            "--quiet",
+            "--upscale",
+            "--upscale-steps",
+            "2",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     up = np.asarray(Image.open(out / "sample_coarse_az090_upsample.png"))
     base = np.asarray(Image.open(out / "sample_coarse_az090_enhanced.png"))
     assert up.shape == (2 * base.shape[0], 2 * base.shape[1], 3)  # half-size input, x4 upscaler
-    outside = (base == 255).all(-1)  # the enhanced view's white background (outside the coarse mask)
-    outside_up = np.repeat(np.repeat(outside, 2, 0), 2, 1)  # nearest-upsampled, as the pipeline does
+    outside = (base == 255).all(
+        -1
+    )  # the enhanced view's white background (outside the coarse mask)
+    outside_up = np.repeat(
+        np.repeat(outside, 2, 0), 2, 1
+    )  # nearest-upsampled, as the pipeline does
     assert (up[outside_up] == 255).all() and up[~outside_up].std() > 0
 
 
 def test_missing_upscaler_fails_before_any_model_loads(tmp_path, capsys, no_model_loading):
-    code, err = _run(capsys, "rgnv", "--ref", SAMPLE, "--coarse", SAMPLE, "--out", str(tmp_path / "o"), "--upscale",
-                     "--upscaler-model", str(tmp_path / "nope"), "--model", str(tmp_path))
+    code, err = _run(
+        capsys,
+        "rgnv",
+        "--ref",
+        SAMPLE,
+        "--coarse",
+        SAMPLE,
+        "--out",
+        str(tmp_path / "o"),
+        "--upscale",
+        "--upscaler-model",
+        str(tmp_path / "nope"),
+        "--model",
+        str(tmp_path),
+    )
     assert code == 2 and ("--upscaler-model" in err or "--model" in err)
 
 
 @pytest.mark.parametrize("with_caption", [True, False])
-def test_default_prompt_is_the_caption_else_a_view_prompt(tmp_path, capsys, monkeypatch, with_caption):
+def test_default_prompt_is_the_caption_else_a_view_prompt(
+    tmp_path, capsys, monkeypatch, with_caption
+):
     """CFG acts only with a target prompt: without --prompt, the caption next to --ref (what
     `hifi123 preprocess` writes), else a generic view prompt; never the empty prompt."""
     import shutil
@@ -147,6 +223,18 @@ def test_default_prompt_is_the_caption_else_a_view_prompt(tmp_path, capsys, monk
     monkeypatch.setattr(loader, "load_diffusion", lambda *a, **k: object())
     monkeypatch.setattr(loader, "preflight", lambda ref, *a, **k: ref)
     with pytest.raises(Stop):
-        cli.main(["rgnv", "--ref", str(ref), "--coarse", SAMPLE, "--out", str(tmp_path / "out"), "--model", "x"])
+        cli.main(
+            [
+                "rgnv",
+                "--ref",
+                str(ref),
+                "--coarse",
+                SAMPLE,
+                "--out",
+                str(tmp_path / "out"),
+                "--model",
+                "x",
+            ]
+        )
     assert seen["prompt"] == ("a red toy" if with_caption else "side view")
     assert seen["prompt"] in capsys.readouterr().out

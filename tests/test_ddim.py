@@ -1,4 +1,5 @@
 """DDIM inversion / sampling (HiFi-123 §3.1-3.2; algorithms.md A.4-A.5)."""
+
 import copy
 
 import pytest
@@ -33,7 +34,9 @@ def test_grid_and_step_order_follow_the_scheduler(scheduler):
     grid = ddim.DDIMGrid.from_scheduler(scheduler, 50)
     scheduler.set_timesteps(50)
     assert torch.equal(grid.timesteps, scheduler.timesteps.long())
-    assert grid.t(0) > grid.t(49) and grid.final_alpha_cumprod == pytest.approx(float(scheduler.alphas_cumprod[0]))
+    assert grid.t(0) > grid.t(49) and grid.final_alpha_cumprod == pytest.approx(
+        float(scheduler.alphas_cumprod[0])
+    )
     inv, smp = [], []
     oracle = TrajectoryOracle(torch.zeros(1, 4, 4, 4))
     z = ddim.invert(oracle, torch.zeros(1, 4, 4, 4), grid, 30, record=inv)
@@ -65,7 +68,9 @@ def test_cfg_forms_are_named_and_related():
     assert torch.allclose(ddim.cfg_combine(u, c, 7.5, "textbook"), u + 7.5 * (c - u))
     assert torch.allclose(ddim.cfg_combine(u, c, 7.5, "threestudio"), c + 7.5 * (c - u))
     # threestudio's scale s is the textbook scale s + 1 (Make-It-3D's (1+w) eps_c - w eps_u, w = s)
-    assert torch.allclose(ddim.cfg_combine(u, c, 10, "threestudio"), ddim.cfg_combine(u, c, 11, "textbook"), atol=1e-6)
+    assert torch.allclose(
+        ddim.cfg_combine(u, c, 10, "threestudio"), ddim.cfg_combine(u, c, 11, "textbook"), atol=1e-6
+    )
     assert torch.allclose(ddim.cfg_combine(u, c, 10, "threestudio"), 11 * c - 10 * u, atol=1e-5)
     with pytest.raises(ValueError, match="cfg_form"):
         ddim.cfg_combine(u, c, 1, "other")
@@ -84,7 +89,9 @@ def test_tiny_unet_round_trip_error_shrinks_with_more_steps(sd2_depth):
     torch.manual_seed(0)
     z0 = torch.randn(1, 4, 32, 32) * 0.8
     depth = torch.rand(1, 1, 32, 32) * 2 - 1
-    fn = sd.UNetNoisePredictor(u, sd2_depth.scheduler.alphas_cumprod, torch.zeros(1, 77, 32), depth=depth)
+    fn = sd.UNetNoisePredictor(
+        u, sd2_depth.scheduler.alphas_cumprod, torch.zeros(1, 77, 32), depth=depth
+    )
     errs = []
     for T in (5, 10, 25, 50):
         grid = ddim.DDIMGrid.from_scheduler(sd2_depth.scheduler, T)

@@ -1,4 +1,5 @@
 """Make-It-3D refine: the gated-convolution U-Net deferred renderer (algorithms.md D.5)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,10 +43,14 @@ def test_gated_block_gate_modulates_and_a_zero_gate_halves_the_elu_features():
     gate = torch.nn.functional.conv2d(x, w[4:], b[4:], padding=1)
     with torch.no_grad():
         y = block(x)
-        np.testing.assert_allclose(y.numpy(), (torch.nn.functional.elu(feat) * torch.sigmoid(gate)).numpy(), atol=1e-6)
+        np.testing.assert_allclose(
+            y.numpy(), (torch.nn.functional.elu(feat) * torch.sigmoid(gate)).numpy(), atol=1e-6
+        )
         swapped = torch.nn.functional.elu(gate) * torch.sigmoid(feat)
         assert (y - swapped).abs().max() > 1e-2
         block.conv.weight[4:] = 0.0
         block.conv.bias[4:] = 0.0
-        np.testing.assert_allclose(block(x).numpy(), (0.5 * torch.nn.functional.elu(feat)).numpy(), atol=1e-6)
+        np.testing.assert_allclose(
+            block(x).numpy(), (0.5 * torch.nn.functional.elu(feat)).numpy(), atol=1e-6
+        )
         assert (block(x) - y).abs().max() > 1e-2

@@ -1,5 +1,6 @@
 """`hifi123-nvdiff-rasterizer` adds a correct `depth`; checked on CPU with the torch stand-in for
 nvdiffrast against analytic ray-sphere distances (which also pins the stand-in's conventions)."""
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,9 @@ class _SphereGeometry:
         from threestudio.models.mesh import Mesh
 
         s = trimesh.creation.icosphere(subdivisions=4, radius=radius)
-        self.mesh = Mesh(torch.tensor(s.vertices, dtype=torch.float32), torch.tensor(s.faces, dtype=torch.long))
+        self.mesh = Mesh(
+            torch.tensor(s.vertices, dtype=torch.float32), torch.tensor(s.faces, dtype=torch.long)
+        )
 
     def isosurface(self):
         return self.mesh
@@ -37,7 +40,9 @@ def test_depth_is_the_distance_to_the_visible_surface(threestudio_env):
     mat = ts.find("no-material")({"n_output_dims": 3, "color_activation": "none"})
     bg = ts.find("solid-color-background")({"color": [1.0, 1.0, 1.0]})
     r = 0.5
-    renderer = ts.find("hifi123-nvdiff-rasterizer")({"context_type": "cuda"}, geometry=_SphereGeometry(r), material=mat, background=bg)
+    renderer = ts.find("hifi123-nvdiff-rasterizer")(
+        {"context_type": "cuda"}, geometry=_SphereGeometry(r), material=mat, background=bg
+    )
     renderer.ctx = TorchRasterizerContext()
     size, fovy, dist, elev, azim = 48, 20.0, 3.8, 20.0, 30.0
     c2w = torch.tensor(look_at_c2w(elev, azim, dist), dtype=torch.float32)[None]

@@ -4,6 +4,7 @@ A citation is "decision N" / "decisions N, M" / "decisions N-M" (a numbered head
 docs/decisions.md), "algorithms.md X" or "algorithms.md X.Y" (a lettered heading of
 docs/algorithms.md), "threestudio.md §N" (a numbered heading of docs/threestudio.md), or a path
 "docs/<file>.md" (the file)."""
+
 from __future__ import annotations
 
 import re
@@ -13,8 +14,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-SOURCES = [p for d in ("custom", "configs", "docs") for p in (ROOT / d).rglob("*")
-           if p.suffix in (".py", ".yaml", ".md", ".txt") and p.is_file()]
+SOURCES = [
+    p
+    for d in ("custom", "configs", "docs")
+    for p in (ROOT / d).rglob("*")
+    if p.suffix in (".py", ".yaml", ".md", ".txt") and p.is_file()
+]
 SOURCES += [ROOT / "README.md", ROOT / "install.sh", ROOT / ".ci" / "run"]
 
 DECISION = re.compile(r"\b[Dd]ecisions?(?:\.md)?,? §?(\d+(?:\s*(?:,|-|–|and)\s*\d+)*)")
@@ -72,13 +77,17 @@ def _citations_of(paths):
 
 
 def test_docs_exist_and_are_numbered():
-    assert {"decisions.md", "algorithms.md", "threestudio.md"} <= {p.name for p in DOCS.glob("*.md")}
+    assert {"decisions.md", "algorithms.md", "threestudio.md"} <= {
+        p.name for p in DOCS.glob("*.md")
+    }
     numbers = sorted(int(h) for h in _headings("decisions.md") if h.isdigit())
     assert numbers == list(range(1, len(numbers) + 1)), "decisions are numbered 1..N without gaps"
 
 
 def test_every_citation_resolves_to_a_heading():
-    headings = {name: _headings(name) for name in ("decisions.md", "algorithms.md", "threestudio.md")}
+    headings = {
+        name: _headings(name) for name in ("decisions.md", "algorithms.md", "threestudio.md")
+    }
     cited, missing = 0, []
     for rel, doc, section in _citations():
         cited += 1
@@ -90,7 +99,9 @@ def test_every_citation_resolves_to_a_heading():
     assert not missing, "\n".join(sorted(set(missing)))
 
 
-@pytest.mark.parametrize("spec, expected", [("7-11", [7, 8, 9, 10, 11]), ("1, 2, 7", [1, 2, 7]), ("14", [14])])
+@pytest.mark.parametrize(
+    "spec, expected", [("7-11", [7, 8, 9, 10, 11]), ("1, 2, 7", [1, 2, 7]), ("14", [14])]
+)
 def test_decision_ranges_expand(spec, expected):
     assert _numbers(spec) == expected
 

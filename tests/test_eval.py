@@ -1,4 +1,5 @@
 """`hifi123 eval`: end-to-end reports from synthetic inputs, bad inputs, model references."""
+
 import argparse
 import json
 import os
@@ -75,20 +76,45 @@ def trial(tmp_path_factory):
 
 def test_single_view_report_end_to_end(trial, tmp_path, capsys):
     out = tmp_path / "rep" / "report.json"
-    code = run_cli(["eval", "single-view", "--ref", str(trial["ref"]), "--views", str(trial["trial"]),
-                    "--tiny", "--out", str(out)])
+    code = run_cli(
+        [
+            "eval",
+            "single-view",
+            "--ref",
+            str(trial["ref"]),
+            "--views",
+            str(trial["trial"]),
+            "--tiny",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     rep = json.loads(out.read_text())
     md = (tmp_path / "rep" / "report.md").read_text()
     assert set(rep["metrics"]) == {"lpips_ref", "contextual", "clip"}
     s = rep["settings"]
-    for key in ("lpips", "clip", "contextual", "reference_view", "views", "background", "arguments", "versions"):
+    for key in (
+        "lpips",
+        "clip",
+        "contextual",
+        "reference_view",
+        "views",
+        "background",
+        "arguments",
+        "versions",
+    ):
         assert key in s, key
     assert s["lpips"]["net"] == "alex" and s["lpips"]["size"] == 256
     assert s["contextual"]["layer"].startswith("relu5_4") and s["contextual"]["band_width"] == 0.5
     assert s["contextual"]["size"] == 256 and s["clip"]["backend"] == "open_clip"
     v = s["views"]
-    assert v["kind"] == "threestudio-png" and v["count"] == 16 and v["panels_per_frame"] == 2 and v["opacity_masked"]
+    assert (
+        v["kind"] == "threestudio-png"
+        and v["count"] == 16
+        and v["panels_per_frame"] == 2
+        and v["opacity_masked"]
+    )
     assert v["threestudio_camera"]["default_azimuth_deg"] == 0.0
     # frame 0 is the reference view; frame 15 (azimuth 360) repeats it and is not a novel view
     assert s["reference_view"]["index"] == 0 and v["novel_count"] == 14
@@ -97,7 +123,9 @@ def test_single_view_report_end_to_end(trial, tmp_path, capsys):
     assert any("tiny" in d for d in rep["protocol_differences"])
     # the reference-view render is the reference itself (other resolution): tiny but nonzero
     assert 0 <= rep["metrics"]["lpips_ref"] < 0.05
-    assert all(p["contextual"] > 0 for p in rep["per_view"]) and all(p["clip"] <= 1 + 1e-6 for p in rep["per_view"])
+    assert all(p["contextual"] > 0 for p in rep["per_view"]) and all(
+        p["clip"] <= 1 + 1e-6 for p in rep["per_view"]
+    )
     assert "| **this run** |" in md and "## Settings" in md and "contextual.band_width" in md
     assert "## Per view" in md
     assert "Papers' numbers not shown" in capsys.readouterr().out
@@ -120,7 +148,9 @@ def test_single_view_metrics_respond_to_the_views(trial, tmp_path):
     assert rep["settings"]["reference_view"]["rule"].startswith("first view")
     assert abs(rep["metrics"]["clip"] - 1) < 1e-5
     assert rep["metrics"]["contextual"] < 0.05 and rep["metrics"]["lpips_ref"] < 1e-6
-    rep2 = run_single_view(SingleViewSettings(ref=str(tmp_path / "ref.png"), views=str(trial["trial"]), **small))
+    rep2 = run_single_view(
+        SingleViewSettings(ref=str(tmp_path / "ref.png"), views=str(trial["trial"]), **small)
+    )
     assert rep2["metrics"]["contextual"] > rep["metrics"]["contextual"] + 0.1
     assert rep2["metrics"]["clip"] < rep["metrics"]["clip"]
 
@@ -152,7 +182,9 @@ def test_reference_view_selection_follows_the_trial_config(trial, tmp_path):
 
     vs = load_view_set(str(trial["trial"]))
     idx, novel, _ = select_reference(vs, None, 120.0)
-    assert idx == 5 and 5 not in novel and 0 in novel and len(novel) == 15  # 120 deg = frame 5 of 16
+    assert (
+        idx == 5 and 5 not in novel and 0 in novel and len(novel) == 15
+    )  # 120 deg = frame 5 of 16
     idx, novel, _ = select_reference(vs, "3.png", None)
     assert idx == 3 and len(novel) == 15
     idx, _, _ = select_reference(vs, os.path.join(vs.source, "4.png"), None)
@@ -175,7 +207,9 @@ def _gso_dirs(root, n=4, size=SIZE, noise=0.0):
         r = render_sample(30.0, 360.0 * i / n, size=size)
         rgba = np.concatenate([r["rgb"], r["alpha"][..., None]], -1)
         Image.fromarray(_u8(rgba)).save(gt / f"{i:03d}.png")
-        rgb = np.where(r["alpha"][..., None], r["rgb"], 1.0) + noise * rng.standard_normal((size, size, 3))
+        rgb = np.where(r["alpha"][..., None], r["rgb"], 1.0) + noise * rng.standard_normal(
+            (size, size, 3)
+        )
         Image.fromarray(_u8(rgb)).save(pred / f"{i:03d}.png")
     return pred, gt
 
@@ -194,8 +228,29 @@ def test_gso_report_end_to_end(tmp_path):
     pm = _save_box(tmp_path / "pred.obj", offset=(0.25, 0, 0))
     gm = _save_box(tmp_path / "gt.ply")
     out = tmp_path / "gso.json"
-    code = run_cli(["eval", "gso", "--pred", str(pred), "--gt", str(gt), "--pred-mesh", str(pm), "--gt-mesh", str(gm),
-                    "--size", "48", "--depth-size", "64", "--mesh-normalize", "none", "--tiny", "--out", str(out)])
+    code = run_cli(
+        [
+            "eval",
+            "gso",
+            "--pred",
+            str(pred),
+            "--gt",
+            str(gt),
+            "--pred-mesh",
+            str(pm),
+            "--gt-mesh",
+            str(gm),
+            "--size",
+            "48",
+            "--depth-size",
+            "64",
+            "--mesh-normalize",
+            "none",
+            "--tiny",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     rep = json.loads(out.read_text())
     m = rep["metrics"]
@@ -217,8 +272,17 @@ def test_gso_identical_inputs(tmp_path):
     for p in gt.iterdir():  # pred := gt exactly (RGBA on white == the white RGB)
         Image.open(p).save(pred / p.name)
     gm = _save_box(tmp_path / "gt.obj", extents=(0.5, 1.0, 0.8))
-    rep = run_gso(GSOSettings(pred=str(pred), gt=str(gt), pred_mesh=str(gm), gt_mesh=str(gm), size=32, depth_size=64,
-                              tiny=True))
+    rep = run_gso(
+        GSOSettings(
+            pred=str(pred),
+            gt=str(gt),
+            pred_mesh=str(gm),
+            gt_mesh=str(gm),
+            size=32,
+            depth_size=64,
+            tiny=True,
+        )
+    )
     m = rep["metrics"]
     assert m["psnr"] == float("inf") and abs(m["ssim"] - 1) < 1e-6 and m["lpips"] < 1e-7
     assert m["chamfer"] == 0.0 and m["volume_iou"] == 1.0
@@ -231,13 +295,26 @@ def test_gso_identical_inputs(tmp_path):
 def test_papers_numbers_appear_when_the_protocol_matches():
     from hifi123.evaluation.report import attach_papers, to_markdown
 
-    rep = {"protocol": "gso", "metrics": {"psnr": 20.0, "ssim": 0.8, "lpips": 0.15, "chamfer": 0.03, "volume_iou": 0.5},
-           "settings": {"a": 1}, "per_view": [], "protocol_matches": True, "protocol_differences": [], "notes": []}
+    rep = {
+        "protocol": "gso",
+        "metrics": {"psnr": 20.0, "ssim": 0.8, "lpips": 0.15, "chamfer": 0.03, "volume_iou": 0.5},
+        "settings": {"a": 1},
+        "per_view": [],
+        "protocol_matches": True,
+        "protocol_differences": [],
+        "notes": [],
+    }
     md = to_markdown(attach_papers(rep))
     assert "HiFi-123 Tab. 2, GSO: Magic123 | 19.33 | 0.801 | 0.156 | 0.0520 | 0.453 |" in md
     assert "HiFi-123 Tab. 2, GSO: HiFi-123 | lost | lost | lost | 0.0250 | 0.577 |" in md
-    rep = {"protocol": "single-view", "metrics": {"lpips_ref": 0.1, "contextual": 1.5, "clip": 0.9}, "settings": {},
-           "protocol_matches": True, "protocol_differences": [], "notes": []}
+    rep = {
+        "protocol": "single-view",
+        "metrics": {"lpips_ref": 0.1, "contextual": 1.5, "clip": 0.9},
+        "settings": {},
+        "protocol_matches": True,
+        "protocol_differences": [],
+        "notes": [],
+    }
     md = to_markdown(attach_papers(rep))
     assert "HiFi-123 Tab. 2, 400 images: HiFi-123 | 0.0810 | 1.627 | 0.9160 |" in md
     assert "Make-It-3D Tab. 2, 400 images: Make-It-3D enhanced | 0.0780 | 1.330 | 0.9512 |" in md
@@ -256,7 +333,12 @@ def no_model_loads(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a model was loaded before the input error")
 
-    for name in ("load_clip_embedder", "load_vgg19_features", "load_lpips", "ensure_tiny_eval_models"):
+    for name in (
+        "load_clip_embedder",
+        "load_vgg19_features",
+        "load_lpips",
+        "ensure_tiny_eval_models",
+    ):
         monkeypatch.setattr(models, name, boom)
 
 
@@ -272,58 +354,152 @@ def _expect_error(capsys, argv, *needles):
 
 def test_single_view_bad_inputs(trial, tmp_path, capsys, no_model_loads):
     ref = str(trial["ref"])
-    _expect_error(capsys, ["eval", "single-view", "--ref", ref, "--views", str(tmp_path / "nope"), "--tiny"],
-                  "does not exist", "--views")
+    _expect_error(
+        capsys,
+        ["eval", "single-view", "--ref", ref, "--views", str(tmp_path / "nope"), "--tiny"],
+        "does not exist",
+        "--views",
+    )
     (tmp_path / "empty").mkdir()
-    _expect_error(capsys, ["eval", "single-view", "--ref", ref, "--views", str(tmp_path / "empty"), "--tiny"],
-                  "no test renders and no images", "launch.py")
+    _expect_error(
+        capsys,
+        ["eval", "single-view", "--ref", ref, "--views", str(tmp_path / "empty"), "--tiny"],
+        "no test renders and no images",
+        "launch.py",
+    )
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "rgb.png")
-    _expect_error(capsys, ["eval", "single-view", "--ref", str(tmp_path / "rgb.png"), "--views", str(trial["trial"]),
-                           "--tiny"], "no alpha channel", "hifi123 preprocess")
-    _expect_error(capsys, ["eval", "single-view", "--ref", ref, "--views", str(trial["trial"]), "--ref-view", "40",
-                           "--tiny"], "--ref-view 40")
+    _expect_error(
+        capsys,
+        [
+            "eval",
+            "single-view",
+            "--ref",
+            str(tmp_path / "rgb.png"),
+            "--views",
+            str(trial["trial"]),
+            "--tiny",
+        ],
+        "no alpha channel",
+        "hifi123 preprocess",
+    )
+    _expect_error(
+        capsys,
+        [
+            "eval",
+            "single-view",
+            "--ref",
+            ref,
+            "--views",
+            str(trial["trial"]),
+            "--ref-view",
+            "40",
+            "--tiny",
+        ],
+        "--ref-view 40",
+    )
     odd = tmp_path / "odd"
     odd.mkdir()
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(odd / "0.png")
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(odd / "1.png")
-    _expect_error(capsys, ["eval", "single-view", "--ref", ref, "--views", str(odd), "--tiny"], "1.png is 32x32")
+    _expect_error(
+        capsys,
+        ["eval", "single-view", "--ref", ref, "--views", str(odd), "--tiny"],
+        "1.png is 32x32",
+    )
 
 
 def test_gso_bad_inputs(tmp_path, capsys, no_model_loads):
     pred, gt = _gso_dirs(tmp_path, n=2)
     base = ["eval", "gso", "--tiny"]
-    _expect_error(capsys, base + ["--pred", str(tmp_path / "nope"), "--gt", str(gt)], "--pred", "is not a directory")
+    _expect_error(
+        capsys,
+        base + ["--pred", str(tmp_path / "nope"), "--gt", str(gt)],
+        "--pred",
+        "is not a directory",
+    )
     (tmp_path / "empty").mkdir()
-    _expect_error(capsys, base + ["--pred", str(pred), "--gt", str(tmp_path / "empty")], "--gt", "holds no images")
+    _expect_error(
+        capsys,
+        base + ["--pred", str(pred), "--gt", str(tmp_path / "empty")],
+        "--gt",
+        "holds no images",
+    )
     small = tmp_path / "small"
     small.mkdir()
     for p in sorted(gt.iterdir()):
         Image.open(p).resize((32, 32)).save(small / p.name)
-    _expect_error(capsys, base + ["--pred", str(pred), "--gt", str(small)], "size mismatch", "000.png is 64x64",
-                  "is 32x32")
+    _expect_error(
+        capsys,
+        base + ["--pred", str(pred), "--gt", str(small)],
+        "size mismatch",
+        "000.png is 64x64",
+        "is 32x32",
+    )
     one = tmp_path / "one"
     one.mkdir()
     Image.open(next(gt.iterdir())).save(one / "000.png")
     _expect_error(capsys, base + ["--pred", str(pred), "--gt", str(one)], "has 2 views but --gt")
     gm = _save_box(tmp_path / "gt.obj")
-    _expect_error(capsys, base + ["--pred", str(pred), "--gt", str(gt), "--pred-mesh", str(tmp_path / "missing.obj"),
-                                  "--gt-mesh", str(gm)], "--pred-mesh", "does not exist")
-    _expect_error(capsys, base + ["--pred", str(pred), "--gt", str(gt), "--pred-mesh", str(gm)], "--gt-mesh is missing")
+    _expect_error(
+        capsys,
+        base
+        + [
+            "--pred",
+            str(pred),
+            "--gt",
+            str(gt),
+            "--pred-mesh",
+            str(tmp_path / "missing.obj"),
+            "--gt-mesh",
+            str(gm),
+        ],
+        "--pred-mesh",
+        "does not exist",
+    )
+    _expect_error(
+        capsys,
+        base + ["--pred", str(pred), "--gt", str(gt), "--pred-mesh", str(gm)],
+        "--gt-mesh is missing",
+    )
     (tmp_path / "bad.ply").write_text("not a mesh")
-    _expect_error(capsys, base + ["--pred", str(pred), "--gt", str(gt), "--pred-mesh", str(tmp_path / "bad.ply"),
-                                  "--gt-mesh", str(gm)], "--pred-mesh")
+    _expect_error(
+        capsys,
+        base
+        + [
+            "--pred",
+            str(pred),
+            "--gt",
+            str(gt),
+            "--pred-mesh",
+            str(tmp_path / "bad.ply"),
+            "--gt-mesh",
+            str(gm),
+        ],
+        "--pred-mesh",
+    )
 
 
-def test_missing_metric_models_fail_before_loading(trial, tmp_path, capsys, monkeypatch, no_model_loads):
+def test_missing_metric_models_fail_before_loading(
+    trial, tmp_path, capsys, monkeypatch, no_model_loads
+):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # an empty torch hub cache
     from hifi123.models import loader
 
-    monkeypatch.setattr(loader, "hub_file_cached", lambda *a, **k: False)  # nothing is in the hub cache
+    monkeypatch.setattr(
+        loader, "hub_file_cached", lambda *a, **k: False
+    )  # nothing is in the hub cache
     args = ["eval", "single-view", "--ref", str(trial["ref"]), "--views", str(trial["trial"])]
     _expect_error(capsys, args, "--clip-model", "open_clip:ViT-B-16-quickgelu/openai", "--tiny")
-    _expect_error(capsys, args + ["--clip-model", str(tmp_path / "no-such-dir")], "--clip-model", "no-such-dir")
-    err = _expect_error(capsys, args + ["--clip-model", "openai/clip-vit-base-patch16"], "--clip-model")
+    _expect_error(
+        capsys,
+        args + ["--clip-model", str(tmp_path / "no-such-dir")],
+        "--clip-model",
+        "no-such-dir",
+    )
+    err = _expect_error(
+        capsys, args + ["--clip-model", "openai/clip-vit-base-patch16"], "--clip-model"
+    )
     assert "huggingface-cli download openai/clip-vit-base-patch16" in err
     from hifi123.evaluation.models import preflight_lpips, preflight_vgg19
 
@@ -334,12 +510,30 @@ def test_missing_metric_models_fail_before_loading(trial, tmp_path, capsys, monk
     with pytest.raises(Hifi123Error, match="alexnet-owt-7be5be79.pth"):
         preflight_lpips("torchvision", "alex", "--lpips-model")
     pred, gt = _gso_dirs(tmp_path, n=2)
-    _expect_error(capsys, ["eval", "gso", "--pred", str(pred), "--gt", str(gt)], "--lpips-model", "vgg16-397923af.pth")
+    _expect_error(
+        capsys,
+        ["eval", "gso", "--pred", str(pred), "--gt", str(gt)],
+        "--lpips-model",
+        "vgg16-397923af.pth",
+    )
 
 
 def test_out_must_be_a_file(trial, tmp_path, capsys, no_model_loads):
-    _expect_error(capsys, ["eval", "single-view", "--ref", str(trial["ref"]), "--views", str(trial["trial"]),
-                           "--out", str(tmp_path), "--tiny"], "is a directory")
+    _expect_error(
+        capsys,
+        [
+            "eval",
+            "single-view",
+            "--ref",
+            str(trial["ref"]),
+            "--views",
+            str(trial["trial"]),
+            "--out",
+            str(tmp_path),
+            "--tiny",
+        ],
+        "is a directory",
+    )
 
 
 def test_frame_panels_and_opacity_masking():
@@ -374,8 +568,13 @@ def test_protocol_files_drive_the_defaults_the_differences_and_the_papers(monkey
     assert {k: getattr(settings, k) for k in sv["settings"]} == sv["settings"]
     assert protocols._single_view_differences(settings, sv["models"]) == []
     for key, value in sv["settings"].items():  # every protocol setting is compared, by name
-        changed = dataclasses.replace(settings, **{key: "other" if isinstance(value, str) else value * 2})
-        assert any(d.startswith(f"{key}=") for d in protocols._single_view_differences(changed, sv["models"])), key
+        changed = dataclasses.replace(
+            settings, **{key: "other" if isinstance(value, str) else value * 2}
+        )
+        assert any(
+            d.startswith(f"{key}=")
+            for d in protocols._single_view_differences(changed, sv["models"])
+        ), key
     rows = report.attach_papers({"protocol": "single-view", "protocol_matches": True})["papers"]
     assert rows == sv["reported"] and rows[3]["method"] == "HiFi-123"
     assert "papers" not in report.attach_papers({"protocol": "gso", "protocol_matches": False})

@@ -1,4 +1,5 @@
 """Evaluation metrics: each test fails if the metric were computed wrongly."""
+
 import math
 
 import numpy as np
@@ -18,7 +19,9 @@ def tiny_eval(tmp_path_factory):
 def _smooth_image(seed=0, size=64):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(1, 3, size // 8, size // 8, generator=g)
-    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return torch.nn.functional.interpolate(
+        x, size=(size, size), mode="bilinear", align_corners=False
+    )
 
 
 # ------------------------------------------------------------------------------------ images
@@ -84,7 +87,9 @@ def _cx_reference(x, y, h=0.5, eps=1e-5):
     d = np.zeros((N, Mn))
     for i in range(N):
         for j in range(Mn):
-            d[i, j] = 1 - xs[:, i] @ ys[:, j] / (np.linalg.norm(xs[:, i]) * np.linalg.norm(ys[:, j]))
+            d[i, j] = 1 - xs[:, i] @ ys[:, j] / (
+                np.linalg.norm(xs[:, i]) * np.linalg.norm(ys[:, j])
+            )
     cx = np.zeros((N, Mn))
     for i in range(N):
         dt = d[i] / (d[i].min() + eps)
@@ -112,7 +117,10 @@ def test_contextual_distance_minimum_at_identity_and_ignores_layout(tiny_eval):
     perm = torch.randperm(25)
     shuffled_feats = f.flatten(2)[:, :, perm]
     # a set-to-set measure: permuting the feature positions does not change it
-    assert abs(float(M.contextual_distance(shuffled_feats, f)) - float(M.contextual_distance(f, f))) < 1e-9
+    assert (
+        abs(float(M.contextual_distance(shuffled_feats, f)) - float(M.contextual_distance(f, f)))
+        < 1e-9
+    )
 
     vgg = load_vgg19_features(tiny_eval["vgg19"])
     img = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(3))
@@ -171,7 +179,11 @@ def test_voxel_downsample_keeps_one_centroid_per_voxel_on_open3ds_grid():
     pts = np.array([[0.0, 0.0, 0.0], [0.0099, 0.0, 0.0], [0.011, 0.0, 0.0], [0.5, 0.5, 0.5]])
     out = M.voxel_downsample(pts, 0.01)
     assert len(out) == 3
-    assert np.allclose(out[0], [0.0, 0, 0]) and np.allclose(out[1], [0.01045, 0, 0]) and np.allclose(out[2], 0.5)
+    assert (
+        np.allclose(out[0], [0.0, 0, 0])
+        and np.allclose(out[1], [0.01045, 0, 0])
+        and np.allclose(out[2], 0.5)
+    )
     dense = _cube_face_grid(0.005)
     assert len(M.voxel_downsample(dense, 0.01)) < len(dense) / 3
 
@@ -193,7 +205,9 @@ def test_mesh_against_itself_gives_chamfer_zero_and_iou_one():
 def test_translated_cube_chamfer_from_mesh_samples_and_iou():
     v, f = _box(offset=(0.5, 0.5, 0.5))
     d = 0.25
-    info = G.mesh_metrics(v, f, v + [d, 0, 0], f, points="surface", surface_samples=40_000, voxel_size=0.0)
+    info = G.mesh_metrics(
+        v, f, v + [d, 0, 0], f, points="surface", surface_samples=40_000, voxel_size=0.0
+    )
     assert abs(info["chamfer"] - (d / 3 + 2 * d**3 / 9)) < 0.05 * (d / 3), info["chamfer"]
     assert abs(info["volume_iou"] - (1 - d) / (1 + d)) < 0.01
     # the protocol's depth points (visible surface only) see the shift too
@@ -265,7 +279,9 @@ def _literal_ssim(x: np.ndarray, y: np.ndarray, data_range: float = 1.0) -> floa
                 ma, mb = (w * a).sum(), (w * b).sum()
                 va, vb = (w * a * a).sum() - ma**2, (w * b * b).sum() - mb**2
                 cov = (w * a * b).sum() - ma * mb
-                vals.append(((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+                vals.append(
+                    ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma**2 + mb**2 + c1) * (va + vb + c2))
+                )
     return float(np.mean(vals))
 
 
@@ -275,7 +291,9 @@ def test_ssim_equals_the_literal_cropped_border_definition():
     b = (a + 0.2 * torch.randn(2, 3, 19, 23, generator=gen)).clamp(0, 1)
     got = M.ssim(a, b)
     for k in range(2):
-        assert abs(float(got[k]) - _literal_ssim(a[k].double().numpy(), b[k].double().numpy())) < 1e-6
+        assert (
+            abs(float(got[k]) - _literal_ssim(a[k].double().numpy(), b[k].double().numpy())) < 1e-6
+        )
     with pytest.raises(ValueError, match="at least 11x11"):
         M.ssim(a[:, :, :10, :10], b[:, :, :10, :10])
 

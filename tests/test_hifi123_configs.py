@@ -1,5 +1,6 @@
 """HiFi-123 stage configs: parse with threestudio, no unknown keys, every lambda read; low-VRAM
 variants differ from their base only where marked."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,21 +25,50 @@ def _flat(cfg, prefix=""):
     return out
 
 
-@pytest.mark.parametrize("base,low,changed", [
-    ("coarse.yaml", "coarse-lowvram.yaml", {"data.random_camera.batch_size", "system.renderer.num_samples_per_ray",
-                                            "system.guidance.enable_sequential_cpu_offload"}),
-    ("refine.yaml", "refine-lowvram.yaml", {"data.height", "data.width", "data.random_camera.height",
-                                            "data.random_camera.width", "system.guidance.cache_device"}),
-    ("refine-mesh.yaml", "refine-mesh-lowvram.yaml",
-     {"data.height", "data.width", "data.random_camera.height", "data.random_camera.width",
-      "system.guidance.cache_device"}),
-])
+@pytest.mark.parametrize(
+    "base,low,changed",
+    [
+        (
+            "coarse.yaml",
+            "coarse-lowvram.yaml",
+            {
+                "data.random_camera.batch_size",
+                "system.renderer.num_samples_per_ray",
+                "system.guidance.enable_sequential_cpu_offload",
+            },
+        ),
+        (
+            "refine.yaml",
+            "refine-lowvram.yaml",
+            {
+                "data.height",
+                "data.width",
+                "data.random_camera.height",
+                "data.random_camera.width",
+                "system.guidance.cache_device",
+            },
+        ),
+        (
+            "refine-mesh.yaml",
+            "refine-mesh-lowvram.yaml",
+            {
+                "data.height",
+                "data.width",
+                "data.random_camera.height",
+                "data.random_camera.width",
+                "system.guidance.cache_device",
+            },
+        ),
+    ],
+)
 def test_lowvram_variants_differ_only_where_marked(base, low, changed):
     a = _flat(OmegaConf.load(CONFIGS / base))
     b = _flat(OmegaConf.load(CONFIGS / low))
     diff = {k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>")}
     assert diff == changed
-    marked = [ln for ln in (CONFIGS / low).read_text().splitlines() if "LOWVRAM" in ln and not ln.startswith("#")]
+    marked = [
+        ln
+        for ln in (CONFIGS / low).read_text().splitlines()
+        if "LOWVRAM" in ln and not ln.startswith("#")
+    ]
     assert len(marked) == len(changed)
-
-

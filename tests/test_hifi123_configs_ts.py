@@ -1,4 +1,5 @@
 """The threestudio-marked half of `test_hifi123_configs.py` (skipped without a threestudio checkout)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,11 +19,21 @@ def test_stage_config_parses_with_no_unknown_keys_and_every_lambda(threestudio_e
     from threestudio.utils.config import load_config, parse_structured
 
     cfg = load_config(str(CONFIGS / name), cli_args=[f"exp_root_dir={tmp_path}"])
-    assert cfg.system_type == "hifi123-system" and threestudio.find(cfg.system_type) is HiFi123System
+    assert (
+        cfg.system_type == "hifi123-system" and threestudio.find(cfg.system_type) is HiFi123System
+    )
     sys_cfg = parse_structured(HiFi123System.Config, cfg.system)  # unknown keys raise TypeError
     dm_cls = threestudio.find(cfg.data_type)
     parse_structured(dm_cls.Config, cfg.data)
-    for kind in ("geometry", "material", "background", "renderer", "guidance", "prompt_processor", "guidance_3d"):
+    for kind in (
+        "geometry",
+        "material",
+        "background",
+        "renderer",
+        "guidance",
+        "prompt_processor",
+        "guidance_3d",
+    ):
         type_name = getattr(sys_cfg, f"{kind}_type", "")
         if type_name:
             parse_structured(threestudio.find(type_name).Config, getattr(cfg.system, kind))
@@ -34,5 +45,8 @@ def test_stage_config_parses_with_no_unknown_keys_and_every_lambda(threestudio_e
         assert cfg.system.geometry.fix_geometry is True
         assert "@LAST" in sys_cfg.geometry_convert_from
     else:
-        assert sys_cfg.guidance_type == "deep-floyd-guidance" and sys_cfg.guidance_3d_type == "zero123-guidance"
+        assert (
+            sys_cfg.guidance_type == "deep-floyd-guidance"
+            and sys_cfg.guidance_3d_type == "zero123-guidance"
+        )
     assert cfg.data.image_path == "custom/hifi123/assets/sample_rgba.png"

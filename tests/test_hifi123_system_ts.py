@@ -1,6 +1,7 @@
 """`hifi123-system` refine stage on CPU: DMTet (texture only) through `hifi123-nvdiff-rasterizer`
 (with the torch stand-in for nvdiffrast), the reference loss and RGSD alternating t = 0 fixed views
 and t > 0 random views, fixed-view targets kept in the checkpoint."""
+
 from __future__ import annotations
 
 import math
@@ -28,14 +29,29 @@ def _refine_cfg(tmp_path, tiny):
         cfg.data[key] = 32
         cfg.data.random_camera[key] = 32
     s = cfg.system
-    s.geometry_convert_from = None  # no coarse run here: the SDF is set from the sample's ground truth
+    s.geometry_convert_from = (
+        None  # no coarse run here: the SDF is set from the sample's ground truth
+    )
     s.geometry.isosurface_resolution = 32
-    s.geometry.pos_encoding_config = OmegaConf.create({"otype": "ProgressiveBandFrequency", "n_frequencies": 4})
+    s.geometry.pos_encoding_config = OmegaConf.create(
+        {"otype": "ProgressiveBandFrequency", "n_frequencies": 4}
+    )
     s.geometry.mlp_network_config = OmegaConf.create(
-        {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": 16, "n_hidden_layers": 1}
+        {
+            "otype": "VanillaMLP",
+            "activation": "ReLU",
+            "output_activation": "none",
+            "n_neurons": 16,
+            "n_hidden_layers": 1,
+        }
     )
     s.image_path = str(SAMPLE)  # load_config resolved ${data.image_path} already
-    s.guidance.update(pretrained_model_name_or_path=tiny["sd2-depth"], num_steps=T, inject_steps=S, cond_image_path=str(SAMPLE))
+    s.guidance.update(
+        pretrained_model_name_or_path=tiny["sd2-depth"],
+        num_steps=T,
+        inject_steps=S,
+        cond_image_path=str(SAMPLE),
+    )
     return cfg
 
 
@@ -46,13 +62,19 @@ def _system(find, cfg):
 
     system = find(cfg.system_type)(cfg.system)
     geo = system.geometry
-    pts = scale_tensor(geo.isosurface_helper.grid_vertices, geo.isosurface_helper.points_range, geo.isosurface_bbox)
-    geo.sdf.data = -torch.from_numpy(sample_sdf(pts.numpy())).float()[:, None]  # DMTet: positive inside
+    pts = scale_tensor(
+        geo.isosurface_helper.grid_vertices, geo.isosurface_helper.points_range, geo.isosurface_bbox
+    )
+    geo.sdf.data = -torch.from_numpy(sample_sdf(pts.numpy())).float()[
+        :, None
+    ]  # DMTet: positive inside
     system.renderer.ctx = TorchRasterizerContext()
     return system
 
 
-def test_refine_steps_alternate_fixed_and_random_views_and_checkpoint_targets(threestudio_env, tiny_models, tmp_path, monkeypatch):
+def test_refine_steps_alternate_fixed_and_random_views_and_checkpoint_targets(
+    threestudio_env, tiny_models, tmp_path, monkeypatch
+):
     from hifi123.testing.counter import count_unet_evals
 
     torch.set_num_threads(2)
@@ -108,7 +130,9 @@ def test_refine_steps_alternate_fixed_and_random_views_and_checkpoint_targets(th
     resumed.build_guidance()
     assert resumed.guidance.has_fixed_targets  # so on_fit_start will not compute them again
     rgb, opacity, depth = _fixed_render(resumed, dm)
-    out = resumed.guidance(rgb, opacity=opacity, depth=depth, fixed_view_index=0)  # loads the model lazily
+    out = resumed.guidance(
+        rgb, opacity=opacity, depth=depth, fixed_view_index=0
+    )  # loads the model lazily
     assert torch.equal(resumed.guidance.core.fixed_targets, g.core.fixed_targets)
     assert resumed.guidance.core.reference_builds == 1 and torch.isfinite(out["loss_rgsd"])
 
@@ -119,7 +143,9 @@ def _fixed_render(system, dm):
     return out["comp_rgb"], out["opacity"], out["depth"]
 
 
-def test_a_render_has_depth_for_the_rgsd_condition(threestudio_env, tiny_models, tmp_path, monkeypatch):
+def test_a_render_has_depth_for_the_rgsd_condition(
+    threestudio_env, tiny_models, tmp_path, monkeypatch
+):
     monkeypatch.chdir(threestudio_env.root)
     find = threestudio_env.threestudio.find
     cfg = _refine_cfg(tmp_path, tiny_models)
@@ -130,7 +156,11 @@ def test_a_render_has_depth_for_the_rgsd_condition(threestudio_env, tiny_models,
     assert system.guidance.core is None
     out = system.renderer(**system.fixed_batches(dm.train_dataset.collate(None))[1])
     hit = out["opacity"][..., 0] > 0.5
-    assert hit.any() and (out["depth"][..., 0][hit] > 3.0).all() and (out["depth"][..., 0][~hit] == 0).all()
+    assert (
+        hit.any()
+        and (out["depth"][..., 0][hit] > 3.0).all()
+        and (out["depth"][..., 0][~hit] == 0).all()
+    )
 
 
 # ------------------------------------------------------------------------------------ coarse stage
@@ -193,17 +223,37 @@ def test_coarse_hybrid_sds_steps_on_cpu(threestudio_env, tmp_path):
     ts = threestudio_env.threestudio
     _register_fakes(ts)
     cfg = load_config(str(CONFIGS / "coarse.yaml"), cli_args=[f"exp_root_dir={tmp_path}"])
-    cfg.data.update(image_path=str(SAMPLE), device="cpu", height=16, width=16, resolution_milestones=[])
+    cfg.data.update(
+        image_path=str(SAMPLE), device="cpu", height=16, width=16, resolution_milestones=[]
+    )
     cfg.data.random_camera.update(height=16, width=16, batch_size=1, resolution_milestones=[])
     s = cfg.system
     s.image_path = str(SAMPLE)
-    s.geometry.pos_encoding_config = OmegaConf.create({"otype": "ProgressiveBandFrequency", "n_frequencies": 4})
+    s.geometry.pos_encoding_config = OmegaConf.create(
+        {"otype": "ProgressiveBandFrequency", "n_frequencies": 4}
+    )
     s.geometry.mlp_network_config = OmegaConf.create(
-        {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": 16, "n_hidden_layers": 1}
+        {
+            "otype": "VanillaMLP",
+            "activation": "ReLU",
+            "output_activation": "none",
+            "n_neurons": 16,
+            "n_hidden_layers": 1,
+        }
     )
     s.renderer_type = register_torch_volume_renderer()
-    s.renderer = OmegaConf.create({"radius": 2.0, "num_samples_per_ray": 8, "return_comp_normal": True, "return_normal_perturb": True})
-    s.prompt_processor_type, s.prompt_processor = "hifi123-test-prompt-processor", OmegaConf.create({"prompt": ""})
+    s.renderer = OmegaConf.create(
+        {
+            "radius": 2.0,
+            "num_samples_per_ray": 8,
+            "return_comp_normal": True,
+            "return_normal_perturb": True,
+        }
+    )
+    s.prompt_processor_type, s.prompt_processor = (
+        "hifi123-test-prompt-processor",
+        OmegaConf.create({"prompt": ""}),
+    )
     s.guidance_type, s.guidance = "hifi123-test-guidance-2d", OmegaConf.create({})
     s.guidance_3d_type, s.guidance_3d = "hifi123-test-guidance-3d", OmegaConf.create({})
     dm = ts.find(cfg.data_type)(cfg.data)
@@ -223,18 +273,24 @@ def test_coarse_hybrid_sds_steps_on_cpu(threestudio_env, tmp_path):
         raw, w = logged[f"train/novel/{key}"], logged[f"train/novel/{key}_w"]
         assert torch.allclose(w, raw * float(cfg.system.loss[key.replace("loss_", "lambda_")]))
     assert {"train/ref/loss_rgb", "train/ref/loss_mask", "train/ref/loss_depth"} <= set(logged)
-    grads = torch.autograd.grad(loss, [p for p in system.geometry.parameters() if p.requires_grad], allow_unused=True)
+    grads = torch.autograd.grad(
+        loss, [p for p in system.geometry.parameters() if p.requires_grad], allow_unused=True
+    )
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-def test_fixed_views_alternate_and_sit_at_plus_and_minus_90_degrees(threestudio_env, tiny_models, tmp_path, monkeypatch):
+def test_fixed_views_alternate_and_sit_at_plus_and_minus_90_degrees(
+    threestudio_env, tiny_models, tmp_path, monkeypatch
+):
     """Fixed-view steps visit view 0, then view 1, then view 0 ...; each fixed camera is the
     reference camera turned about world +z by its relative azimuth (+90 deg, then -90 deg), in
     threestudio's convention, at the reference's elevation, distance and looking at the origin."""
     monkeypatch.chdir(threestudio_env.root)
     find = threestudio_env.threestudio.find
     cfg = _refine_cfg(tmp_path, tiny_models)
-    cfg.data.default_azimuth_deg = 30.0  # an off-axis reference: a mirrored view cannot pass by symmetry
+    cfg.data.default_azimuth_deg = (
+        30.0  # an off-axis reference: a mirrored view cannot pass by symmetry
+    )
     cfg.data.default_elevation_deg = 10.0
     dm = find(cfg.data_type)(cfg.data)
     dm.setup("fit")
@@ -273,7 +329,9 @@ def test_resume_computes_no_fixed_view_target(threestudio_env, tiny_models, tmp_
 
     torch.set_num_threads(2)
     monkeypatch.chdir(threestudio_env.root)
-    monkeypatch.setattr(ImageConditionedSystem, "on_fit_start", lambda self: None)  # no trainer here
+    monkeypatch.setattr(
+        ImageConditionedSystem, "on_fit_start", lambda self: None
+    )  # no trainer here
     find = threestudio_env.threestudio.find
     cfg = _refine_cfg(tmp_path, tiny_models)
     dm = find(cfg.data_type)(cfg.data)
@@ -304,4 +362,6 @@ def test_resume_computes_no_fixed_view_target(threestudio_env, tiny_models, tmp_
         handle.remove()
     assert enhanced >= 2 * S  # two views, S inversion steps each at least
     assert after_resume == 0
-    assert torch.equal(resumed.guidance.state_dict()["fixed_targets"], first.guidance.core.fixed_targets)
+    assert torch.equal(
+        resumed.guidance.state_dict()["fixed_targets"], first.guidance.core.fixed_targets
+    )

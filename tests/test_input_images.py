@@ -1,6 +1,7 @@
 """Reference images and depth maps are checked before use: an RGBA whose alpha cuts the object
 out (not missing, empty or opaque everywhere), square; a single-channel depth map. Each refusal
 names the file, says what was expected and how to fix it."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,10 +25,15 @@ def test_a_good_reference_loads(tmp_path):
     assert load_rgba(_rgba(tmp_path / "ok_rgba.png", alpha)).shape == (64, 64, 4)
 
 
-@pytest.mark.parametrize("case, needle", [
-    ("rgb", "no alpha channel"), ("transparent", "empty mask"), ("opaque", "opaque everywhere"),
-    ("wide", "not square"),
-])
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("rgb", "no alpha channel"),
+        ("transparent", "empty mask"),
+        ("opaque", "opaque everywhere"),
+        ("wide", "not square"),
+    ],
+)
 def test_bad_references_are_refused_with_the_preprocess_fix(tmp_path, case, needle):
     path = tmp_path / f"{case}_rgba.png"
     if case == "rgb":
@@ -57,4 +63,6 @@ def test_a_colour_image_is_not_a_depth_map(tmp_path):
     assert load_depth(str(grey), (32, 32)).shape == (32, 32)
     grey_rgb = tmp_path / "depth_rgb.png"  # grey saved as RGB (equal channels) carries no colour
     Image.open(grey).convert("RGB").save(grey_rgb)
-    np.testing.assert_array_equal(load_depth(str(grey_rgb), (32, 32)), load_depth(str(grey), (32, 32)))
+    np.testing.assert_array_equal(
+        load_depth(str(grey_rgb), (32, 32)), load_depth(str(grey), (32, 32))
+    )

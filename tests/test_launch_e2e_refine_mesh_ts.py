@@ -10,6 +10,7 @@ Asserted: the frozen geometry is the aligned mesh, the reference camera was chec
 alignment's, the texture field was fitted to the mesh's colours, the RGSD fixed-view targets are
 computed once and restored on resume, and the export has the mesh's triangles.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,12 +41,24 @@ def ts_root(tmp_path_factory, threestudio_env):
 
 
 def launch(root: Path, *args: str, ok: bool = True) -> str:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="disabled",
-               PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        WANDB_MODE="disabled",
+        PYTHONUNBUFFERED="1",
+    )
     env.setdefault("HIFI123_CPU_THREADS", "2")
     cmd = [sys.executable, "-m", "hifi123.testing.cpu_threestudio", "launch.py", *args]
-    proc = subprocess.run(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        cmd,
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+    )
     out = proc.stdout
     assert (proc.returncode == 0) == ok, f"launch.py exited {proc.returncode}\n{out[-6000:]}"
     assert "IMPORT FAILED" not in out, out[-6000:]
@@ -67,7 +80,9 @@ def aligned(tmp_path_factory):
     colors = (np.clip(sample_albedo(v), 0, 1) * 255).astype(np.uint8)
     moved = v @ axis_rotation("+y", "+z") * 2.5 + [1.0, 0.0, -3.0]
     trimesh.Trimesh(moved, f, vertex_colors=colors, process=False).export(tmp / "model.glb")
-    record = align_files(str(tmp / "model.glb"), str(SAMPLE), str(tmp / "aligned"), log=lambda *_: None)
+    record = align_files(
+        str(tmp / "model.glb"), str(SAMPLE), str(tmp / "aligned"), log=lambda *_: None
+    )
     assert record["silhouette_iou"] > 0.95
     return Path(record["paths"]["aligned_mesh.ply"]), len(f), record["pose"]["elevation"]
 
@@ -86,14 +101,19 @@ def test_refine_mesh_train_test_export_resume(ts_root, tiny_models, aligned):
     assert "the reference camera is the mesh's alignment's" in out
     assert "texture fitted to the mesh's colours" in out
     assert out.count("computed 2 fixed-view RGSD targets") == 1
-    (trial,) = [p for p in (ts_root / "outputs" / "hifi123-refine-mesh").glob("sample_rgba.png@*")
-                if (p / "ckpts" / "last.ckpt").is_file()]
+    (trial,) = [
+        p
+        for p in (ts_root / "outputs" / "hifi123-refine-mesh").glob("sample_rgba.png@*")
+        if (p / "ckpts" / "last.ckpt").is_file()
+    ]
     ck = torch.load(trial / "ckpts" / "last.ckpt", map_location="cpu", weights_only=True)
     import trimesh
 
     mesh = trimesh.load(mesh_path, process=False)
     state = ck["state_dict"]
-    assert torch.allclose(state["geometry.v_buffer"], torch.as_tensor(mesh.vertices, dtype=torch.float32))
+    assert torch.allclose(
+        state["geometry.v_buffer"], torch.as_tensor(mesh.vertices, dtype=torch.float32)
+    )
     assert state["geometry.t_buffer"].shape == (n_faces, 3)  # the geometry stayed frozen
     targets = ck["hifi123_rgsd"]["fixed_targets"]
     assert ck["global_step"] == 4 and targets.shape[0] == 2
@@ -103,16 +123,30 @@ def test_refine_mesh_train_test_export_resume(ts_root, tiny_models, aligned):
     (trial / "save" / "it4-test.mp4").unlink()
     launch(ts_root, "--config", str(parsed), "--test", f"resume={ckpt}")
     assert (trial / "save" / "it4-test.mp4").is_file()
-    launch(ts_root, "--config", str(parsed), "--export", f"resume={ckpt}",
-           "system.exporter_type=mesh-exporter", "system.exporter.fmt=obj-mtl",
-           "system.exporter.context_type=cuda")
+    launch(
+        ts_root,
+        "--config",
+        str(parsed),
+        "--export",
+        f"resume={ckpt}",
+        "system.exporter_type=mesh-exporter",
+        "system.exporter.fmt=obj-mtl",
+        "system.exporter.context_type=cuda",
+    )
     obj = trial / "save" / "it4-export" / "model.obj"
     assert obj.is_file() and list(obj.parent.glob("texture_kd.*"))
     assert sum(1 for ln in obj.read_text().splitlines() if ln.startswith("f ")) == n_faces
     assert Path(obj_to_glb(str(obj))).stat().st_size > 1000
     # ---- resume=: the fixed-view targets come from the checkpoint
-    out = launch(ts_root, "--config", str(parsed), "--train", f"resume={ckpt}", "trainer.max_steps=6",
-                 "checkpoint.every_n_train_steps=1")
+    out = launch(
+        ts_root,
+        "--config",
+        str(parsed),
+        "--train",
+        f"resume={ckpt}",
+        "trainer.max_steps=6",
+        "checkpoint.every_n_train_steps=1",
+    )
     assert "fixed-view RGSD targets" not in out and "texture fitted" not in out
     from hifi123.trials import latest_last_checkpoint
 

@@ -16,6 +16,7 @@ Asserted: exit codes, the `save/` layout a user looks for, checkpoints that load
 unfinished coarse trial, and that resuming restores the RGSD fixed-view targets (HiFi-123) or the
 point cloud (Make-It-3D) instead of recomputing them.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,7 +54,9 @@ def ts_root(tmp_path_factory, threestudio_env):
 
 def _env():
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+    env.update(
+        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1"
+    )
     env.setdefault("HIFI123_CPU_THREADS", "2")
     return env
 
@@ -62,8 +65,15 @@ def launch(root: Path, label: str, *args: str) -> str:
     """Run `python launch.py ARGS` in `root` on the CPU; return its output; fail with its tail."""
     cmd = [sys.executable, "-m", "hifi123.testing.cpu_threestudio", "launch.py", *args]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=root, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        cmd,
+        cwd=root,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+    )
     TIMINGS[label] = time.perf_counter() - start
     out = proc.stdout
     assert proc.returncode == 0, f"{label}: launch.py exited {proc.returncode}\n{out[-6000:]}"
@@ -101,7 +111,11 @@ def add_unfinished_decoy(trial: Path) -> Path:
 
 def chained_from(out: str) -> Path:
     """The checkpoint the system says it chained from (its `... -> PATH (newest finished trial)` line)."""
-    (line,) = [ln for ln in out.splitlines() if "system.geometry_convert_from:" in ln and "newest finished" in ln]
+    (line,) = [
+        ln
+        for ln in out.splitlines()
+        if "system.geometry_convert_from:" in ln and "newest finished" in ln
+    ]
     path = Path(line.split(" -> ", 1)[1].split(" (newest finished trial)")[0].strip())
     return path if path.is_absolute() else (ROOT_HOLDER["root"] / path)
 
@@ -115,7 +129,9 @@ def test_hifi123_coarse_refine_test_export_resume(ts_root, tiny_models):
     (coarse,) = trials(ts_root, "hifi123-coarse")
     ck = load_plain(coarse / "ckpts" / "last.ckpt")
     assert ck["global_step"] == 4 and (coarse / "hifi123_finished.json").is_file()
-    assert (coarse / "save" / "it4-test.mp4").is_file() and (coarse / "save" / "all_training_images.png").is_file()
+    assert (coarse / "save" / "it4-test.mp4").is_file() and (
+        coarse / "save" / "all_training_images.png"
+    ).is_file()
     decoy = add_unfinished_decoy(coarse)
 
     # ---- refine --train: the shipped default geometry_convert_from=...@LAST picks the finished coarse run
@@ -136,19 +152,37 @@ def test_hifi123_coarse_refine_test_export_resume(ts_root, tiny_models):
     assert (refine / "save" / "it4-test.mp4").is_file()
 
     # ---- --export: threestudio's mesh exporter (OBJ + MTL + texture), then GLB as `hifi123 run` does
-    launch(ts_root, "hifi123 refine --export", "--config", str(parsed), "--export", f"resume={ckpt}",
-           "system.exporter_type=mesh-exporter", "system.exporter.fmt=obj-mtl", "system.exporter.context_type=cuda")
+    launch(
+        ts_root,
+        "hifi123 refine --export",
+        "--config",
+        str(parsed),
+        "--export",
+        f"resume={ckpt}",
+        "system.exporter_type=mesh-exporter",
+        "system.exporter.fmt=obj-mtl",
+        "system.exporter.context_type=cuda",
+    )
     exported = refine / "save" / "it4-export"
     obj = exported / "model.obj"
-    assert obj.is_file() and (exported / "model.mtl").is_file() and list(exported.glob("texture_kd.*"))
+    assert (
+        obj.is_file() and (exported / "model.mtl").is_file() and list(exported.glob("texture_kd.*"))
+    )
     assert sum(1 for ln in obj.read_text().splitlines() if ln.startswith("f ")) > 20
     glb = obj_to_glb(str(obj))
     assert Path(glb).is_file() and Path(glb).stat().st_size > 1000
 
     # ---- resume=: two more steps; the fixed-view targets come from the checkpoint, bit for bit
-    out = launch(ts_root, "hifi123 refine resume", "--config", str(parsed), "--train", f"resume={ckpt}",
-                 "trainer.max_steps=6",
-                 "checkpoint.every_n_train_steps=1")
+    out = launch(
+        ts_root,
+        "hifi123 refine resume",
+        "--config",
+        str(parsed),
+        "--train",
+        f"resume={ckpt}",
+        "trainer.max_steps=6",
+        "checkpoint.every_n_train_steps=1",
+    )
     assert "fixed-view RGSD targets" not in out
     assert trials(ts_root, "hifi123-refine") == [refine]
     ck2 = load_plain(Path(latest_last_checkpoint(str(ckpt))))  # Lightning 2.0: last-v1.ckpt
@@ -165,14 +199,24 @@ def test_makeit3d_coarse_refine_test_export_resume(ts_root, tiny_models):
     (coarse,) = trials(ts_root, "makeit3d-coarse")
     ck = load_plain(coarse / "ckpts" / "last.ckpt")  # Adan's betas were an OmegaConf list
     assert ck["global_step"] == 4 and (coarse / "save" / "it4-test.mp4").is_file()
-    launch(ts_root, "makeit3d coarse --export", "--config", str(coarse / "configs" / "parsed.yaml"), "--export",
-           f"resume={coarse / 'ckpts' / 'last.ckpt'}", "system.exporter_type=mesh-exporter",
-           "system.exporter.fmt=obj-mtl", "system.exporter.context_type=cuda")
+    launch(
+        ts_root,
+        "makeit3d coarse --export",
+        "--config",
+        str(coarse / "configs" / "parsed.yaml"),
+        "--export",
+        f"resume={coarse / 'ckpts' / 'last.ckpt'}",
+        "system.exporter_type=mesh-exporter",
+        "system.exporter.fmt=obj-mtl",
+        "system.exporter.context_type=cuda",
+    )
     assert (coarse / "save" / "it4-export" / "model.obj").is_file()
     decoy = add_unfinished_decoy(coarse)
 
     # ---- refine --train, chained by the shipped @LAST default
-    out = launch(ts_root, "makeit3d refine --train", *smoke("makeit3d-refine.yaml", tiny), "--train")
+    out = launch(
+        ts_root, "makeit3d refine --train", *smoke("makeit3d-refine.yaml", tiny), "--train"
+    )
     assert out.count("reference view:") == 1  # the point cloud is built once, from the coarse model
     assert chained_from(out) == coarse / "ckpts" / "last.ckpt" and decoy.name not in out
     (refine,) = trials(ts_root, "makeit3d-refine")
@@ -180,7 +224,9 @@ def test_makeit3d_coarse_refine_test_export_resume(ts_root, tiny_models):
     pos0, _ = read_ply(str(save / "it0-point-cloud" / "point_cloud.ply"))
     pos, col = read_ply(str(save / "it4-export" / "point_cloud.ply"))
     assert len(pos) == len(pos0) > 50 and col is not None
-    assert (save / "it4-export" / "deferred_renderer.pt").is_file() and (save / "it4-orbit.mp4").is_file()
+    assert (save / "it4-export" / "deferred_renderer.pt").is_file() and (
+        save / "it4-orbit.mp4"
+    ).is_file()
     assert (save / "it4-test.mp4").is_file()
     ck = load_plain(refine / "ckpts" / "last.ckpt")
     assert ck["global_step"] == 4
@@ -192,13 +238,25 @@ def test_makeit3d_coarse_refine_test_export_resume(ts_root, tiny_models):
     assert (save / "it4-test.mp4").is_file()
     # ---- --export: the point cloud and the renderer weights of the checkpoint
     shutil.rmtree(save / "it4-export")
-    launch(ts_root, "makeit3d refine --export", "--config", str(parsed), "--export", f"resume={ckpt}")
+    launch(
+        ts_root, "makeit3d refine --export", "--config", str(parsed), "--export", f"resume={ckpt}"
+    )
     pos_e, _ = read_ply(str(save / "it4-export" / "point_cloud.ply"))
     assert (save / "it4-export" / "deferred_renderer.pt").is_file() and pos_e.shape == pos.shape
     # ---- resume=: the point cloud comes from the checkpoint, not rebuilt from the coarse model
-    out = launch(ts_root, "makeit3d refine resume", "--config", str(parsed), "--train", f"resume={ckpt}",
-                 "trainer.max_steps=6",
-                 "checkpoint.every_n_train_steps=1")
+    out = launch(
+        ts_root,
+        "makeit3d refine resume",
+        "--config",
+        str(parsed),
+        "--train",
+        f"resume={ckpt}",
+        "trainer.max_steps=6",
+        "checkpoint.every_n_train_steps=1",
+    )
     assert "reference view:" not in out  # the cloud builder's first log line
     pos6, _ = read_ply(str(save / "it6-export" / "point_cloud.ply"))
-    assert pos6.shape == pos.shape and load_plain(Path(latest_last_checkpoint(str(ckpt))))["global_step"] == 6
+    assert (
+        pos6.shape == pos.shape
+        and load_plain(Path(latest_last_checkpoint(str(ckpt))))["global_step"] == 6
+    )

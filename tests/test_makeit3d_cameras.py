@@ -1,4 +1,5 @@
 """Make-It-3D progressive cameras and the reference/novel schedule (decision 16, algorithms.md C.3)."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,7 +19,12 @@ N = 20000
 
 
 def test_progressive_phases_switch_at_40_percent():
-    assert [progressive_half_range(s, 5000) for s in (0, 1999, 2000, 4999)] == [45.0, 45.0, 180.0, 180.0]
+    assert [progressive_half_range(s, 5000) for s in (0, 1999, 2000, 4999)] == [
+        45.0,
+        45.0,
+        180.0,
+        180.0,
+    ]
     assert progressive_half_range(10, 100, progressive_fraction=0.0) == 180.0
     assert progressive_half_range(99, 100, progressive_fraction=1.0) == 45.0
     assert azimuth_range(0, 5000, reference_azimuth=30.0) == (-15.0, 75.0)
@@ -41,8 +47,13 @@ def test_sampled_azimuths_cover_exactly_the_phase_ranges(mode):
 
 #: the official sampler (provider.py:169-182), relative to the reference azimuth: 30% within
 #: +-60, 20% on each side out to +-135, 15% on each back side
-OFFICIAL_MIXTURE = [(0.30, -60.0, 60.0), (0.20, -135.0, -60.0), (0.20, 60.0, 135.0), (0.15, -180.0, -135.0),
-                    (0.15, 135.0, 180.0)]
+OFFICIAL_MIXTURE = [
+    (0.30, -60.0, 60.0),
+    (0.20, -135.0, -60.0),
+    (0.20, 60.0, 135.0),
+    (0.15, -180.0, -135.0),
+    (0.15, 135.0, 180.0),
+]
 
 
 def test_official_mixture_fractions():
@@ -57,7 +68,10 @@ def test_official_mixture_fractions():
     u = sample_relative_azimuth(N, 180.0, "uniform", generator=torch.Generator().manual_seed(2))
     assert is_back_view(u).float().mean().item() == pytest.approx(0.25, abs=0.015)
     assert mixture_components(45.0, "makeit3d") == [(1.0, -45.0, 45.0)]
-    assert pick_component(comps, 0.0) == (-60.0, 60.0) and pick_component(comps, 0.999) == (135.0, 180.0)
+    assert pick_component(comps, 0.0) == (-60.0, 60.0) and pick_component(comps, 0.999) == (
+        135.0,
+        180.0,
+    )
     with pytest.raises(ValueError):
         mixture_components(180.0, "gaussian")
 
@@ -92,7 +106,10 @@ def test_shuffled_schedule_is_exactly_25_percent_per_block_and_reproducible():
 
 def test_other_schedules():
     assert [ReferenceSchedule(mode="every_n", n_ref=3).substeps(i) for i in range(4)] == [
-        ("ref",), ("novel",), ("novel",), ("ref",)
+        ("ref",),
+        ("novel",),
+        ("novel",),
+        ("ref",),
     ]
     assert ReferenceSchedule(mode="both").substeps(7) == ("ref", "novel")
     warm = ReferenceSchedule(mode="both", ref_only_steps=5)

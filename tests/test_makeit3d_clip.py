@@ -1,4 +1,5 @@
 """CLIP encoders for CLIP-D (decision 14): open_clip and transformers backends, preflight errors."""
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,14 @@ def tiny_open_clip(tmp_path_factory):
     torch.manual_seed(0)
     model = open_clip.CLIP(**TINY_CFG)
     (d / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": {"mean": OPENAI_MEAN, "std": OPENAI_STD}})
+        json.dumps(
+            {"model_cfg": TINY_CFG, "preprocess_cfg": {"mean": OPENAI_MEAN, "std": OPENAI_STD}}
+        )
     )
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "open_clip_model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(d / "open_clip_model.safetensors"),
+    )
     return d, model.eval()
 
 
@@ -112,4 +118,6 @@ def test_preflight_names_the_field(tmp_path, monkeypatch, tiny_models):
         preflight_clip("open_clip", "ViT-B-16-quickgelu", "openai")
     ckpt = tmp_path / "vit_b_16_openai.pt"
     ckpt.write_bytes(b"")
-    preflight_clip("open_clip", "ViT-B-16-quickgelu", str(ckpt))  # a local checkpoint file is accepted
+    preflight_clip(
+        "open_clip", "ViT-B-16-quickgelu", str(ckpt)
+    )  # a local checkpoint file is accepted

@@ -1,4 +1,5 @@
 """Make-It-3D depth prior: 1 - Pearson inside the eroded mask (paper Eq. 5, decision 15)."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,8 +32,12 @@ def test_invariant_to_scale_and_shift_of_either_depth(depths):
     base = pearson_depth_loss(pred, target, mask).item()
     assert 0.05 < base < 1.95  # unrelated random depths: a non-trivial value
     for a, b in ((0.5, 0.0), (3.0, -2.0), (100.0, 50.0)):
-        assert pearson_depth_loss(a * pred + b, target, mask).item() == pytest.approx(base, abs=1e-5)
-        assert pearson_depth_loss(pred, a * target + b, mask).item() == pytest.approx(base, abs=1e-5)
+        assert pearson_depth_loss(a * pred + b, target, mask).item() == pytest.approx(
+            base, abs=1e-5
+        )
+        assert pearson_depth_loss(pred, a * target + b, mask).item() == pytest.approx(
+            base, abs=1e-5
+        )
 
 
 def test_only_masked_pixels_count(depths):
@@ -68,7 +73,10 @@ def test_gradient_improves_correlation(depths):
 
 def test_pearson_matches_textbook_formula():
     g = torch.Generator().manual_seed(1)
-    p, q = torch.rand(50, generator=g, dtype=torch.float64), torch.rand(50, generator=g, dtype=torch.float64)
+    p, q = (
+        torch.rand(50, generator=g, dtype=torch.float64),
+        torch.rand(50, generator=g, dtype=torch.float64),
+    )
     ref = torch.corrcoef(torch.stack([p, q]))[0, 1]
     assert pearson_correlation(p, q).item() == pytest.approx(ref.item(), abs=1e-7)
     with pytest.raises(ValueError, match="at least 2"):

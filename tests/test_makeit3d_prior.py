@@ -4,6 +4,7 @@ Mechanism tests with oracles (exact x0, exact SDS gradient, the branch switch) a
 SD2-base + tiny CLIP (the CLIP-D gradient reaches the rendering: the official code's no_grad bug
 would fail it).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -50,8 +51,14 @@ def _oracle_prior(x0, **cfg_kw):
     clip = LinearClip(3 * x0.shape[-1] * x0.shape[-2])
     ref = F.normalize(torch.randn(1, 8, generator=torch.Generator().manual_seed(5)), dim=-1)
     prior = MakeIt3DPrior(
-        MakeIt3DPriorConfig(**cfg_kw), ac, CleanLatentOracle(x0, ac), decode_fn=_decode, clip=clip,
-        reference_embedding=ref, text_embedding=ref.flip(-1), latent_size=x0.shape[-1],
+        MakeIt3DPriorConfig(**cfg_kw),
+        ac,
+        CleanLatentOracle(x0, ac),
+        decode_fn=_decode,
+        clip=clip,
+        reference_embedding=ref,
+        text_embedding=ref.flip(-1),
+        latent_size=x0.shape[-1],
     )
     return prior, ac
 
@@ -64,7 +71,11 @@ def x0():
 def test_defaults_are_the_official_numbers():
     p = MakeIt3DPrior(MakeIt3DPriorConfig(), _alphas(), eps_fn=None)
     assert (p.min_step, p.max_step, p.clip_d_max_step) == (200, 600, 400)
-    assert p.cfg.guidance_scale == 10.0 and p.cfg.cfg_form == "threestudio" and p.cfg.weighting_strategy == "sds"
+    assert (
+        p.cfg.guidance_scale == 10.0
+        and p.cfg.cfg_form == "threestudio"
+        and p.cfg.weighting_strategy == "sds"
+    )
     t = p.sample_timesteps(40000, "cpu", torch.Generator().manual_seed(0))
     assert t.min() == 200 and t.max() == 600  # randint[200, 600] inclusive
     assert (t <= 400).float().mean().item() == pytest.approx(201 / 401, abs=0.01)
@@ -107,7 +118,9 @@ def test_sds_gradient_is_exactly_w_times_eps_error_over_batch(x0):
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
     t = torch.tensor([450, 500, 599])
     for weighting in ("sds", "uniform"):
-        prior = MakeIt3DPrior(MakeIt3DPriorConfig(weighting_strategy=weighting), ac, known_model, latent_size=8)
+        prior = MakeIt3DPrior(
+            MakeIt3DPriorConfig(weighting_strategy=weighting), ac, known_model, latent_size=8
+        )
         lat = x0.clone().requires_grad_(True)
         out = prior(lat, terms=["sds"], t=t, noise=noise, as_latents=True)
         out["loss_sds"].backward()
@@ -137,14 +150,16 @@ def test_branch_switch_follows_t_and_view(x0):
     out = prior(lat, az, terms=["sds", "clip_d"], t=t, as_latents=True)
     assert out["use_clip_d"].tolist() == expected
     assert out["is_back"].tolist() == [False, False, True, False, True]
-    g_sds, = torch.autograd.grad(out["loss_sds"], lat, retain_graph=True)
-    g_clip, = torch.autograd.grad(out["loss_clip_d"], lat)
+    (g_sds,) = torch.autograd.grad(out["loss_sds"], lat, retain_graph=True)
+    (g_clip,) = torch.autograd.grad(out["loss_clip_d"], lat)
     per_item = lambda g: (g.flatten(1).abs().sum(1) > 0).tolist()  # noqa: E731
     assert per_item(g_sds) == [not e for e in expected]
     assert per_item(g_clip) == expected
     # switched off: CLIP-D never applies
     never, _ = _oracle_prior(x0, clip_d_max_step_percent=0.0)
-    assert not never(x0, terms=["sds"], t=torch.tensor([200, 250, 300]), as_latents=True)["use_clip_d"].any()
+    assert not never(x0, terms=["sds"], t=torch.tensor([200, 250, 300]), as_latents=True)[
+        "use_clip_d"
+    ].any()
 
 
 def test_only_the_requested_terms_run(x0):
@@ -168,7 +183,9 @@ def tiny_prior(tiny_models):
     torch.set_num_threads(2)
     comps = load_diffusion(tiny_models["sd2-base"], "pretrained_model_name_or_path")
     clip = load_clip_encoder("transformers", tiny_models["clip"], None)
-    prior = build_prior_from_models(MakeIt3DPriorConfig(), comps, clip, "a toy", "", reference_on_white(SAMPLE))
+    prior = build_prior_from_models(
+        MakeIt3DPriorConfig(), comps, clip, "a toy", "", reference_on_white(SAMPLE)
+    )
     # a smaller working resolution than the tiny model's 64 px: same code path, faster
     prior.image_size, prior.latent_size = 16, 8
     return prior, comps
@@ -177,7 +194,9 @@ def tiny_prior(tiny_models):
 def test_clip_d_gradient_reaches_the_rendering(tiny_prior):
     prior, comps = tiny_prior
     rgb = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
-    out = prior(rgb, torch.tensor([10.0]), terms=["sds", "clip_d", "clip_d_txt"], t=torch.tensor([300]))
+    out = prior(
+        rgb, torch.tensor([10.0]), terms=["sds", "clip_d", "clip_d_txt"], t=torch.tensor([300])
+    )
     assert out["use_clip_d"].item()
     assert -1.0 <= out["loss_clip_d"].item() <= 1.0
     out["loss_clip_d"].backward()
@@ -251,7 +270,9 @@ class RecordingClip(LinearClip):
 
     def encode_image(self, img):
         self.seen.append(img.detach().clone())
-        return super().encode_image(F.interpolate(img, (8, 8), mode="bilinear", align_corners=False))
+        return super().encode_image(
+            F.interpolate(img, (8, 8), mode="bilinear", align_corners=False)
+        )
 
 
 def test_clip_d_reference_is_composited_on_the_renders_own_background(x0):
@@ -267,15 +288,32 @@ def test_clip_d_reference_is_composited_on_the_renders_own_background(x0):
     ac = _alphas()
     white = clip.encode_image(rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:]))
     clip.seen.clear()
-    prior = MakeIt3DPrior(MakeIt3DPriorConfig(), ac, CleanLatentOracle(x0, ac), decode_fn=_decode, clip=clip,
-                          reference_embedding=white, latent_size=8, reference_rgba=rgba)
+    prior = MakeIt3DPrior(
+        MakeIt3DPriorConfig(),
+        ac,
+        CleanLatentOracle(x0, ac),
+        decode_fn=_decode,
+        clip=clip,
+        reference_embedding=white,
+        latent_size=8,
+        reference_rgba=rgba,
+    )
     bg = torch.tensor([[0.2, 0.7, 0.1], [0.9, 0.3, 0.5], [0.0, 0.0, 1.0]])  # one colour per view
-    out = prior(x0, torch.zeros(3), terms=["clip_d"], t=torch.full((3,), 100), as_latents=True, background=bg)
+    out = prior(
+        x0,
+        torch.zeros(3),
+        terms=["clip_d"],
+        t=torch.full((3,), 100),
+        as_latents=True,
+        background=bg,
+    )
     assert out["use_clip_d"].all()
     refs = [img for img in clip.seen if img.shape[-2:] == rgba.shape[-2:]]
     assert len(refs) == 1 and refs[0].shape[0] == 3
     for k in range(3):  # where the reference is transparent, CLIP sees exactly that view's colour
-        assert torch.allclose(refs[0][k][:, clear], bg[k][:, None].expand(3, int(clear.sum())), atol=1e-6)
+        assert torch.allclose(
+            refs[0][k][:, clear], bg[k][:, None].expand(3, int(clear.sum())), atol=1e-6
+        )
         assert torch.allclose(refs[0][k][:, alpha], rgba[0, :3][:, alpha], atol=1e-2)
     # without a background: the white embedding, no new reference encoding
     clip.seen.clear()
@@ -284,7 +322,14 @@ def test_clip_d_reference_is_composited_on_the_renders_own_background(x0):
     # a render-background IMAGE (threestudio's comp_rgb_bg, channels last) works the same way
     img_bg = bg[:, None, None, :].expand(3, 16, 16, 3)
     clip.seen.clear()
-    prior(x0, torch.zeros(3), terms=["clip_d"], t=torch.full((3,), 100), as_latents=True, background=img_bg)
+    prior(
+        x0,
+        torch.zeros(3),
+        terms=["clip_d"],
+        t=torch.full((3,), 100),
+        as_latents=True,
+        background=img_bg,
+    )
     (ref,) = [img for img in clip.seen if img.shape[-2:] == rgba.shape[-2:]]
     assert torch.allclose(ref[1][:, clear], bg[1][:, None].expand(3, int(clear.sum())), atol=1e-6)
 
@@ -307,7 +352,12 @@ def test_the_configured_w_and_both_text_halves_reach_the_noise_estimate(tiny_pri
     assert (eps_c - eps_u).abs().max() > 1e-3  # the two halves are distinguishable
     for w in (3.0, 10.0):
         prior = build_prior_from_models(
-            MakeIt3DPriorConfig(guidance_scale=w), comps, clip, "a toy", "", reference_on_white(SAMPLE)
+            MakeIt3DPriorConfig(guidance_scale=w),
+            comps,
+            clip,
+            "a toy",
+            "",
+            reference_on_white(SAMPLE),
         )
         got = prior.predict_noise(z, t)
         torch.testing.assert_close(got, (1 + w) * eps_c - w * eps_u, atol=1e-5, rtol=1e-4)

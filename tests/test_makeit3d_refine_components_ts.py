@@ -1,5 +1,6 @@
 """Make-It-3D refine in threestudio (marked): the registered point-cloud geometry and deferred
 renderer, makeit3d-refine.yaml parsed by threestudio, and the point cloud from a coarse checkpoint."""
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,17 @@ def test_refine_config_parses_with_no_unknown_keys(name, tmp_path, threestudio_e
 
     find = threestudio_env.threestudio.find
     monkeypatch.chdir(REPO)
-    cfg = load_config(str(CONFIG_DIR / name), cli_args=[f"exp_root_dir={tmp_path}", "system.geometry_convert_from=coarse/ckpts/last.ckpt"])
-    assert cfg.system.stage == "refine" and cfg.system.geometry_convert_from == "coarse/ckpts/last.ckpt"
+    cfg = load_config(
+        str(CONFIG_DIR / name),
+        cli_args=[
+            f"exp_root_dir={tmp_path}",
+            "system.geometry_convert_from=coarse/ckpts/last.ckpt",
+        ],
+    )
+    assert (
+        cfg.system.stage == "refine"
+        and cfg.system.geometry_convert_from == "coarse/ckpts/last.ckpt"
+    )
     parse_structured(find(cfg.data_type).Config, cfg.data)
     parse_structured(RandomCameraDataModuleConfig, cfg.data.random_camera)
     # the system section: makeit3d-system's fields plus the refine-stage keys it will read
@@ -65,24 +75,34 @@ def test_refine_config_parses_with_no_unknown_keys(name, tmp_path, threestudio_e
     assert set(cfg.system.keys()) <= known, set(cfg.system.keys()) - known
     refine = RefineConfig(**cfg.system.refine)
     PointCloudConfig(**refine.point_cloud)
-    assert refine.reference_image_path == cfg.data.image_path and refine.fovy_deg == cfg.data.default_fovy_deg
+    assert (
+        refine.reference_image_path == cfg.data.image_path
+        and refine.fovy_deg == cfg.data.default_fovy_deg
+    )
     parts = {}
     for part in ("geometry", "material", "background", "renderer", "guidance"):
         parts[part] = parse_structured(find(cfg.system[f"{part}_type"]).Config, cfg.system[part])
     # every lambda the system reads (coarse terms at 0 plus the refine terms), each with a comment
-    read = {f"lambda_{t}" for t in system_cls.loss_terms_for(False)} | {f"lambda_{t}" for t in REFINE_TERMS}
+    read = {f"lambda_{t}" for t in system_cls.loss_terms_for(False)} | {
+        f"lambda_{t}" for t in REFINE_TERMS
+    }
     assert read <= set(cfg.system.loss.keys()), read - set(cfg.system.loss.keys())
     text = (CONFIG_DIR / name).read_text()
     for key in cfg.system.loss:
         assert re.search(rf"^\s+{key}: .*#", text, re.M) or re.search(rf"#.*\n\s+{key}:", text), key
-    assert cfg.system.loss.lambda_texture_reference == 1e5 and cfg.system.loss.lambda_texture_novel == 1e3
+    assert (
+        cfg.system.loss.lambda_texture_reference == 1e5
+        and cfg.system.loss.lambda_texture_novel == 1e3
+    )
     assert cfg.trainer.max_steps == 5000 and cfg.data.height % 4 == 0
     # the build resolution is the render size, and the NDC radius is Make-It-3D's (2 px at 800)
     assert refine.point_cloud["resolution"] == cfg.data.height == cfg.data.random_camera.height
     assert math.isclose(cfg.system.renderer.point_radius_px / cfg.data.height, 2.0 / 800.0)
     # optimiser groups resolve on the real modules; lr 1e-3 -> 1e-4 over 1000 steps, then constant
     geo = find(cfg.system.geometry_type)(cfg.system.geometry)
-    ren = find(cfg.system.renderer_type)(cfg.system.renderer, geometry=geo, material=None, background=None)
+    ren = find(cfg.system.renderer_type)(
+        cfg.system.renderer, geometry=geo, material=None, background=None
+    )
     holder = torch.nn.Module()
     holder.geometry, holder.renderer = geo, ren
     opt = parse_optimizer(cfg.system.optimizer, holder)
@@ -94,7 +114,9 @@ def test_refine_config_parses_with_no_unknown_keys(name, tmp_path, threestudio_e
         opt.step()
         sched.step()
     assert math.isclose(lrs[0], 1e-3) and math.isclose(lrs[500], 10**-3.5, rel_tol=1e-6)
-    assert math.isclose(lrs[1000], 1e-4, rel_tol=1e-6) and math.isclose(lrs[1499], 1e-4, rel_tol=1e-6)
+    assert math.isclose(lrs[1000], 1e-4, rel_tol=1e-6) and math.isclose(
+        lrs[1499], 1e-4, rel_tol=1e-6
+    )
 
 
 @pytest.mark.threestudio
@@ -119,11 +141,20 @@ def test_lowvram_refine_changes_only_memory_settings(tmp_path, threestudio_env):
         f"data.random_camera.{k}" for k in ("height", "width", "eval_height", "eval_width")
     }
     assert diff == sizes | {
-        "system.refine.point_cloud.resolution", "system.refine.point_cloud.max_points", "system.renderer.point_radius_px",
-        "system.guidance.half_precision_weights", "system.guidance.vae_gradient_checkpointing",
+        "system.refine.point_cloud.resolution",
+        "system.refine.point_cloud.max_points",
+        "system.renderer.point_radius_px",
+        "system.guidance.half_precision_weights",
+        "system.guidance.vae_gradient_checkpointing",
     }
     text = (CONFIG_DIR / REFINE_YAMLS[1]).read_text()
-    for key in ("resolution", "max_points", "point_radius_px", "half_precision_weights", "vae_gradient_checkpointing"):
+    for key in (
+        "resolution",
+        "max_points",
+        "point_radius_px",
+        "half_precision_weights",
+        "vae_gradient_checkpointing",
+    ):
         assert re.search(rf"{key}: .*# lowvram", text), key
 
 
@@ -138,22 +169,39 @@ def test_geometry_and_renderer_forward_on_cpu(threestudio_env, tmp_path):
     pos, col = _tiny_cloud()
     geo = find("makeit3d-point-cloud").from_arrays(pos, col, np.arange(len(pos)) % 2 == 0)
     assert isinstance(geo, MakeIt3DPointCloud) and geo.descriptors.shape == (len(pos), 19)
-    assert torch.allclose(geo.colors, torch.from_numpy(col)) and torch.equal(geo.initial_colors, geo.colors.detach())
-    ren = find("makeit3d-deferred-renderer")({"point_radius_px": 1.0}, geometry=geo, material=None, background=None)
+    assert torch.allclose(geo.colors, torch.from_numpy(col)) and torch.equal(
+        geo.initial_colors, geo.colors.detach()
+    )
+    ren = find("makeit3d-deferred-renderer")(
+        {"point_radius_px": 1.0}, geometry=geo, material=None, background=None
+    )
     batch = camera_batch(ViewCamera.orbit(10.0, 30.0, 3.8, 20.0, 32))
     out = ren(**batch)
-    assert out["comp_rgb"].shape == (1, 32, 32, 3) and bool(((out["comp_rgb"] > 0) & (out["comp_rgb"] < 1)).all())
-    assert out["opacity"].shape == (1, 32, 32, 1) and 0.1 < float((out["opacity"] > 0.5).float().mean()) < 0.6
-    assert [tuple(c.shape) for c in out["coverage_scales"]] == [(1, 32, 32, 1), (1, 16, 16, 1), (1, 8, 8, 1)]
+    assert out["comp_rgb"].shape == (1, 32, 32, 3) and bool(
+        ((out["comp_rgb"] > 0) & (out["comp_rgb"] < 1)).all()
+    )
+    assert (
+        out["opacity"].shape == (1, 32, 32, 1)
+        and 0.1 < float((out["opacity"] > 0.5).float().mean()) < 0.6
+    )
+    assert [tuple(c.shape) for c in out["coverage_scales"]] == [
+        (1, 32, 32, 1),
+        (1, 16, 16, 1),
+        (1, 8, 8, 1),
+    ]
     out["comp_rgb"].mean().backward()
     assert geo.descriptors.grad.abs().sum() > 0 and geo.background.grad is not None
     assert all(p.grad is not None for p in ren.unet.parameters())
     # eval batches pass height/width as 1-element tensors; a checkpoint of unknown size reloads
     ren.eval()
     with torch.no_grad():
-        ref = ren(**{**batch, "height": torch.tensor([32]), "width": torch.tensor([32])})["comp_rgb"]
+        ref = ren(**{**batch, "height": torch.tensor([32]), "width": torch.tensor([32])})[
+            "comp_rgb"
+        ]
         geo2 = find("makeit3d-point-cloud")({})
-        ren2 = find("makeit3d-deferred-renderer")({"point_radius_px": 1.0}, geometry=geo2, material=None, background=None)
+        ren2 = find("makeit3d-deferred-renderer")(
+            {"point_radius_px": 1.0}, geometry=geo2, material=None, background=None
+        )
         geo2.load_state_dict(geo.state_dict())
         ren2.load_state_dict(ren.state_dict())
         ren2.eval()
@@ -163,20 +211,30 @@ def test_geometry_and_renderer_forward_on_cpu(threestudio_env, tmp_path):
     # `hifi123 run`'s PLY stage finds the cloud in a refine checkpoint (positions, descriptors[:, :3])
     from hifi123.run.export import load_point_cloud
 
-    torch.save({"state_dict": {f"geometry.{k}": v for k, v in geo.state_dict().items()}}, tmp_path / "last.ckpt")
+    torch.save(
+        {"state_dict": {f"geometry.{k}": v for k, v in geo.state_dict().items()}},
+        tmp_path / "last.ckpt",
+    )
     p2, c2 = load_point_cloud(str(tmp_path / "last.ckpt"))
-    assert np.allclose(p2, pos) and np.array_equal(c2, np.round(np.clip(geo.colors.detach().numpy(), 0, 1) * 255).astype(np.uint8))
+    assert np.allclose(p2, pos) and np.array_equal(
+        c2, np.round(np.clip(geo.colors.detach().numpy(), 0, 1) * 255).astype(np.uint8)
+    )
 
 
 @pytest.mark.threestudio
-@pytest.mark.parametrize("field,value", [("min_slab_points", 0), ("min_transmittance", 1.5), ("point_radius_px", -1.0)])
+@pytest.mark.parametrize(
+    "field,value", [("min_slab_points", 0), ("min_transmittance", 1.5), ("point_radius_px", -1.0)]
+)
 def test_renderer_refuses_bad_raster_settings(threestudio_env, field, value):
     from hifi123.errors import InputError
 
     geo = threestudio_env.threestudio.find("makeit3d-point-cloud")({})
-    with pytest.raises(InputError, match=rf"system\.renderer\.{field} = "):  # before anything is built
+    with pytest.raises(
+        InputError, match=rf"system\.renderer\.{field} = "
+    ):  # before anything is built
         threestudio_env.threestudio.find("makeit3d-deferred-renderer")(
-            {field: value}, geometry=geo, material=None, background=None)
+            {field: value}, geometry=geo, material=None, background=None
+        )
 
 
 @pytest.mark.threestudio
@@ -194,9 +252,14 @@ def test_point_cloud_from_a_coarse_checkpoint(tmp_path, threestudio_env):
     ckpt = write_coarse_trial(tmp_path)
     ref = np.ones((32, 32, 4), np.float32)
     cloud = build_point_cloud_from_checkpoint(
-        str(ckpt), ref, ViewCamera.orbit(0.0, 0.0, 3.0, 40.0, 32),
+        str(ckpt),
+        ref,
+        ViewCamera.orbit(0.0, 0.0, 3.0, 40.0, 32),
         PointCloudConfig(resolution=32, n_azimuths=3, elevations_deg=(0.0,)),
-        renderer_type=renderer_name, renderer_override={"radius": 1.0, "num_samples_per_ray": 32},
+        renderer_type=renderer_name,
+        renderer_override={"radius": 1.0, "num_samples_per_ray": 32},
     )
-    assert len(cloud) > 50 and cloud.positions.norm(dim=1).max() < 1.0  # inside the coarse bounding sphere
+    assert (
+        len(cloud) > 50 and cloud.positions.norm(dim=1).max() < 1.0
+    )  # inside the coarse bounding sphere
     assert int(cloud.source_view.max()) >= 1 and bool(cloud.reference_visible.any())

@@ -1,5 +1,6 @@
 """`makeit3d-system` with `stage: refine` on CPU: a Lightning fit builds the point cloud from a coarse
 checkpoint, trains descriptors and the deferred U-Net, and writes the PLY, weights and orbit video."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,33 +29,60 @@ def test_refine_stage_fits_and_exports_on_cpu(threestudio_env, tiny_models, tmp_
     ckpt = write_coarse_trial(tmp_path)
     cfg = load_config(
         str(CONFIGS / "makeit3d-refine.yaml"),
-        cli_args=[f"exp_root_dir={tmp_path}", f"system.geometry_convert_from={ckpt}", f"data.image_path={SAMPLE}",
-                  "trainer.max_steps=2"],
+        cli_args=[
+            f"exp_root_dir={tmp_path}",
+            f"system.geometry_convert_from={ckpt}",
+            f"data.image_path={SAMPLE}",
+            "trainer.max_steps=2",
+        ],
     )
     size = 32
     cfg.data.update(device="cpu", height=size, width=size)
-    cfg.data.random_camera.update(height=size, width=size, eval_height=size, eval_width=size, n_val_views=1)
+    cfg.data.random_camera.update(
+        height=size, width=size, eval_height=size, eval_width=size, n_val_views=1
+    )
     s = cfg.system
-    s.refine.update(reference_image_path=str(SAMPLE), coarse_renderer_type=register_torch_volume_renderer(),
-                    coarse_renderer={"radius": 1.0, "num_samples_per_ray": 16}, video_frames=3, export_every_n_steps=0,
-                    contextual_model=tiny_models["vgg19"])
-    s.refine.point_cloud.update(resolution=size, n_azimuths=3, elevations_deg=[0.0], max_points=20000)
+    s.refine.update(
+        reference_image_path=str(SAMPLE),
+        coarse_renderer_type=register_torch_volume_renderer(),
+        coarse_renderer={"radius": 1.0, "num_samples_per_ray": 16},
+        video_frames=3,
+        export_every_n_steps=0,
+        contextual_model=tiny_models["vgg19"],
+    )
+    s.refine.point_cloud.update(
+        resolution=size, n_azimuths=3, elevations_deg=[0.0], max_points=20000
+    )
     s.renderer.point_radius_px = 1.0
-    s.guidance.update(pretrained_model_name_or_path=tiny_models["sd2-base"], clip_backend="transformers",
-                      clip_model=tiny_models["clip"], clip_pretrained=None)
+    s.guidance.update(
+        pretrained_model_name_or_path=tiny_models["sd2-base"],
+        clip_backend="transformers",
+        clip_model=tiny_models["clip"],
+        clip_pretrained=None,
+    )
     dm = find(cfg.data_type)(cfg.data)
     system = find(cfg.system_type)(cfg.system)
     system.set_save_dir(str(tmp_path / "save"))
     assert system.geometry.n_points == 0  # built in on_fit_start, from the whole coarse model
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(system, datamodule=dm)
     n = system.geometry.n_points
     assert trainer.global_step == 2 and n > 50
     save = tmp_path / "save"
     pos0, _ = read_ply(str(save / "it0-point-cloud" / "point_cloud.ply"))
     pos, col = read_ply(str(save / "it2-export" / "point_cloud.ply"))
-    assert len(pos0) == len(pos) == n and np.allclose(pos, system.geometry.positions.numpy(), atol=1e-6)
+    assert len(pos0) == len(pos) == n and np.allclose(
+        pos, system.geometry.positions.numpy(), atol=1e-6
+    )
     assert col.dtype == np.uint8 and (save / "it2-export" / "deferred_renderer.pt").is_file()
     assert (save / "it2-orbit.mp4").is_file() or list(save.glob("it2-orbit.*"))

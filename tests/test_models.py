@@ -1,4 +1,5 @@
 """Foundation: tiny model family, the one loader and its errors, test helpers."""
+
 import hashlib
 import os
 
@@ -26,13 +27,26 @@ def test_tiny_models_are_deterministic_and_small(tiny_models, tmp_path):
     for name in tiny_models:
         a, b = _digest(tiny_models[name]), _digest(again[name])
         assert a == b, f"tiny model {name} differs between two writes"
-    total = sum(os.path.getsize(os.path.join(dp, f)) for d in again.values() for dp, _, fs in os.walk(d) for f in fs)
+    total = sum(
+        os.path.getsize(os.path.join(dp, f))
+        for d in again.values()
+        for dp, _, fs in os.walk(d)
+        for f in fs
+    )
     assert total < 20 * 2**20, f"tiny family is {total / 2**20:.1f} MB"
 
 
 def test_tiny_sd2_depth_has_the_real_layout_and_structure(tiny_models, sd2_depth):
     d = tiny_models["sd2-depth"]
-    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "depth_estimator", "feature_extractor"):
+    for sub in (
+        "unet",
+        "vae",
+        "text_encoder",
+        "tokenizer",
+        "scheduler",
+        "depth_estimator",
+        "feature_extractor",
+    ):
         assert os.path.isdir(os.path.join(d, sub)), sub
     assert os.path.isfile(os.path.join(d, "model_index.json"))
     u = sd2_depth.unet
@@ -46,7 +60,10 @@ def test_tiny_sd2_depth_has_the_real_layout_and_structure(tiny_models, sd2_depth
     assert sd2_depth.scheduler.config.beta_schedule == "scaled_linear"
     # the tokenizer built from our generated vocab round-trips text
     ids = sd2_depth.tokenizer("a red toy").input_ids
-    assert ids[0] == sd2_depth.text_encoder.config.bos_token_id and ids[-1] == sd2_depth.text_encoder.config.eos_token_id
+    assert (
+        ids[0] == sd2_depth.text_encoder.config.bos_token_id
+        and ids[-1] == sd2_depth.text_encoder.config.eos_token_id
+    )
     assert sd2_depth.tokenizer.decode(ids[1:-1]).strip() == "a red toy"
 
 
@@ -72,7 +89,9 @@ def test_tiny_models_forward(sd2_depth, tiny_models):
 def test_loader_offline_error_names_model_field_and_fix(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError) as e:
-        loader.load_diffusion("nobody/not-a-cached-model", "system.guidance.pretrained_model_name_or_path")
+        loader.load_diffusion(
+            "nobody/not-a-cached-model", "system.guidance.pretrained_model_name_or_path"
+        )
     msg = str(e.value)
     assert "nobody/not-a-cached-model" in msg
     assert "system.guidance.pretrained_model_name_or_path" in msg
@@ -98,7 +117,9 @@ def test_loader_errors_for_missing_or_incomplete_directories(tmp_path, tiny_mode
 def test_unet_eval_counter_counts_calls_and_items(sd2_depth):
     emb = torch.zeros(3, 77, 32)
     with count_unet_evals(sd2_depth.unet) as n:
-        sd2_depth.unet(torch.zeros(3, 5, 32, 32), torch.tensor([1, 1, 1]), encoder_hidden_states=emb)
+        sd2_depth.unet(
+            torch.zeros(3, 5, 32, 32), torch.tensor([1, 1, 1]), encoder_hidden_states=emb
+        )
         sd2_depth.unet(torch.zeros(1, 5, 32, 32), torch.tensor([1]), encoder_hidden_states=emb[:1])
     assert (n.calls, n.items) == (2, 4)
     sd2_depth.unet(torch.zeros(1, 5, 32, 32), torch.tensor([1]), encoder_hidden_states=emb[:1])

@@ -1,5 +1,6 @@
 """Mask erosion / dilation and resolution-scaled pixel amounts (core.morphology): against a literal
 window-by-window min / max filter, for every mask layout the project uses."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,7 +15,7 @@ def _literal(mask2d, radius, op):
     m = mask2d.float()
     for i in range(h):
         for j in range(w):
-            win = m[max(0, i - radius): i + radius + 1, max(0, j - radius): j + radius + 1]
+            win = m[max(0, i - radius) : i + radius + 1, max(0, j - radius) : j + radius + 1]
             out[i, j] = op(win)
     return out
 
@@ -53,7 +54,9 @@ def test_a_5x5_kernel_erodes_two_pixels_and_radius_0_is_a_no_op():
     expected = torch.zeros_like(mask)
     expected[0, 7:13, 6:14] = True  # an OpenCV 5x5 kernel = radius 2
     assert torch.equal(erode(mask, 2), expected)
-    assert torch.equal(erode(torch.ones(1, 8, 8, 1), 2), torch.ones(1, 8, 8, 1))  # border never erodes
+    assert torch.equal(
+        erode(torch.ones(1, 8, 8, 1), 2), torch.ones(1, 8, 8, 1)
+    )  # border never erodes
     assert erode(mask, 0) is mask and dilate(mask, 0) is mask
 
 

@@ -4,6 +4,7 @@ threestudio's datamodule loads `sample_normal.png` and makes the reference rays;
 `implicit-volume` geometry (its density replaced by the sample's known SDF) gives the normals; the
 volume renderer accumulates them into `comp_normal`; our loss compares the two. If the file's
 frame, channel order or sign disagreed with threestudio's, the angle would be large."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,10 +23,20 @@ SIZE = 64
 def _reference_batch(find):
     # threestudio's single-image-datamodule with a `device` field (it would pick cuda:<rank>)
     dm = find("hifi123-single-image-datamodule")(
-        {"device": "cpu", "image_path": str(SAMPLE), "height": SIZE, "width": SIZE, "default_elevation_deg": 0.0,
-         "default_azimuth_deg": 0.0, "default_camera_distance": 3.8, "default_fovy_deg": 20.0,
-         "requires_depth": False, "requires_normal": True, "use_random_camera": False,
-         "rays_noise_scale": 0.0}  # threestudio jitters training rays by default
+        {
+            "device": "cpu",
+            "image_path": str(SAMPLE),
+            "height": SIZE,
+            "width": SIZE,
+            "default_elevation_deg": 0.0,
+            "default_azimuth_deg": 0.0,
+            "default_camera_distance": 3.8,
+            "default_fovy_deg": 20.0,
+            "requires_depth": False,
+            "requires_normal": True,
+            "use_random_camera": False,
+            "rays_noise_scale": 0.0,
+        }  # threestudio jitters training rays by default
     )
     dm.setup("fit")
     return next(iter(dm.train_dataloader()))
@@ -34,8 +45,13 @@ def _reference_batch(find):
 def _sample_geometry(find):
     from hifi123.sample import make_sample as ms
 
-    geo = find("implicit-volume")({"radius": 2.0, "normal_type": "finite_difference_laplacian",
-                                    "finite_difference_normal_eps": 0.004})
+    geo = find("implicit-volume")(
+        {
+            "radius": 2.0,
+            "normal_type": "finite_difference_laplacian",
+            "finite_difference_normal_eps": 0.004,
+        }
+    )
 
     def sdf_density(points, raw_density):  # replaces the hash-grid density by the sample's surface
         sdf = torch.from_numpy(ms.sample_sdf(points.detach().double().cpu().numpy().reshape(-1, 3)))
@@ -54,8 +70,15 @@ def _render(find, batch, geometry):
     material = find("no-material")({"n_output_dims": 3, "requires_normal": True})
     background = find("solid-color-background")({"color": [1.0, 1.0, 1.0], "learned": False})
     renderer = find(register_torch_volume_renderer())(
-        {"radius": 2.0, "num_samples_per_ray": 192, "randomized": False, "return_comp_normal": True},
-        geometry=geometry, material=material, background=background,
+        {
+            "radius": 2.0,
+            "num_samples_per_ray": 192,
+            "randomized": False,
+            "return_comp_normal": True,
+        },
+        geometry=geometry,
+        material=material,
+        background=background,
     )
     renderer.eval()
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """Make-It-3D refine exports: PLY, renderer weights, orbit video (algorithms.md D.7)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,7 +27,9 @@ def test_ply_round_trip(tmp_path, binary):
     col = torch.rand(257, 3, generator=g)
     path = write_ply(str(tmp_path / "cloud.ply"), pos, col, binary=binary)
     header = Path(path).read_bytes().split(b"end_header")[0].decode()
-    assert ("binary_little_endian" if binary else "ascii") in header and "element vertex 257" in header
+    assert (
+        "binary_little_endian" if binary else "ascii"
+    ) in header and "element vertex 257" in header
     p2, c2 = read_ply(path)
     assert p2.dtype == np.float32 and np.array_equal(p2, pos.numpy())
     assert c2.dtype == np.uint8 and np.array_equal(c2, np.round(col.numpy() * 255).astype(np.uint8))
@@ -37,10 +40,14 @@ def test_renderer_weights_round_trip_and_orbit_video(tmp_path):
     net = DeferredUNet()
     bg = torch.randn(19)
     desc = torch.randn(5, 19)
-    path = save_renderer_weights(str(tmp_path / "r.pt"), net, bg, desc, torch.randn(5, 3), torch.ones(5, dtype=torch.bool))
+    path = save_renderer_weights(
+        str(tmp_path / "r.pt"), net, bg, desc, torch.randn(5, 3), torch.ones(5, dtype=torch.bool)
+    )
     other = DeferredUNet()
     payload = load_renderer_weights(path, other)
-    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), other.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(net.state_dict().values(), other.state_dict().values())
+    )
     assert torch.equal(payload["background"], bg) and torch.equal(payload["descriptors"], desc)
     assert payload["unet_widths"] == [16, 32, 64]
 

@@ -3,6 +3,7 @@
 The rasteriser is checked against a per-pixel brute force written here from the formulas
 (algorithms.md D.4): the K nearest points within the radius, alpha = 1 - sqrt(clamp(0.1 d^2/r^2,
 1e-3, 1)), front-to-back compositing, background with the residual transmittance."""
+
 from __future__ import annotations
 
 import math
@@ -77,10 +78,15 @@ def _scene(n=1500, seed=0):
 
 
 # ------------------------------------------------------------------------------- rasteriser
-@pytest.mark.parametrize("eps,slabs,chunk,spread", [
-    (1e-4, 4, 1 << 22, 1.0), (0.0, 1, 1 << 22, 1.0), (1e-4, 4, 700, 1.0),
-    (1e-4, 4, 1 << 22, 0.4),  # every footprint inside the image (no border tests needed)
-])
+@pytest.mark.parametrize(
+    "eps,slabs,chunk,spread",
+    [
+        (1e-4, 4, 1 << 22, 1.0),
+        (0.0, 1, 1 << 22, 1.0),
+        (1e-4, 4, 700, 1.0),
+        (1e-4, 4, 1 << 22, 0.4),  # every footprint inside the image (no border tests needed)
+    ],
+)
 def test_every_scale_matches_the_brute_force(eps, slabs, chunk, spread):
     pts, feats = _scene()
     if spread != 1.0:  # a compact cloud in front of the camera, nothing off-screen or behind
@@ -88,13 +94,20 @@ def test_every_scale_matches_the_brute_force(eps, slabs, chunk, spread):
         feats = feats[40:]
     bg = torch.tensor([0.3, -1.0, 2.0, 0.5])
     H = W = 24
-    s = PointRasterSettings(radius_px=2.0, min_transmittance=eps, depth_slabs=slabs, max_fragments_per_chunk=chunk,
-                            min_slab_points=1)  # small clouds: still several slabs, so culling is exercised
+    s = PointRasterSettings(
+        radius_px=2.0,
+        min_transmittance=eps,
+        depth_slabs=slabs,
+        max_fragments_per_chunk=chunk,
+        min_slab_points=1,
+    )  # small clouds: still several slabs, so culling is exercised
     outs = rasterize_points(pts, feats, _camera(), FOV, H, W, s, bg)
     assert [tuple(o.features.shape) for o in outs] == [(1, 4, 24, 24), (1, 4, 12, 12), (1, 4, 6, 6)]
     for k, o in enumerate(outs):  # the same NDC radius at every scale: 2, 1, 0.5 px
         h = H >> k
-        ref, _, _, trans = _brute_force(pts, feats, _camera(), FOV, h, h, 2.0 / 2**k, eps=eps, bg=bg)
+        ref, _, _, trans = _brute_force(
+            pts, feats, _camera(), FOV, h, h, 2.0 / 2**k, eps=eps, bg=bg
+        )
         assert np.allclose(o.features[0].permute(1, 2, 0).double().numpy(), ref, atol=2e-5), k
         assert np.allclose(o.coverage[0, 0].double().numpy(), 1.0 - trans, atol=2e-5), k
 
@@ -120,13 +133,19 @@ def test_32_bit_keys_sorted_as_unsigned_match_64_bit_keys(monkeypatch, size, n_s
 
     modes = []
     sort = pr._sort_distinct
-    monkeypatch.setattr(pr, "_sort_distinct", lambda key, unsigned=False: modes.append((key.dtype, unsigned)) or sort(key, unsigned))
+    monkeypatch.setattr(
+        pr,
+        "_sort_distinct",
+        lambda key, unsigned=False: modes.append((key.dtype, unsigned)) or sort(key, unsigned),
+    )
     fast = select()
     assert modes == [(torch.int32, True)] * n_slabs
     monkeypatch.setattr(pr, "_UNSIGNED_KEYS", False)
     wide = select()
     assert modes[n_slabs:] == [(torch.int64, False)] * n_slabs
-    assert fast.pix.numel() > 100000 and int(fast.pix.max()) >= size * size // 2  # keys >= 2^31 occurred
+    assert (
+        fast.pix.numel() > 100000 and int(fast.pix.max()) >= size * size // 2
+    )  # keys >= 2^31 occurred
     for a, b in zip(fast[:7], wide[:7]):
         assert torch.equal(a, b)
 
@@ -141,7 +160,9 @@ def test_group_by_is_a_stable_argsort(monkeypatch, unsigned):
 
 
 def test_focal_length_follows_threestudio():
-    assert math.isclose(focal_from_fovy(512, math.radians(20.0)), 256.0 / math.tan(math.radians(10.0)))
+    assert math.isclose(
+        focal_from_fovy(512, math.radians(20.0)), 256.0 / math.tan(math.radians(10.0))
+    )
 
 
 def test_gradients_reach_exactly_the_contributing_points():
@@ -152,23 +173,29 @@ def test_gradients_reach_exactly_the_contributing_points():
     wall = torch.stack(torch.meshgrid(lin, lin, indexing="ij"), -1).reshape(-1, 2)
     wall = torch.cat([wall, torch.zeros(len(wall), 1)], 1)  # z = 0 plane, camera at z = 3
     g = torch.Generator().manual_seed(1)
-    hidden = torch.rand(300, 3, generator=g) * torch.tensor([0.4, 0.4, 0.5]) - torch.tensor([0.2, 0.2, 1.0])
-    side = torch.randn(300, 3, generator=g) * 0.5 + torch.tensor([0.0, 0.0, -1.0])  # some visible around the wall
+    hidden = torch.rand(300, 3, generator=g) * torch.tensor([0.4, 0.4, 0.5]) - torch.tensor(
+        [0.2, 0.2, 1.0]
+    )
+    side = torch.randn(300, 3, generator=g) * 0.5 + torch.tensor(
+        [0.0, 0.0, -1.0]
+    )  # some visible around the wall
     off = torch.tensor([[6.0, 0.0, 0.0], [0.0, 0.0, 4.0], [0.0, -7.0, 0.5]])
     pts = torch.cat([wall, hidden, side, off])
     feats = torch.randn(len(pts), 5, generator=g).requires_grad_(True)
     bg = torch.randn(5, generator=g).requires_grad_(True)
     fov = math.radians(40.0)
-    out = rasterize_points(pts, feats, _camera(), fov, H, W, PointRasterSettings(n_scales=1, min_slab_points=1), bg)[0]
+    out = rasterize_points(
+        pts, feats, _camera(), fov, H, W, PointRasterSettings(n_scales=1, min_slab_points=1), bg
+    )[0]
     upstream = torch.randn(out.features.shape, generator=g)
     (out.features * upstream).sum().backward()
     _, weights, residual, _ = _brute_force(pts, feats.detach(), _camera(), fov, H, W, 2.0)
     has_grad = (feats.grad != 0).any(1).numpy()
     assert np.array_equal(has_grad, weights > 0)
     n_wall, n_hid = len(wall), len(hidden)
-    assert not has_grad[n_wall:n_wall + n_hid].any()  # occluded: exactly zero
+    assert not has_grad[n_wall : n_wall + n_hid].any()  # occluded: exactly zero
     assert not has_grad[-3:].any()  # off-screen / behind the camera: exactly zero
-    assert has_grad[n_wall + n_hid:-3].any() and has_grad[:n_wall].any()
+    assert has_grad[n_wall + n_hid : -3].any() and has_grad[:n_wall].any()
     # the background: d/db = sum over pixels of T_res * upstream, T_res = 0 on saturated pixels
     expected = (torch.from_numpy(residual).float()[None, None] * upstream).sum((0, 2, 3))
     assert torch.allclose(bg.grad, expected, atol=1e-5)
@@ -187,7 +214,16 @@ def test_background_gets_no_gradient_under_full_coverage():
     assert torch.equal(bg.grad, torch.zeros(3))
     # no point at all: the image is the background, which gets every pixel's gradient
     bg.grad = None
-    empty = rasterize_points(torch.zeros(0, 3), torch.zeros(0, 3, requires_grad=True), _camera(), FOV, 8, 8, PointRasterSettings(), bg)
+    empty = rasterize_points(
+        torch.zeros(0, 3),
+        torch.zeros(0, 3, requires_grad=True),
+        _camera(),
+        FOV,
+        8,
+        8,
+        PointRasterSettings(),
+        bg,
+    )
     assert torch.allclose(empty[0].features[0].permute(1, 2, 0), torch.ones(8, 8, 3))
     empty[0].features.sum().backward()
     assert torch.equal(bg.grad, torch.full((3,), 64.0))
@@ -198,13 +234,16 @@ def test_size_not_divisible_by_the_scales_is_refused():
         rasterize_points(torch.zeros(1, 3), torch.zeros(1, 3), _camera(), FOV, 30, 30)
 
 
-@pytest.mark.parametrize("field,value,needle", [
-    ("min_transmittance", 1.0, "min_transmittance must be in \\[0, 1\\)"),
-    ("min_transmittance", -0.1, "min_transmittance must be in"),
-    ("znear", 0.0, "znear must be positive"),
-    ("min_slab_points", 0, "min_slab_points must be >= 1"),
-    ("radius_px", 0.0, "radius_px must be positive"),
-])
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [
+        ("min_transmittance", 1.0, "min_transmittance must be in \\[0, 1\\)"),
+        ("min_transmittance", -0.1, "min_transmittance must be in"),
+        ("znear", 0.0, "znear must be positive"),
+        ("min_slab_points", 0, "min_slab_points must be >= 1"),
+        ("radius_px", 0.0, "radius_px must be positive"),
+    ],
+)
 def test_bad_settings_are_refused(field, value, needle):
     with pytest.raises(ValueError, match=needle):
         PointRasterSettings(**{field: value})
@@ -215,7 +254,9 @@ def test_a_camera_batch_equals_one_camera_at_a_time():
     exactly those of separate calls (also without a background)."""
     pts, feats = _scene()
     cams = torch.stack([_camera(3.0), _camera(2.5)])
-    cams[1, :3, :3] = torch.tensor([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # looks along +x
+    cams[1, :3, :3] = torch.tensor(
+        [[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+    )  # looks along +x
     cams[1, :3, 3] = torch.tensor([-2.5, 0.1, 0.0])
     s = PointRasterSettings(radius_px=2.0)
     for bg in (torch.tensor([0.3, -1.0, 2.0, 0.5]), None):
@@ -227,12 +268,12 @@ def test_a_camera_batch_equals_one_camera_at_a_time():
         for b in range(2):
             f_one = feats.clone().requires_grad_(True)
             one = rasterize_points(pts, f_one, cams[b], FOV, 16, 16, s, bg)
-            torch.autograd.backward([o.features for o in one], [u[b:b + 1] for u in ups])
+            torch.autograd.backward([o.features for o in one], [u[b : b + 1] for u in ups])
             grad_sum += f_one.grad
             for o_all, o_one in zip(outs, one):
-                assert torch.allclose(o_all.features[b:b + 1], o_one.features, atol=1e-6)
-                assert torch.equal(o_all.coverage[b:b + 1], o_one.coverage)
-                assert torch.allclose(o_all.depth[b:b + 1], o_one.depth, atol=1e-6)
+                assert torch.allclose(o_all.features[b : b + 1], o_one.features, atol=1e-6)
+                assert torch.equal(o_all.coverage[b : b + 1], o_one.coverage)
+                assert torch.allclose(o_all.depth[b : b + 1], o_one.depth, atol=1e-6)
         assert torch.allclose(f_all.grad, grad_sum, atol=1e-5)
         assert float(outs[0].coverage[1].mean()) > 0.05  # the second camera sees the scene too
 
@@ -255,7 +296,11 @@ def test_bench_raster_reports_the_ratio(capsys):
 
     res = bench_raster(size=32, repeats=1, threads=1, azimuths=4)
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert re.fullmatch(r"raster/unet ratio: \d+\.\d\d", last) and res["finite"] and res["points"] > 100
+    assert (
+        re.fullmatch(r"raster/unet ratio: \d+\.\d\d", last)
+        and res["finite"]
+        and res["points"] > 100
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -267,12 +312,21 @@ def test_cuda_matches_cpu():  # pragma: no cover - no GPU in CI
         assert torch.allclose(a.features, b.features.cpu(), atol=1e-5)
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["bench", "raster", "--size", "30"], "--size: expected an integer >= 16 and a multiple of 4, got 30"),
-    (["bench", "raster", "--repeats", "0"], "--repeats: expected an integer >= 1, got 0"),
-    (["bench", "rgsd", "--iterations", "x"], "--iterations: expected an integer, got 'x'"),
-    (["bench", "rgnv", "--steps", "10", "--inject-steps", "20"], "fix: hifi123 bench rgnv --steps 10 --inject-steps 10"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (
+            ["bench", "raster", "--size", "30"],
+            "--size: expected an integer >= 16 and a multiple of 4, got 30",
+        ),
+        (["bench", "raster", "--repeats", "0"], "--repeats: expected an integer >= 1, got 0"),
+        (["bench", "rgsd", "--iterations", "x"], "--iterations: expected an integer, got 'x'"),
+        (
+            ["bench", "rgnv", "--steps", "10", "--inject-steps", "20"],
+            "fix: hifi123 bench rgnv --steps 10 --inject-steps 10",
+        ),
+    ],
+)
 def test_bench_arguments_are_checked_before_any_work(argv, needle, capsys, monkeypatch):
     from hifi123 import bench, cli
 

@@ -1,4 +1,5 @@
 """Make-It-3D refine losses: reference L1, texture regulariser, background loss (algorithms.md D.6)."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,7 +34,14 @@ def test_refine_losses():
     t = texture_regularizer(colors, init, refvis)
     assert torch.isclose(t["texture_reference"], ((colors - init)[:4] ** 2).mean())
     assert torch.isclose(t["texture_novel"], ((colors - init)[4:] ** 2).mean())
-    assert float(texture_regularizer(colors, init, torch.zeros(10, dtype=torch.bool))["texture_reference"].detach()) == 0.0
+    assert (
+        float(
+            texture_regularizer(colors, init, torch.zeros(10, dtype=torch.bool))[
+                "texture_reference"
+            ].detach()
+        )
+        == 0.0
+    )
 
     coverage = torch.zeros(1, 20, 20, 1)
     coverage[:, 8:12, 8:12] = 1.0
@@ -44,4 +52,10 @@ def test_refine_losses():
     near[6:14, 6:14] = True  # the coverage dilated by 2 px: no background loss there
     assert torch.equal(pred.grad[0].abs().sum(-1) == 0, near)
     assert torch.isclose(bl, (1 - pred)[0][~near].sum())
-    assert set(REFINE_TERMS) == {"ref_l1", "texture_novel", "texture_reference", "background", "contextual"}
+    assert set(REFINE_TERMS) == {
+        "ref_l1",
+        "texture_novel",
+        "texture_reference",
+        "background",
+        "contextual",
+    }

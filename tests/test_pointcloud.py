@@ -3,6 +3,7 @@ object, whose exact geometry (`sample_sdf`) and renders (`render_sample`) are kn
 
 Brute-force checks use the sample module's own numpy camera code (`project_points`), independent of
 the torch code under test."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,7 +31,9 @@ AZIMUTHS = 6
 
 
 def _render(cam: ViewCamera, depth_type: str = "z"):
-    r = ms.render_sample(cam.elevation_deg, cam.azimuth_deg, cam.distance, cam.fovy_deg, cam.height, supersample=1)
+    r = ms.render_sample(
+        cam.elevation_deg, cam.azimuth_deg, cam.distance, cam.fovy_deg, cam.height, supersample=1
+    )
     depth = r["depth_z"]
     if depth_type == "distance":  # the distance along the unit pixel ray
         d = ms.ray_directions(cam.height, cam.width, cam.fovy_deg)
@@ -64,7 +67,9 @@ def test_cameras_cover_360_degrees_without_the_reference():
     azims = sorted({round(v.azimuth_deg % 360.0, 6) for v in views})
     assert azims == [round(360.0 * k / AZIMUTHS, 6) for k in range(AZIMUTHS)]
     assert {v.elevation_deg for v in views} == {-10.0, 0.0, 10.0}
-    assert abs(views[0].azimuth_deg) < 1e-9 and abs(views[-1].azimuth_deg % 360 - 180) < 1e-9  # front first
+    assert (
+        abs(views[0].azimuth_deg) < 1e-9 and abs(views[-1].azimuth_deg % 360 - 180) < 1e-9
+    )  # front first
 
 
 def test_points_lie_on_the_ground_truth_surface(built):
@@ -82,9 +87,13 @@ def test_points_lie_on_the_ground_truth_surface(built):
 def test_reference_points_carry_the_reference_colours(built):
     cam, ref, cloud = built
     sel = cloud.source_view == 0
-    u, v, _ = ms.project_points(cloud.positions[sel].double().numpy(), cam.c2w, cam.fovy_deg, SIZE, SIZE)
+    u, v, _ = ms.project_points(
+        cloud.positions[sel].double().numpy(), cam.c2w, cam.fovy_deg, SIZE, SIZE
+    )
     i, j = np.floor(u).astype(int), np.floor(v).astype(int)
-    assert np.allclose(u - i, 0.5, atol=1e-3) and np.allclose(v - j, 0.5, atol=1e-3)  # pixel centres
+    assert np.allclose(u - i, 0.5, atol=1e-3) and np.allclose(
+        v - j, 0.5, atol=1e-3
+    )  # pixel centres
     assert np.allclose(cloud.colors[sel].numpy(), ref["rgb"][j, i], atol=1e-6)
     assert bool(cloud.reference_visible[sel].all())
 
@@ -121,7 +130,9 @@ def test_no_point_is_added_twice(built):
     for k, cam in enumerate(cloud.cameras, start=1):
         if (cloud.source_view == k).any():
             dup = _earlier_visible_near(cloud, k, cam, cfg.coverage_radius_px)
-            assert not dup.any(), f"view {k}: {int(dup.sum())} points re-added over existing surface"
+            assert not dup.any(), (
+                f"view {k}: {int(dup.sum())} points re-added over existing surface"
+            )
             checked += 1
     assert checked >= 5
 
@@ -140,7 +151,9 @@ def test_coverage_is_what_keeps_the_cloud_small(built, monkeypatch):
         src = c.source_view.numpy()
         return int((src[pairs[:, 0]] != src[pairs[:, 1]]).sum()) / len(pos)
 
-    monkeypatch.setattr(pc_mod, "coverage_mask", lambda points, camera, depth, mask, cfg: torch.zeros_like(mask))
+    monkeypatch.setattr(
+        pc_mod, "coverage_mask", lambda points, camera, depth, mask, cfg: torch.zeros_like(mask)
+    )
     naive = build_point_cloud(_render, cam, ref["rgb"], ref["alpha"], _cfg())
     assert len(naive) > 3 * len(cloud)
     assert close_pairs(cloud) < 0.02 < 0.2 < close_pairs(naive)
@@ -151,19 +164,32 @@ def test_zbuffer_keeps_the_nearest_point():
     pts = torch.from_numpy(ref["position"][ref["alpha"]]).float()
     # a second copy of every point pushed back along its ray (well beyond the same-surface tolerance,
     # ~0.12 at 64 px), interleaved with the originals
-    behind = pts + 0.3 * (pts - cam.c2w_tensor()[:3, 3]) / (pts - cam.c2w_tensor()[:3, 3]).norm(dim=1, keepdim=True)
+    behind = pts + 0.3 * (pts - cam.c2w_tensor()[:3, 3]) / (pts - cam.c2w_tensor()[:3, 3]).norm(
+        dim=1, keepdim=True
+    )
     both = torch.stack([behind, pts], 1).reshape(-1, 3)
     keep = zbuffer_filter(both, cam, 1.0, _cfg())
-    alone = zbuffer_filter(pts, cam, 1.0, _cfg())  # a point just behind a depth edge goes, copy or not
+    alone = zbuffer_filter(
+        pts, cam, 1.0, _cfg()
+    )  # a point just behind a depth edge goes, copy or not
     assert not keep[0::2].any() and torch.equal(keep[1::2], alone) and alone.float().mean() > 0.9
     # the rasteriser's 1-nearest selection returns the front point of every pixel
-    frags = rasterize_fragments(both, cam.c2w_tensor(), cam.fovy, SIZE, SIZE, 0.5, points_per_pixel=1)
+    frags = rasterize_fragments(
+        both, cam.c2w_tensor(), cam.fovy, SIZE, SIZE, 0.5, points_per_pixel=1
+    )
     assert (frags.point % 2 == 1).all() and len(frags.pix) == int(ref["alpha"].sum())
 
 
 def test_depth_as_ray_distance_gives_the_same_cloud(built):
     cam, ref, cloud = built
-    other = build_point_cloud(lambda c: _render(c, "distance"), cam, ref["rgb"], ref["alpha"], _cfg(), depth_type="distance")
+    other = build_point_cloud(
+        lambda c: _render(c, "distance"),
+        cam,
+        ref["rgb"],
+        ref["alpha"],
+        _cfg(),
+        depth_type="distance",
+    )
     assert len(other) == len(cloud)
     assert torch.allclose(other.positions, cloud.positions, atol=1e-5)
 
@@ -174,7 +200,9 @@ def test_reference_visible_flags_follow_the_reference_view(built):
     novel = (~cloud.reference_visible).numpy()
     assert flagged.sum() > 0 and novel.sum() > 0
     pos = cloud.positions.double().numpy()
-    assert _seen_from(cam, pos[flagged]).mean() > 0.95  # flagged novel points: on the reference's visible surface
+    assert (
+        _seen_from(cam, pos[flagged]).mean() > 0.95
+    )  # flagged novel points: on the reference's visible surface
     # the rest: hidden from it, but for grazing silhouette points that fail the strict depth test
     assert _seen_from(cam, pos[novel]).mean() < 0.2
     # flagged points take the reference colours at their projection
@@ -187,12 +215,22 @@ def test_point_budget_is_a_seeded_subset_keeping_reference_points(built):
     cam, ref, _ = built
 
     def build(**kw):  # 3 azimuths: a quicker cloud, the same mechanism
-        return build_point_cloud(_render, cam, ref["rgb"], ref["alpha"], PointCloudConfig(resolution=SIZE, n_azimuths=3, **kw))
+        return build_point_cloud(
+            _render,
+            cam,
+            ref["rgb"],
+            ref["alpha"],
+            PointCloudConfig(resolution=SIZE, n_azimuths=3, **kw),
+        )
 
     cloud = build()
     n_ref = int((cloud.source_view == 0).sum())
     budget = n_ref + 100
-    a, b, c = build(max_points=budget, seed=1), build(max_points=budget, seed=1), build(max_points=budget, seed=2)
+    a, b, c = (
+        build(max_points=budget, seed=1),
+        build(max_points=budget, seed=1),
+        build(max_points=budget, seed=2),
+    )
     assert len(cloud) > budget and len(a) == budget and int((a.source_view == 0).sum()) == n_ref
     assert torch.equal(a.positions, b.positions) and not torch.equal(a.positions, c.positions)
     full = {tuple(p) for p in cloud.positions.tolist()}
@@ -206,16 +244,39 @@ def test_rasterising_at_the_reference_camera_reproduces_the_reference(built):
     sel = cloud.source_view == 0
     pts, cols = cloud.positions[sel], cloud.colors[sel]
     # radius 0.5 px: each pixel holds exactly its own point -> colour * alpha_max, exactly
-    out = rasterize_points(pts, cols, cam.c2w_tensor(), cam.fovy, SIZE, SIZE, PointRasterSettings(radius_px=0.5, n_scales=1))[0]
+    out = rasterize_points(
+        pts,
+        cols,
+        cam.c2w_tensor(),
+        cam.fovy,
+        SIZE,
+        SIZE,
+        PointRasterSettings(radius_px=0.5, n_scales=1),
+    )[0]
     cov = out.coverage[0, 0]
     covered = cov > 0.5
     assert int(covered.sum()) == len(pts)
     img = (out.features[0] / cov.clamp_min(1e-8)).permute(1, 2, 0)
     assert torch.allclose(img[covered], torch.from_numpy(ref["rgb"]).float()[covered], atol=1e-5)
     # the whole 360 deg cloud at the same radius: the far side hides behind (weight <= 1 - alpha_max)
-    full = rasterize_points(cloud.positions, cloud.colors, cam.c2w_tensor(), cam.fovy, SIZE, SIZE, PointRasterSettings(radius_px=0.5, n_scales=1))[0]
+    full = rasterize_points(
+        cloud.positions,
+        cloud.colors,
+        cam.c2w_tensor(),
+        cam.fovy,
+        SIZE,
+        SIZE,
+        PointRasterSettings(radius_px=0.5, n_scales=1),
+    )[0]
     c = full.coverage[0, 0] > 0.9
-    err = ((full.features[0] / full.coverage[0]).permute(1, 2, 0) - torch.from_numpy(ref["rgb"]).float())[c].abs().mean()
+    err = (
+        (
+            (full.features[0] / full.coverage[0]).permute(1, 2, 0)
+            - torch.from_numpy(ref["rgb"]).float()
+        )[c]
+        .abs()
+        .mean()
+    )
     assert int(c.sum()) > 0.9 * ref["alpha"].sum() and float(err) < 0.05
 
 
@@ -228,10 +289,16 @@ def test_refine_contextual_loss_is_the_evaluation_distance_and_reaches_the_rende
     from test_eval_metrics import _cx_reference
 
     vgg = load_vgg19_features(tiny_models["vgg19"], "system.refine.contextual_model", "relu5_4")
-    sample = str(Path(__file__).resolve().parents[1] / "custom" / "hifi123" / "assets" / "sample_rgba.png")
-    ref = torch.nn.functional.interpolate(reference_on_white(sample), (64, 64), mode="bilinear", align_corners=False)
+    sample = str(
+        Path(__file__).resolve().parents[1] / "custom" / "hifi123" / "assets" / "sample_rgba.png"
+    )
+    ref = torch.nn.functional.interpolate(
+        reference_on_white(sample), (64, 64), mode="bilinear", align_corners=False
+    )
     ref_feats = vgg(ref)
-    noise = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    noise = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0)).requires_grad_(
+        True
+    )
     loss = contextual_loss(noise, ref_feats, vgg)
     with torch.no_grad():
         x = vgg(noise.detach().permute(0, 3, 1, 2))[0].flatten(1)

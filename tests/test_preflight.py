@@ -1,4 +1,5 @@
 """Weights and files a stage names are checked before anything is built, with the fix."""
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,10 @@ def test_tets_missing_names_the_field_the_file_and_the_fix(tmp_path, monkeypatch
     with pytest.raises(InputError) as err:
         check_tets(128, "system.geometry.isosurface_resolution")
     msg = str(err.value)
-    assert "system.geometry.isosurface_resolution=128" in msg and str(tmp_path / "load/tets/128_tets.npz") in msg
+    assert (
+        "system.geometry.isosurface_resolution=128" in msg
+        and str(tmp_path / "load/tets/128_tets.npz") in msg
+    )
     assert "threestudio root" in msg and "git checkout -- load/tets/128_tets.npz" in msg
     with pytest.raises(InputError, match="generate_tets.py"):
         check_tets(96, "f")  # a size threestudio does not ship
@@ -24,8 +28,10 @@ def test_tets_missing_names_the_field_the_file_and_the_fix(tmp_path, monkeypatch
 
 def test_zero123_checkpoint_and_config(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = {"pretrained_model_name_or_path": "./load/zero123/zero123-xl.ckpt",
-           "pretrained_config": "./load/zero123/sd-objaverse-finetune-c_concat-256.yaml"}
+    cfg = {
+        "pretrained_model_name_or_path": "./load/zero123/zero123-xl.ckpt",
+        "pretrained_config": "./load/zero123/sd-objaverse-finetune-c_concat-256.yaml",
+    }
     with pytest.raises(InputError) as err:
         check_component("zero123-guidance", cfg, "system.guidance_3d")
     assert "system.guidance_3d.pretrained_model_name_or_path" in str(err.value)
@@ -37,7 +43,11 @@ def test_zero123_checkpoint_and_config(tmp_path, monkeypatch):
     open(cfg["pretrained_config"], "w").close()
     check_component("zero123-guidance", cfg, "system.guidance_3d")
     with pytest.raises(InputError, match="stabilityai/stable-zero123"):
-        check_component("stable-zero123-guidance", {"pretrained_model_name_or_path": "x.ckpt"}, "system.guidance_3d")
+        check_component(
+            "stable-zero123-guidance",
+            {"pretrained_model_name_or_path": "x.ckpt"},
+            "system.guidance_3d",
+        )
 
 
 def test_gated_deepfloyd_offline_and_uncached_says_licence_and_login(tmp_path, monkeypatch):
@@ -49,16 +59,22 @@ def test_gated_deepfloyd_offline_and_uncached_says_licence_and_login(tmp_path, m
 
     monkeypatch.setattr(loader, "hub_file_cached", lambda repo, path: False)
     with pytest.raises(ModelNotFoundError) as err:
-        check_component("deep-floyd-guidance", {"pretrained_model_name_or_path": "DeepFloyd/IF-I-XL-v1.0"},
-                        "system.guidance")
+        check_component(
+            "deep-floyd-guidance",
+            {"pretrained_model_name_or_path": "DeepFloyd/IF-I-XL-v1.0"},
+            "system.guidance",
+        )
     msg = str(err.value)
     assert "system.guidance.pretrained_model_name_or_path" in msg
     assert "https://huggingface.co/DeepFloyd/IF-I-XL-v1.0" in msg and "huggingface-cli login" in msg
     # a local folder that is not a pipeline
     (tmp_path / "if").mkdir()
     with pytest.raises(ModelNotFoundError, match="lacks model_index.json"):
-        check_component("deep-floyd-prompt-processor", {"pretrained_model_name_or_path": str(tmp_path / "if")},
-                        "system.prompt_processor")
+        check_component(
+            "deep-floyd-prompt-processor",
+            {"pretrained_model_name_or_path": str(tmp_path / "if")},
+            "system.prompt_processor",
+        )
 
 
 def test_chained_checkpoint_must_sit_in_its_trial(tmp_path):
@@ -80,12 +96,12 @@ def test_a_hub_refusal_while_building_becomes_our_error():
 
     with pytest.raises(InputError, match="huggingface-cli login"):
         with building("deep-floyd-guidance", "system.guidance"):
-            raise GatedRepoError("401 Client Error: access to model DeepFloyd/IF-I-XL-v1.0 is restricted")
+            raise GatedRepoError(
+                "401 Client Error: access to model DeepFloyd/IF-I-XL-v1.0 is restricted"
+            )
     with pytest.raises(ZeroDivisionError):  # anything else passes through untouched
         with building("deep-floyd-guidance", "system.guidance"):
             1 / 0
-
-
 
 
 def test_an_unreachable_hub_is_named_as_the_cause(tmp_path):
@@ -108,11 +124,26 @@ def test_an_unreachable_hub_is_named_as_the_cause(tmp_path):
     assert "network is the cause" in str(_wrap_load_error("org/m", "field", chained))
     assert "network" not in str(_wrap_load_error("org/m", "field", ValueError("bad json")))
     # for real: a hub endpoint nobody listens on, an empty cache
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(tmp_path / "hub"))
-    code = ("from hifi123.models.loader import load_diffusion\n"
-            "load_diffusion('someorg/somemodel', 'system.guidance.pretrained_model_name_or_path')\n")
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    }
+    env.update(
+        HF_ENDPOINT="http://127.0.0.1:9",
+        HF_HOME=str(tmp_path / "hf"),
+        HF_HUB_CACHE=str(tmp_path / "hub"),
+    )
+    code = (
+        "from hifi123.models.loader import load_diffusion\n"
+        "load_diffusion('someorg/somemodel', 'system.guidance.pretrained_model_name_or_path')\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode != 0
-    assert "ModelNotFoundError" in run.stderr and "network is the cause" in run.stderr, run.stderr[-2000:]
-    assert "HF_HUB_OFFLINE=1" in run.stderr and "system.guidance.pretrained_model_name_or_path" in run.stderr
+    assert "ModelNotFoundError" in run.stderr and "network is the cause" in run.stderr, run.stderr[
+        -2000:
+    ]
+    assert (
+        "HF_HUB_OFFLINE=1" in run.stderr
+        and "system.guidance.pretrained_model_name_or_path" in run.stderr
+    )

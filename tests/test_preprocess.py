@@ -6,6 +6,7 @@ cv2 may be missing, so the unmarked tests emulate its reads with PIL: `cv2.imrea
 IMREAD_UNCHANGED)` returns BGR(A) channel order, i.e. PIL's array with the colour channels reversed.
 The `threestudio`-marked test reads the outputs with threestudio's own loading code.
 """
+
 from __future__ import annotations
 
 import json
@@ -78,7 +79,12 @@ def write_png16(path, arr):
 
     ihdr = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[c], 0, 0, 0)
     with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+        f.write(
+            b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b"")
+        )
     return str(path)
 
 
@@ -86,7 +92,9 @@ def object_rgba(h, w, box, colour=(200, 60, 40)):
     """uint8 RGBA [h, w, 4]: an ellipse filling `box` = (x0, y0, x1, y1), transparent elsewhere."""
     yy, xx = np.mgrid[0:h, 0:w] + 0.5
     x0, y0, x1, y1 = box
-    inside = ((xx - (x0 + x1) / 2) / ((x1 - x0) / 2)) ** 2 + ((yy - (y0 + y1) / 2) / ((y1 - y0) / 2)) ** 2 <= 1
+    inside = ((xx - (x0 + x1) / 2) / ((x1 - x0) / 2)) ** 2 + (
+        (yy - (y0 + y1) / 2) / ((y1 - y0) / 2)
+    ) ** 2 <= 1
     a = np.zeros((h, w, 4), np.uint8)
     a[inside] = (*colour, 255)
     return a
@@ -112,10 +120,15 @@ def run_cli(capsys, *argv):
 
 def test_files_have_threestudio_names_and_encodings(tiny, tmp_path):
     geo = ms.load_sample_geometry()
-    res = pp.preprocess_image(SAMPLE, str(tmp_path), cfg_for(tiny, size=128), depth_z=geo["depth_z"])
+    res = pp.preprocess_image(
+        SAMPLE, str(tmp_path), cfg_for(tiny, size=128), depth_z=geo["depth_z"]
+    )
     image_path = res.paths.rgba
     assert os.path.basename(image_path) == "sample_rgba.png"
-    for p in (image_path.replace("_rgba.png", "_depth.png"), image_path.replace("_rgba.png", "_normal.png")):
+    for p in (
+        image_path.replace("_rgba.png", "_depth.png"),
+        image_path.replace("_rgba.png", "_normal.png"),
+    ):
         assert os.path.isfile(p)  # the datamodule derives these paths from image_path
     for suffix in ("_caption.txt", "_sheet.png", "_preprocess.json"):
         assert os.path.isfile(os.path.join(tmp_path, "sample" + suffix))
@@ -159,22 +172,29 @@ def test_dpt_path_writes_valid_depth_and_normals(tiny, tmp_path):
     assert "DPT" in sidecar(tmp_path, "sample")["depth_source"]
 
 
-@pytest.mark.parametrize("shape,box,border", [
-    ((200, 300), (40, 70, 160, 130), 0.2),   # wide object, off-centre
-    ((300, 180), (100, 20, 160, 260), 0.1),  # tall object
-    ((160, 160), (0, 0, 160, 100), 0.3),     # touching the image border
-])
+@pytest.mark.parametrize(
+    "shape,box,border",
+    [
+        ((200, 300), (40, 70, 160, 130), 0.2),  # wide object, off-centre
+        ((300, 180), (100, 20, 160, 260), 0.1),  # tall object
+        ((160, 160), (0, 0, 160, 100), 0.3),  # touching the image border
+    ],
+)
 def test_recentring_keeps_aspect_ratio_and_border(tiny, tmp_path, shape, box, border):
     h, w = shape
     src = tmp_path / "obj.png"
     Image.fromarray(object_rgba(h, w, box)).save(src)
     size = 128
-    res = pp.preprocess_image(str(src), str(tmp_path / "out"), cfg_for(tiny, size=size, border_ratio=border))
+    res = pp.preprocess_image(
+        str(src), str(tmp_path / "out"), cfg_for(tiny, size=size, border_ratio=border)
+    )
     out = cv2_read_unchanged(res.paths.rgba)
     x0, y0, x1, y1 = bbox(out[..., 3] > 127)
     bw, bh = x1 - x0, y1 - y0
     iw, ih = box[2] - box[0], box[3] - box[1]
-    assert max(bw, bh) == pytest.approx((1 - 2 * border) * size, abs=1.5)  # longer side fills 1 - 2 border
+    assert max(bw, bh) == pytest.approx(
+        (1 - 2 * border) * size, abs=1.5
+    )  # longer side fills 1 - 2 border
     assert bw / bh == pytest.approx(iw / ih, rel=0.03)  # aspect ratio kept
     assert (x0 + x1) / 2 == pytest.approx(size / 2, abs=1.0)  # centred
     assert (y0 + y1) / 2 == pytest.approx(size / 2, abs=1.0)
@@ -186,12 +206,19 @@ def test_recentring_keeps_aspect_ratio_and_border(tiny, tmp_path, shape, box, bo
 def test_sample_round_trip_keeps_alpha_bbox_and_border(tiny, tmp_path):
     geo = ms.load_sample_geometry()
     size, border = 512, 0.2
-    res = pp.preprocess_image(SAMPLE, str(tmp_path), cfg_for(tiny, size=size, border_ratio=border), depth_z=geo["depth_z"])
+    res = pp.preprocess_image(
+        SAMPLE, str(tmp_path), cfg_for(tiny, size=size, border_ratio=border), depth_z=geo["depth_z"]
+    )
     in_mask = geo["mask"]
     out_mask = cv2_read_unchanged(res.paths.rgba)[..., 3] > 127
     meta = sidecar(tmp_path, "sample")
     iy, ix = out_to_in(meta, size)
-    inside = (iy[:, None] >= 0) & (iy[:, None] < in_mask.shape[0]) & (ix[None] >= 0) & (ix[None] < in_mask.shape[1])
+    inside = (
+        (iy[:, None] >= 0)
+        & (iy[:, None] < in_mask.shape[0])
+        & (ix[None] >= 0)
+        & (ix[None] < in_mask.shape[1])
+    )
     expect = np.zeros_like(out_mask)
     expect[inside] = in_mask[np.clip(iy, 0, 511)[:, None], np.clip(ix, 0, 511)[None]][inside]
     iou = (expect & out_mask).sum() / (expect | out_mask).sum()
@@ -201,7 +228,9 @@ def test_sample_round_trip_keeps_alpha_bbox_and_border(tiny, tmp_path):
     ow, oh = ob[2] - ob[0], ob[3] - ob[1]
     assert max(ow, oh) == pytest.approx((1 - 2 * border) * size, abs=1.5)
     assert ow / oh == pytest.approx(iw / ih, rel=0.02)
-    assert ((ob[0] + ob[2]) / 2, (ob[1] + ob[3]) / 2) == pytest.approx((size / 2, size / 2), abs=1.0)
+    assert ((ob[0] + ob[2]) / 2, (ob[1] + ob[3]) / 2) == pytest.approx(
+        (size / 2, size / 2), abs=1.0
+    )
 
     # depth: near = bright, and it is the sample's true disparity (recentred)
     depth = cv2_read_unchanged(res.paths.depth).astype(np.float64)
@@ -222,8 +251,10 @@ def test_sample_round_trip_keeps_alpha_bbox_and_border(tiny, tmp_path):
 
 def test_normals_from_true_depth_match_the_sample():
     geo = ms.load_sample_geometry()
-    n = camera_to_world(normals_from_depth(geo["depth_z"].astype(np.float64), geo["mask"], geo["fovy_deg"]),
-                        pp.PreprocessConfig().camera)
+    n = camera_to_world(
+        normals_from_depth(geo["depth_z"].astype(np.float64), geo["mask"], geo["fovy_deg"]),
+        pp.PreprocessConfig().camera,
+    )
     ang = np.degrees(np.arccos(np.clip((n * geo["normal_world"]).sum(-1), -1, 1)))[geo["mask"]]
     assert np.median(ang) < 1.5 and np.percentile(ang, 90) < 5.0
     # the file encoding decodes with threestudio's formula (cv2 BGR read, 1 - 2 v) to the normals
@@ -266,8 +297,11 @@ def test_photo_without_alpha_is_segmented(tiny, tmp_path, kind):
     assert "segmentation" in sidecar(tmp_path / "out", "photo")["alpha_source"]
     assert (cv2_read_unchanged(res.paths.rgba)[..., 3] > 127).any()
     with pytest.raises(InputError, match="no foreground") as e:
-        pp.preprocess_image(str(src), str(tmp_path / "out"), cfg_for(tiny, size=64, seg_model=tiny[kind],
-                                                                      seg_threshold=1 - 1e-7))
+        pp.preprocess_image(
+            str(src),
+            str(tmp_path / "out"),
+            cfg_for(tiny, size=64, seg_model=tiny[kind], seg_threshold=1 - 1e-7),
+        )
     assert "RGBA" in e.value.fix
 
 
@@ -286,8 +320,13 @@ def test_opaque_alpha_is_ignored_and_transparent_alpha_is_kept(tmp_path):
 
 
 def test_caption_postprocessing_follows_make_it_3d():
-    assert postprocess_caption("there is a close up of a cat on a black background") == "a photo of a cat on a ground"
-    assert postprocess_caption("  a  red\nmug on a white background\x00 ") == "a red mug on a ground"
+    assert (
+        postprocess_caption("there is a close up of a cat on a black background")
+        == "a photo of a cat on a ground"
+    )
+    assert (
+        postprocess_caption("  a  red\nmug on a white background\x00 ") == "a red mug on a ground"
+    )
 
 
 def test_caption_sources_are_stated(tiny, tmp_path):
@@ -298,7 +337,9 @@ def test_caption_sources_are_stated(tiny, tmp_path):
     assert not os.path.exists(tmp_path / "mug_caption.txt")
     assert sidecar(tmp_path, "mug")["caption_source"].startswith("none (--no-caption)")
     # tiny BLIP-2 through the loader: a (noise) caption, labelled as such
-    res = pp.preprocess_image(img, str(tmp_path), cfg_for(tiny, size=64, caption=None, caption_model=None, tiny=True))
+    res = pp.preprocess_image(
+        img, str(tmp_path), cfg_for(tiny, size=64, caption=None, caption_model=None, tiny=True)
+    )
     text = open(tmp_path / "mug_caption.txt").read()
     assert text.endswith("\n") and text.strip() == res.caption and "\n" not in res.caption
     assert "BLIP-2" in res.caption_source
@@ -317,7 +358,17 @@ def test_folder_batch_skips_up_to_date_and_reports_bad_files(tiny, tmp_path, cap
     (d / "broken.jpg").write_text("not an image")
     (d / "notes.txt").write_text("ignored: not an image extension")
     out = tmp_path / "out"
-    args = [str(d), "--out", str(out), "--size", "64", "--caption", "a thing", "--depth-model", tiny["dpt"]]
+    args = [
+        str(d),
+        "--out",
+        str(out),
+        "--size",
+        "64",
+        "--caption",
+        "a thing",
+        "--depth-model",
+        tiny["dpt"],
+    ]
     code, stdout, err = run_cli(capsys, *args)
     assert code == 2  # one file failed, the others were written
     assert "broken.jpg" in err and "not a readable image" in err
@@ -346,7 +397,9 @@ def test_folder_batch_skips_up_to_date_and_reports_bad_files(tiny, tmp_path, cap
 
 
 def test_cli_tiny_end_to_end(tiny, tmp_path, capsys):
-    code, stdout, err = run_cli(capsys, SAMPLE, "--out", str(tmp_path), "--size", "64", "--tiny", "--quiet")
+    code, stdout, err = run_cli(
+        capsys, SAMPLE, "--out", str(tmp_path), "--size", "64", "--tiny", "--quiet"
+    )
     assert code == 0, err
     assert "1 written" in stdout and f"data.image_path={tmp_path / 'sample_rgba.png'}" in stdout
     meta = sidecar(tmp_path, "sample")
@@ -390,8 +443,13 @@ def _palette(path):
 @pytest.mark.parametrize("case", ["cmyk", "gray16", "rgba16", "gray", "palette"])
 def test_conversions(case, tiny, tmp_path):
     ext = "jpg" if case == "cmyk" else "png"
-    path = {"cmyk": _cmyk, "gray16": _gray16, "rgba16": _rgba16, "gray": _gray, "palette": _palette}[case](
-        tmp_path / f"in.{ext}")
+    path = {
+        "cmyk": _cmyk,
+        "gray16": _gray16,
+        "rgba16": _rgba16,
+        "gray": _gray,
+        "palette": _palette,
+    }[case](tmp_path / f"in.{ext}")
     img = read_image(path)
     assert img.rgb.shape == (48, 48, 3) and img.rgb.dtype == np.float32
     if case == "cmyk":
@@ -415,28 +473,60 @@ def test_conversions(case, tiny, tmp_path):
 # ------------------------------------------------------------------------------ bad inputs
 
 
-@pytest.mark.parametrize("case", ["missing", "not_image", "tiny_image", "empty_alpha", "unwritable_out",
-                                  "out_is_file", "empty_folder", "bad_border", "seg_labels"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "not_image",
+        "tiny_image",
+        "empty_alpha",
+        "unwritable_out",
+        "out_is_file",
+        "empty_folder",
+        "bad_border",
+        "seg_labels",
+    ],
+)
 def test_bad_inputs_fail_early_with_clear_errors(case, tiny, tmp_path, capsys, no_model_loading):
     good = tmp_path / "good.png"
     Image.fromarray(object_rgba(64, 64, (8, 8, 56, 40))).save(good)
-    args = [str(good), "--out", str(tmp_path / "out"), "--depth-model", tiny["dpt"], "--caption", "x"]
+    args = [
+        str(good),
+        "--out",
+        str(tmp_path / "out"),
+        "--depth-model",
+        tiny["dpt"],
+        "--caption",
+        "x",
+    ]
     if case == "missing":
         args[0], expect = str(tmp_path / "nope.png"), ("input not found", "nope.png", "fix:")
     elif case == "not_image":
         (tmp_path / "fake.png").write_text("hello")
-        args[0], expect = str(tmp_path / "fake.png"), ("not a readable image", "fake.png", "re-export")
+        args[0], expect = (
+            str(tmp_path / "fake.png"),
+            ("not a readable image", "fake.png", "re-export"),
+        )
     elif case == "tiny_image":
         Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "small.png")
-        args[0], expect = str(tmp_path / "small.png"), ("30x20 pixels: too small", "at least 32x32", "larger")
+        args[0], expect = (
+            str(tmp_path / "small.png"),
+            ("30x20 pixels: too small", "at least 32x32", "larger"),
+        )
     elif case == "empty_alpha":
         a = np.zeros((64, 64, 4), np.uint8)
         a[..., 3] = 40
         Image.fromarray(a).save(tmp_path / "ghost.png")
-        args[0], expect = str(tmp_path / "ghost.png"), ("empty foreground", "alpha", "--ignore-alpha")
+        args[0], expect = (
+            str(tmp_path / "ghost.png"),
+            ("empty foreground", "alpha", "--ignore-alpha"),
+        )
     elif case == "unwritable_out":
         (tmp_path / "afile").write_text("x")
-        args[2], expect = str(tmp_path / "afile" / "sub"), ("cannot write to the output folder", "afile", "--out DIR")
+        args[2], expect = (
+            str(tmp_path / "afile" / "sub"),
+            ("cannot write to the output folder", "afile", "--out DIR"),
+        )
     elif case == "out_is_file":
         (tmp_path / "afile").write_text("x")
         args[2], expect = str(tmp_path / "afile"), ("is a file", "afile", "--out DIR")
@@ -460,14 +550,25 @@ def test_bad_inputs_fail_early_with_clear_errors(case, tiny, tmp_path, capsys, n
 
 def test_missing_model_is_named_before_loading(tmp_path, capsys, no_model_loading, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code, _, err = run_cli(capsys, SAMPLE, "--out", str(tmp_path), "--caption", "x",
-                           "--depth-model", "nobody/not-cached-dpt")
-    assert code == 2 and "nobody/not-cached-dpt" in err and "--depth-model" in err and "tiny-models" in err
+    code, _, err = run_cli(
+        capsys,
+        SAMPLE,
+        "--out",
+        str(tmp_path),
+        "--caption",
+        "x",
+        "--depth-model",
+        "nobody/not-cached-dpt",
+    )
+    assert (
+        code == 2
+        and "nobody/not-cached-dpt" in err
+        and "--depth-model" in err
+        and "tiny-models" in err
+    )
 
 
 # ------------------------------------------------------------------------------ threestudio
-
-
 
 
 def test_dpt_disparity_to_depth_is_affine_invariant_and_near_is_small():
@@ -478,11 +579,17 @@ def test_dpt_disparity_to_depth_is_affine_invariant_and_near_is_small():
     disp = np.where(m, 1.0 / np.where(m, geo["depth_z"], 1.0), 0.0)
     cam = CameraAssumptions(relief=0.5)
     z1 = disparity_to_depth(disp, m, 0.6, cam)
-    z2 = disparity_to_depth(3.0 * disp - 7.0, m, 0.6, cam)  # MiDaS disparity: unknown scale and shift
+    z2 = disparity_to_depth(
+        3.0 * disp - 7.0, m, 0.6, cam
+    )  # MiDaS disparity: unknown scale and shift
     assert np.allclose(z1, z2) and (z1[~m] == 0).all()
-    assert np.argmin(np.where(m, z1, np.inf)) == np.argmax(np.where(m, disp, -np.inf))  # nearest = brightest
+    assert np.argmin(np.where(m, z1, np.inf)) == np.argmax(
+        np.where(m, disp, -np.inf)
+    )  # nearest = brightest
     extent = 0.6 * 2 * np.tan(np.radians(10.0))
-    assert z1[m].max() - z1[m].min() == pytest.approx(0.5 * extent, rel=1e-6)  # relief * object extent
+    assert z1[m].max() - z1[m].min() == pytest.approx(
+        0.5 * extent, rel=1e-6
+    )  # relief * object extent
 
 
 def test_a_large_photo_is_downsized_before_any_work(tmp_path):

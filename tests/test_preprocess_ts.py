@@ -1,4 +1,5 @@
 """The threestudio-marked half of `test_preprocess.py` (skipped without a threestudio checkout)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,12 +22,20 @@ def test_threestudio_datamodule_reads_the_outputs(tiny, tmp_path):
 
     geo = ms.load_sample_geometry()
     size = 128
-    res = pp.preprocess_image(SAMPLE, str(tmp_path), cfg_for(tiny, size=size), depth_z=geo["depth_z"])
+    res = pp.preprocess_image(
+        SAMPLE, str(tmp_path), cfg_for(tiny, size=size), depth_z=geo["depth_z"]
+    )
     data = SingleImageDataBase()
-    data.cfg = parse_structured(SingleImageDataModuleConfig, {
-        "image_path": res.paths.rgba, "height": size, "width": size,
-        "requires_depth": True, "requires_normal": True,
-    })
+    data.cfg = parse_structured(
+        SingleImageDataModuleConfig,
+        {
+            "image_path": res.paths.rgba,
+            "height": size,
+            "width": size,
+            "requires_depth": True,
+            "requires_normal": True,
+        },
+    )
     data.rank, data.height, data.width = "cpu", size, size
     data.load_images()
 
@@ -42,7 +51,11 @@ def test_threestudio_datamodule_reads_the_outputs(tiny, tmp_path):
     # threestudio's normal loss: 1 - 2 * ref_normal is the world normal; compare with the truth
     meta = sidecar(tmp_path, "sample")
     iy, ix = out_to_in(meta, size)
-    gt = torch.from_numpy(geo["normal_world"][np.clip(iy, 0, 511)[:, None], np.clip(ix, 0, 511)[None]]).float()
-    inner = mask & torch.from_numpy(geo["mask"][np.clip(iy, 0, 511)[:, None], np.clip(ix, 0, 511)[None]])
+    gt = torch.from_numpy(
+        geo["normal_world"][np.clip(iy, 0, 511)[:, None], np.clip(ix, 0, 511)[None]]
+    ).float()
+    inner = mask & torch.from_numpy(
+        geo["mask"][np.clip(iy, 0, 511)[:, None], np.clip(ix, 0, 511)[None]]
+    )
     cos = torch.nn.functional.cosine_similarity(1 - 2 * data.normal[0][inner], gt[inner])
     assert cos.median() > 0.99

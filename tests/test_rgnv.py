@@ -1,4 +1,5 @@
 """RGNV (HiFi-123 §3.2): each test fails if its mechanism is wrong."""
+
 import numpy as np
 import pytest
 import torch
@@ -49,8 +50,12 @@ def test_injection_off_equals_the_coarse_views_own_reconstruction(sd2_depth, vie
     ac = pipe.grid.alphas_cumprod
     inv = sd.UNetNoisePredictor(sd2_depth.unet, ac, pipe.text_embedding(""), depth=depth)
     smp = sd.UNetNoisePredictor(
-        sd2_depth.unet, ac, pipe.text_embedding("a toy"), depth=depth,
-        text_uncond=pipe.text_embedding(""), guidance_scale=9.0,
+        sd2_depth.unet,
+        ac,
+        pipe.text_embedding("a toy"),
+        depth=depth,
+        text_uncond=pipe.text_embedding(""),
+        guidance_scale=9.0,
     )
     with torch.no_grad():
         z = ddim.sample(smp, ddim.invert(inv, z0, pipe.grid, S), pipe.grid, start=T - S)
@@ -58,19 +63,27 @@ def test_injection_off_equals_the_coarse_views_own_reconstruction(sd2_depth, vie
     assert (out.images - expected).abs().max() < 1e-5
     # and switching injection on does change the result (the mechanism is live)
     on = make(sd2_depth)
-    assert (on.enhance(on.build_reference(sample_rgba), views[:1]).images - out.images).abs().max() > 1e-3
+    assert (
+        on.enhance(on.build_reference(sample_rgba), views[:1]).images - out.images
+    ).abs().max() > 1e-3
 
 
-def test_cached_reference_equals_recomputation_with_fewer_unet_evaluations(sd2_depth, views, sample_rgba):
+def test_cached_reference_equals_recomputation_with_fewer_unet_evaluations(
+    sd2_depth, views, sample_rgba
+):
     pipe = make(sd2_depth)
     with count_unet_evals(sd2_depth.unet) as cached_n:
         cache = pipe.build_reference(sample_rgba)
         cached = pipe.enhance(cache, views).images
     with count_unet_evals(sd2_depth.unet) as recomputed_n:
-        recomputed = torch.cat([pipe.enhance(pipe.build_reference(sample_rgba), [v]).images for v in views])
+        recomputed = torch.cat(
+            [pipe.enhance(pipe.build_reference(sample_rgba), [v]).images for v in views]
+        )
     assert (cached - recomputed).abs().max() <= 1e-5
     n = len(views)
-    assert cached_n.calls == 2 * S + n * 2 * S  # reference once; per view S inversions + S CFG calls
+    assert (
+        cached_n.calls == 2 * S + n * 2 * S
+    )  # reference once; per view S inversions + S CFG calls
     assert recomputed_n.calls == n * 4 * S
     assert cached_n.items == 2 * S + n * 3 * S
     # batching views changes nothing but the layout
@@ -105,7 +118,16 @@ def test_only_the_targets_self_attention_in_selected_layers_changes(sd2_depth, v
 
     def hook(module, args, kwargs, output):
         hs = args[0] if args else kwargs["hidden_states"]
-        calls.append((module._hifi_name, pipe.state.mode, pipe.state.step, hs, kwargs.get("encoder_hidden_states"), output))
+        calls.append(
+            (
+                module._hifi_name,
+                pipe.state.mode,
+                pipe.state.step,
+                hs,
+                kwargs.get("encoder_hidden_states"),
+                output,
+            )
+        )
 
     handles = []
     for name, m in sd2_depth.unet.named_modules():
@@ -144,7 +166,9 @@ def test_only_the_targets_self_attention_in_selected_layers_changes(sd2_depth, v
     assert injected_steps == set(range(T - S, T))  # injection on every target denoising step
     assert changed == S * len(selected)
     # the reference branch is untouched: its trajectory equals plain sampling
-    eps = sd.UNetNoisePredictor(sd2_depth.unet, pipe.grid.alphas_cumprod, pipe.text_embedding(""), depth=cache.depth)
+    eps = sd.UNetNoisePredictor(
+        sd2_depth.unet, pipe.grid.alphas_cumprod, pipe.text_embedding(""), depth=cache.depth
+    )
     with torch.no_grad():
         plain_ref = ddim.sample(eps, cache.z_start, pipe.grid, start=T - S)
     assert (plain_ref - cache.z_final).abs().max() < 1e-5
@@ -212,15 +236,22 @@ SD2_INJECTED = {
 }
 
 
-def test_default_injection_is_pinned_to_sd2s_decoder_self_attention_and_elsewhere_differs(sd2_depth, views, sample_rgba):
+def test_default_injection_is_pinned_to_sd2s_decoder_self_attention_and_elsewhere_differs(
+    sd2_depth, views, sample_rgba
+):
     pipe = make(sd2_depth)
     cache = pipe.build_reference(sample_rgba)
     injected = []  # per UNet call while the target is injected: the modules that run our processor
 
     def pre(module, args, kwargs):
         if pipe.state.mode == "inject":
-            injected.append({n[: -len(".processor")] for n, p in module.attn_processors.items()
-                             if type(p).__name__ == "MutualSelfAttentionProcessor"})
+            injected.append(
+                {
+                    n[: -len(".processor")]
+                    for n, p in module.attn_processors.items()
+                    if type(p).__name__ == "MutualSelfAttentionProcessor"
+                }
+            )
 
     handle = sd2_depth.unet.register_forward_pre_hook(pre, with_kwargs=True)
     try:
@@ -239,7 +270,9 @@ def test_backgrounds_are_made_once_per_kind_and_size(sd2_depth, monkeypatch):
 
     made = []
     real = images.procedural_background
-    monkeypatch.setattr(images, "procedural_background", lambda *a, **k: made.append(a) or real(*a, **k))
+    monkeypatch.setattr(
+        images, "procedural_background", lambda *a, **k: made.append(a) or real(*a, **k)
+    )
     pipe = make(sd2_depth)
     first = pipe.background("texture", 64)
     assert torch.equal(pipe.background("texture", 64), first) and len(made) == 1

@@ -1,4 +1,5 @@
 """`hifi123-rgnv-guidance` inside a real threestudio (GPU-only modules stubbed), on CPU."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,7 +46,9 @@ def test_registered_by_the_launch_style_load(threestudio_env):
     from hifi123.threestudio_ext.guidance.rgnv import RGNVGuidance
 
     assert ts.find(NAME) is RGNVGuidance
-    assert not issubclass(RGNVGuidance, torch.nn.Module)  # a BaseObject: SD weights stay out of ckpts
+    assert not issubclass(
+        RGNVGuidance, torch.nn.Module
+    )  # a BaseObject: SD weights stay out of ckpts
 
 
 def test_errors_name_the_threestudio_field_before_loading_a_model(threestudio_env, tmp_path):
@@ -58,7 +61,9 @@ def test_errors_name_the_threestudio_field_before_loading_a_model(threestudio_en
         find(NAME)(_cfg(cond_depth_path=str(tmp_path / "missing.png")))
     with pytest.raises(InputError, match=r"system\.guidance\.loss_type"):
         find(NAME)(_cfg(loss_type="huber"))
-    with pytest.raises(InputError, match=r"system\.guidance\.not_a_field"):  # before threestudio's TypeError
+    with pytest.raises(
+        InputError, match=r"system\.guidance\.not_a_field"
+    ):  # before threestudio's TypeError
         find(NAME)(_cfg(not_a_field=1))
 
 
@@ -68,18 +73,28 @@ def test_one_call_on_cpu_reaches_rgb(threestudio_env):
     rgb, opacity, depth = _render()
     rgb.requires_grad_(True)
     batch = {  # what a system passes with **batch (random-camera keys), all ignored
-        "elevation": torch.tensor([10.0]), "azimuth": torch.tensor([75.0]),
-        "camera_distances": torch.tensor([3.8]), "height": 64, "width": 64,
+        "elevation": torch.tensor([10.0]),
+        "azimuth": torch.tensor([75.0]),
+        "camera_distances": torch.tensor([3.8]),
+        "height": 64,
+        "width": 64,
     }
     prompt_utils = object()  # text-guidance style positional argument, ignored
     out = guidance(
-        rgb, prompt_utils, **batch, rgb_as_latents=False, guidance_eval=True,
-        opacity=opacity, depth=depth,
+        rgb,
+        prompt_utils,
+        **batch,
+        rgb_as_latents=False,
+        guidance_eval=True,
+        opacity=opacity,
+        depth=depth,
     )
     loss = out["loss_rgnv"]
     assert loss.dim() == 0 and torch.isfinite(loss) and loss.item() > 0
     assert out["rgnv_target"].shape == rgb.shape and not out["rgnv_target"].requires_grad
-    assert guidance.device == torch.device("cpu")  # from the input, never threestudio's get_device()
+    assert guidance.device == torch.device(
+        "cpu"
+    )  # from the input, never threestudio's get_device()
     assert guidance.loss_fn.device == torch.device("cpu")
     ev = out["eval"]
     assert ev["bs"] == 1 and len(ev["texts"]) == 1
@@ -88,7 +103,9 @@ def test_one_call_on_cpu_reaches_rgb(threestudio_env):
     loss.backward()
     assert rgb.grad is not None and torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
     # scalar logs only, besides the target image (systems log every non-image value)
-    assert all(v.numel() == 1 for k, v in out.items() if k.startswith("rgnv_") and k != "rgnv_target")
+    assert all(
+        v.numel() == 1 for k, v in out.items() if k.startswith("rgnv_") and k != "rgnv_target"
+    )
 
     with pytest.raises(ValueError, match="rgb_as_latents"):
         guidance(rgb, rgb_as_latents=True)

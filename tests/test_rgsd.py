@@ -1,4 +1,5 @@
 """RGSD (HiFi-123 §3.3; decisions 7-11): our reconstruction, checked exactly."""
+
 import io
 
 import numpy as np
@@ -63,7 +64,9 @@ def test_oracle_zero_gradient_at_the_target_and_descent_lowers_the_distance(rgsd
     (g,) = torch.autograd.grad(out["loss_rgsd"], x)
     assert out["loss_rgsd"].item() < 1e-10 and g.abs().max().item() < 1e-8
     # a different target: one gradient step on the rendering lowers the distance
-    z_other = z_target + 0.3 * torch.randn(z_target.shape, generator=torch.Generator().manual_seed(0))
+    z_other = z_target + 0.3 * torch.randn(
+        z_target.shape, generator=torch.Generator().manual_seed(0)
+    )
     rgsd.pipe.noise_model = lambda prompt, d, guided: CleanLatentOracle(z_other.double(), ac)
     x = rgb.clone().requires_grad_(True)
     before = rgsd.loss_random(x, alpha, depth, t=2)
@@ -103,7 +106,9 @@ def test_reference_branch_runs_once_per_run(sd2_depth, sample_rgba):
     assert n.calls == ref + per_iter
 
 
-def test_fixed_targets_computed_once_and_survive_checkpoint_bit_exactly(sd2_depth, sample_rgba, rgsd):
+def test_fixed_targets_computed_once_and_survive_checkpoint_bit_exactly(
+    sd2_depth, sample_rgba, rgsd
+):
     views = [render(a) for a in (90.0, -90.0)]
     rgb = torch.cat([v[0] for v in views])
     alpha = torch.cat([v[1] for v in views])
@@ -173,15 +178,30 @@ def test_restoring_targets_compares_every_setting_that_shapes_them():
     base = RGSDConfig(num_steps=8, inject_steps=4, prompt="a toy")
     state = {"fixed_targets": torch.zeros(2, 4, 8, 8), "config": asdict(base)}
     other = {  # a changed value per field, each of which would change the t = 0 targets
-        "pretrained_model_name_or_path": "another/model", "num_steps": 10, "steps_offset": None, "inject_steps": 3,
-        "guidance_scale": 5.0, "cfg_form": "threestudio", "prompt": "a cat", "negative_prompt": "blurry",
-        "reference_prompt": "x", "inject_blocks": (14, 15), "mask_reference_depth": False,
-        "reference_background": "white", "coarse_background": "white", "texture_seed": 1, "depth_type": "disparity",
-        "depth_weighted_by_opacity": False, "depth_source": "dpt", "fixed_views": ((0.0, 45.0),),
+        "pretrained_model_name_or_path": "another/model",
+        "num_steps": 10,
+        "steps_offset": None,
+        "inject_steps": 3,
+        "guidance_scale": 5.0,
+        "cfg_form": "threestudio",
+        "prompt": "a cat",
+        "negative_prompt": "blurry",
+        "reference_prompt": "x",
+        "inject_blocks": (14, 15),
+        "mask_reference_depth": False,
+        "reference_background": "white",
+        "coarse_background": "white",
+        "texture_seed": 1,
+        "depth_type": "disparity",
+        "depth_weighted_by_opacity": False,
+        "depth_source": "dpt",
+        "fixed_views": ((0.0, 45.0),),
         "inject": False,
     }
     checked = {f.name for f in fields(RGSDConfig)} - TARGET_INDEPENDENT
-    assert checked == set(other), checked ^ set(other)  # a new field must be listed here or excluded there
+    assert checked == set(other), checked ^ set(
+        other
+    )  # a new field must be listed here or excluded there
     for name, value in other.items():
         changed = replace(base, **{name: value})
         with pytest.raises(ValueError, match=name):
@@ -225,8 +245,10 @@ def test_t_is_uniform_over_1_to_S(rgsd):
     s = rgsd.cfg.inject_steps
     draws = np.array([rgsd.sample_t(g) for _ in range(400 * s)])
     counts = np.bincount(draws, minlength=s + 2)
-    assert counts[0] == 0 and counts[s + 1:].sum() == 0
-    assert np.all(np.abs(counts[1 : s + 1] - 400) < 80), counts  # ~4 sigma of a binomial(400 s, 1/s)
+    assert counts[0] == 0 and counts[s + 1 :].sum() == 0
+    assert np.all(np.abs(counts[1 : s + 1] - 400) < 80), (
+        counts
+    )  # ~4 sigma of a binomial(400 s, 1/s)
 
 
 def test_fixed_view_steps_build_no_depth_condition(rgsd, monkeypatch):
@@ -238,7 +260,9 @@ def test_fixed_view_steps_build_no_depth_condition(rgsd, monkeypatch):
     before = rgsd.loss_fixed(rgb, 0, alpha, depth)["loss_rgsd"]
     calls = []
     monkeypatch.setattr(rgsd.pipe, "depth_condition", lambda *a, **k: calls.append("dpt"))
-    monkeypatch.setattr("hifi123.core.hifi123.rgsd.render_disparity", lambda *a, **k: calls.append("disparity"))
+    monkeypatch.setattr(
+        "hifi123.core.hifi123.rgsd.render_disparity", lambda *a, **k: calls.append("disparity")
+    )
     for d in (None, depth):
         after = rgsd.loss_fixed(rgb, 0, alpha, d)["loss_rgsd"]
         assert torch.equal(after, before)

@@ -1,4 +1,5 @@
 """Fixed-view RGSD targets are identical on every rank under DDP (2 CPU processes, gloo)."""
+
 import os
 
 import torch

@@ -1,4 +1,5 @@
 """`hifi123-rgsd-guidance` inside a real threestudio (GPU-only modules stubbed), on CPU."""
+
 from __future__ import annotations
 
 import io
@@ -29,7 +30,9 @@ def _render(azimuth, size=64):
     r = render_sample(0.0, azimuth, size=size)
     alpha = torch.from_numpy(r["alpha"]).float()[None, ..., None]
     rgb = torch.from_numpy(r["rgb"]).float()[None] * alpha + (1 - alpha)
-    depth = torch.from_numpy(r["depth_z"]).float()[None, ..., None] * alpha  # NeRF-style weighted depth
+    depth = (
+        torch.from_numpy(r["depth_z"]).float()[None, ..., None] * alpha
+    )  # NeRF-style weighted depth
     return rgb, alpha, depth
 
 
@@ -48,8 +51,16 @@ def test_random_and_fixed_calls_on_cpu_and_checkpoint_round_trip(threestudio_env
     g = ts.find(NAME)(cfg)
     rgb, alpha, depth = _render(60.0)
     x = rgb.clone().requires_grad_(True)
-    out = g(x, None, elevation=torch.zeros(1), azimuth=torch.zeros(1), camera_distances=torch.ones(1),
-            opacity=alpha, depth=depth, rgsd_t=2)
+    out = g(
+        x,
+        None,
+        elevation=torch.zeros(1),
+        azimuth=torch.zeros(1),
+        camera_distances=torch.ones(1),
+        opacity=alpha,
+        depth=depth,
+        rgsd_t=2,
+    )
     assert set(out) >= {"loss_rgsd", "rgsd_t", "rgsd_target_latent"}
     out["loss_rgsd"].backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
@@ -58,7 +69,11 @@ def test_random_and_fixed_calls_on_cpu_and_checkpoint_round_trip(threestudio_env
     cams = g.fixed_cameras(0.0, 0.0)
     assert cams == [(0.0, 90.0), (0.0, -90.0)]
     views = [_render(a) for _, a in cams]
-    g.compute_fixed_targets(torch.cat([v[0] for v in views]), torch.cat([v[1] for v in views]), torch.cat([v[2] for v in views]))
+    g.compute_fixed_targets(
+        torch.cat([v[0] for v in views]),
+        torch.cat([v[1] for v in views]),
+        torch.cat([v[2] for v in views]),
+    )
     unet = g.core.pipe.c.unet
     with count_unet_evals(unet) as n:
         fixed = g(views[1][0], opacity=views[1][1], depth=views[1][2], fixed_view_index=1)

@@ -1,4 +1,5 @@
 """`hifi123 run` exports: GLB from threestudio's OBJ, PLY of the point cloud."""
+
 from __future__ import annotations
 
 import os
@@ -31,7 +32,10 @@ def test_glb_round_trip_keeps_geometry_uvs_and_texture(tmp_path):
     np.testing.assert_allclose(np.asarray(mesh.visual.uv)[mesh.faces], corners_uv, atol=1e-6)
     mat = mesh.visual.material
     tex = np.asarray(mat.baseColorTexture.convert("RGB"))
-    np.testing.assert_array_equal(tex, np.asarray(Image.open(os.path.join(os.path.dirname(obj), "texture_kd.jpg")).convert("RGB")))
+    np.testing.assert_array_equal(
+        tex,
+        np.asarray(Image.open(os.path.join(os.path.dirname(obj), "texture_kd.jpg")).convert("RGB")),
+    )
     assert mat.metallicFactor == 0.0 and mat.roughnessFactor == 1.0
     assert list(mat.baseColorFactor) == [255, 255, 255, 255]
     # the photographed side (+x in threestudio) faces the glTF viewer (+z); up is +y
@@ -69,7 +73,9 @@ def test_ply_round_trip(tmp_path):
     path = ex.write_ply(str(tmp_path / "pc.ply"), pos, col)
     with open(path, "rb") as f:
         head = f.read(200)
-    assert head.startswith(b"ply\nformat binary_little_endian 1.0\n") and b"property uchar red" in head
+    assert (
+        head.startswith(b"ply\nformat binary_little_endian 1.0\n") and b"property uchar red" in head
+    )
     p2, c2 = ex.read_ply(path)
     np.testing.assert_array_equal(p2, pos)
     np.testing.assert_array_equal(c2, col)
@@ -83,9 +89,11 @@ def test_ply_round_trip(tmp_path):
     p3, c3 = ex.read_ply(str(tmp_path / "n.ply"))
     assert c3 is None and np.array_equal(p3, pos[:4])
     # an ascii PLY from elsewhere
-    (tmp_path / "a.ply").write_text("ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\nproperty float y\n"
-                                    "property float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\n"
-                                    "end_header\n0 1 2 10 20 30\n3 4 5 40 50 60\n")
+    (tmp_path / "a.ply").write_text(
+        "ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\nproperty float y\n"
+        "property float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\n"
+        "end_header\n0 1 2 10 20 30\n3 4 5 40 50 60\n"
+    )
     p4, c4 = ex.read_ply(str(tmp_path / "a.ply"))
     assert p4.tolist() == [[0, 1, 2], [3, 4, 5]] and c4.tolist() == [[10, 20, 30], [40, 50, 60]]
 
@@ -97,8 +105,18 @@ def test_point_cloud_from_checkpoint(tmp_path):
     points = torch.randn(50, 3, generator=g)
     desc = torch.cat([torch.rand(50, 3, generator=g), torch.randn(50, 16, generator=g)], 1)
     ckpt = tmp_path / "last.ckpt"
-    torch.save({"epoch": 0, "global_step": 10, "state_dict": {
-        "geometry.points": points, "geometry.descriptors": desc, "renderer.unet.start.weight": torch.zeros(16, 19)}}, ckpt)
+    torch.save(
+        {
+            "epoch": 0,
+            "global_step": 10,
+            "state_dict": {
+                "geometry.points": points,
+                "geometry.descriptors": desc,
+                "renderer.unet.start.weight": torch.zeros(16, 19),
+            },
+        },
+        ckpt,
+    )
     out = str(tmp_path / "save" / "pointcloud.ply")
     assert ex.main(["ply", str(ckpt), "--out", out]) == 0
     pos, col = ex.read_ply(out)
@@ -110,8 +128,13 @@ def test_point_cloud_from_checkpoint(tmp_path):
     pos, col = ex.load_point_cloud(str(tmp_path / "two.ckpt"), position_key="a.points")
     assert col is None and pos.shape == (50, 3)
     # the .npz of hifi123.core.makeit3d.pointcloud.PointCloud.save_npz
-    np.savez(tmp_path / "pc.npz", positions=points.numpy(), colors=desc[:, :3].numpy(),
-             reference_visible=np.ones(50, bool), source_view=np.zeros(50, np.int64))
+    np.savez(
+        tmp_path / "pc.npz",
+        positions=points.numpy(),
+        colors=desc[:, :3].numpy(),
+        reference_visible=np.ones(50, bool),
+        source_view=np.zeros(50, np.int64),
+    )
     ex.checkpoint_to_ply(str(tmp_path / "pc.npz"), str(tmp_path / "pc.ply"))
     pos, col = ex.read_ply(str(tmp_path / "pc.ply"))
     np.testing.assert_allclose(pos, points.numpy(), atol=1e-7)

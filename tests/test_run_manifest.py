@@ -1,5 +1,6 @@
 """`hifi123 run --manifest`: entries, tags, sharding over GPUs, worker summaries. No GPU, no threestudio: a fake threestudio root holds a launch.py stub and our config
 names, and torch.cuda.is_available is monkeypatched (run_helpers)."""
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,10 @@ def test_manifest_worker_continues_after_a_failed_image_and_summarises(tmp_path,
     man = write_manifest(tmp_path, ["good1.png", "bad.png", "good2.png"])
     entries = mf.read_manifest(man)
     base = pl.RunOptions(image="", out=str(tmp_path / "out"), threestudio_root=root, python=PY)
-    fake = FakeExecutor(*[mf.entry_options(base, e, "1") for e in entries],
-                        fail={("bad", "preprocess"): (2, "hifi123: error: bad.png is empty\n", False)})
+    fake = FakeExecutor(
+        *[mf.entry_options(base, e, "1") for e in entries],
+        fail={("bad", "preprocess"): (2, "hifi123: error: bad.png is empty\n", False)},
+    )
     lines = []
     status = mf.run_worker(entries, base, "1", execute=fake, say=lines.append)
     assert status == {"good1": "done", "bad": "failed", "good2": "done"}
@@ -73,7 +76,9 @@ def test_manifest_worker_continues_after_a_failed_image_and_summarises(tmp_path,
     data = json.load(open(j))
     assert data["counts"] == {"done": 2, "failed": 1}
     rows = {r["tag"]: r for r in data["images"]}
-    assert rows["bad"]["failed_stage"] == "preprocess" and "bad.png is empty" in rows["bad"]["error"]
+    assert (
+        rows["bad"]["failed_stage"] == "preprocess" and "bad.png is empty" in rows["bad"]["error"]
+    )
     assert rows["good1"]["metrics"]["lpips_ref"] == pytest.approx(0.08)
     assert rows["good1"]["seconds"]["coarse"] is not None and rows["good1"]["gpu"] == "1"
     text = open(md).read()
@@ -86,8 +91,15 @@ def test_worker_command_round_trips_through_the_cli(tmp_path, gpu, monkeypatch):
     """What the parent spawns parses back to the same options, and `--worker k` runs shard k."""
     root = fake_threestudio(tmp_path)
     man = write_manifest(tmp_path, ["a.png", "b.png", "c.png"])
-    base = pl.RunOptions(image="", method="makeit3d", out=str(tmp_path / "out"), lowvram=True, threestudio_root=root,
-                         python=PY, overrides=(pl.parse_override("trainer.max_steps=5"), pl.parse_override("export:a=b c")))
+    base = pl.RunOptions(
+        image="",
+        method="makeit3d",
+        out=str(tmp_path / "out"),
+        lowvram=True,
+        threestudio_root=root,
+        python=PY,
+        overrides=(pl.parse_override("trainer.max_steps=5"), pl.parse_override("export:a=b c")),
+    )
     argv = mf.worker_argv(man, base, ["0", "3"], 1)
     assert argv[:3] == [PY, "-m", "hifi123.run.cli"]
     import argparse
@@ -100,7 +112,9 @@ def test_worker_command_round_trips_through_the_cli(tmp_path, gpu, monkeypatch):
     entries = mf.read_manifest(man)
     fake = FakeExecutor(*[mf.entry_options(base, e, "3") for e in entries])
     assert mf.run_manifest(man, base, ["0", "3"], worker=1, execute=fake, say=lambda m: None) == 0
-    assert {os.path.basename(os.path.dirname(s.log)) for s in fake.calls} == {"b"}  # shard 1 of [a, b, c]
+    assert {os.path.basename(os.path.dirname(s.log)) for s in fake.calls} == {
+        "b"
+    }  # shard 1 of [a, b, c]
     assert {s.env.get("CUDA_VISIBLE_DEVICES") for s in fake.calls if s.needs_gpu} == {"3"}
 
 

@@ -1,6 +1,7 @@
 """`hifi123 run`: the stage plan, its exact commands and the resumption decisions from
 synthetic output trees. No GPU, no threestudio: a fake threestudio root holds a launch.py stub and our config
 names, and torch.cuda.is_available is monkeypatched (run_helpers)."""
+
 from __future__ import annotations
 
 import json
@@ -32,21 +33,86 @@ def test_plan_hifi123_exact_argv(tmp_path):
     rgba = f"{out}/preprocessed/cat/cat_rgba.png"
     assert lay.rgba == rgba
     coarse_t, refine_t = f"{out}/hifi123-coarse/cat", f"{out}/hifi123-refine/cat"
-    common = [f"data.image_path={rgba}", f"exp_root_dir={out}", "tag=cat", "use_timestamp=false", "checkpoint.save_last=true"]
-    assert st["preprocess"].argv == [PY, "-m", "hifi123.cli", "preprocess", opts.image, "--out", f"{out}/preprocessed/cat"]
-    assert st["coarse"].argv == [PY, "launch.py", "--config", "custom/hifi123/configs/coarse.yaml", "--train", "--gpu", "0",
-                                 common[0], common[1], "name=hifi123-coarse", *common[2:]]
-    assert st["refine"].argv == [PY, "launch.py", "--config", "custom/hifi123/configs/refine.yaml", "--train", "--gpu", "0",
-                                 common[0], common[1], "name=hifi123-refine", *common[2:],
-                                 f"system.geometry_convert_from={coarse_t}/ckpts/last.ckpt"]
-    assert st["export"].argv == [PY, "launch.py", "--config", f"{refine_t}/configs/parsed.yaml", "--export", "--gpu", "0",
-                                 f"resume={refine_t}/ckpts/last.ckpt", "system.exporter_type=mesh-exporter",
-                                 "system.exporter.fmt=obj-mtl", "system.exporter.context_type=cuda"]
+    common = [
+        f"data.image_path={rgba}",
+        f"exp_root_dir={out}",
+        "tag=cat",
+        "use_timestamp=false",
+        "checkpoint.save_last=true",
+    ]
+    assert st["preprocess"].argv == [
+        PY,
+        "-m",
+        "hifi123.cli",
+        "preprocess",
+        opts.image,
+        "--out",
+        f"{out}/preprocessed/cat",
+    ]
+    assert st["coarse"].argv == [
+        PY,
+        "launch.py",
+        "--config",
+        "custom/hifi123/configs/coarse.yaml",
+        "--train",
+        "--gpu",
+        "0",
+        common[0],
+        common[1],
+        "name=hifi123-coarse",
+        *common[2:],
+    ]
+    assert st["refine"].argv == [
+        PY,
+        "launch.py",
+        "--config",
+        "custom/hifi123/configs/refine.yaml",
+        "--train",
+        "--gpu",
+        "0",
+        common[0],
+        common[1],
+        "name=hifi123-refine",
+        *common[2:],
+        f"system.geometry_convert_from={coarse_t}/ckpts/last.ckpt",
+    ]
+    assert st["export"].argv == [
+        PY,
+        "launch.py",
+        "--config",
+        f"{refine_t}/configs/parsed.yaml",
+        "--export",
+        "--gpu",
+        "0",
+        f"resume={refine_t}/ckpts/last.ckpt",
+        "system.exporter_type=mesh-exporter",
+        "system.exporter.fmt=obj-mtl",
+        "system.exporter.context_type=cuda",
+    ]
     assert st["glb"].argv == [PY, "-m", "hifi123.run.export", "glb", refine_t]
-    assert st["video"].argv == [PY, "launch.py", "--config", f"{refine_t}/configs/parsed.yaml", "--test", "--gpu", "0",
-                                f"resume={refine_t}/ckpts/last.ckpt"]
-    assert st["eval"].argv == [PY, "-m", "hifi123.cli", "eval", "single-view", "--ref", rgba, "--views", refine_t,
-                               "--out", f"{refine_t}/save/eval/single_view.json"]
+    assert st["video"].argv == [
+        PY,
+        "launch.py",
+        "--config",
+        f"{refine_t}/configs/parsed.yaml",
+        "--test",
+        "--gpu",
+        "0",
+        f"resume={refine_t}/ckpts/last.ckpt",
+    ]
+    assert st["eval"].argv == [
+        PY,
+        "-m",
+        "hifi123.cli",
+        "eval",
+        "single-view",
+        "--ref",
+        rgba,
+        "--views",
+        refine_t,
+        "--out",
+        f"{refine_t}/save/eval/single_view.json",
+    ]
     for name in ("coarse", "refine", "export", "video"):
         assert st[name].cwd == root and st[name].needs_gpu
     assert st["preprocess"].cwd == out and not st["glb"].needs_gpu
@@ -55,28 +121,54 @@ def test_plan_hifi123_exact_argv(tmp_path):
 
 
 def test_plan_makeit3d_lowvram_prompt_gpus_and_overrides(tmp_path):
-    opts = make_opts(tmp_path, method="makeit3d", lowvram=True, gpu="2,3", prompt="a cat: sitting",
-                     overrides=(pl.parse_override("trainer.max_steps=100"), pl.parse_override("refine:system.x=a b"),
-                                pl.parse_override("export:system.geometry.isosurface_threshold=10.")))
+    opts = make_opts(
+        tmp_path,
+        method="makeit3d",
+        lowvram=True,
+        gpu="2,3",
+        prompt="a cat: sitting",
+        overrides=(
+            pl.parse_override("trainer.max_steps=100"),
+            pl.parse_override("refine:system.x=a b"),
+            pl.parse_override("export:system.geometry.isosurface_threshold=10."),
+        ),
+    )
     out = opts.out
     st = plan_now(opts)
     assert list(st) == ["preprocess", "coarse", "refine", "export", "glb", "ply", "video", "eval"]
     coarse_t, refine_t = f"{out}/makeit3d-coarse-lowvram/cat", f"{out}/makeit3d-refine-lowvram/cat"
     assert st["preprocess"].argv[-2:] == ["--caption", "a cat: sitting"]
-    assert st["coarse"].argv[:7] == [PY, "launch.py", "--config", "custom/hifi123/configs/makeit3d-coarse-lowvram.yaml",
-                                     "--train", "--gpu", "2,3"]
+    assert st["coarse"].argv[:7] == [
+        PY,
+        "launch.py",
+        "--config",
+        "custom/hifi123/configs/makeit3d-coarse-lowvram.yaml",
+        "--train",
+        "--gpu",
+        "2,3",
+    ]
     # Make-It-3D's guidance reads <name>_caption.txt itself: no prompt override
     assert not any("prompt" in a for a in st["coarse"].argv + st["refine"].argv)
     assert st["coarse"].argv[-1] == "trainer.max_steps=100"
-    assert st["refine"].argv[-3:] == [f"system.geometry_convert_from={coarse_t}/ckpts/last.ckpt",
-                                      "trainer.max_steps=100", "system.x=a b"]
+    assert st["refine"].argv[-3:] == [
+        f"system.geometry_convert_from={coarse_t}/ckpts/last.ckpt",
+        "trainer.max_steps=100",
+        "system.x=a b",
+    ]
     assert "name=makeit3d-refine-lowvram" in st["refine"].argv
     # the mesh of Make-It-3D is the coarse NeRF's; the point cloud is the refine stage's
     assert st["export"].argv[3] == f"{coarse_t}/configs/parsed.yaml"
     assert st["export"].argv[-1] == "system.geometry.isosurface_threshold=10."
     assert st["glb"].argv[-1] == coarse_t
-    assert st["ply"].argv == [PY, "-m", "hifi123.run.export", "ply", f"{refine_t}/ckpts/last.ckpt",
-                              "--out", f"{refine_t}/save/pointcloud.ply"]
+    assert st["ply"].argv == [
+        PY,
+        "-m",
+        "hifi123.run.export",
+        "ply",
+        f"{refine_t}/ckpts/last.ckpt",
+        "--out",
+        f"{refine_t}/save/pointcloud.ply",
+    ]
     assert st["coarse"].env["CUDA_VISIBLE_DEVICES"] == "2,3"
 
 
@@ -84,13 +176,24 @@ def test_override_quoting_survives_omegaconf():
     from omegaconf import OmegaConf
 
     assert pl.override("tag", "cat_01") == "tag=cat_01"
-    for text in ["a cat: sitting", "it's a [red] cup", "yes", "1.5", "# not a comment", "{x}", "a=b", "null"]:
+    for text in [
+        "a cat: sitting",
+        "it's a [red] cup",
+        "yes",
+        "1.5",
+        "# not a comment",
+        "{x}",
+        "a=b",
+        "null",
+    ]:
         kv = pl.override("system.prompt_processor.prompt", text)
         cfg = OmegaConf.from_cli([kv])
         OmegaConf.resolve(cfg)  # threestudio resolves, then builds a structured config from it
         again = OmegaConf.create(OmegaConf.to_container(cfg))
         assert again.system.prompt_processor.prompt == text
-    assert pl.override("p", "a ${x} b") == "p='a {x} b'"  # `${` cannot survive threestudio's double resolution
+    assert (
+        pl.override("p", "a ${x} b") == "p='a {x} b'"
+    )  # `${` cannot survive threestudio's double resolution
     assert pl.parse_override("coarse:a.b=1") == ("coarse", "a.b=1")
     with pytest.raises(ValueError):
         pl.parse_override("preprocess:a=1")
@@ -101,9 +204,21 @@ def test_override_quoting_survives_omegaconf():
 def test_tags_are_safe_readable_and_unique_for_threestudio():
     import re
 
-    assert pl.make_tag("/x/cat.png") == "cat" and pl.make_tag("/y/cat_rgba.png") == "cat"  # kept as is
-    tags = [pl.make_tag(p) for p in ("/x/my cat (2)_rgba.png", "/x/my cat (3).png", "/x/???.png", "/x/猫.png",
-                                     "/x/犬.png", "/x/café.jpg", "/x/cafe.jpg")]
+    assert (
+        pl.make_tag("/x/cat.png") == "cat" and pl.make_tag("/y/cat_rgba.png") == "cat"
+    )  # kept as is
+    tags = [
+        pl.make_tag(p)
+        for p in (
+            "/x/my cat (2)_rgba.png",
+            "/x/my cat (3).png",
+            "/x/???.png",
+            "/x/猫.png",
+            "/x/犬.png",
+            "/x/café.jpg",
+            "/x/cafe.jpg",
+        )
+    ]
     assert all(re.fullmatch(r"[A-Za-z0-9._-]+", t) for t in tags)
     assert len(set(tags)) == len(tags)  # names that lost characters no longer collide
     assert tags[0].startswith("my_cat_2-") and tags[5].startswith("caf-") and tags[6] == "cafe"
@@ -135,7 +250,15 @@ def test_an_edited_photo_redoes_every_stage(tmp_path):
 
 def test_resume_nothing_done_runs_everything(tmp_path):
     opts = make_opts(tmp_path, method="makeit3d")
-    assert runs(plan_now(opts)) == ["preprocess", "coarse", "refine", "export", "glb", "ply", "eval"]
+    assert runs(plan_now(opts)) == [
+        "preprocess",
+        "coarse",
+        "refine",
+        "export",
+        "glb",
+        "ply",
+        "eval",
+    ]
 
 
 def test_resume_coarse_done_chains_refine_from_its_checkpoint(tmp_path):
@@ -146,7 +269,9 @@ def test_resume_coarse_done_chains_refine_from_its_checkpoint(tmp_path):
     assert runs(st) == ["refine", "export", "glb", "eval"]
     ckpt = os.path.join(trial(opts, "coarse"), "ckpts", "last.ckpt")
     assert f"system.geometry_convert_from={ckpt}" in st["refine"].argv
-    assert st["refine"].resume is None and not any(a.startswith("resume=") for a in st["refine"].argv)
+    assert st["refine"].resume is None and not any(
+        a.startswith("resume=") for a in st["refine"].argv
+    )
     # both methods' configs read <name>_caption.txt: no prompt override
     assert not any("prompt" in a for a in st["refine"].argv)
 
@@ -169,7 +294,10 @@ def test_prompt_key_and_changed_prompt(tmp_path, monkeypatch):
     st = plan_now(dataclasses.replace(opts, prompt="a  red cup "))  # same after whitespace cleaning
     assert runs(st)[0] == "refine"
     st = plan_now(dataclasses.replace(opts, prompt="a blue cup"))
-    assert runs(st)[:2] == ["preprocess", "coarse"] and st["preprocess"].why == "the caption differs from --prompt"
+    assert (
+        runs(st)[:2] == ["preprocess", "coarse"]
+        and st["preprocess"].why == "the caption differs from --prompt"
+    )
     assert st["coarse"].move_aside == trial(opts, "coarse")
     assert st["coarse"].argv[-1] == "system.prompt_processor.prompt='a blue cup'"
 

@@ -1,6 +1,7 @@
 """`hifi123 run IMAGE --method refine-mesh --mesh MESH`: preprocess -> align -> refine -> export ->
 glb -> video -> eval, planned, resumed and dry-run like the other methods (fake executor, fake
 threestudio root; run_helpers)."""
+
 from __future__ import annotations
 
 import json
@@ -41,10 +42,22 @@ def test_plan_exact_argv(tmp_path):
     opts = mesh_opts(tmp_path)
     lay = pl.Layout.of(opts)
     st = plan_now(opts)
-    assert list(st) == STAGES == list(pl.stage_names("refine-mesh")) and runs(st) == STAGES[:-2] + ["eval"]
+    assert list(st) == STAGES == list(pl.stage_names("refine-mesh")) and runs(st) == STAGES[:-2] + [
+        "eval"
+    ]
     aligned_dir = os.path.join(opts.out, "aligned", "cat")
-    assert st["align"].argv == [PY, "-m", "hifi123.cli", "align-mesh", opts.mesh, "--ref", lay.rgba,
-                                "--out", aligned_dir, "--overwrite"]
+    assert st["align"].argv == [
+        PY,
+        "-m",
+        "hifi123.cli",
+        "align-mesh",
+        opts.mesh,
+        "--ref",
+        lay.rgba,
+        "--out",
+        aligned_dir,
+        "--overwrite",
+    ]
     assert not st["align"].needs_gpu and st["refine"].needs_gpu
     refine = st["refine"].argv
     assert refine[:4] == [PY, "launch.py", "--config", "custom/hifi123/configs/refine-mesh.yaml"]
@@ -95,12 +108,23 @@ def test_runner_fresh_then_nothing(tmp_path, gpu, capsys):
     opts = mesh_opts(tmp_path)
     fake = FakeExecutor(opts)
     rec = rn.run_image(opts, execute=fake, echo=False)
-    assert [s.name for s in fake.calls] == ["preprocess", "align", "refine", "export", "glb", "eval"]
+    assert [s.name for s in fake.calls] == [
+        "preprocess",
+        "align",
+        "refine",
+        "export",
+        "glb",
+        "eval",
+    ]
     refine = fake.calls[2]
-    assert f"data.default_elevation_deg={ALIGNED_ELEVATION}" in refine.argv  # re-planned after align
+    assert (
+        f"data.default_elevation_deg={ALIGNED_ELEVATION}" in refine.argv
+    )  # re-planned after align
     marker = json.load(open(os.path.join(trial(opts, "refine"), pl.MARKER)))
     assert marker["identity"]["alignment"]
-    assert rec["status"] == "done" and all(rec["outputs"][k] for k in rec["outputs"]), rec["outputs"]
+    assert rec["status"] == "done" and all(rec["outputs"][k] for k in rec["outputs"]), rec[
+        "outputs"
+    ]
     assert "aligned_mesh.ply" in capsys.readouterr().out
     again = FakeExecutor(opts)
     rn.run_image(opts, execute=again, echo=False)
@@ -117,9 +141,14 @@ def test_cli_refuses_bad_mesh_options_before_any_stage(tmp_path):
         (["--mesh", opts.mesh], "--mesh is for --method refine-mesh"),
         (["--method", "refine-mesh", "--mesh", str(tmp_path / "gone.obj")], "gone.obj"),
         (["--method", "refine-mesh", "--mesh", str(junk)], "junk.glb"),
-        (["--method", "refine-mesh", "--mesh", opts.mesh, "--pose", "up=sideways"], "--pose up=sideways"),
-        (["--method", "refine-mesh", "--mesh", opts.mesh, "--set", "coarse:trainer.max_steps=2"],
-         "no coarse stage"),
+        (
+            ["--method", "refine-mesh", "--mesh", opts.mesh, "--pose", "up=sideways"],
+            "--pose up=sideways",
+        ),
+        (
+            ["--method", "refine-mesh", "--mesh", opts.mesh, "--set", "coarse:trainer.max_steps=2"],
+            "no coarse stage",
+        ),
     ]
     for extra, needle in cases:
         code, out, err = _cli(base + extra)

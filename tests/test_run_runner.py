@@ -1,6 +1,7 @@
 """`hifi123 run`: the runner (fake stage executor; one real subprocess), the dry run and
 the command line, and the user errors. No GPU, no threestudio: a fake threestudio root holds a launch.py stub and our config
 names, and torch.cuda.is_available is monkeypatched (run_helpers)."""
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,15 @@ def test_runner_fresh_then_nothing_then_outputs(tmp_path, gpu, capsys):
     opts = make_opts(tmp_path, method="makeit3d")
     fake = FakeExecutor(opts)
     rec = rn.run_image(opts, execute=fake, echo=False)
-    assert [s.name for s in fake.calls] == ["preprocess", "coarse", "refine", "export", "glb", "ply", "eval"]
+    assert [s.name for s in fake.calls] == [
+        "preprocess",
+        "coarse",
+        "refine",
+        "export",
+        "glb",
+        "ply",
+        "eval",
+    ]
     for st in ("coarse", "refine"):
         marker = json.load(open(os.path.join(trial(opts, st), pl.MARKER)))
         assert marker["stage"] == st and marker["argv"][1] == "launch.py"
@@ -68,9 +77,15 @@ def test_finished_training_is_redone_when_its_inputs_change(tmp_path, gpu):
     rn.run_image(changed, execute=redo, echo=False)
     assert [s.name for s in redo.calls][:3] == ["coarse", "refine", "export"]
     # a --set of the refine stage only: coarse is kept
-    refine_only = dataclasses.replace(changed, overrides=changed.overrides + (("refine", "trainer.max_steps=7"),))
+    refine_only = dataclasses.replace(
+        changed, overrides=changed.overrides + (("refine", "trainer.max_steps=7"),)
+    )
     stages = {s.name: s for s in pl.plan_stages(refine_only, pl.scan_state(refine_only))}
-    assert stages["coarse"].skip and not stages["refine"].skip and "--set changed" in stages["refine"].why
+    assert (
+        stages["coarse"].skip
+        and not stages["refine"].skip
+        and "--set changed" in stages["refine"].why
+    )
     # a different prompt redoes the stages that read it
     prompted = dataclasses.replace(changed, prompt="a red toy car")
     stages = {s.name: s for s in pl.plan_stages(prompted, pl.scan_state(prompted))}
@@ -81,12 +96,16 @@ def test_finished_training_is_redone_when_its_inputs_change(tmp_path, gpu):
         old = json.load(open(path))
         old.pop("identity")
         json.dump(old, open(path, "w"))
-    assert [s.name for s in pl.pending_stages(pl.plan_stages(changed, pl.scan_state(changed)))] == []
+    assert [
+        s.name for s in pl.pending_stages(pl.plan_stages(changed, pl.scan_state(changed)))
+    ] == []
 
 
 def test_runner_crash_then_resume(tmp_path, gpu):
     opts = make_opts(tmp_path)
-    crash = FakeExecutor(opts, fail={"refine": (1, "Traceback ...\nRuntimeError: CUDA out of memory\n", True)})
+    crash = FakeExecutor(
+        opts, fail={"refine": (1, "Traceback ...\nRuntimeError: CUDA out of memory\n", True)}
+    )
     with pytest.raises(rn.StageFailed) as err:
         rn.run_image(opts, execute=crash, echo=False)
     e = err.value
@@ -125,19 +144,30 @@ def test_runner_moves_stale_trial_aside(tmp_path, gpu):
 
 def test_preprocess_failure_names_the_image_and_the_error(tmp_path, gpu):
     opts = make_opts(tmp_path)
-    msg = ("loading seg model ...\nhifi123: error: input /x/cat.png: the segmentation found no foreground\n"
-           "  expected: an object in front of a background\n  fix: cut the object out yourself\n")
+    msg = (
+        "loading seg model ...\nhifi123: error: input /x/cat.png: the segmentation found no foreground\n"
+        "  expected: an object in front of a background\n  fix: cut the object out yourself\n"
+    )
     fake = FakeExecutor(opts, fail={"preprocess": (2, msg, False)})
     with pytest.raises(rn.PreprocessFailed) as err:
         rn.run_image(opts, execute=fake, echo=False)
     text = err.value.render()
-    assert opts.image in text and "segmentation found no foreground" in text and "cut the object out" in text
+    assert (
+        opts.image in text
+        and "segmentation found no foreground" in text
+        and "cut the object out" in text
+    )
     assert [s.name for s in fake.calls] == ["preprocess"]
 
 
 def test_real_subprocess_logs_and_exit_code(tmp_path):
-    stage = pl.Stage(name="x", argv=[PY, "-c", "import sys; print('hello from the stage'); sys.exit(3)"],
-                     cwd=str(tmp_path), env={"HIFI123_TEST": "1"}, log=str(tmp_path / "logs" / "x.log"))
+    stage = pl.Stage(
+        name="x",
+        argv=[PY, "-c", "import sys; print('hello from the stage'); sys.exit(3)"],
+        cwd=str(tmp_path),
+        env={"HIFI123_TEST": "1"},
+        log=str(tmp_path / "logs" / "x.log"),
+    )
     assert rn.execute_subprocess(stage, echo=False) == 3
     log = open(stage.log).read()
     assert "hello from the stage" in log and "HIFI123_TEST=1" in log
@@ -159,33 +189,79 @@ def test_real_glb_stage_through_the_runner(tmp_path):
 
 def test_dry_run_prints_the_exact_commands_without_gpu(tmp_path, no_gpu):
     opts = make_opts(tmp_path)
-    code, out, err = _cli([opts.image, "--out", opts.out, "--threestudio-root", opts.threestudio_root,
-                           "--dry-run", "--set", "trainer.max_steps=10"])
+    code, out, err = _cli(
+        [
+            opts.image,
+            "--out",
+            opts.out,
+            "--threestudio-root",
+            opts.threestudio_root,
+            "--dry-run",
+            "--set",
+            "trainer.max_steps=10",
+        ]
+    )
     assert code == 0, err
-    planned = [s for s in pl.plan_stages(pl.RunOptions(**{**opts.__dict__, "overrides": (pl.parse_override("trainer.max_steps=10"),)}),
-                                         pl.State()) if s.runs]
+    planned = [
+        s
+        for s in pl.plan_stages(
+            pl.RunOptions(
+                **{**opts.__dict__, "overrides": (pl.parse_override("trainer.max_steps=10"),)}
+            ),
+            pl.State(),
+        )
+        if s.runs
+    ]
     printed = _printed_commands(out)
     assert [(s.cwd, s.env, s.argv) for s in planned] == printed
     # and literally: the coarse stage's command carries the override at its end
     coarse = next(argv for _, _, argv in printed if "custom/hifi123/configs/coarse.yaml" in argv)
     rgba = f"{opts.out}/preprocessed/cat/cat_rgba.png"
-    assert coarse == [PY, "launch.py", "--config", "custom/hifi123/configs/coarse.yaml", "--train", "--gpu", "0",
-                      f"data.image_path={rgba}", f"exp_root_dir={opts.out}", "name=hifi123-coarse", "tag=cat",
-                      "use_timestamp=false", "checkpoint.save_last=true", "trainer.max_steps=10"]
+    assert coarse == [
+        PY,
+        "launch.py",
+        "--config",
+        "custom/hifi123/configs/coarse.yaml",
+        "--train",
+        "--gpu",
+        "0",
+        f"data.image_path={rgba}",
+        f"exp_root_dir={opts.out}",
+        "name=hifi123-coarse",
+        "tag=cat",
+        "use_timestamp=false",
+        "checkpoint.save_last=true",
+        "trainer.max_steps=10",
+    ]
     assert not os.path.exists(opts.out)  # nothing ran, nothing written
 
 
 def test_manifest_dry_run_lists_workers_and_commands(tmp_path, no_gpu):
     root = fake_threestudio(tmp_path)
     man = write_manifest(tmp_path, ["a.png", "b.png", "c.png"])
-    code, out, err = _cli(["--manifest", man, "--gpus", "0,1", "--threestudio-root", root, "--out",
-                           str(tmp_path / "out"), "--dry-run", "--method", "makeit3d"])
+    code, out, err = _cli(
+        [
+            "--manifest",
+            man,
+            "--gpus",
+            "0,1",
+            "--threestudio-root",
+            root,
+            "--out",
+            str(tmp_path / "out"),
+            "--dry-run",
+            "--method",
+            "makeit3d",
+        ]
+    )
     assert code == 0, err
     assert "worker 0, GPU 0: 2 image(s)" in out and "worker 1, GPU 1: 1 image(s)" in out
     cmds = _printed_commands(out)
     assert sum(1 for _, _, argv in cmds if "preprocess" in argv) == 3
-    assert {env.get("CUDA_VISIBLE_DEVICES") for _, env, argv in cmds if "--train" in argv} == {"0", "1"}
-
+    assert {env.get("CUDA_VISIBLE_DEVICES") for _, env, argv in cmds if "--train" in argv} == {
+        "0",
+        "1",
+    }
 
 
 # --------------------------------------------------------------------------------------- errors
@@ -213,7 +289,9 @@ def test_threestudio_without_link_or_configs(tmp_path):
     with pytest.raises(Hifi123Error, match="not installed in threestudio") as err:
         rn.check_threestudio(opts)
     assert "bash install.sh" in err.value.fix
-    opts = make_opts(tmp_path / "b", threestudio_root=fake_threestudio(tmp_path / "c", configs=False))
+    opts = make_opts(
+        tmp_path / "b", threestudio_root=fake_threestudio(tmp_path / "c", configs=False)
+    )
     with pytest.raises(Hifi123Error, match="configs/coarse.yaml"):
         rn.check_threestudio(opts)
 
@@ -225,7 +303,9 @@ def test_missing_gpu_error_but_dry_run_works(tmp_path, no_gpu):
     assert "torch.cuda.is_available() is False" in err.value.what and "--dry-run" in err.value.fix
     assert rn.run_image(opts, dry_run=True, say=lambda m: None) == {}
     make_done(opts, *pl.stage_names("hifi123"))
-    rn.run_image(opts, execute=FakeExecutor(opts), say=lambda m: None)  # nothing to run: no GPU needed
+    rn.run_image(
+        opts, execute=FakeExecutor(opts), say=lambda m: None
+    )  # nothing to run: no GPU needed
 
 
 def test_missing_image_and_bad_options(tmp_path):
@@ -233,11 +313,13 @@ def test_missing_image_and_bad_options(tmp_path):
     with pytest.raises(InputError, match="nope.png not found"):
         rn.run_image(opts, dry_run=True, say=lambda m: None)
     root = fake_threestudio(tmp_path / "r")
-    for argv, needle in [([], "either IMAGE or --manifest"),
-                         ([SAMPLE, "--gpus", "0,1"], "--gpus is for --manifest"),
-                         (["--manifest", "m.txt", "--gpu", "0"], "--gpu is for one image"),
-                         ([SAMPLE, "--gpu", "cuda:0"], "bad --gpu"),
-                         ([SAMPLE, "--set", "nokey"], "bad --set")]:
+    for argv, needle in [
+        ([], "either IMAGE or --manifest"),
+        ([SAMPLE, "--gpus", "0,1"], "--gpus is for --manifest"),
+        (["--manifest", "m.txt", "--gpu", "0"], "--gpu is for one image"),
+        ([SAMPLE, "--gpu", "cuda:0"], "bad --gpu"),
+        ([SAMPLE, "--set", "nokey"], "bad --set"),
+    ]:
         code, _, errtext = _cli(argv + ["--threestudio-root", root, "--dry-run"])
         assert code == 2 and needle in errtext, (argv, errtext)
 
@@ -248,7 +330,12 @@ def test_out_that_cannot_hold_outputs_is_refused_before_any_stage(tmp_path, gpu)
     a_file.write_text("mine")
     for dry in ([], ["--dry-run"]):
         code, _, errtext = _cli([SAMPLE, "--out", str(a_file), "--threestudio-root", root, *dry])
-        assert code == 2 and "is a file" in errtext and "fix:" in errtext and "Traceback" not in errtext
+        assert (
+            code == 2
+            and "is a file" in errtext
+            and "fix:" in errtext
+            and "Traceback" not in errtext
+        )
     assert a_file.read_text() == "mine"
     # a folder that cannot be created (its parent is a file): refused with the OS's reason
     code, _, errtext = _cli([SAMPLE, "--out", str(a_file / "sub"), "--threestudio-root", root])

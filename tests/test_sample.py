@@ -12,7 +12,13 @@ from hifi123.sample import make_sample as ms
 from PIL import Image
 
 ASSETS = ms.DEFAULT_ASSETS_DIR
-PNGS = ("sample_coarse_az090_rgba.png", "sample_rgba.png", "sample_depth.png", "sample_normal.png", "bg_texture.png")
+PNGS = (
+    "sample_coarse_az090_rgba.png",
+    "sample_rgba.png",
+    "sample_depth.png",
+    "sample_normal.png",
+    "bg_texture.png",
+)
 
 
 def _png(name, root=ASSETS):

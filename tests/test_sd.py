@@ -1,6 +1,7 @@
 """The Stable Diffusion plumbing shared by RGNV, RGSD and the Make-It-3D prior (core/diffusion/sd.py):
 the noise predictor (depth channel, CFG batching, v-prediction, one t per item), the VAE codec's
 gradient switch and latent modes, prompt encoding."""
+
 import pytest
 import torch
 from hifi123.core.diffusion import ddim, sd
@@ -18,12 +19,18 @@ def test_unet_predictor_depth_channel_and_cfg_batching(sd2_depth):
     cond, unc = torch.randn(1, 77, 32), torch.randn(1, 77, 32)
     d1 = torch.rand(1, 1, 32, 32)
     z = torch.randn(2, 4, 32, 32)
-    fn = sd.UNetNoisePredictor(sd2_depth.unet, ac, cond, depth=d1, text_uncond=unc, guidance_scale=3.0)
+    fn = sd.UNetNoisePredictor(
+        sd2_depth.unet, ac, cond, depth=d1, text_uncond=unc, guidance_scale=3.0
+    )
     out = fn(z, 500)
     u = sd2_depth.unet
     t = torch.tensor([500, 500])
-    e_c = u(torch.cat([z, d1.expand(2, -1, -1, -1)], 1), t, encoder_hidden_states=cond.expand(2, -1, -1)).sample
-    e_u = u(torch.cat([z, d1.expand(2, -1, -1, -1)], 1), t, encoder_hidden_states=unc.expand(2, -1, -1)).sample
+    e_c = u(
+        torch.cat([z, d1.expand(2, -1, -1, -1)], 1), t, encoder_hidden_states=cond.expand(2, -1, -1)
+    ).sample
+    e_u = u(
+        torch.cat([z, d1.expand(2, -1, -1, -1)], 1), t, encoder_hidden_states=unc.expand(2, -1, -1)
+    ).sample
     assert torch.allclose(out, e_u + 3.0 * (e_c - e_u), atol=1e-4)
     with pytest.raises(ValueError, match="depth"):
         sd.UNetNoisePredictor(sd2_depth.unet, ac, cond)
@@ -84,8 +91,15 @@ def test_one_timestep_per_item_with_cfg_and_v_prediction(scheduler):
     net = _VNet(ac, x0, eps_c, eps_u)
     cond, unc = torch.ones(1, 77, 8), torch.zeros(1, 77, 8)
     for form, scale in (("textbook", 7.5), ("threestudio", 10.0)):
-        fn = sd.UNetNoisePredictor(net, ac, cond, text_uncond=unc, guidance_scale=scale, cfg_form=form,
-                                   prediction_type="v_prediction")
+        fn = sd.UNetNoisePredictor(
+            net,
+            ac,
+            cond,
+            text_uncond=unc,
+            guidance_scale=scale,
+            cfg_form=form,
+            prediction_type="v_prediction",
+        )
         out = fn(z, t)
         # v -> eps: eps_hat = sqrt(a) v + sqrt(1 - a) z, per item
         e_c = a.sqrt() * (a.sqrt() * eps_c - (1 - a).sqrt() * x0) + (1 - a).sqrt() * z
@@ -119,5 +133,7 @@ def test_vae_codec_gradient_switch_and_latent_modes(sd2_depth):
 
 def test_prompt_states_follow_the_prompt(sd2_depth):
     states = sd.encode_prompts(sd2_depth.tokenizer, sd2_depth.text_encoder, ["a toy", "a toy", ""])
-    assert states.shape[:2] == (3, sd2_depth.tokenizer.model_max_length) and not states.requires_grad
+    assert (
+        states.shape[:2] == (3, sd2_depth.tokenizer.model_max_length) and not states.requires_grad
+    )
     assert torch.equal(states[0], states[1]) and not torch.allclose(states[0], states[2])

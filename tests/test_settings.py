@@ -1,6 +1,7 @@
 """Settings declared once (core/settings.py): the threestudio config derived from a core class
 carries every field with its default, reads back into the declared form, and every declared
 choice and range is checked."""
+
 from __future__ import annotations
 
 import ast
@@ -56,14 +57,18 @@ def test_plain_types_are_what_omegaconf_accepts():
 def test_derived_config_round_trips_to_the_core_defaults(core):
     derived = derive_config(core, _Base, "Derived")
     assert issubclass(derived, _Base)
-    assert [f.name for f in dataclasses.fields(derived)] == [f.name for f in dataclasses.fields(core)]
+    assert [f.name for f in dataclasses.fields(derived)] == [
+        f.name for f in dataclasses.fields(core)
+    ]
     cfg = OmegaConf.structured(derived)  # OmegaConf refuses Literal and tuples: derived has neither
     assert from_config(cfg, core) == core()
 
 
 def test_values_given_as_lists_and_ints_come_back_in_the_declared_form():
     derived = derive_config(_Toy, _Base, "Derived")
-    cfg = OmegaConf.merge(OmegaConf.structured(derived), {"pairs": [[10, 20]], "blocks": [3], "scale": 2})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(derived), {"pairs": [[10, 20]], "blocks": [3], "scale": 2}
+    )
     toy = from_config(cfg, _Toy)
     assert toy.pairs == ((10.0, 20.0),) and isinstance(toy.pairs[0][0], float)
     assert toy.blocks == (3,) and isinstance(toy.blocks, tuple)
@@ -80,8 +85,14 @@ def test_derived_defaults_are_not_shared_between_instances():
 
 
 def test_extra_and_type_overrides():
-    derived = derive_config(_Toy, _Base, "Derived", extra=[("loss_name", str, "rgsd")],
-                            types={"scale": Any}, drop=("clip",))
+    derived = derive_config(
+        _Toy,
+        _Base,
+        "Derived",
+        extra=[("loss_name", str, "rgsd")],
+        types={"scale": Any},
+        drop=("clip",),
+    )
     names = [f.name for f in dataclasses.fields(derived)]
     assert names[-1] == "loss_name" and "clip" not in names
     cfg = OmegaConf.structured(derived)
@@ -89,35 +100,51 @@ def test_extra_and_type_overrides():
     assert cfg.loss_name == "rgsd"
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("mode", "c", r"mode must be one of \['a', 'b'\]"),
-    ("maybe", "z", "maybe must be one of"),
-    ("scale", -1.0, "scale must be finite and >= 0.0"),
-    ("scale", math.nan, "scale must be finite"),
-    ("scale", math.inf, "scale must be finite"),
-    ("scale", True, "scale must be a number"),
-    ("scale", "2", "scale must be a number"),
-    ("frac", 0.0, "frac must be finite and > 0.0 and < 1.0"),
-    ("frac", 1.0, "frac must be finite and > 0.0 and < 1.0"),
-    ("clip", 0.0, "clip must be finite and > 0.0"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("mode", "c", r"mode must be one of \['a', 'b'\]"),
+        ("maybe", "z", "maybe must be one of"),
+        ("scale", -1.0, "scale must be finite and >= 0.0"),
+        ("scale", math.nan, "scale must be finite"),
+        ("scale", math.inf, "scale must be finite"),
+        ("scale", True, "scale must be a number"),
+        ("scale", "2", "scale must be a number"),
+        ("frac", 0.0, "frac must be finite and > 0.0 and < 1.0"),
+        ("frac", 1.0, "frac must be finite and > 0.0 and < 1.0"),
+        ("clip", 0.0, "clip must be finite and > 0.0"),
+    ],
+)
 def test_declared_choices_and_ranges_are_checked(field, value, message):
     check_declared(_Toy())  # the defaults pass, None included for Optional fields
     with pytest.raises(ValueError, match=message):
         check_declared(dataclasses.replace(_Toy(), **{field: value}))
     # the caller's name for the field is the one shown
     with pytest.raises(ValueError, match=f"system.guidance.{field} must"):
-        check_declared(dataclasses.replace(_Toy(), **{field: value}), {field: f"system.guidance.{field}"})
+        check_declared(
+            dataclasses.replace(_Toy(), **{field: value}), {field: f"system.guidance.{field}"}
+        )
 
 
 def test_real_settings_refuse_what_cannot_be_right():
     assert choices(RGSDConfig, "weighting") == ("uniform", "one_minus_alpha")
-    for bad in (dict(guidance_scale=math.nan), dict(guidance_scale=-1.0), dict(num_steps=0),
-                dict(mask_dilation_px=-2), dict(cfg_form="other"), dict(depth_type="zz")):
+    for bad in (
+        dict(guidance_scale=math.nan),
+        dict(guidance_scale=-1.0),
+        dict(num_steps=0),
+        dict(mask_dilation_px=-2),
+        dict(cfg_form="other"),
+        dict(depth_type="zz"),
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             RGSDConfig(**bad).validate(check_files=False)
-    for bad in (dict(min_step_percent=-0.1), dict(max_step_percent=1.5), dict(grad_clip=0.0),
-                dict(weighting_strategy="sdss"), dict(back_threshold_deg=-1.0)):
+    for bad in (
+        dict(min_step_percent=-0.1),
+        dict(max_step_percent=1.5),
+        dict(grad_clip=0.0),
+        dict(weighting_strategy="sdss"),
+        dict(back_threshold_deg=-1.0),
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             MakeIt3DPriorConfig(**bad).validate()
 
@@ -132,8 +159,12 @@ def test_every_setting_has_a_docstring(core):
             continue
         body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
         for stmt, nxt in zip(body, body[1:] + [None]):
-            if isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr) \
-                    and isinstance(getattr(nxt, "value", None), ast.Constant) and isinstance(nxt.value.value, str):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(getattr(nxt, "value", None), ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
                 documented.add(stmt.target.id)
     missing = [f.name for f in dataclasses.fields(core) if f.name not in documented]
     assert not missing, f"{core.__name__}: fields without a docstring: {missing}"

@@ -1,5 +1,6 @@
 """Our single-image datamodules refuse a bad reference before threestudio loads anything: no
 alpha, an empty or opaque alpha, a non-square image, a missing or colour depth map."""
+
 from __future__ import annotations
 
 import shutil
@@ -16,11 +17,21 @@ ASSETS = Path(__file__).resolve().parents[1] / "custom" / "hifi123" / "assets"
 
 
 def _cfg(image, **kw):
-    return {"device": "cpu", "image_path": str(image), "height": 32, "width": 32, "requires_depth": False,
-            "requires_normal": False, "use_random_camera": False, **kw}
+    return {
+        "device": "cpu",
+        "image_path": str(image),
+        "height": 32,
+        "width": 32,
+        "requires_depth": False,
+        "requires_normal": False,
+        "use_random_camera": False,
+        **kw,
+    }
 
 
-@pytest.mark.parametrize("name", ["hifi123-single-image-datamodule", "makeit3d-single-image-datamodule"])
+@pytest.mark.parametrize(
+    "name", ["hifi123-single-image-datamodule", "makeit3d-single-image-datamodule"]
+)
 def test_bad_references_stop_the_datamodule(threestudio_env, tmp_path, name):
     find = threestudio_env.threestudio.find
     extra = {"max_steps": 10} if name.startswith("makeit3d") else {}

@@ -1,5 +1,6 @@
 """Every shipped stage config has a CPU smoke version (`configs/smoke/`), and both parse through the
 Config of every component they name, with threestudio's own loader (unknown keys raise there)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,15 @@ pytestmark = pytest.mark.threestudio
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p.name for p in (REPO / "custom" / "hifi123" / "configs").glob("*.yaml"))
-PARTS = ("geometry", "material", "background", "renderer", "guidance", "prompt_processor", "guidance_3d")
+PARTS = (
+    "geometry",
+    "material",
+    "background",
+    "renderer",
+    "guidance",
+    "prompt_processor",
+    "guidance_3d",
+)
 
 
 def _parse_all(cfg, find):
@@ -41,7 +50,9 @@ def test_every_shipped_config_has_a_smoke_file():
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_and_smoke_configs_parse_with_threestudio(name, threestudio_env, tiny_models, tmp_path, monkeypatch):
+def test_shipped_and_smoke_configs_parse_with_threestudio(
+    name, threestudio_env, tiny_models, tmp_path, monkeypatch
+):
     from hifi123.testing.smoke import smoke_args
     from threestudio.utils.config import load_config
 

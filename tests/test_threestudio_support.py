@@ -1,5 +1,6 @@
 """Our threestudio test support: GPU-module stubs, the launch.py-style loader, and (marked) the
 hifi123 extension loading into a real threestudio checkout."""
+
 from __future__ import annotations
 
 import importlib
@@ -188,7 +189,3 @@ def test_isolated_package_restores_original(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------------
 # against a real threestudio checkout
-
-
-
-

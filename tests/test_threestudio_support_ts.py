@@ -1,4 +1,5 @@
 """The threestudio-marked half of `test_threestudio_support.py` (skipped without a threestudio checkout)."""
+
 from __future__ import annotations
 
 import pytest
@@ -40,7 +41,9 @@ def test_registry_register_is_idempotent(threestudio_env):
         assert ts.find(name) is Dummy
         # the same class from a second copy of the package (installed + launch.py): the first
         # registration stays (threestudio.register refuses a name twice; we never write its dict)
-        twin = type("Dummy", (), {"__module__": Dummy.__module__, "__qualname__": Dummy.__qualname__})
+        twin = type(
+            "Dummy", (), {"__module__": Dummy.__module__, "__qualname__": Dummy.__qualname__}
+        )
         assert register(name)(twin) is twin
         assert ts.find(name) is Dummy and REGISTERED_CLASSES[name] is twin
         with pytest.raises(ValueError, match="already registered"):

@@ -1,4 +1,5 @@
 """`@LAST` that means the newest FINISHED trial, and checkpoints that reload with weights_only=True."""
+
 from __future__ import annotations
 
 import io
@@ -39,15 +40,21 @@ LAST = "sample_rgba.png@LAST/ckpts/last.ckpt"
 
 def test_the_newest_finished_trial_wins_over_a_newer_unfinished_one(tmp_path):
     now = time.time()
-    done = make_trial(tmp_path, "sample_rgba.png@20260101-000000", step=10, marker=True, mtime=now - 100)
+    done = make_trial(
+        tmp_path, "sample_rgba.png@20260101-000000", step=10, marker=True, mtime=now - 100
+    )
     make_trial(tmp_path, "sample_rgba.png@20260102-000000", step=3, mtime=now)  # crashed at step 3
-    make_trial(tmp_path, "other_rgba.png@20260103-000000", step=10, marker=True, mtime=now + 1)  # another image
+    make_trial(
+        tmp_path, "other_rgba.png@20260103-000000", step=10, marker=True, mtime=now + 1
+    )  # another image
     assert resolve_last(str(tmp_path / LAST)) == str(done / "ckpts" / "last.ckpt")
 
 
 def test_a_trial_without_marker_counts_as_finished_when_its_step_reached_max_steps(tmp_path):
     now = time.time()
-    old = make_trial(tmp_path, "sample_rgba.png@20260101-000000", step=10, marker=True, mtime=now - 50)
+    old = make_trial(
+        tmp_path, "sample_rgba.png@20260101-000000", step=10, marker=True, mtime=now - 50
+    )
     legacy = make_trial(tmp_path, "sample_rgba.png@20260102-000000", step=10, mtime=now)
     assert not (legacy / FINISHED_MARKER).exists()
     assert resolve_last(str(tmp_path / LAST)) == str(legacy / "ckpts" / "last.ckpt")
@@ -74,11 +81,15 @@ def test_no_finished_trial_is_one_clear_error(tmp_path):
 
 def test_paths_without_last_are_returned_unchanged(tmp_path):
     assert resolve_last(None) is None and resolve_last("") == ""
-    assert resolve_last("a/b@20260101-000000/ckpts/last.ckpt") == "a/b@20260101-000000/ckpts/last.ckpt"
+    assert (
+        resolve_last("a/b@20260101-000000/ckpts/last.ckpt") == "a/b@20260101-000000/ckpts/last.ckpt"
+    )
 
 
 def test_plain_containers_make_a_checkpoint_loadable_with_weights_only():
-    cfg = OmegaConf.create({"betas": [0.98, 0.92, 0.99], "milestones": [100, 200], "sub": {"x": [1]}})
+    cfg = OmegaConf.create(
+        {"betas": [0.98, 0.92, 0.99], "milestones": [100, 200], "sub": {"x": [1]}}
+    )
     ckpt = {
         "optimizer_states": [{"param_groups": [{"betas": cfg.betas, "lr": 0.1, "params": [0]}]}],
         "lr_schedulers": [{"milestones": cfg.milestones, "nested": (cfg.sub, 3)}],
@@ -101,7 +112,9 @@ def test_plain_containers_make_a_checkpoint_loadable_with_weights_only():
 
 
 def test_a_resumed_trials_newest_last_checkpoint_is_used(tmp_path):
-    trial = make_trial(tmp_path, "sample_rgba.png@20260101-000000", step=4, max_steps=6, mtime=time.time() - 10)
+    trial = make_trial(
+        tmp_path, "sample_rgba.png@20260101-000000", step=4, max_steps=6, mtime=time.time() - 10
+    )
     torch.save({"global_step": 6}, trial / "ckpts" / "last-v1.ckpt")  # Lightning 2.0 after a resume
     write_finished_marker(str(trial), 6, 6)
     assert resolve_last(str(tmp_path / LAST)) == str(trial / "ckpts" / "last-v1.ckpt")

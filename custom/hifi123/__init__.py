@@ -4,6 +4,7 @@
 threestudio's `launch.py` loads `custom/hifi123`), importing this package registers our components
 in threestudio's registry. Call :func:`register_threestudio_components` to do it explicitly.
 """
+
 from __future__ import annotations
 
 import sys
@@ -47,5 +48,7 @@ def register_threestudio_components() -> list:
     return list(REGISTERED_NAMES)
 
 
-if "threestudio" in sys.modules:  # loaded by threestudio's launch.py (or after `import threestudio`)
+if (
+    "threestudio" in sys.modules
+):  # loaded by threestudio's launch.py (or after `import threestudio`)
     register_threestudio_components()

@@ -2,6 +2,7 @@
 
 Absolute CPU times of tiny models mean nothing; ratios measured in the same process do.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -25,7 +26,9 @@ def _sample_views(n: int, size: int = 128):
     return ref, views
 
 
-def bench_rgnv(views: int = 4, steps: int = 50, inject_steps: int = 30, repeats: int = 3, log=print) -> dict:
+def bench_rgnv(
+    views: int = 4, steps: int = 50, inject_steps: int = 30, repeats: int = 3, log=print
+) -> dict:
     from .core.hifi123.rgnv import RGNVConfig, RGNVPipeline
     from .models.loader import load_diffusion
     from .models.tiny import ensure_tiny_models
@@ -33,7 +36,9 @@ def bench_rgnv(views: int = 4, steps: int = 50, inject_steps: int = 30, repeats:
 
     torch.manual_seed(0)
     comps = load_diffusion(ensure_tiny_models()["sd2-depth"], "bench", with_depth_estimator=True)
-    pipe = RGNVPipeline(comps, RGNVConfig(num_steps=steps, inject_steps=inject_steps, prompt="a toy"))
+    pipe = RGNVPipeline(
+        comps, RGNVConfig(num_steps=steps, inject_steps=inject_steps, prompt="a toy")
+    )
     ref, coarse = _sample_views(views)
 
     def cached():
@@ -60,11 +65,15 @@ def bench_rgnv(views: int = 4, steps: int = 50, inject_steps: int = 30, repeats:
         results[name]["seconds"] = statistics.median(times[name])
     diff = float((outs["cached"] - outs["recomputed"]).abs().max())
     speedup = results["recomputed"]["seconds"] / results["cached"]["seconds"]
-    log(f"RGNV reference cache, tiny SD2-depth on CPU ({torch.get_num_threads()} threads), "
-        f"{views} views, T={steps}, S={inject_steps}, median of {repeats}")
+    log(
+        f"RGNV reference cache, tiny SD2-depth on CPU ({torch.get_num_threads()} threads), "
+        f"{views} views, T={steps}, S={inject_steps}, median of {repeats}"
+    )
     for name in ("cached", "recomputed"):
         r = results[name]
-        log(f"  {name:10s} UNet calls {r['unet_calls']:5d}  items {r['unet_items']:5d}  time {r['seconds']:.3f} s")
+        log(
+            f"  {name:10s} UNet calls {r['unet_calls']:5d}  items {r['unet_items']:5d}  time {r['seconds']:.3f} s"
+        )
     log(f"max |cached - recomputed| = {diff:.2e}")
     log(f"UNet calls cached: {results['cached']['unet_calls']}")
     log(f"UNet calls recomputed: {results['recomputed']['unet_calls']}")
@@ -73,7 +82,9 @@ def bench_rgnv(views: int = 4, steps: int = 50, inject_steps: int = 30, repeats:
     return results
 
 
-def bench_rgsd(iterations: int = 8, steps: int = 20, inject_steps: int = 12, repeats: int = 3, log=print) -> dict:
+def bench_rgsd(
+    iterations: int = 8, steps: int = 20, inject_steps: int = 12, repeats: int = 3, log=print
+) -> dict:
     """RGSD per-iteration UNet evaluations and CPU time: ours (reference branch cached once,
     fixed-view targets once) vs a naive loop that re-runs the reference branch every iteration.
     Both follow the same alternating schedule (t = 0 fixed view, t > 0 random view) with the same
@@ -136,13 +147,17 @@ def bench_rgsd(iterations: int = 8, steps: int = 20, inject_steps: int = 12, rep
         res[name]["seconds"] = statistics.median(times[name])
     nfe_ratio = res["ours"]["calls"] / res["naive"]["calls"]
     time_ratio = res["ours"]["seconds"] / res["naive"]["seconds"]
-    log(f"RGSD, tiny SD2-depth on CPU ({torch.get_num_threads()} threads), T={steps}, S={inject_steps}, "
-        f"{iterations} iterations alternating t=0 fixed / t>0 random (same t sequence {ts})")
+    log(
+        f"RGSD, tiny SD2-depth on CPU ({torch.get_num_threads()} threads), T={steps}, S={inject_steps}, "
+        f"{iterations} iterations alternating t=0 fixed / t>0 random (same t sequence {ts})"
+    )
     log("one-time setup (reference branch + 2 fixed-view targets) excluded from both")
     for name in ("ours", "naive"):
         r = res[name]
-        log(f"  {name:6s} UNet calls/iter {r['calls'] / iterations:6.2f}  items/iter {r['items'] / iterations:6.2f}"
-            f"  time/iter {r['seconds'] / iterations:.3f} s (median of {repeats})")
+        log(
+            f"  {name:6s} UNet calls/iter {r['calls'] / iterations:6.2f}  items/iter {r['items'] / iterations:6.2f}"
+            f"  time/iter {r['seconds'] / iterations:.3f} s (median of {repeats})"
+        )
     log(f"NFE ratio: {nfe_ratio:.2f}")
     log(f"time ratio: {time_ratio:.2f}")
     res.update(nfe_ratio=nfe_ratio, time_ratio=time_ratio)
@@ -164,15 +179,24 @@ def _sample_point_cloud(size: int, azimuths: int):
     from .sample.make_sample import REF_DISTANCE, REF_FOVY_DEG, render_sample
 
     def render(cam):
-        r = render_sample(cam.elevation_deg, cam.azimuth_deg, cam.distance, cam.fovy_deg,
-                          cam.height, supersample=1)
+        r = render_sample(
+            cam.elevation_deg,
+            cam.azimuth_deg,
+            cam.distance,
+            cam.fovy_deg,
+            cam.height,
+            supersample=1,
+        )
         return {"rgb": r["rgb"], "depth": r["depth_z"], "opacity": r["alpha"].astype(np.float32)}
 
     t0 = time.perf_counter()
     ref = render_sample(0.0, 0.0, REF_DISTANCE, REF_FOVY_DEG, size, supersample=1)
     cloud = build_point_cloud(
-        render, ViewCamera.orbit(0.0, 0.0, REF_DISTANCE, REF_FOVY_DEG, size), ref["rgb"],
-        ref["alpha"], PointCloudConfig(resolution=size, n_azimuths=azimuths),
+        render,
+        ViewCamera.orbit(0.0, 0.0, REF_DISTANCE, REF_FOVY_DEG, size),
+        ref["rgb"],
+        ref["alpha"],
+        PointCloudConfig(resolution=size, n_azimuths=azimuths),
     )
     return cloud, time.perf_counter() - t0
 
@@ -189,25 +213,43 @@ def _interleaved_medians(fns: dict, repeats: int) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _log_raster(log, res: dict, ratio: float, size: int, settings, repeats: int, cloud,
-                build_s: float, cover: list) -> None:
+def _log_raster(
+    log,
+    res: dict,
+    ratio: float,
+    size: int,
+    settings,
+    repeats: int,
+    cloud,
+    build_s: float,
+    cover: list,
+) -> None:
     """The report of :func:`bench_raster`."""
-    log(f"Make-It-3D refine rasteriser vs deferred U-Net on CPU "
+    log(
+        f"Make-It-3D refine rasteriser vs deferred U-Net on CPU "
         f"({torch.get_num_threads()} threads), "
         f"{size}x{size}{' (the refine render size)' if size == REFINE_RENDER_SIZE else ''}, "
         f"K={settings.n_scales} scales, radius {settings.radius_px:g} px, "
-        f"{settings.points_per_pixel} points/pixel, median of {repeats}")
-    log(f"point cloud: {len(cloud)} points from {len(cloud.cameras) + 1} views of the sample "
+        f"{settings.points_per_pixel} points/pixel, median of {repeats}"
+    )
+    log(
+        f"point cloud: {len(cloud)} points from {len(cloud.cameras) + 1} views of the sample "
         f"object (built in {build_s:.1f} s); "
-        f"coverage per scale {', '.join(f'{c:.1%}' for c in cover)}")
+        f"coverage per scale {', '.join(f'{c:.1%}' for c in cover)}"
+    )
     log(f"  rasterise all scales, forward + backward: {res['raster'] * 1000:8.1f} ms")
     log(f"  U-Net forward + backward:                 {res['unet'] * 1000:8.1f} ms")
     log(f"goal <= 0.10: {'met' if ratio <= 0.10 else 'not met'}")
     log(f"raster/unet ratio: {ratio:.2f}")
 
 
-def bench_raster(size: int = REFINE_RENDER_SIZE, repeats: int = 5, threads: int = 1, azimuths: int = 12,
-                 log=print) -> dict:
+def bench_raster(
+    size: int = REFINE_RENDER_SIZE,
+    repeats: int = 5,
+    threads: int = 1,
+    azimuths: int = 12,
+    log=print,
+) -> dict:
     """Make-It-3D refine: rasterising the point cloud at all K scales (forward + backward to the
     descriptors and the background) vs one deferred U-Net forward + backward at the same
     resolution, on CPU. The cloud is the sample object's 360° point cloud built at `size` from its
@@ -236,13 +278,26 @@ def bench_raster(size: int = REFINE_RENDER_SIZE, repeats: int = 5, threads: int 
     grad_rgb = torch.randn(1, 3, size, size)
 
     def raster():
-        outs = rasterize_points(cloud.positions, feats, c2w, cam.fovy, size, size, settings, background)
+        outs = rasterize_points(
+            cloud.positions, feats, c2w, cam.fovy, size, size, settings, background
+        )
         torch.autograd.backward([o.features for o in outs], grads)
         feats.grad = background.grad = None
         return outs
 
-    grads[:] = [torch.randn_like(o.features) for o in rasterize_points(
-        cloud.positions, feats.detach(), c2w, cam.fovy, size, size, settings, background.detach())]
+    grads[:] = [
+        torch.randn_like(o.features)
+        for o in rasterize_points(
+            cloud.positions,
+            feats.detach(),
+            c2w,
+            cam.fovy,
+            size,
+            size,
+            settings,
+            background.detach(),
+        )
+    ]
     outs = raster()  # warm-up; the U-Net gets the real descriptor images
     inputs = [o.features.detach().requires_grad_(True) for o in outs]
 
@@ -255,7 +310,13 @@ def bench_raster(size: int = REFINE_RENDER_SIZE, repeats: int = 5, threads: int 
     ratio = res["raster"] / res["unet"]
     cover = [float((o.coverage > 0).float().mean()) for o in outs]
     _log_raster(log, res, ratio, size, settings, repeats, cloud, build_s, cover)
-    res.update(ratio=ratio, points=n, size=size, threads=torch.get_num_threads(), finite=math.isfinite(ratio))
+    res.update(
+        ratio=ratio,
+        points=n,
+        size=size,
+        threads=torch.get_num_threads(),
+        finite=math.isfinite(ratio),
+    )
     return res
 
 

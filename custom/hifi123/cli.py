@@ -14,6 +14,7 @@
 User errors (bad files, missing models) print a short explanation and exit with code 2; they are
 raised before any model is loaded.
 """
+
 from __future__ import annotations
 
 import argparse

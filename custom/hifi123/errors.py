@@ -3,6 +3,7 @@
 Every error a user can trigger says three things: *what* is wrong (the file or config field),
 *what was expected*, and *the command that fixes it*. The CLI prints these without a traceback.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -95,8 +96,14 @@ def check_config_numbers(given, path: str, owner: str) -> None:
     def walk(value, where):
         if isinstance(value, bool):
             return
-        if isinstance(value, str) and value.strip().lower().lstrip("+-.") in ("nan", "inf", "infinity"):
-            value = float(value.strip().lower().replace(".", ""))  # YAML `nan`, which a float field parses
+        if isinstance(value, str) and value.strip().lower().lstrip("+-.") in (
+            "nan",
+            "inf",
+            "infinity",
+        ):
+            value = float(
+                value.strip().lower().replace(".", "")
+            )  # YAML `nan`, which a float field parses
         if isinstance(value, float):
             if not math.isfinite(value):
                 bad.append(f"{where} = {value}")
@@ -134,7 +141,8 @@ def check_config_types(config_cls, given, path: str, owner: str) -> None:
     except ValidationError as err:
         key = f"{path}.{err.full_key}" if err.full_key else path
         declared = {f.name: f.type for f in dataclasses.fields(config_cls)}.get(
-            str(err.full_key).split(".")[0].split("[")[0])
+            str(err.full_key).split(".")[0].split("[")[0]
+        )
         kind = getattr(declared, "__name__", None) or str(declared).replace("typing.", "")
         raise InputError(
             f"{owner}: {key} = {getattr(err, 'value', None)!r}: {str(err.msg).splitlines()[0]}",

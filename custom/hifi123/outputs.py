@@ -6,6 +6,7 @@ both named. :func:`claim_folder` lets a command write into a folder only when th
 or holds the marker of an earlier run of the same command (so a folder of real models is never
 overwritten by tiny ones).
 """
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,9 @@ def _key(path: str) -> str:
     return os.path.normcase(os.path.realpath(os.path.abspath(os.path.expanduser(path))))
 
 
-def check_outputs(outputs: Iterable[Tuple[str, str]], inputs: Iterable[Tuple[str, str]], command: str) -> None:
+def check_outputs(
+    outputs: Iterable[Tuple[str, str]], inputs: Iterable[Tuple[str, str]], command: str
+) -> None:
     """`outputs` / `inputs`: (what, path) pairs. Raises InputError before anything is written."""
     seen: Dict[str, str] = {}
     read = {_key(p): what for what, p in inputs if p}
@@ -52,7 +55,9 @@ def claim_folder(folder: str, marker: str, command: str) -> None:
                 f"pass a new folder to {command}",
             )
     elif os.path.exists(folder):
-        raise InputError(f"{command}: {folder} is a file", "a folder", f"pass a folder to {command}")
+        raise InputError(
+            f"{command}: {folder} is a file", "a folder", f"pass a folder to {command}"
+        )
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, marker), "w", encoding="utf-8") as f:
         f.write(f"written by {command}; the files here may be replaced by the next run\n")

@@ -12,6 +12,7 @@ What threestudio stages need beyond pip packages (README "Install" lists them):
 * Zero-1-to-3 checkpoints under `load/zero123/` (`zero123-guidance`, `stable-zero123-guidance`);
 * hub models (DeepFloyd IF is gated: accept its licence and log in), or local folders.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,8 +37,12 @@ GATED = {
 }
 #: threestudio components that load a diffusers pipeline from `pretrained_model_name_or_path`
 HUB_COMPONENTS = (
-    "stable-diffusion-guidance", "stable-diffusion-unified-guidance", "stable-diffusion-vsd-guidance",
-    "stable-diffusion-prompt-processor", "deep-floyd-guidance", "deep-floyd-prompt-processor",
+    "stable-diffusion-guidance",
+    "stable-diffusion-unified-guidance",
+    "stable-diffusion-vsd-guidance",
+    "stable-diffusion-prompt-processor",
+    "deep-floyd-guidance",
+    "deep-floyd-prompt-processor",
 )
 
 
@@ -56,8 +61,11 @@ def check_tets(resolution: Any, field: str) -> str:
             f"set {field} to one of {SHIPPED_TETS}, or generate the grid with threestudio's "
             "load/tets/generate_tets.py (needs the quartet tool)"
         )
-    raise InputError(f"{field}={resolution} needs {os.path.abspath(path)}, which does not exist",
-                     "a tetrahedral grid file in load/tets/ of the threestudio root", fix)
+    raise InputError(
+        f"{field}={resolution} needs {os.path.abspath(path)}, which does not exist",
+        "a tetrahedral grid file in load/tets/ of the threestudio root",
+        fix,
+    )
 
 
 def check_chained_checkpoint(path: str, field: str) -> None:
@@ -65,14 +73,18 @@ def check_chained_checkpoint(path: str, field: str) -> None:
     `<ckpt dir>/../configs/parsed.yaml` next to it)."""
     parsed = os.path.join(os.path.dirname(path), "..", "configs", "parsed.yaml")
     if not os.path.isfile(path):
-        raise InputError(f"{field}={path}: no such checkpoint",
-                         "the ckpts/last.ckpt of the earlier stage's trial",
-                         "run the earlier stage first, or pass its <trial>/ckpts/last.ckpt "
-                         "(or <dir>/<tag>@LAST/ckpts/last.ckpt for the newest finished one)")
+        raise InputError(
+            f"{field}={path}: no such checkpoint",
+            "the ckpts/last.ckpt of the earlier stage's trial",
+            "run the earlier stage first, or pass its <trial>/ckpts/last.ckpt "
+            "(or <dir>/<tag>@LAST/ckpts/last.ckpt for the newest finished one)",
+        )
     if not os.path.isfile(parsed):
-        raise InputError(f"{field}={path}: the trial folder lacks {os.path.normpath(parsed)}",
-                         "the checkpoint inside its trial folder (ckpts/ next to configs/parsed.yaml)",
-                         "point at the checkpoint inside the untouched trial folder")
+        raise InputError(
+            f"{field}={path}: the trial folder lacks {os.path.normpath(parsed)}",
+            "the checkpoint inside its trial folder (ckpts/ next to configs/parsed.yaml)",
+            "point at the checkpoint inside the untouched trial folder",
+        )
 
 
 def check_component(kind: str, cfg: Mapping, path: str) -> None:
@@ -81,27 +93,39 @@ def check_component(kind: str, cfg: Mapping, path: str) -> None:
     if kind in ZERO123_DOWNLOAD:
         ckpt = model or ""
         if not os.path.isfile(ckpt):
-            raise InputError(f"{path}.pretrained_model_name_or_path={ckpt!r}: no such checkpoint",
-                             f"the {kind} weights (relative to the threestudio root)",
-                             ZERO123_DOWNLOAD[kind])
+            raise InputError(
+                f"{path}.pretrained_model_name_or_path={ckpt!r}: no such checkpoint",
+                f"the {kind} weights (relative to the threestudio root)",
+                ZERO123_DOWNLOAD[kind],
+            )
         conf = cfg.get("pretrained_config")
         if conf and not os.path.isfile(conf):
-            raise InputError(f"{path}.pretrained_config={conf!r}: no such file",
-                             "threestudio's load/zero123/sd-objaverse-finetune-c_concat-256.yaml",
-                             "run launch.py from the threestudio root")
+            raise InputError(
+                f"{path}.pretrained_config={conf!r}: no such file",
+                "threestudio's load/zero123/sd-objaverse-finetune-c_concat-256.yaml",
+                "run launch.py from the threestudio root",
+            )
     elif kind in HUB_COMPONENTS and model:
         from .models.loader import preflight
 
         extra = None
         if model in GATED:
-            extra = (f"accept the licence at {GATED[model]} and log in with `huggingface-cli login` "
-                     "on this machine")
+            extra = (
+                f"accept the licence at {GATED[model]} and log in with `huggingface-cli login` "
+                "on this machine"
+            )
         try:
-            preflight(str(model), f"{path}.pretrained_model_name_or_path", files=("model_index.json",))
+            preflight(
+                str(model), f"{path}.pretrained_model_name_or_path", files=("model_index.json",)
+            )
         except ModelNotFoundError as err:
             if extra:
-                raise ModelNotFoundError(str(model), f"{path}.pretrained_model_name_or_path",
-                                         err.what.split(": ", 1)[-1], extra_fix=extra) from None
+                raise ModelNotFoundError(
+                    str(model),
+                    f"{path}.pretrained_model_name_or_path",
+                    err.what.split(": ", 1)[-1],
+                    extra_fix=extra,
+                ) from None
             raise
 
 
@@ -113,7 +137,11 @@ def building(kind: str, path: str) -> Iterator[None]:
     except Exception as err:  # noqa: BLE001 - only hub access errors are translated
         name = type(err).__name__
         text = str(err)
-        if name in ("GatedRepoError", "RepositoryNotFoundError") or "401" in text or "gated" in text.lower():
+        if (
+            name in ("GatedRepoError", "RepositoryNotFoundError")
+            or "401" in text
+            or "gated" in text.lower()
+        ):
             raise InputError(
                 f"{path} ({kind}): the model hub refused access: {text.splitlines()[0][:200]}",
                 "a model this machine may download (gated models need an accepted licence and a login)",

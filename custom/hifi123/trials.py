@@ -22,6 +22,7 @@ as such); :func:`plain_containers` turns them into plain lists and dicts before 
 
 Nothing here imports threestudio.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,11 @@ def latest_last_checkpoint(path: str) -> str:
     directory, name = os.path.split(path)
     if name != "last.ckpt":
         return path
-    found = [p for p in glob.glob(os.path.join(glob.escape(directory), "last*.ckpt")) if os.path.isfile(p)]
+    found = [
+        p
+        for p in glob.glob(os.path.join(glob.escape(directory), "last*.ckpt"))
+        if os.path.isfile(p)
+    ]
     return max(found, key=os.path.getmtime) if found else path
 
 
@@ -89,7 +94,9 @@ def trial_status(trial: str, rest: str = os.path.join("ckpts", "last.ckpt")) -> 
     target = latest_last_checkpoint(os.path.join(trial, rest))
     if not os.path.exists(target):
         return False, f"no {rest}"
-    if os.path.isfile(os.path.join(trial, FINISHED_MARKER)) or os.path.isfile(os.path.join(trial, RUN_MARKER)):
+    if os.path.isfile(os.path.join(trial, FINISHED_MARKER)) or os.path.isfile(
+        os.path.join(trial, RUN_MARKER)
+    ):
         return True, "finished (completion marker)"
     max_steps = _max_steps(trial)
     ckpt = target if target.endswith(".ckpt") else os.path.join(trial, "ckpts", "last.ckpt")
@@ -138,6 +145,7 @@ def resolve_last(path: Optional[str], field: str = "system.geometry_convert_from
         if ok:
             finished.append(trial)
     if finished:
+
         def mtime(t: str) -> float:
             target = latest_last_checkpoint(os.path.join(t, rest))
             return os.path.getmtime(target) if os.path.exists(target) else 0.0

@@ -2,6 +2,7 @@
 `run.cli`) has `add_parser(subparsers)`; `hifi123.cli` registers them all on one parser, the
 same way. :func:`dispatch` runs a parsed command with the one error rule: a user error prints a
 short explanation and exits with code 2."""
+
 from __future__ import annotations
 
 import argparse
@@ -69,7 +70,9 @@ def standalone(name: str, add_parser: Callable, argv: Optional[List[str]] = None
     return dispatch(parser, [name, *(sys.argv[1:] if argv is None else argv)])
 
 
-def integer(low: Optional[int] = None, high: Optional[int] = None, multiple: int = 1) -> Callable[[str], int]:
+def integer(
+    low: Optional[int] = None, high: Optional[int] = None, multiple: int = 1
+) -> Callable[[str], int]:
     """argparse type: an integer in [low, high] (and a multiple of `multiple`); anything else is a
     usage error naming the flag (argparse adds it), before anything runs."""
 
@@ -78,16 +81,24 @@ def integer(low: Optional[int] = None, high: Optional[int] = None, multiple: int
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if (low is not None and value < low) or (high is not None and value > high) or value % multiple:
-            raise argparse.ArgumentTypeError(f"expected {_range('an integer', low, high, False)}"
-                                             + (f" and a multiple of {multiple}" if multiple > 1 else "")
-                                             + f", got {value}")
+        if (
+            (low is not None and value < low)
+            or (high is not None and value > high)
+            or value % multiple
+        ):
+            raise argparse.ArgumentTypeError(
+                f"expected {_range('an integer', low, high, False)}"
+                + (f" and a multiple of {multiple}" if multiple > 1 else "")
+                + f", got {value}"
+            )
         return value
 
     return parse
 
 
-def real(low: Optional[float] = None, high: Optional[float] = None, low_open: bool = False) -> Callable[[str], float]:
+def real(
+    low: Optional[float] = None, high: Optional[float] = None, low_open: bool = False
+) -> Callable[[str], float]:
     """argparse type: a finite number in [low, high] ((low, high] with `low_open`); NaN, inf and
     anything out of range are usage errors naming the flag."""
 
@@ -100,7 +111,9 @@ def real(low: Optional[float] = None, high: Optional[float] = None, low_open: bo
         bad = bad or (low is not None and (value <= low if low_open else value < low))
         bad = bad or (high is not None and value > high)
         if bad:
-            raise argparse.ArgumentTypeError(f"expected {_range('a finite number', low, high, low_open)}, got {text}")
+            raise argparse.ArgumentTypeError(
+                f"expected {_range('a finite number', low, high, low_open)}, got {text}"
+            )
         return value
 
     return parse
@@ -124,16 +137,25 @@ def device(text: str) -> str:
     try:
         dev = torch.device(text)
     except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a torch device such as cpu or cuda:0, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a torch device such as cpu or cuda:0, got {text!r}"
+        ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA device (torch "
-                                             f"{torch.__version__}); use --device cpu") from None
+            raise argparse.ArgumentTypeError(
+                f"{text}: this machine has no CUDA device (torch "
+                f"{torch.__version__}); use --device cpu"
+            ) from None
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA "
-                                             "device(s)") from None
-    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise argparse.ArgumentTypeError(f"{text}: MPS is not available here; use --device cpu") from None
+            raise argparse.ArgumentTypeError(
+                f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            ) from None
+    elif dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise argparse.ArgumentTypeError(
+            f"{text}: MPS is not available here; use --device cpu"
+        ) from None
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise argparse.ArgumentTypeError(f"expected cpu, cuda[:N] or mps, got {text!r}") from None
     return text

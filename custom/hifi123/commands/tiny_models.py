@@ -1,4 +1,5 @@
 """`hifi123 tiny-models --out DIR`: tiny random models in the real repositories' layout."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,12 +17,16 @@ def _cmd_tiny_models(args) -> int:
     written = write_tiny_models(args.out)
     for name, d in written.items():
         print(f"{name:10s} {d}")
-    print(f"\nPoint a model field at one of these, e.g. `hifi123 rgnv --model {written['sd2-depth']} ...`")
+    print(
+        f"\nPoint a model field at one of these, e.g. `hifi123 rgnv --model {written['sd2-depth']} ...`"
+    )
     return 0
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    t = subparsers.add_parser("tiny-models", help="write tiny random models in the real repositories' layout")
+    t = subparsers.add_parser(
+        "tiny-models", help="write tiny random models in the real repositories' layout"
+    )
     t.add_argument("--out", required=True, help="output folder")
     t.set_defaults(func=_cmd_tiny_models)
     return t

@@ -7,6 +7,7 @@ y up, looking along -z); `fovy` is the vertical field of view; pixel centres are
 numpy forms the sample generator, preprocessing and evaluation use. The threestudio batch of a
 camera is built by `hifi123.threestudio_ext.cameras.camera_batch`.
 """
+
 from __future__ import annotations
 
 import math
@@ -108,10 +109,17 @@ class ViewCamera:
     distance: float = float("nan")
 
     @classmethod
-    def orbit(cls, elevation_deg, azimuth_deg, distance, fovy_deg, height, width=None) -> "ViewCamera":
+    def orbit(
+        cls, elevation_deg, azimuth_deg, distance, fovy_deg, height, width=None
+    ) -> "ViewCamera":
         return cls(
-            look_at_c2w(elevation_deg, azimuth_deg, distance), float(fovy_deg), int(height),
-            int(width if width is not None else height), float(elevation_deg), float(azimuth_deg), float(distance),
+            look_at_c2w(elevation_deg, azimuth_deg, distance),
+            float(fovy_deg),
+            int(height),
+            int(width if width is not None else height),
+            float(elevation_deg),
+            float(azimuth_deg),
+            float(distance),
         )
 
     @property
@@ -124,8 +132,13 @@ class ViewCamera:
 
     def resized(self, height: int, width: Optional[int] = None) -> "ViewCamera":
         return ViewCamera(
-            self.c2w, self.fovy_deg, int(height), int(width if width is not None else height),
-            self.elevation_deg, self.azimuth_deg, self.distance,
+            self.c2w,
+            self.fovy_deg,
+            int(height),
+            int(width if width is not None else height),
+            self.elevation_deg,
+            self.azimuth_deg,
+            self.distance,
         )
 
     def c2w_tensor(self, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -3,6 +3,7 @@
 Every reader validates before any model is loaded and raises `InputError` naming the file, what was
 expected and the command that fixes it.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,10 +20,15 @@ PREPROCESS_FIX = "cut the object out and pad it to a square with `hifi123 prepro
 MIN_SIZE = 32
 
 
-def open_image(path: str, role: str, *, missing_fix: str = "check the path",
-               large_fix: str = "downscale the image first (`hifi123 preprocess` writes 512-pixel inputs)",
-               formats: str = "a PNG (or another format Pillow reads)",
-               format_fix: str = "re-export the image as PNG"):
+def open_image(
+    path: str,
+    role: str,
+    *,
+    missing_fix: str = "check the path",
+    large_fix: str = "downscale the image first (`hifi123 preprocess` writes 512-pixel inputs)",
+    formats: str = "a PNG (or another format Pillow reads)",
+    format_fix: str = "re-export the image as PNG",
+):
     """The decoded PIL image at `path`, or an InputError naming `role` and the file: missing,
     too large to decode safely (a decompression bomb), or not an image. The fixes differ by
     caller (a training input vs a user's photo)."""
@@ -34,11 +40,17 @@ def open_image(path: str, role: str, *, missing_fix: str = "check the path",
         img = Image.open(path)
         img.load()
     except Image.DecompressionBombError as err:
-        raise InputError(f"{role} file {path} is too large to decode safely ({err})",
-                         f"at most {Image.MAX_IMAGE_PIXELS} pixels", large_fix) from err
+        raise InputError(
+            f"{role} file {path} is too large to decode safely ({err})",
+            f"at most {Image.MAX_IMAGE_PIXELS} pixels",
+            large_fix,
+        ) from err
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise InputError(f"{role} file {path} is not a readable image ({type(err).__name__}: {err})",
-                         formats, format_fix) from err
+        raise InputError(
+            f"{role} file {path} is not a readable image ({type(err).__name__}: {err})",
+            formats,
+            format_fix,
+        ) from err
     return img
 
 
@@ -73,10 +85,15 @@ def load_rgba(path: str, role: str = "image", require_square: bool = True) -> np
     rgba = np.asarray(img.convert("RGBA")).astype(np.float32) / 255.0
     h, w = rgba.shape[:2]
     if min(h, w) < MIN_SIZE:
-        raise InputError(f"{role} {path} is {w}x{h}", f"at least {MIN_SIZE}x{MIN_SIZE} pixels", "use a larger image")
+        raise InputError(
+            f"{role} {path} is {w}x{h}",
+            f"at least {MIN_SIZE}x{MIN_SIZE} pixels",
+            "use a larger image",
+        )
     if require_square and h != w:
         raise InputError(
-            f"{role} {path} is {w}x{h}, not square", "a square image (threestudio renders square views)",
+            f"{role} {path} is {w}x{h}, not square",
+            "a square image (threestudio renders square views)",
             PREPROCESS_FIX.format(path=path),
         )
     if not (rgba[..., 3] > 0.5).any():
@@ -95,7 +112,9 @@ def load_rgba(path: str, role: str = "image", require_square: bool = True) -> np
     return rgba
 
 
-def load_depth(path: str, shape: Optional[Tuple[int, int]] = None, role: str = "depth map") -> np.ndarray:
+def load_depth(
+    path: str, shape: Optional[Tuple[int, int]] = None, role: str = "depth map"
+) -> np.ndarray:
     """Read a depth/disparity map (threestudio `_depth.png`: near = bright) as float32 [H,W] in [0,1].
 
     `shape` (H, W) is the image it belongs to; a mismatch is an error.
@@ -125,9 +144,15 @@ def check_writable_dir(path: str, flag: str = "--out") -> str:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as err:
-        raise InputError(f"cannot create output folder {path}: {err.strerror}", "a writable folder", f"pass another {flag}") from err
+        raise InputError(
+            f"cannot create output folder {path}: {err.strerror}",
+            "a writable folder",
+            f"pass another {flag}",
+        ) from err
     if not os.access(path, os.W_OK):
-        raise InputError(f"output folder {path} is not writable", "a writable folder", f"pass another {flag}")
+        raise InputError(
+            f"output folder {path} is not writable", "a writable folder", f"pass another {flag}"
+        )
     return path
 
 
@@ -144,7 +169,13 @@ def resize(x: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
         return x
     if mode == "nearest":
         return F.interpolate(x, size=(size, size), mode="nearest")
-    return F.interpolate(x, size=(size, size), mode=mode, align_corners=False, antialias=mode in ("bilinear", "bicubic"))
+    return F.interpolate(
+        x,
+        size=(size, size),
+        mode=mode,
+        align_corners=False,
+        antialias=mode in ("bilinear", "bicubic"),
+    )
 
 
 def composite(rgb: torch.Tensor, mask: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
@@ -152,7 +183,9 @@ def composite(rgb: torch.Tensor, mask: torch.Tensor, background: torch.Tensor) -
     return rgb * mask + background * (1.0 - mask)
 
 
-def normalize_depth(depth: torch.Tensor, mask: Optional[torch.Tensor], eps: float = 1e-3) -> torch.Tensor:
+def normalize_depth(
+    depth: torch.Tensor, mask: Optional[torch.Tensor], eps: float = 1e-3
+) -> torch.Tensor:
     """Per-image masked min-max of a disparity map (near = large) to [-1, 1] (decision 4;
     algorithms.md A.3: d' = 2 (d - min) / (max - min + 0.001) - 1). depth [B,1,H,W]."""
     if mask is not None:
@@ -167,7 +200,9 @@ def depth_to_latent(depth_norm: torch.Tensor, latent_size: int) -> torch.Tensor:
     """Resize the normalised condition to the latent size (bicubic, after normalisation, as the
     official code). Bicubic overshoots at mask edges (up to ~1.2); we clamp back to [-1, 1], the
     range SD2-depth was trained on (the official code does not clamp)."""
-    d = F.interpolate(depth_norm, size=(latent_size, latent_size), mode="bicubic", align_corners=False)
+    d = F.interpolate(
+        depth_norm, size=(latent_size, latent_size), mode="bicubic", align_corners=False
+    )
     return d.clamp(-1.0, 1.0)
 
 
@@ -193,7 +228,9 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]], pad: int = 4) -> torch.Te
     for i, row in enumerate(rows):
         for j, im in enumerate(row):
             y, x = pad + i * (h + pad), pad + j * (w + pad)
-            sheet[:, y : y + h, x : x + w] = resize(im[None, :3].float(), h)[0] if im.shape[-1] != w else im[:3]
+            sheet[:, y : y + h, x : x + w] = (
+                resize(im[None, :3].float(), h)[0] if im.shape[-1] != w else im[:3]
+            )
     return sheet
 
 
@@ -222,7 +259,6 @@ def decode_depth_png(values_u8, mask, disparity_min, disparity_max):
     v = np.asarray(values_u8, dtype=np.float64) / 255.0
     disp = disparity_min + v * (disparity_max - disparity_min)
     return np.where(mask, 1.0 / disp, 0.0)
-
 
 
 _M32 = np.uint64(0xFFFFFFFF)

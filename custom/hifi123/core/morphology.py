@@ -10,6 +10,7 @@ ignored (as OpenCV's default border: the image edge does not erode a mask). Mask
 [H, W], [B, H, W], [B, H, W, 1] (threestudio) or [B, 1, H, W], bool or float; the result has
 the input's shape and dtype.
 """
+
 from __future__ import annotations
 
 import torch

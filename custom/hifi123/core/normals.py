@@ -11,6 +11,7 @@ Both decode to outward world normals, so the loss is one minus their mean cosine
 reference mask. `docs/threestudio.md` ("Normals") records how this was checked against
 threestudio's own cameras, geometry and renderer on the sample object.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,7 +31,9 @@ def decode_render_normal(comp_normal: torch.Tensor) -> torch.Tensor:
     return 2.0 * comp_normal - 1.0
 
 
-def reference_normal_loss(ref_normal: torch.Tensor, comp_normal: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def reference_normal_loss(
+    ref_normal: torch.Tensor, comp_normal: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """1 - mean cosine between the file's and the render's world normals inside `mask`.
 
     `ref_normal`, `comp_normal` [B, H, W, 3]; `mask` [B, H, W] (bool). Range [0, 2]; 0 when the

@@ -6,6 +6,7 @@ other `<stem>.<ext>` -> `<stem>_caption.txt`. What happens when neither gives on
 choice: an error (Make-It-3D's SDS prompt), a warning (RGSD), or a default view prompt
 (`hifi123 rgnv`).
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,12 @@ def read_caption(image_path: Optional[str]) -> Optional[str]:
     return text or None
 
 
-def find_prompt(image_path: Optional[str], prompt: Optional[str], use_caption_file: bool = True,
-                prompt_field: str = "prompt") -> Tuple[Optional[str], str]:
+def find_prompt(
+    image_path: Optional[str],
+    prompt: Optional[str],
+    use_caption_file: bool = True,
+    prompt_field: str = "prompt",
+) -> Tuple[Optional[str], str]:
     """(prompt, where it came from) by the rule above; (None, why not) when neither gives one."""
     if prompt and prompt.strip():
         return " ".join(prompt.split()), f"`{prompt_field}`"
@@ -46,12 +51,20 @@ def find_prompt(image_path: Optional[str], prompt: Optional[str], use_caption_fi
         if caption:
             return caption, f"caption file {caption_path(image_path)}"
     cap = caption_path(image_path) if image_path else "<name>_caption.txt"
-    why = f"`{prompt_field}` is empty and there is no caption file {cap}" if use_caption_file else f"`{prompt_field}` is empty"
+    why = (
+        f"`{prompt_field}` is empty and there is no caption file {cap}"
+        if use_caption_file
+        else f"`{prompt_field}` is empty"
+    )
     return None, why
 
 
-def resolve_prompt(image_path: Optional[str], prompt: Optional[str], use_caption_file: bool = True,
-                   prompt_field: str = "prompt") -> Tuple[str, str]:
+def resolve_prompt(
+    image_path: Optional[str],
+    prompt: Optional[str],
+    use_caption_file: bool = True,
+    prompt_field: str = "prompt",
+) -> Tuple[str, str]:
     """:func:`find_prompt`, with an InputError when neither gives a prompt."""
     text, source = find_prompt(image_path, prompt, use_caption_file, prompt_field)
     if text is None:
@@ -59,6 +72,6 @@ def resolve_prompt(image_path: Optional[str], prompt: Optional[str], use_caption
         raise InputError(
             f"no prompt: {source}",
             f"a non-empty `{prompt_field}` or a one-line caption in {cap}",
-            f"set `{prompt_field}=\"a photo of ...\"`, or run `hifi123 preprocess <image>` (writes the caption)",
+            f'set `{prompt_field}="a photo of ..."`, or run `hifi123 preprocess <image>` (writes the caption)',
         )
     return text, source

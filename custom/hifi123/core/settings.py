@@ -12,6 +12,7 @@ threestudio ``Config`` of an adapter is *derived* from the core class by :func:`
 (``Literal`` -> ``str``, ``Tuple[X, ...]`` -> ``List[X]``, defaults copied) and read back with
 :func:`from_config` (lists -> tuples as declared). Nothing here imports threestudio.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,9 +24,16 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 _RANGE_KEYS = ("ge", "gt", "le", "lt")
 
 
-def setting(default: Any = dataclasses.MISSING, *, factory: Optional[Callable[[], Any]] = None,
-            ge: Optional[float] = None, gt: Optional[float] = None,
-            le: Optional[float] = None, lt: Optional[float] = None, hint: str = "") -> Any:
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    factory: Optional[Callable[[], Any]] = None,
+    ge: Optional[float] = None,
+    gt: Optional[float] = None,
+    le: Optional[float] = None,
+    lt: Optional[float] = None,
+    hint: str = "",
+) -> Any:
     """A dataclass field with a declared numeric range (checked by :func:`check_declared` and
     :func:`check_ranges`); `hint` is added to the fix of an out-of-range value."""
     bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
@@ -65,13 +73,18 @@ def _range_text(bounds: Mapping[str, float]) -> str:
 
 
 def _in_range(value: float, bounds: Mapping[str, float]) -> bool:
-    ops = {"ge": value >= bounds.get("ge", -math.inf), "gt": value > bounds.get("gt", -math.inf),
-           "le": value <= bounds.get("le", math.inf), "lt": value < bounds.get("lt", math.inf)}
+    ops = {
+        "ge": value >= bounds.get("ge", -math.inf),
+        "gt": value > bounds.get("gt", -math.inf),
+        "le": value <= bounds.get("le", math.inf),
+        "lt": value < bounds.get("lt", math.inf),
+    }
     return all(ops[k] for k in bounds)
 
 
-def check_declared(obj: Any, name_of: Optional[Mapping[str, str]] = None,
-                   skip: Iterable[str] = ()) -> None:
+def check_declared(
+    obj: Any, name_of: Optional[Mapping[str, str]] = None, skip: Iterable[str] = ()
+) -> None:
     """Every ``Literal`` field holds one of its values and every ranged number is finite and in
     its range; ValueError naming the field (as the caller calls it: `name_of`) otherwise."""
     names = name_of or {}
@@ -123,10 +136,15 @@ def _plain_value(value: Any) -> Any:
     return value
 
 
-def derive_config(core_cls: type, base: type, name: str, *,
-                  extra: Sequence[Tuple[str, Any, Any]] = (),
-                  types: Optional[Mapping[str, Any]] = None,
-                  drop: Iterable[str] = ()) -> type:
+def derive_config(
+    core_cls: type,
+    base: type,
+    name: str,
+    *,
+    extra: Sequence[Tuple[str, Any, Any]] = (),
+    types: Optional[Mapping[str, Any]] = None,
+    drop: Iterable[str] = (),
+) -> type:
     """A dataclass subclass of `base` with every field of `core_cls` (plain types, same defaults),
     minus `drop`, plus `extra` ((name, type, default) of settings only the adapter has).
     `types` overrides a field's type (e.g. ``Any`` where threestudio accepts a schedule)."""
@@ -149,12 +167,16 @@ def derive_config(core_cls: type, base: type, name: str, *,
     for fname, tp, default in specs:
         plain = _plain_value(default)
         if isinstance(plain, (list, dict)):
-            fields_.append((fname, tp, dataclasses.field(default_factory=lambda v=plain: copy.deepcopy(v))))
+            fields_.append(
+                (fname, tp, dataclasses.field(default_factory=lambda v=plain: copy.deepcopy(v)))
+            )
         else:
             fields_.append((fname, tp, dataclasses.field(default=plain)))
     derived = dataclasses.make_dataclass(name, fields_, bases=(base,))
-    derived.__doc__ = (f"threestudio form of `{core_cls.__module__}.{core_cls.__qualname__}` "
-                       "(see there for each field)")
+    derived.__doc__ = (
+        f"threestudio form of `{core_cls.__module__}.{core_cls.__qualname__}` "
+        "(see there for each field)"
+    )
     derived.core_settings = core_cls
     return derived
 
@@ -210,6 +232,9 @@ def check_ranges(values: Any, config_cls: type, path: str) -> None:
             from ..errors import InputError
 
             hint = f.metadata.get("hint")
-            raise InputError(f"{shown} = {value!r}", f"a finite number {_range_text(bounds)}",
-                             f"set {shown} to a value {_range_text(bounds)} (default: {f.default!r})"
-                             + (f"; {hint}" if hint else ""))
+            raise InputError(
+                f"{shown} = {value!r}",
+                f"a finite number {_range_text(bounds)}",
+                f"set {shown} to a value {_range_text(bounds)} (default: {f.default!r})"
+                + (f"; {hint}" if hint else ""),
+            )

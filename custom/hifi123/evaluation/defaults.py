@@ -1,6 +1,7 @@
 """The evaluation protocols as data: `configs/eval/<protocol>.yaml` at the repository root holds
 each protocol's default metric models, its settings, the table columns and the papers' numbers.
 Kept free of heavy imports so that building the `hifi123` argument parser does not import torch."""
+
 from __future__ import annotations
 
 import functools
@@ -31,8 +32,11 @@ def protocol(name: str) -> Dict[str, Any]:
         data = yaml.safe_load(fh)
     for key in ("title", "models", "settings", "columns", "reported"):
         if key not in data:
-            raise InputError(f"{path}: no `{key}`", "title, models, settings, columns, reported",
-                             f"restore {path.name} from the repository")
+            raise InputError(
+                f"{path}: no `{key}`",
+                "title, models, settings, columns, reported",
+                f"restore {path.name} from the repository",
+            )
     return data
 
 
@@ -41,8 +45,11 @@ def _default_models() -> Dict[str, str]:
     for name in PROTOCOLS:
         for key, ref in protocol(name)["models"].items():
             if models.setdefault(key, ref) != ref:
-                raise InputError(f"configs/eval: two default `{key}` models ({models[key]}, {ref})",
-                                 "one default per metric model", "make the protocol files agree")
+                raise InputError(
+                    f"configs/eval: two default `{key}` models ({models[key]}, {ref})",
+                    "one default per metric model",
+                    "make the protocol files agree",
+                )
     return models
 
 

@@ -24,6 +24,7 @@ Occupancy (volume IoU)
     to a single axis for watertight meshes). The grid is a cube centred on the union bounding box of
     both meshes, side = 1.05 * its longest extent, so both meshes share one grid.
 """
+
 from __future__ import annotations
 
 import math
@@ -76,7 +77,9 @@ def rasterize_triangles(
         hi = np.floor(xy.max(axis=1) - 0.5)  # last pixel whose centre is <= max
     hi[:, 0] = np.minimum(hi[:, 0], width - 1)
     hi[:, 1] = np.minimum(hi[:, 1], height - 1)
-    ok &= np.all(hi >= lo, axis=1) & np.all(np.isfinite(lo), axis=1) & np.all(np.isfinite(hi), axis=1)
+    ok &= (
+        np.all(hi >= lo, axis=1) & np.all(np.isfinite(lo), axis=1) & np.all(np.isfinite(hi), axis=1)
+    )
     idx = np.nonzero(ok)[0]
     if len(idx) == 0:
         return
@@ -124,7 +127,12 @@ def _inside(tri, area, f, px, py, inb):
     t0 = _top_left(cx_ - bx_, cy_ - by_)
     t1 = _top_left(ax_ - cx_, ay_ - cy_)
     t2 = _top_left(bx_ - ax_, by_ - ay_)
-    inside = inb & ((w0 > 0) | ((w0 == 0) & t0)) & ((w1 > 0) | ((w1 == 0) & t1)) & ((w2 > 0) | ((w2 == 0) & t2))
+    inside = (
+        inb
+        & ((w0 > 0) | ((w0 == 0) & t0))
+        & ((w1 > 0) | ((w1 == 0) & t1))
+        & ((w2 > 0) | ((w2 == 0) & t2))
+    )
     ti, pi = np.nonzero(inside)
     if len(ti) == 0:
         return
@@ -205,7 +213,9 @@ def depth_points(
 # ------------------------------------------------------------------------------------ occupancy
 
 
-def occupancy_grid_spec(bounds_list: Sequence[np.ndarray], resolution: int = 64, margin: float = 1.05):
+def occupancy_grid_spec(
+    bounds_list: Sequence[np.ndarray], resolution: int = 64, margin: float = 1.05
+):
     """(origin [3], cell size) of a cubic grid of `resolution`^3 cells around the union of the
     given bounding boxes ([2,3] each), side = margin * the longest extent."""
     lo = np.min([np.asarray(b)[0] for b in bounds_list], axis=0)
@@ -239,9 +249,13 @@ def _parity_along(vertices, faces, axis, origin, cell, res):
     return np.transpose(inside, perm)
 
 
-def occupancy(vertices, faces, origin, cell, resolution: int = 64, axes: Sequence[int] = (0, 1, 2)) -> np.ndarray:
+def occupancy(
+    vertices, faces, origin, cell, resolution: int = 64, axes: Sequence[int] = (0, 1, 2)
+) -> np.ndarray:
     """Boolean occupancy of the grid cell centres (majority vote of ray parity along `axes`)."""
-    votes = sum(_parity_along(vertices, faces, a, origin, cell, resolution).astype(np.int32) for a in axes)
+    votes = sum(
+        _parity_along(vertices, faces, a, origin, cell, resolution).astype(np.int32) for a in axes
+    )
     return votes * 2 > len(axes)
 
 
@@ -296,7 +310,11 @@ def mesh_metrics(
         lo = np.minimum(bounds[0][0], bounds[1][0])
         hi = np.maximum(bounds[0][1], bounds[1][1])
         center = 0.5 * (lo + hi)
-        radius = float(max(np.linalg.norm(pv - center, axis=1).max(), np.linalg.norm(gv - center, axis=1).max()))
+        radius = float(
+            max(
+                np.linalg.norm(pv - center, axis=1).max(), np.linalg.norm(gv - center, axis=1).max()
+            )
+        )
         distance = fitting_distance(radius, fovy_deg)
         cams = orbit_cameras(n_views, elevation_deg)
         p_pts = depth_points(pv, pf, cams, center, distance, fovy_deg, depth_size)
@@ -314,15 +332,23 @@ def mesh_metrics(
     occ_p = occupancy(pv, pf, origin, cell, iou_resolution)
     occ_g = occupancy(gv, gf, origin, cell, iou_resolution)
     info.update(
-        chamfer=cd["chamfer"], chamfer_pred_to_gt=cd["a_to_b"], chamfer_gt_to_pred=cd["b_to_a"],
-        points_pred=cd["n_a"], points_gt=cd["n_b"], volume_iou=volume_iou(occ_p, occ_g),
-        occupied_cells_pred=int(occ_p.sum()), occupied_cells_gt=int(occ_g.sum()),
-        grid_origin=origin.tolist(), grid_cell=cell,
+        chamfer=cd["chamfer"],
+        chamfer_pred_to_gt=cd["a_to_b"],
+        chamfer_gt_to_pred=cd["b_to_a"],
+        points_pred=cd["n_a"],
+        points_gt=cd["n_b"],
+        volume_iou=volume_iou(occ_p, occ_g),
+        occupied_cells_pred=int(occ_p.sum()),
+        occupied_cells_gt=int(occ_g.sum()),
+        grid_origin=origin.tolist(),
+        grid_cell=cell,
     )
     return info
 
 
-def sample_surface(vertices: np.ndarray, faces: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+def sample_surface(
+    vertices: np.ndarray, faces: np.ndarray, count: int, seed: int = 0
+) -> np.ndarray:
     """`count` points uniformly distributed over the surface area (seeded, numpy only)."""
     v = np.asarray(vertices, dtype=np.float64)
     tri = v[np.asarray(faces, dtype=np.int64)]
@@ -335,4 +361,8 @@ def sample_surface(vertices: np.ndarray, faces: np.ndarray, count: int, seed: in
     r1 = np.sqrt(rng.random(count))
     r2 = rng.random(count)
     t = tri[fi]
-    return (1 - r1)[:, None] * t[:, 0] + (r1 * (1 - r2))[:, None] * t[:, 1] + (r1 * r2)[:, None] * t[:, 2]
+    return (
+        (1 - r1)[:, None] * t[:, 0]
+        + (r1 * (1 - r2))[:, None] * t[:, 1]
+        + (r1 * r2)[:, None] * t[:, 2]
+    )

@@ -29,6 +29,7 @@ background (white, decisions.md 19). Point/mesh metrics take numpy arrays.
   on Open3D's grid (`voxel_downsample`); nearest neighbours with scipy's cKDTree.
 * Volume IoU: |A and B| / |A or B| of two boolean occupancy grids.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional
@@ -45,7 +46,9 @@ CX_EPS = 1e-5
 
 def _check_pair(pred: torch.Tensor, gt: torch.Tensor) -> None:
     if pred.shape != gt.shape or pred.dim() != 4:
-        raise ValueError(f"expected two [B,C,H,W] tensors of one shape, got {tuple(pred.shape)} and {tuple(gt.shape)}")
+        raise ValueError(
+            f"expected two [B,C,H,W] tensors of one shape, got {tuple(pred.shape)} and {tuple(gt.shape)}"
+        )
 
 
 def psnr(pred: torch.Tensor, gt: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -54,7 +57,10 @@ def psnr(pred: torch.Tensor, gt: torch.Tensor, data_range: float = 1.0) -> torch
 
     _check_pair(pred, gt)
     return torch.stack(
-        [peak_signal_noise_ratio(p[None].double(), g[None].double(), data_range=data_range) for p, g in zip(pred, gt)]
+        [
+            peak_signal_noise_ratio(p[None].double(), g[None].double(), data_range=data_range)
+            for p, g in zip(pred, gt)
+        ]
     ).float()
 
 
@@ -79,7 +85,9 @@ def ssim(pred: torch.Tensor, gt: torch.Tensor, data_range: float = 1.0) -> torch
     value does not depend on the installed torchmetrics version."""
     _check_pair(pred, gt)
     if min(pred.shape[-2:]) < SSIM_WINDOW:
-        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {tuple(pred.shape[-2:])}")
+        raise ValueError(
+            f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {tuple(pred.shape[-2:])}"
+        )
     x, y = pred.double(), gt.double()
     c = x.shape[1]
     g = _gaussian_window(SSIM_WINDOW, SSIM_SIGMA).to(x.device)
@@ -93,12 +101,16 @@ def ssim(pred: torch.Tensor, gt: torch.Tensor, data_range: float = 1.0) -> torch
     var_y = blur(y * y) - mu_y**2
     cov = blur(x * y) - mu_x * mu_y
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
-    s_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    s_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    )
     return s_map.flatten(1).mean(1).float()
 
 
 @torch.no_grad()
-def lpips_distance(model: torch.nn.Module, pred: torch.Tensor, gt: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+def lpips_distance(
+    model: torch.nn.Module, pred: torch.Tensor, gt: torch.Tensor, batch_size: int = 8
+) -> torch.Tensor:
     """Per-image LPIPS, [B]; `model` is an `lpips.LPIPS`; images in [0,1]."""
     _check_pair(pred, gt)
     dev = next(model.parameters()).device
@@ -173,11 +185,15 @@ def nearest_distances(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Euclidean distance from each point of src [N,3] to its nearest neighbour in dst [M,3]."""
     from scipy.spatial import cKDTree
 
-    dist, _ = cKDTree(np.asarray(dst, dtype=np.float64)).query(np.asarray(src, dtype=np.float64), k=1)
+    dist, _ = cKDTree(np.asarray(dst, dtype=np.float64)).query(
+        np.asarray(src, dtype=np.float64), k=1
+    )
     return dist
 
 
-def chamfer_distance(a: np.ndarray, b: np.ndarray, voxel_size: Optional[float] = None) -> Dict[str, float]:
+def chamfer_distance(
+    a: np.ndarray, b: np.ndarray, voxel_size: Optional[float] = None
+) -> Dict[str, float]:
     """Chamfer distance between point sets a (prediction) and b (ground truth).
 
     Returns {"chamfer": 0.5*(a_to_b + b_to_a), "a_to_b": mean NN distance a->b, "b_to_a": ...,
@@ -188,7 +204,13 @@ def chamfer_distance(a: np.ndarray, b: np.ndarray, voxel_size: Optional[float] =
         raise ValueError("Chamfer distance of an empty point set")
     ab = float(nearest_distances(a, b).mean())
     ba = float(nearest_distances(b, a).mean())
-    return {"chamfer": 0.5 * (ab + ba), "a_to_b": ab, "b_to_a": ba, "n_a": int(len(a)), "n_b": int(len(b))}
+    return {
+        "chamfer": 0.5 * (ab + ba),
+        "a_to_b": ab,
+        "b_to_a": ba,
+        "n_a": int(len(a)),
+        "n_b": int(len(b)),
+    }
 
 
 def volume_iou(occ_a: np.ndarray, occ_b: np.ndarray) -> float:

@@ -40,6 +40,7 @@ Tiny models (`--tiny`): `write_tiny_open_clip`, `write_tiny_vgg19`, `write_tiny_
 seeded, deterministic stand-ins in the layouts above; `ensure_tiny_eval_models()` writes them
 once per process into the user cache.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -92,12 +93,18 @@ class WeightsNotFoundError(ModelNotFoundError):
 
 
 def _missing(ref: str, field: str, reason: str, tiny_hint: bool = True) -> ModelNotFoundError:
-    extra = f"for an offline smoke run pass --tiny (tiny random stand-ins) instead of {field}" if tiny_hint else None
+    extra = (
+        f"for an offline smoke run pass --tiny (tiny random stand-ins) instead of {field}"
+        if tiny_hint
+        else None
+    )
     return ModelNotFoundError(ref, field, reason, extra_fix=extra)
 
 
 def _wrap(ref: str, field: str, err: Exception) -> ModelNotFoundError:
-    return ModelNotFoundError(ref, field, f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}")
+    return ModelNotFoundError(
+        ref, field, f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+    )
 
 
 # ------------------------------------------------------------------------------------ caching
@@ -120,8 +127,16 @@ def _skip_init():
     """Make torch.nn.init a no-op while building a network whose weights are overwritten right
     after (torchvision's AlexNet/VGG16 classifiers alone take seconds to initialise on a CPU)."""
     names = [
-        "kaiming_uniform_", "kaiming_normal_", "uniform_", "normal_", "constant_", "zeros_",
-        "ones_", "xavier_uniform_", "xavier_normal_", "trunc_normal_",
+        "kaiming_uniform_",
+        "kaiming_normal_",
+        "uniform_",
+        "normal_",
+        "constant_",
+        "zeros_",
+        "ones_",
+        "xavier_uniform_",
+        "xavier_normal_",
+        "trunc_normal_",
     ]
     saved = {n: getattr(torch.nn.init, n) for n in names if hasattr(torch.nn.init, n)}
     try:
@@ -154,10 +169,11 @@ def _preflight_torchvision(ref: str, field: str, arch: str) -> str:
     if not os.path.isfile(path) and is_offline():
         name = {"alexnet": "alexnet", "vgg16": "vgg16", "vgg19": "vgg19"}[arch]
         raise WeightsNotFoundError(
-            ref, field,
+            ref,
+            field,
             f"torchvision's {arch} checkpoint is not in the torch hub cache ({path}) and the "
             "machine is offline (HF_HUB_OFFLINE=1)",
-            f"on a connected machine run `python -c \"import torchvision; torchvision.models.{name}"
+            f'on a connected machine run `python -c "import torchvision; torchvision.models.{name}'
             f"(weights='IMAGENET1K_V1')\"` and copy {TORCHVISION_FILES[arch]} to {os.path.dirname(path)} "
             f"(or into a folder you pass as {field}); for an offline smoke run pass --tiny",
         )
@@ -168,7 +184,9 @@ def _load_torchvision_state(arch: str, path: Optional[str] = None) -> Dict[str, 
     path = path or _torchvision_file(arch)
     if os.path.isfile(path):
         return torch.load(path, map_location="cpu", weights_only=True)
-    return torch.hub.load_state_dict_from_url(TORCHVISION_URL.format(TORCHVISION_FILES[arch]), map_location="cpu")
+    return torch.hub.load_state_dict_from_url(
+        TORCHVISION_URL.format(TORCHVISION_FILES[arch]), map_location="cpu"
+    )
 
 
 def _read_weights(path: str) -> Dict[str, torch.Tensor]:
@@ -216,15 +234,20 @@ class ClipEmbedder:
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-        out = [self.encoder.encode_image(images[i : i + batch_size].float()).cpu()
-               for i in range(0, images.shape[0], batch_size)]
+        out = [
+            self.encoder.encode_image(images[i : i + batch_size].float()).cpu()
+            for i in range(0, images.shape[0], batch_size)
+        ]
         return torch.cat(out)
 
     def settings(self) -> Dict[str, Any]:
         e = self.encoder
         return {
-            "model": self.ref, "backend": e.backend, "architecture": e.description,
-            "input_size": e.image_size, "resize": f"{e.resize}, antialiased (square inputs: no crop)",
+            "model": self.ref,
+            "backend": e.backend,
+            "architecture": e.description,
+            "input_size": e.image_size,
+            "resize": f"{e.resize}, antialiased (square inputs: no crop)",
             "mean": [round(float(v), 8) for v in e.mean],
             "std": [round(float(v), 8) for v in e.std],
         }
@@ -236,8 +259,15 @@ def load_clip_embedder(ref: str, field: str = "--clip-model", device=None) -> Cl
 
     def build() -> ClipEmbedder:
         try:
-            encoder = load_clip_encoder(backend, model, pretrained, field=field, pretrained_field=field,
-                                        device=device, resize="bicubic")
+            encoder = load_clip_encoder(
+                backend,
+                model,
+                pretrained,
+                field=field,
+                pretrained_field=field,
+                device=device,
+                resize="bicubic",
+            )
         except ModelNotFoundError:
             raise
         except (OSError, RuntimeError, ValueError) as err:
@@ -296,11 +326,15 @@ class VGG19Features(torch.nn.Module):
                     break
         missing = [k for k in own if k not in picked]
         if missing:
-            raise ValueError(f"{source} lacks {len(missing)} VGG19 tensors (e.g. features.{missing[0]})")
+            raise ValueError(
+                f"{source} lacks {len(missing)} VGG19 tensors (e.g. features.{missing[0]})"
+            )
         bad = [k for k in own if tuple(picked[k].shape) != tuple(own[k].shape)]
         if bad:
-            raise ValueError(f"{source}: features.{bad[0]} has shape {tuple(picked[bad[0]].shape)}, "
-                             f"expected {tuple(own[bad[0]].shape)} (widths {self.widths})")
+            raise ValueError(
+                f"{source}: features.{bad[0]} has shape {tuple(picked[bad[0]].shape)}, "
+                f"expected {tuple(own[bad[0]].shape)} (widths {self.widths})"
+            )
         self.features.load_state_dict({k: v.float() for k, v in picked.items()})
 
 
@@ -323,16 +357,24 @@ def preflight_vgg19(ref: str, field: str = "--vgg-model") -> VggRef:
     path = os.path.expanduser(ref)
     if os.path.isdir(path):
         cfg = os.path.join(path, "config.json")
-        weights = [os.path.join(path, f) for f in _VGG_WEIGHTS if os.path.isfile(os.path.join(path, f))]
+        weights = [
+            os.path.join(path, f) for f in _VGG_WEIGHTS if os.path.isfile(os.path.join(path, f))
+        ]
         weights += [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".pth")]
         if not os.path.isfile(cfg) or not weights:
-            raise _missing(ref, field, f"the directory {path} needs config.json and model.safetensors (timm layout)")
+            raise _missing(
+                ref,
+                field,
+                f"the directory {path} needs config.json and model.safetensors (timm layout)",
+            )
         return VggRef("dir", ref, path, {"config": cfg, "weights": weights[0]})
     preflight(ref, field, files=("config.json", "model.safetensors"))
     return VggRef("hub", ref, ref)
 
 
-def load_vgg19_features(ref: str, field: str = "--vgg-model", layer: str = "relu5_4", device=None) -> VGG19Features:
+def load_vgg19_features(
+    ref: str, field: str = "--vgg-model", layer: str = "relu5_4", device=None
+) -> VGG19Features:
     r = preflight_vgg19(ref, field)
     device = torch.device(device or "cpu")
     return _cached(("vgg19", ref, layer, str(device)), lambda: _load_vgg(r, field, layer, device))
@@ -341,7 +383,11 @@ def load_vgg19_features(ref: str, field: str = "--vgg-model", layer: str = "relu
 def _load_vgg(r: VggRef, field: str, layer: str, device) -> VGG19Features:
     try:
         if r.kind == "torchvision":
-            widths, state, source = VGG19_WIDTHS, _load_torchvision_state("vgg19", r.location), r.location
+            widths, state, source = (
+                VGG19_WIDTHS,
+                _load_torchvision_state("vgg19", r.location),
+                r.location,
+            )
         else:
             if r.kind == "hub":
                 from huggingface_hub import hf_hub_download
@@ -379,11 +425,15 @@ class LpipsRef:
 
 def preflight_lpips(ref: str, net: str, field: str = "--lpips-model") -> LpipsRef:
     if net not in LPIPS_BACKBONES:
-        raise Hifi123Error(f"LPIPS network {net!r} is not supported", "alex or vgg", "use --lpips-net alex|vgg")
+        raise Hifi123Error(
+            f"LPIPS network {net!r} is not supported", "alex or vgg", "use --lpips-net alex|vgg"
+        )
     try:
         import lpips  # noqa: F401
     except ImportError as err:
-        raise Hifi123Error("LPIPS needs the lpips package", "lpips installed", "pip install lpips") from err
+        raise Hifi123Error(
+            "LPIPS needs the lpips package", "lpips installed", "pip install lpips"
+        ) from err
     arch = LPIPS_BACKBONES[net]
     if not ref:
         raise _missing(str(ref), field, "no model given (empty value)")
@@ -391,7 +441,9 @@ def preflight_lpips(ref: str, net: str, field: str = "--lpips-model") -> LpipsRe
         return LpipsRef("torchvision", ref, _preflight_torchvision(ref, field, arch))
     path = os.path.expanduser(ref)
     if not os.path.isdir(path):
-        raise _missing(ref, field, f"no directory at {path} (LPIPS takes `torchvision` or a directory)")
+        raise _missing(
+            ref, field, f"no directory at {path} (LPIPS takes `torchvision` or a directory)"
+        )
     marker = os.path.join(path, "lpips.json")
     if os.path.isfile(marker):
         with open(marker, encoding="utf-8") as f:
@@ -401,7 +453,11 @@ def preflight_lpips(ref: str, net: str, field: str = "--lpips-model") -> LpipsRe
     for name in (TORCHVISION_FILES[arch], f"{arch}.pth"):
         if os.path.isfile(os.path.join(path, name)):
             return LpipsRef("dir", ref, os.path.join(path, name))
-    raise _missing(ref, field, f"the directory {path} has no {TORCHVISION_FILES[arch]} (torchvision's {arch} checkpoint)")
+    raise _missing(
+        ref,
+        field,
+        f"the directory {path} has no {TORCHVISION_FILES[arch]} (torchvision's {arch} checkpoint)",
+    )
 
 
 def load_lpips(ref: str, net: str = "alex", field: str = "--lpips-model", device=None):
@@ -434,7 +490,9 @@ def _load_lpips(r: LpipsRef, net: str, field: str, device):
     return model.to(device)
 
 
-def _load_lpips_backbone(backbone: torch.nn.Module, state: Dict[str, torch.Tensor], source: str) -> None:
+def _load_lpips_backbone(
+    backbone: torch.nn.Module, state: Dict[str, torch.Tensor], source: str
+) -> None:
     """Copy torchvision `features.N.*` tensors into lpips' slices (module names keep N)."""
     target = {}
     for sname, sl in backbone.named_children():
@@ -468,19 +526,38 @@ def write_tiny_open_clip(out_dir: str) -> None:
     model_cfg = {
         "embed_dim": 16,
         "quick_gelu": True,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 8, "heads": 2, "layers": 1},
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 2,
+            "width": 32,
+            "head_width": 16,
+            "patch_size": 8,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 8,
+            "heads": 2,
+            "layers": 1,
+        },
     }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         model = CLIP(**model_cfg)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, os.path.join(out_dir, "open_clip_model.safetensors"))
-    _write_json(os.path.join(out_dir, "open_clip_config.json"), {
-        "model_cfg": model_cfg,
-        "preprocess_cfg": {"mean": list(OPENAI_CLIP_MEAN), "std": list(OPENAI_CLIP_STD), "size": 32},
-        "hifi123_note": "tiny seeded random stand-in for open_clip ViT-B-16-quickgelu/openai",
-    })
+    _write_json(
+        os.path.join(out_dir, "open_clip_config.json"),
+        {
+            "model_cfg": model_cfg,
+            "preprocess_cfg": {
+                "mean": list(OPENAI_CLIP_MEAN),
+                "std": list(OPENAI_CLIP_STD),
+                "size": 32,
+            },
+            "hifi123_note": "tiny seeded random stand-in for open_clip ViT-B-16-quickgelu/openai",
+        },
+    )
 
 
 TINY_VGG19_WIDTHS = (4, 8, 16, 16, 16)
@@ -494,22 +571,32 @@ def write_tiny_vgg19(out_dir: str) -> None:
     with _skip_init():
         net = VGG19Features(TINY_VGG19_WIDTHS, layer=vgg19_layer_names()[-1])
     _seeded_conv_init(net, TINY_SEED + 1)
-    state = {"features." + k: v.detach().contiguous().clone() for k, v in net.features.state_dict().items()}
+    state = {
+        "features." + k: v.detach().contiguous().clone()
+        for k, v in net.features.state_dict().items()
+    }
     save_file(state, os.path.join(out_dir, "model.safetensors"))
-    _write_json(os.path.join(out_dir, "config.json"), {
-        "architecture": "vgg19",
-        "hifi123_stage_widths": list(TINY_VGG19_WIDTHS),
-        "hifi123_note": "tiny seeded random stand-in for timm/vgg19.tv_in1k (features only)",
-    })
+    _write_json(
+        os.path.join(out_dir, "config.json"),
+        {
+            "architecture": "vgg19",
+            "hifi123_stage_widths": list(TINY_VGG19_WIDTHS),
+            "hifi123_note": "tiny seeded random stand-in for timm/vgg19.tv_in1k (features only)",
+        },
+    )
 
 
 def write_tiny_lpips(out_dir: str) -> None:
     """The tiny LPIPS stand-in: a marker for a seeded random backbone + the package's heads."""
     os.makedirs(out_dir, exist_ok=True)
-    _write_json(os.path.join(out_dir, "lpips.json"), {
-        "backbone": "random", "seed": TINY_SEED + 2,
-        "hifi123_note": "lpips v0.1 linear heads (shipped with the package) on a seeded random backbone",
-    })
+    _write_json(
+        os.path.join(out_dir, "lpips.json"),
+        {
+            "backbone": "random",
+            "seed": TINY_SEED + 2,
+            "hifi123_note": "lpips v0.1 linear heads (shipped with the package) on a seeded random backbone",
+        },
+    )
 
 
 TINY_EVAL_WRITERS = {
@@ -517,6 +604,7 @@ TINY_EVAL_WRITERS = {
     "vgg19": write_tiny_vgg19,
     "lpips": write_tiny_lpips,
 }
+
 
 def ensure_tiny_eval_models(out: Optional[str] = None) -> Dict[str, str]:
     """The tiny metric models (written once, into `out` or the shared tiny-model cache of

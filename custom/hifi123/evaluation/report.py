@@ -6,6 +6,7 @@ The papers' numbers (`configs/eval/<protocol>.yaml`; algorithms.md E) are shown 
 backbone, contextual layer or image size, so even then the single-view comparison is indicative:
 our settings are decisions.md 19. `None` marks numbers lost in the papers' text extraction.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,11 +66,24 @@ def to_markdown(report: Dict[str, Any]) -> str:
     lines.append("| | " + " | ".join(c[1] for c in cols) + " |")
     lines.append("|---|" + "---|" * len(cols))
     m = report["metrics"]
-    lines.append("| **this run** | " + " | ".join(f"**{_fmt(m.get(k), d)}**" if k in m else "–" for k, _, d in cols) + " |")
+    lines.append(
+        "| **this run** | "
+        + " | ".join(f"**{_fmt(m.get(k), d)}**" if k in m else "–" for k, _, d in cols)
+        + " |"
+    )
     if report.get("papers"):
         for row in report["papers"]:
-            cells = [LOST if (row.get(k) is None and row["method"] == "HiFi-123" and proto == "gso" and k in ("psnr", "ssim", "lpips"))
-                     else _fmt(row.get(k), d) for k, _, d in cols]
+            cells = [
+                LOST
+                if (
+                    row.get(k) is None
+                    and row["method"] == "HiFi-123"
+                    and proto == "gso"
+                    and k in ("psnr", "ssim", "lpips")
+                )
+                else _fmt(row.get(k), d)
+                for k, _, d in cols
+            ]
             lines.append(f"| {row['source']}: {row['method']} | " + " | ".join(cells) + " |")
         lines += ["", f"Papers' numbers: {report.get('papers_note', '')}."]
     else:
@@ -127,6 +141,9 @@ def write_report(report: Dict[str, Any], out_json: str) -> Tuple[str, str]:
         with open(md, "w", encoding="utf-8") as f:
             f.write(to_markdown(report))
     except OSError as err:
-        raise InputError(f"cannot write the report to {out_json}: {err.strerror}", "a writable file path",
-                         "pass another --out") from err
+        raise InputError(
+            f"cannot write the report to {out_json}: {err.strerror}",
+            "a writable file path",
+            "pass another --out",
+        ) from err
     return out_json, md

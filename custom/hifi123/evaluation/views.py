@@ -22,6 +22,7 @@ Videos (.mp4, .gif, ...)
     Decoded with imageio (needs its ffmpeg or pyav plugin for mp4) or OpenCV, whichever is
     installed.
 """
+
 from __future__ import annotations
 
 import os
@@ -101,7 +102,9 @@ def read_video(path: str, role: str = "video") -> List[np.ndarray]:
             arr = arr[None]
         return [f[..., :3].astype(np.float32) / 255.0 for f in arr]
     except Exception as err:  # noqa: BLE001 - any backend failure: try the next one
-        errors.append(f"imageio: {type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}")
+        errors.append(
+            f"imageio: {type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"
+        )
     try:
         import cv2
 
@@ -139,7 +142,10 @@ def split_panels(img: np.ndarray) -> List[np.ndarray]:
 
 def is_grey(panel: np.ndarray) -> bool:
     rgb = panel[..., :3]
-    return float(np.abs(rgb[..., 0] - rgb[..., 1]).mean() + np.abs(rgb[..., 1] - rgb[..., 2]).mean()) < GREY_TOLERANCE
+    return (
+        float(np.abs(rgb[..., 0] - rgb[..., 1]).mean() + np.abs(rgb[..., 1] - rgb[..., 2]).mean())
+        < GREY_TOLERANCE
+    )
 
 
 def to_white_rgb(img: np.ndarray, mask_with_opacity: bool, panel_index: int = 0):
@@ -150,7 +156,12 @@ def to_white_rgb(img: np.ndarray, mask_with_opacity: bool, panel_index: int = 0)
     if rgb.shape[-1] == 4:
         a = rgb[..., 3:4]
         rgb = rgb[..., :3] * a + (1.0 - a)
-    if mask_with_opacity and len(panels) >= 2 and panel_index != len(panels) - 1 and is_grey(panels[-1]):
+    if (
+        mask_with_opacity
+        and len(panels) >= 2
+        and panel_index != len(panels) - 1
+        and is_grey(panels[-1])
+    ):
         op = panels[-1][..., 0]
         if op.shape == rgb.shape[:2]:
             rgb = np.where((op >= 0.5)[..., None], rgb[..., :3], 1.0)
@@ -175,7 +186,12 @@ def _read_parsed_config(trial: str) -> Dict[str, Any]:
     data = cfg.get("data", {}) if isinstance(cfg, dict) else {}
     rc = data.get("random_camera", {}) or {}
     out = {"config": path}
-    for key in ("default_elevation_deg", "default_azimuth_deg", "default_camera_distance", "default_fovy_deg"):
+    for key in (
+        "default_elevation_deg",
+        "default_azimuth_deg",
+        "default_camera_distance",
+        "default_fovy_deg",
+    ):
         if isinstance(data.get(key), (int, float)):
             out[key] = float(data[key])
     for key in ("eval_elevation_deg", "eval_camera_distance", "eval_fovy_deg", "n_test_views"):
@@ -190,17 +206,28 @@ def find_test_renders(path: str) -> Tuple[str, str, Optional[str]]:
     if os.path.isfile(path):
         if path.lower().endswith(VIDEO_EXTS):
             return "video", path, None
-        raise InputError(f"--views {path} is a file but not a video",
-                         "a threestudio trial directory, a folder of images or a video",
-                         "pass the trial directory (outputs/<name>/<tag>@<time>)")
+        raise InputError(
+            f"--views {path} is a file but not a video",
+            "a threestudio trial directory, a folder of images or a video",
+            "pass the trial directory (outputs/<name>/<tag>@<time>)",
+        )
     if not os.path.isdir(path):
-        raise InputError(f"--views {path} does not exist",
-                         "a threestudio trial directory, a folder of images or a video",
-                         "check the path (threestudio writes trials under outputs/<name>/<tag>@<time>)")
+        raise InputError(
+            f"--views {path} does not exist",
+            "a threestudio trial directory, a folder of images or a video",
+            "check the path (threestudio writes trials under outputs/<name>/<tag>@<time>)",
+        )
     trial = path
     save = os.path.join(path, "save")
     if not os.path.isdir(save):
-        save, trial = path, (os.path.dirname(os.path.abspath(path)) if os.path.basename(os.path.abspath(path)) == "save" else None)
+        save, trial = (
+            path,
+            (
+                os.path.dirname(os.path.abspath(path))
+                if os.path.basename(os.path.abspath(path)) == "save"
+                else None
+            ),
+        )
     best: Dict[int, Dict[str, str]] = {}
     for name in os.listdir(save):
         m = _TEST_DIR.match(name)
@@ -241,14 +268,17 @@ def load_view_set(path: str, mask_with_opacity: bool = True) -> ViewSet:
                 raise InputError(
                     f"--views image {os.path.join(source, f)} is {img.shape[1]}x{img.shape[0]} but "
                     f"{files[0]} is {shape0[1]}x{shape0[0]}",
-                    "all views of one size", "re-render the views at one resolution",
+                    "all views of one size",
+                    "re-render the views at one resolution",
                 )
             raw.append(img)
         names = files
     if len(raw) < 2:
-        raise InputError(f"--views {source} has {len(raw)} view(s)",
-                         "at least 2: the reference view and one novel view",
-                         "render more test views (data.random_camera.n_test_views)")
+        raise InputError(
+            f"--views {source} has {len(raw)} view(s)",
+            "at least 2: the reference view and one novel view",
+            "render more test views (data.random_camera.n_test_views)",
+        )
     frames, n_panels, used_any = [], 1, False
     for name, img in zip(names, raw):
         rgb, n_panels, used = to_white_rgb(img, mask_with_opacity)
@@ -262,15 +292,23 @@ def load_view_set(path: str, mask_with_opacity: bool = True) -> ViewSet:
             "square renders (or threestudio frames of square panels side by side)",
             "render square views (threestudio: eval_height == eval_width)",
         )
-    vs = ViewSet(source, kind, frames, lossy=kind.endswith("video") and not source.lower().endswith(".gif"),
-                 panels=n_panels, opacity_masked=used_any)
+    vs = ViewSet(
+        source,
+        kind,
+        frames,
+        lossy=kind.endswith("video") and not source.lower().endswith(".gif"),
+        panels=n_panels,
+        opacity_masked=used_any,
+    )
     if kind.startswith("threestudio"):
         n = len(frames)
         for i, fr in enumerate(frames):
             fr.azimuth = 360.0 * i / (n - 1)
         vs.camera = _read_parsed_config(trial) if trial else {}
     if vs.lossy:
-        vs.notes.append("views decoded from a lossy video; re-run the test stage keeping the PNG folder for exact numbers")
+        vs.notes.append(
+            "views decoded from a lossy video; re-run the test stage keeping the PNG folder for exact numbers"
+        )
     return vs
 
 
@@ -293,14 +331,19 @@ def select_reference(vs: ViewSet, ref_view: Optional[str], ref_azimuth: Optional
         if re.fullmatch(r"-?\d+", str(ref_view)):
             idx = int(ref_view)
             if not -n <= idx < n:
-                raise InputError(f"--ref-view {ref_view} is out of range", f"an index in 0..{n - 1}",
-                                 "pass a valid frame index or a file name")
+                raise InputError(
+                    f"--ref-view {ref_view} is out of range",
+                    f"an index in 0..{n - 1}",
+                    "pass a valid frame index or a file name",
+                )
             idx %= n
         else:
             base = os.path.basename(str(ref_view))
             in_set = not os.path.isfile(str(ref_view)) or (
                 os.path.isdir(vs.source)
-                and os.path.realpath(os.path.dirname(os.path.abspath(str(ref_view)))) == os.path.realpath(vs.source))
+                and os.path.realpath(os.path.dirname(os.path.abspath(str(ref_view))))
+                == os.path.realpath(vs.source)
+            )
             for i, fr in enumerate(vs.frames):
                 if fr.name == str(ref_view) or (in_set and fr.name == base):
                     idx = i
@@ -310,15 +353,23 @@ def select_reference(vs: ViewSet, ref_view: Optional[str], ref_azimuth: Optional
                 rgb, _, _ = to_white_rgb(_read_image(str(ref_view), "--ref-view image"), True)
                 keep = list(range(n))
                 if vs.kind.startswith("threestudio"):
-                    az = ref_azimuth if ref_azimuth is not None else vs.camera.get("default_azimuth_deg", 0.0)
+                    az = (
+                        ref_azimuth
+                        if ref_azimuth is not None
+                        else vs.camera.get("default_azimuth_deg", 0.0)
+                    )
                     step = 360.0 / max(n - 1, 1)
-                    keep = [i for i in range(n) if angle_diff(vs.frames[i].azimuth, az) >= 1e-3 * step]
+                    keep = [
+                        i for i in range(n) if angle_diff(vs.frames[i].azimuth, az) >= 1e-3 * step
+                    ]
                 vs.frames.append(Frame(str(ref_view), rgb))
                 return n, keep, f"--ref-view {ref_view} (an image outside the view set)"
             if idx is None:
-                raise InputError(f"--ref-view {ref_view} is not one of the views in {vs.source}",
-                                 "a frame index, the file name of one view, or an image file",
-                                 "list the folder and pick a file")
+                raise InputError(
+                    f"--ref-view {ref_view} is not one of the views in {vs.source}",
+                    "a frame index, the file name of one view, or an image file",
+                    "list the folder and pick a file",
+                )
         novel = [i for i in range(n) if i != idx]
         return idx, novel, f"--ref-view {ref_view}"
     if vs.kind.startswith("threestudio"):
@@ -328,10 +379,14 @@ def select_reference(vs: ViewSet, ref_view: Optional[str], ref_azimuth: Optional
         step = 360.0 / max(n - 1, 1)
         same = [i for i in range(n) if dist[i] < 1e-3 * step]
         novel = [i for i in range(n) if i not in same and i != idx]
-        rule = (f"threestudio test frame nearest azimuth {az:g} deg (frame i at 360*i/(n-1) deg); "
-                f"frames at that azimuth excluded from the novel views")
+        rule = (
+            f"threestudio test frame nearest azimuth {az:g} deg (frame i at 360*i/(n-1) deg); "
+            f"frames at that azimuth excluded from the novel views"
+        )
         if dist[idx] > 1e-3 * step:
-            vs.notes.append(f"no test frame at the reference azimuth {az:g} deg; nearest is {vs.frames[idx].azimuth:.2f} deg")
+            vs.notes.append(
+                f"no test frame at the reference azimuth {az:g} deg; nearest is {vs.frames[idx].azimuth:.2f} deg"
+            )
         return idx, novel, rule
     return 0, list(range(1, n)), "first view in natural sort order (pass --ref-view to choose)"
 
@@ -339,11 +394,16 @@ def select_reference(vs: ViewSet, ref_view: Optional[str], ref_azimuth: Optional
 def camera_mismatch_notes(camera: Dict[str, Any]) -> List[str]:
     """Warnings when the test cameras cannot reproduce the reference view."""
     notes = []
-    for ev, de in (("eval_elevation_deg", "default_elevation_deg"), ("eval_camera_distance", "default_camera_distance"),
-                   ("eval_fovy_deg", "default_fovy_deg")):
+    for ev, de in (
+        ("eval_elevation_deg", "default_elevation_deg"),
+        ("eval_camera_distance", "default_camera_distance"),
+        ("eval_fovy_deg", "default_fovy_deg"),
+    ):
         if ev in camera and de in camera and abs(camera[ev] - camera[de]) > 1e-6:
-            notes.append(f"{ev}={camera[ev]:g} differs from the reference camera's {de}={camera[de]:g}: "
-                         "the 'reference view' frame is not the input's viewpoint, LPIPS_ref is off")
+            notes.append(
+                f"{ev}={camera[ev]:g} differs from the reference camera's {de}={camera[de]:g}: "
+                "the 'reference view' frame is not the input's viewpoint, LPIPS_ref is off"
+            )
     return notes
 
 
@@ -356,20 +416,33 @@ def load_reference(path: str) -> np.ndarray:
     return np.ascontiguousarray(rgba[..., :3] * a + (1.0 - a), dtype=np.float32)
 
 
-def load_image_folder(path: str, flag: str, mask_with_opacity: bool = True) -> Tuple[List[str], List[np.ndarray]]:
+def load_image_folder(
+    path: str, flag: str, mask_with_opacity: bool = True
+) -> Tuple[List[str], List[np.ndarray]]:
     """Names and white-composited RGB images of a folder (GSO --pred / --gt)."""
     if not os.path.isdir(path):
-        raise InputError(f"{flag} {path} is not a directory", "a folder of view images (000.png, 001.png, ...)",
-                         "check the path")
+        raise InputError(
+            f"{flag} {path} is not a directory",
+            "a folder of view images (000.png, 001.png, ...)",
+            "check the path",
+        )
     files = list_images(path)
     if not files:
-        raise InputError(f"{flag} {path} holds no images", "PNG/JPEG views (000.png ... 015.png)",
-                         "point it at the folder that holds the renders")
+        raise InputError(
+            f"{flag} {path} holds no images",
+            "PNG/JPEG views (000.png ... 015.png)",
+            "point it at the folder that holds the renders",
+        )
     imgs = []
     for f in files:
-        rgb, _, _ = to_white_rgb(_read_image(os.path.join(path, f), f"{flag} image"), mask_with_opacity)
+        rgb, _, _ = to_white_rgb(
+            _read_image(os.path.join(path, f), f"{flag} image"), mask_with_opacity
+        )
         if rgb.shape[0] != rgb.shape[1]:
-            raise InputError(f"{flag} image {os.path.join(path, f)} is {rgb.shape[1]}x{rgb.shape[0]}, not square",
-                             "square views (256 x 256 in the GSO protocol)", "render square views")
+            raise InputError(
+                f"{flag} image {os.path.join(path, f)} is {rgb.shape[1]}x{rgb.shape[0]}, not square",
+                "square views (256 x 256 in the GSO protocol)",
+                "render square views",
+            )
         imgs.append(rgb)
     return files, imgs

@@ -23,6 +23,7 @@ path; the weights are frozen.
 `preflight_clip` checks a reference without loading anything and raises `ModelNotFoundError`
 naming the config field.
 """
+
 from __future__ import annotations
 
 import os
@@ -74,8 +75,13 @@ class ClipEncoder:
             raise ValueError(f"CLIP expects [B,3,H,W] images in [0,1], got {tuple(images.shape)}")
         x = images.to(self.device, self.dtype)
         if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode=self.resize,
-                              align_corners=False, antialias=True)
+            x = F.interpolate(
+                x,
+                size=(self.image_size, self.image_size),
+                mode=self.resize,
+                align_corners=False,
+                antialias=True,
+            )
             if self.resize == "bicubic":  # bicubic overshoots; bilinear stays in [0, 1]
                 x = x.clamp(0, 1)
         mean = torch.as_tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
@@ -113,37 +119,49 @@ def parse_clip_reference(ref: str, field: str) -> Tuple[str, str, Optional[str]]
     if not ref:
         raise ModelNotFoundError(str(ref), field, "no model given (empty value)")
     if ref.startswith("open_clip:"):
-        body = ref[len("open_clip:"):]
+        body = ref[len("open_clip:") :]
         if "/" not in body:
             raise ModelNotFoundError(
-                ref, field, "an open_clip reference needs NAME/TAG",
+                ref,
+                field,
+                "an open_clip reference needs NAME/TAG",
                 extra_fix=f"write it as {field} open_clip:{DEFAULT_OPEN_CLIP[0]}/{DEFAULT_OPEN_CLIP[1]}",
             )
         name, tag = body.split("/", 1)
         return "open_clip", name, tag
     if ref.startswith("hf-hub:"):
         return "open_clip", ref, None
-    path = os.path.expanduser(ref[len("local-dir:"):] if ref.startswith("local-dir:") else ref)
+    path = os.path.expanduser(ref[len("local-dir:") :] if ref.startswith("local-dir:") else ref)
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, "open_clip_config.json")):
             return "open_clip", path, None
         if os.path.isfile(os.path.join(path, "config.json")):
             return "transformers", path, None
-        raise ModelNotFoundError(ref, field, f"the directory {path} has neither open_clip_config.json nor config.json")
+        raise ModelNotFoundError(
+            ref, field, f"the directory {path} has neither open_clip_config.json nor config.json"
+        )
     return "transformers", ref, None
 
 
-def preflight_clip(backend: str, model: str, pretrained: Optional[str], field: str = "clip_model",
-                   pretrained_field: str = "clip_pretrained") -> None:
+def preflight_clip(
+    backend: str,
+    model: str,
+    pretrained: Optional[str],
+    field: str = "clip_model",
+    pretrained_field: str = "clip_pretrained",
+) -> None:
     """Validate a CLIP reference without loading it (see the module docstring)."""
     if backend not in CLIP_BACKENDS:
-        raise ValueError(f"{field.rsplit('_', 1)[0]}_backend must be one of {CLIP_BACKENDS}, got {backend!r}")
+        raise ValueError(
+            f"{field.rsplit('_', 1)[0]}_backend must be one of {CLIP_BACKENDS}, got {backend!r}"
+        )
     if not model:
         raise ModelNotFoundError(str(model), field, "no model given (empty value)")
     if backend == "transformers":
         if pretrained:
             raise ModelNotFoundError(
-                model, pretrained_field,
+                model,
+                pretrained_field,
                 f"`{pretrained_field}` ({pretrained!r}) is an open_clip setting; the transformers "
                 "backend takes the hub id or directory in `" + field + "` alone",
                 extra_fix=f"set {pretrained_field}=null (or clip_backend=open_clip)",
@@ -152,19 +170,25 @@ def preflight_clip(backend: str, model: str, pretrained: Optional[str], field: s
         return
     local = _open_clip_location(model)
     if local is not None:
-        d = local[len("local-dir:"):]
+        d = local[len("local-dir:") :]
         if not os.path.isfile(os.path.join(d, "open_clip_config.json")):
-            raise ModelNotFoundError(model, field, f"{d} has no open_clip_config.json (open_clip's save layout)")
+            raise ModelNotFoundError(
+                model, field, f"{d} has no open_clip_config.json (open_clip's save layout)"
+            )
         if not any(os.path.isfile(os.path.join(d, f)) for f in _OPEN_CLIP_WEIGHTS):
             raise ModelNotFoundError(
-                model, field, f"the open_clip directory {d} has no {' or '.join(_OPEN_CLIP_WEIGHTS)}",
+                model,
+                field,
+                f"the open_clip directory {d} has no {' or '.join(_OPEN_CLIP_WEIGHTS)}",
                 extra_fix="copy the weights next to open_clip_config.json (open_clip's save layout)",
             )
         return
     if model.startswith("hf-hub:"):
-        repo = model[len("hf-hub:"):]
+        repo = model[len("hf-hub:") :]
         if is_offline() and not loader.hub_file_cached(repo, "open_clip_config.json"):
-            raise ModelNotFoundError(repo, field, "it is not in the local hub cache and the hub is offline")
+            raise ModelNotFoundError(
+                repo, field, "it is not in the local hub cache and the hub is offline"
+            )
         return
     if model.startswith((".", "/", "~")):
         raise ModelNotFoundError(model, field, f"no directory at {os.path.expanduser(model)}")
@@ -173,12 +197,16 @@ def preflight_clip(backend: str, model: str, pretrained: Optional[str], field: s
     name = model.replace("/", "-")
     if name not in open_clip.list_models():
         raise ModelNotFoundError(
-            model, field, "not an open_clip architecture name",
+            model,
+            field,
+            "not an open_clip architecture name",
             extra_fix=f"use a built-in name such as {DEFAULT_OPEN_CLIP[0]} (open_clip.list_models())",
         )
     if not pretrained:
         raise ModelNotFoundError(
-            model, pretrained_field, "no pretrained weights given: a built-in architecture would be randomly initialised",
+            model,
+            pretrained_field,
+            "no pretrained weights given: a built-in architecture would be randomly initialised",
             extra_fix=f"set {pretrained_field}={DEFAULT_OPEN_CLIP[1]} or a local checkpoint file",
         )
     if os.path.isfile(os.path.expanduser(pretrained)):
@@ -186,15 +214,19 @@ def preflight_clip(backend: str, model: str, pretrained: Optional[str], field: s
     cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if not cfg:
         if pretrained.startswith((".", "/", "~")) or os.sep in pretrained:
-            raise ModelNotFoundError(pretrained, pretrained_field, "no checkpoint file at that path")
+            raise ModelNotFoundError(
+                pretrained, pretrained_field, "no checkpoint file at that path"
+            )
         raise ModelNotFoundError(
-            pretrained, pretrained_field,
+            pretrained,
+            pretrained_field,
             f"not a pretrained tag of {name} (known: {', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'})",
         )
     hub = (cfg.get("hf_hub") or "").strip("/")
     if is_offline() and hub and not any(loader.hub_file_cached(hub, f) for f in _OPEN_CLIP_WEIGHTS):
         raise ModelNotFoundError(
-            hub, pretrained_field,
+            hub,
+            pretrained_field,
             f"the weights of {name}/{pretrained} are not in the local hub cache and the hub is offline "
             "(HF_HUB_OFFLINE=1)",
             extra_fix="fill the hub cache where the hub is reachable (`huggingface-cli download "
@@ -222,7 +254,9 @@ def _load_open_clip(model: str, pretrained: Optional[str], field: str, pretraine
         clip = open_clip.create_model(name, **kw)
         tokenizer = open_clip.get_tokenizer(tok_name)
     except (OSError, RuntimeError, ValueError) as err:
-        raise _wrap_load_error(model, field if "pretrained" not in kw else pretrained_field, err) from err
+        raise _wrap_load_error(
+            model, field if "pretrained" not in kw else pretrained_field, err
+        ) from err
     pcfg = open_clip.get_model_preprocess_cfg(clip)
     size = pcfg.get("size", getattr(clip.visual, "image_size", 224))
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
@@ -242,13 +276,18 @@ def _load_transformers_clip(model: str, field: str, dtype):
     size = int(clip.config.vision_config.image_size)
     ip = proc.image_processor
     tok = proc.tokenizer
-    max_len = min(int(getattr(tok, "model_max_length", 77) or 77), int(clip.config.text_config.max_position_embeddings))
+    max_len = min(
+        int(getattr(tok, "model_max_length", 77) or 77),
+        int(clip.config.text_config.max_position_embeddings),
+    )
 
     def image_fn(pixels: torch.Tensor) -> torch.Tensor:
         return clip_image_embeds(clip, pixels)
 
     def text_fn(texts: List[str], device) -> torch.Tensor:
-        t = tok(texts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
+        t = tok(
+            texts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt"
+        )
         return clip_text_embeds(clip, t.input_ids.to(device), t.attention_mask.to(device))
 
     return clip, size, tuple(ip.image_mean), tuple(ip.image_std), image_fn, text_fn
@@ -268,12 +307,16 @@ def load_clip_encoder(
     """Load a frozen CLIP encoder (see the module docstring for the reference forms)."""
     preflight_clip(backend, model, pretrained, field, pretrained_field)
     if backend == "open_clip":
-        clip, size, mean, std, image_fn, text_fn = _load_open_clip(model, pretrained, field, pretrained_field)
+        clip, size, mean, std, image_fn, text_fn = _load_open_clip(
+            model, pretrained, field, pretrained_field
+        )
         clip = clip.to(dtype=dtype)
         description = f"open_clip {model}" + (f" / {pretrained}" if pretrained else "")
     else:
         clip, size, mean, std, image_fn, text_fn = _load_transformers_clip(model, field, dtype)
         vision = clip.config.vision_config
-        description = f"transformers CLIPModel ({vision.hidden_size}-d vision, patch {vision.patch_size})"
+        description = (
+            f"transformers CLIPModel ({vision.hidden_size}-d vision, patch {vision.patch_size})"
+        )
     clip.requires_grad_(False).eval().to(device or "cpu")
     return ClipEncoder(backend, clip, size, mean, std, image_fn, text_fn, resize, description)

@@ -8,6 +8,7 @@ the same layout, so the code tested in CI is the code that loads real weights.
 sub-folders, a hub id that is not cached while offline) and raises `ModelNotFoundError` naming the
 model, the config field and the fix.
 """
+
 from __future__ import annotations
 
 import os
@@ -90,7 +91,9 @@ def preflight(
             probe = ["config.json"]
         if not all(hub_file_cached(ref, p) for p in probe):
             raise ModelNotFoundError(
-                ref, field, "it is not in the local hub cache and the hub is offline (HF_HUB_OFFLINE=1)"
+                ref,
+                field,
+                "it is not in the local hub cache and the hub is offline (HF_HUB_OFFLINE=1)",
             )
     return ref
 
@@ -118,9 +121,17 @@ def _corrupt_weights(ref: str) -> Optional[str]:
 
 #: what a failed download says when the network, not the model, is the cause
 _NETWORK_SIGNS = (
-    "couldn't connect", "could not connect", "connection refused", "connection error",
-    "max retries exceeded", "name resolution", "name or service not known", "timed out",
-    "network is unreachable", "no connection", "proxyerror",
+    "couldn't connect",
+    "could not connect",
+    "connection refused",
+    "connection error",
+    "max retries exceeded",
+    "name resolution",
+    "name or service not known",
+    "timed out",
+    "network is unreachable",
+    "no connection",
+    "proxyerror",
 )
 
 
@@ -131,7 +142,11 @@ def _network_cause(err: BaseException) -> Optional[str]:
         seen.add(id(err))
         text = f"{type(err).__name__}: {err}"
         if any(sign in text.lower() for sign in _NETWORK_SIGNS) or type(err).__name__ in (
-                "ConnectionError", "ConnectTimeout", "ReadTimeout", "gaierror"):
+            "ConnectionError",
+            "ConnectTimeout",
+            "ReadTimeout",
+            "gaierror",
+        ):
             return text.splitlines()[0][:200]
         err = err.__cause__ or err.__context__
     return None
@@ -141,13 +156,17 @@ def _wrap_load_error(ref: str, field: str, err: Exception) -> ModelNotFoundError
     bad = _corrupt_weights(ref)
     if bad is not None:
         return ModelNotFoundError(
-            ref, field, f"the weights file {bad} is truncated or corrupt ({type(err).__name__})",
+            ref,
+            field,
+            f"the weights file {bad} is truncated or corrupt ({type(err).__name__})",
             extra_fix=f"delete {bad} and download the model again",
         )
     network = None if os.path.isdir(os.path.expanduser(ref)) else _network_cause(err)
     if network is not None:
         return ModelNotFoundError(
-            ref, field, f"the model hub could not be reached, so the network is the cause ({network})",
+            ref,
+            field,
+            f"the model hub could not be reached, so the network is the cause ({network})",
             extra_fix="check this machine's network and proxy settings (HTTPS_PROXY) and try again, or "
             "set HF_HUB_OFFLINE=1 to use only models already in the local hub cache",
         )
@@ -232,7 +251,9 @@ def load_diffusion(
     try:
         unet = UNet2DConditionModel.from_pretrained(ref, subfolder="unet", torch_dtype=dtype)
         vae = AutoencoderKL.from_pretrained(ref, subfolder="vae", torch_dtype=dtype)
-        text_encoder = CLIPTextModel.from_pretrained(ref, subfolder="text_encoder", torch_dtype=dtype)
+        text_encoder = CLIPTextModel.from_pretrained(
+            ref, subfolder="text_encoder", torch_dtype=dtype
+        )
         tokenizer = CLIPTokenizer.from_pretrained(ref, subfolder="tokenizer")
         scheduler = DDIMScheduler.from_pretrained(ref, subfolder="scheduler")
         depth_estimator = feature_extractor = None
@@ -249,7 +270,15 @@ def load_diffusion(
             m.to(device)
     backend = enable_memory_efficient_attention(unet, attention)
     return DiffusionComponents(
-        ref, unet, vae, text_encoder, tokenizer, scheduler, depth_estimator, feature_extractor, backend
+        ref,
+        unet,
+        vae,
+        text_encoder,
+        tokenizer,
+        scheduler,
+        depth_estimator,
+        feature_extractor,
+        backend,
     )
 
 
@@ -278,7 +307,9 @@ def load_upscaler(ref: str, field: str = "--upscaler-model", *, dtype=torch.floa
     return pipe.to(device or "cpu")
 
 
-def _load_pair(ref: str, field: str, files, load, device=None, errors=(OSError, EnvironmentError, ValueError)):
+def _load_pair(
+    ref: str, field: str, files, load, device=None, errors=(OSError, EnvironmentError, ValueError)
+):
     """preflight -> `load(ref)` returning (model, processor) -> frozen model on `device`; loading
     errors become ModelNotFoundError naming the model and the field."""
     ref = preflight(ref, field, files=files)
@@ -292,7 +323,13 @@ def _load_pair(ref: str, field: str, files, load, device=None, errors=(OSError, 
 
 def load_dpt(ref: str, field: str = "depth_model", *, dtype=torch.float32, device=None):
     """A DPT depth estimator (transformers layout) and its image processor."""
-    return _load_pair(ref, field, ("config.json", "preprocessor_config.json"), lambda r: _load_dpt_parts(r, dtype), device)
+    return _load_pair(
+        ref,
+        field,
+        ("config.json", "preprocessor_config.json"),
+        lambda r: _load_dpt_parts(r, dtype),
+        device,
+    )
 
 
 def load_clip(ref: str, field: str = "clip_model", *, dtype=torch.float32, device=None):
@@ -300,8 +337,14 @@ def load_clip(ref: str, field: str = "clip_model", *, dtype=torch.float32, devic
     from transformers import CLIPModel, CLIPProcessor
 
     return _load_pair(
-        ref, field, ("config.json",),
-        lambda r: (CLIPModel.from_pretrained(r, torch_dtype=dtype), CLIPProcessor.from_pretrained(r)), device,
+        ref,
+        field,
+        ("config.json",),
+        lambda r: (
+            CLIPModel.from_pretrained(r, torch_dtype=dtype),
+            CLIPProcessor.from_pretrained(r),
+        ),
+        device,
     )
 
 
@@ -327,18 +370,30 @@ def load_segmenter(ref: str, field: str = "--seg-model", *, dtype=torch.float32,
     CLIPSeg (`model_type == "clipseg"`, text-prompted) loads as CLIPSegForImageSegmentation +
     CLIPSegProcessor; any other type loads as AutoModelForSemanticSegmentation +
     AutoImageProcessor (Segformer, DPT, BEiT, MobileViT, UperNet heads)."""
+
     def load(r):
         from transformers import AutoConfig
 
         if AutoConfig.from_pretrained(r).model_type == "clipseg":
             from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
-            return CLIPSegForImageSegmentation.from_pretrained(r, torch_dtype=dtype), CLIPSegProcessor.from_pretrained(r)
+            return CLIPSegForImageSegmentation.from_pretrained(
+                r, torch_dtype=dtype
+            ), CLIPSegProcessor.from_pretrained(r)
         from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-        return AutoModelForSemanticSegmentation.from_pretrained(r, torch_dtype=dtype), AutoImageProcessor.from_pretrained(r)
+        return AutoModelForSemanticSegmentation.from_pretrained(
+            r, torch_dtype=dtype
+        ), AutoImageProcessor.from_pretrained(r)
 
-    return _load_pair(ref, field, ("config.json",), load, device, errors=(OSError, EnvironmentError, ValueError, KeyError))
+    return _load_pair(
+        ref,
+        field,
+        ("config.json",),
+        load,
+        device,
+        errors=(OSError, EnvironmentError, ValueError, KeyError),
+    )
 
 
 def load_blip2(ref: str, field: str = "--caption-model", *, dtype=torch.float32, device=None):
@@ -346,7 +401,13 @@ def load_blip2(ref: str, field: str = "--caption-model", *, dtype=torch.float32,
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
     return _load_pair(
-        ref, field, ("config.json",),
-        lambda r: (Blip2ForConditionalGeneration.from_pretrained(r, torch_dtype=dtype), Blip2Processor.from_pretrained(r)),
-        device, errors=(OSError, EnvironmentError, ValueError, KeyError),
+        ref,
+        field,
+        ("config.json",),
+        lambda r: (
+            Blip2ForConditionalGeneration.from_pretrained(r, torch_dtype=dtype),
+            Blip2Processor.from_pretrained(r),
+        ),
+        device,
+        errors=(OSError, EnvironmentError, ValueError, KeyError),
     )

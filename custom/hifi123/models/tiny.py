@@ -18,6 +18,7 @@ layer selection by module name behaves exactly as on the real model. Widths are 
 loads with `from_pretrained(DIR/...)` on diffusers 0.19.3 / transformers 4.28.1 and on current
 releases. Images are 64x64 (latent 32x32; the tiny VAE downsamples x2 instead of x8).
 """
+
 from __future__ import annotations
 
 import json
@@ -79,7 +80,6 @@ def write_tokenizer(out_dir: str) -> int:
     return len(vocab)
 
 
-
 def clip_tokenizer_in(out_dir: str, sub: str):
     """Write the tiny CLIP tokenizer to `out_dir/sub` (creating `out_dir`) and load it back:
     (its folder, its vocabulary size, the CLIPTokenizer)."""
@@ -89,6 +89,7 @@ def clip_tokenizer_in(out_dir: str, sub: str):
     tok_dir = os.path.join(out_dir, sub)
     vocab_size = write_tokenizer(tok_dir)
     return tok_dir, vocab_size, CLIPTokenizer.from_pretrained(tok_dir)
+
 
 def _text_config(vocab_size: int):
     from transformers import CLIPTextConfig
@@ -203,13 +204,23 @@ def write_sd(out_dir: str, depth: bool) -> None:
         _seed(3)
         dpt, proc = tiny_dpt()
         pipe = StableDiffusionDepth2ImgPipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-            scheduler=scheduler, depth_estimator=dpt, feature_extractor=proc,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            depth_estimator=dpt,
+            feature_extractor=proc,
         )
     else:
         pipe = StableDiffusionPipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-            scheduler=scheduler, safety_checker=None, feature_extractor=None,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
             requires_safety_checker=False,
         )
     pipe.save_pretrained(out_dir, safe_serialization=True)
@@ -227,24 +238,41 @@ def write_sd_x8(out_dir: str) -> None:
     tok_dir, vocab_size, tokenizer = clip_tokenizer_in(out_dir, "tokenizer")
     _seed(7)
     unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=1,
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
         block_out_channels=(8, 16, 16),
         down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TEXT_DIM, attention_head_dim=2, norm_num_groups=8,
-        use_linear_projection=True, time_embedding_dim=1280,
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=2,
+        norm_num_groups=8,
+        use_linear_projection=True,
+        time_embedding_dim=1280,
     )
     _seed(8)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=512,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=512,
     )
     _seed(9)
     text_encoder = CLIPTextModel(_text_config(vocab_size))
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=tiny_scheduler(), safety_checker=None, feature_extractor=None,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=tiny_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(out_dir, safe_serialization=True)
@@ -265,25 +293,55 @@ def write_upscaler(out_dir: str) -> None:
     tok_dir, vocab_size, tokenizer = clip_tokenizer_in(out_dir, "tokenizer")
     _seed(5)
     unet = UNet2DConditionModel(
-        sample_size=32, in_channels=7, out_channels=4, layers_per_block=1,
-        block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_DIM,
-        attention_head_dim=2, norm_num_groups=8, use_linear_projection=True, num_class_embeds=1000,
+        sample_size=32,
+        in_channels=7,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=2,
+        norm_num_groups=8,
+        use_linear_projection=True,
+        num_class_embeds=1000,
     )
     _seed(6)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16), layers_per_block=1,
-        latent_channels=4, norm_num_groups=8, sample_size=128, scaling_factor=0.08333,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=128,
+        scaling_factor=0.08333,
     )
     _seed(7)
     text_encoder = CLIPTextModel(_text_config(vocab_size))
-    low_res = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02)
-    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02,
-                          prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    low_res = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02
+    )
+    sched = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.0001,
+        beta_end=0.02,
+        prediction_type="v_prediction",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
     pipe = StableDiffusionUpscalePipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, low_res_scheduler=low_res,
-        scheduler=sched, max_noise_level=350,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        low_res_scheduler=low_res,
+        scheduler=sched,
+        max_noise_level=350,
     )
     pipe.save_pretrained(out_dir, safe_serialization=True)
 
@@ -301,8 +359,13 @@ def write_clip(out_dir: str) -> None:
     tok_dir, vocab_size, tokenizer = clip_tokenizer_in(out_dir, "_tok")
     text_cfg = _text_config(vocab_size).to_dict()
     vision_cfg = dict(
-        image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,
-        num_hidden_layers=2, num_attention_heads=4, projection_dim=16,
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        projection_dim=16,
     )
     text_cfg["projection_dim"] = 16
     _seed(4)
@@ -345,7 +408,10 @@ TINY_MODELS = {
     # preprocessing (hifi123 preprocess): segmenters and a captioner
     **{n: _preprocess_tiny(n) for n in ("clipseg", "segformer", "blip2")},
     # evaluation (hifi123 eval): open_clip CLIP, VGG19 features (contextual loss), LPIPS
-    **{n: _lazy("..evaluation.models", "TINY_EVAL_WRITERS", n) for n in ("open-clip", "vgg19", "lpips")},
+    **{
+        n: _lazy("..evaluation.models", "TINY_EVAL_WRITERS", n)
+        for n in ("open-clip", "vgg19", "lpips")
+    },
 }
 
 
@@ -383,7 +449,12 @@ def default_tiny_root() -> str:
     from .. import __version__
 
     tag = f"{__version__}-d{diffusers.__version__}-t{transformers.__version__}"
-    return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "hifi123", "tiny-models", tag)
+    return os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+        "hifi123",
+        "tiny-models",
+        tag,
+    )
 
 
 def ensure_tiny_models(out: str = None, names=None) -> Dict[str, str]:

@@ -14,6 +14,7 @@
 
 Nothing here imports threestudio.
 """
+
 from .pipeline import PreprocessConfig, preprocess, preprocess_image
 
 __all__ = ["PreprocessConfig", "preprocess", "preprocess_image"]

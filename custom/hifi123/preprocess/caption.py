@@ -18,6 +18,7 @@ Where the caption comes from (always printed and stored in the sidecar, never sk
   output is empty after post-processing, the placeholder "an object" is written and a warning says
   so.
 """
+
 from __future__ import annotations
 
 import re
@@ -60,7 +61,9 @@ class Captioner(LoadedModel):
         p = next(self.model.parameters())
         inputs = self.processor(images=pil, return_tensors="pt")
         pixels = inputs["pixel_values"].to(p.device, p.dtype)
-        ids = self.model.generate(pixel_values=pixels, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, num_beams=1)
+        ids = self.model.generate(
+            pixel_values=pixels, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, num_beams=1
+        )
         return self.processor.batch_decode(ids, skip_special_tokens=True)[0]
 
     def __call__(self, rgb_on_white: np.ndarray) -> str:

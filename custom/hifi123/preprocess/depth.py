@@ -9,6 +9,7 @@ median filter and 1/disparity are for its loss and are left to the consumer.
 
 Default checkpoint: `Intel/dpt-hybrid-midas` (Apache-2.0), `DEFAULT_MODELS["dpt"]`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,7 +31,9 @@ class DepthEstimator(LoadedModel):
         h, w = rgb_on_white.shape[:2]
         pil = Image.fromarray((np.clip(rgb_on_white, 0, 1) * 255.0 + 0.5).astype(np.uint8), "RGB")
         p = next(self.model.parameters())
-        pixels = self.processor(images=pil, return_tensors="pt")["pixel_values"].to(p.device, p.dtype)
+        pixels = self.processor(images=pil, return_tensors="pt")["pixel_values"].to(
+            p.device, p.dtype
+        )
         pred = self.model(pixel_values=pixels).predicted_depth.float()  # [1, h', w']
         up = F.interpolate(pred[:, None], size=(h, w), mode="bicubic", align_corners=True)[0, 0]
         return up.cpu().numpy().astype(np.float64)

@@ -1,6 +1,7 @@
 """The common shape of the preprocessing models: a transformers model with its processor, loaded
 (hub id or local directory, with the loader's early, field-naming errors) by one function of
 `hifi123.models.loader`."""
+
 from __future__ import annotations
 
 import torch
@@ -21,5 +22,7 @@ class LoadedModel:
     def load(cls, ref: str, field: str = "", *, device=None, dtype=torch.float32, **kw):
         from ..models import loader
 
-        model, proc = getattr(loader, cls.loader_name)(ref, field or cls.default_field, dtype=dtype, device=device)
+        model, proc = getattr(loader, cls.loader_name)(
+            ref, field or cls.default_field, dtype=dtype, device=device
+        )
         return cls(model, proc, ref=ref, **kw)

@@ -18,6 +18,7 @@ Alpha: kept when it is *meaningful*, i.e. at least one pixel has alpha < 0.5 (th
 alpha is ignored and the background is segmented. An alpha that is meaningful but has no pixel
 above 0.5 is an empty foreground (an error).
 """
+
 from __future__ import annotations
 
 import os
@@ -31,7 +32,14 @@ from ..errors import InputError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 #: files we write; a folder scan never takes them as inputs
-OUTPUT_SUFFIXES = ("_rgba.png", "_depth.png", "_normal.png", "_sheet.png", "_caption.txt", "_preprocess.json")
+OUTPUT_SUFFIXES = (
+    "_rgba.png",
+    "_depth.png",
+    "_normal.png",
+    "_sheet.png",
+    "_caption.txt",
+    "_preprocess.json",
+)
 ALPHA_THRESHOLD = 0.5  # threestudio: mask = alpha > 0.5
 
 
@@ -62,7 +70,9 @@ def discover(target: str) -> List[str]:
     (sorted; not recursive; our own outputs are skipped)."""
     target = os.path.expanduser(target)
     if not os.path.exists(target):
-        raise InputError(f"input not found: {target}", "an existing image file or folder", _fix_open(target))
+        raise InputError(
+            f"input not found: {target}", "an existing image file or folder", _fix_open(target)
+        )
     if os.path.isfile(target):
         return [os.path.abspath(target)]
     names = sorted(os.listdir(target))
@@ -90,10 +100,14 @@ def discover(target: str) -> List[str]:
 def _open(path: str):
     from ..core.images import open_image
 
-    return open_image(path, "input image", missing_fix=_fix_open(path),
-                      large_fix="downscale the photo first (the output is --size pixels anyway)",
-                      formats="a PNG, JPEG, WebP, BMP, TIFF or GIF file",
-                      format_fix="re-export the photo as PNG or JPEG")
+    return open_image(
+        path,
+        "input image",
+        missing_fix=_fix_open(path),
+        large_fix="downscale the photo first (the output is --size pixels anyway)",
+        formats="a PNG, JPEG, WebP, BMP, TIFF or GIF file",
+        format_fix="re-export the photo as PNG or JPEG",
+    )
 
 
 def _cmyk_to_rgb(img, notes: List[str]):
@@ -142,7 +156,10 @@ def _decode(img, notes: List[str]) -> np.ndarray:
         return np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
     if mode in ("P", "PA"):
         has_alpha = mode == "PA" or "transparency" in img.info
-        notes.append("converted palette image to " + ("RGBA (palette transparency -> alpha)" if has_alpha else "RGB"))
+        notes.append(
+            "converted palette image to "
+            + ("RGBA (palette transparency -> alpha)" if has_alpha else "RGB")
+        )
         return np.asarray(img.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
     if mode == "RGBa":
         return np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
@@ -163,7 +180,9 @@ def _decode(img, notes: List[str]) -> np.ndarray:
 MAX_WORKING_SIDE = 2048
 
 
-def read_image(path: str, ignore_alpha: bool = False, max_side: int = MAX_WORKING_SIDE) -> InputImage:
+def read_image(
+    path: str, ignore_alpha: bool = False, max_side: int = MAX_WORKING_SIDE
+) -> InputImage:
     """Decode one input photo (see the module docstring for the conversions), its longest side
     brought down to `max_side` first. Raises InputError."""
     from PIL import Image, ImageOps
@@ -180,13 +199,24 @@ def read_image(path: str, ignore_alpha: bool = False, max_side: int = MAX_WORKIN
     if orientation not in (None, 1):
         img = ImageOps.exif_transpose(img)
         notes.append(f"applied EXIF orientation {orientation}")
-    if max(img.size) > max_side and img.mode in ("RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr"):
+    if max(img.size) > max_side and img.mode in (
+        "RGB",
+        "RGBA",
+        "L",
+        "LA",
+        "P",
+        "PA",
+        "CMYK",
+        "YCbCr",
+    ):
         before = img.size
         if img.mode in ("P", "PA"):
             img = img.convert("RGBA")
         img.thumbnail((max_side, max_side), Image.LANCZOS)  # in place, keeps the aspect ratio
-        notes.append(f"downsized from {before[0]}x{before[1]} to {img.size[0]}x{img.size[1]} before processing "
-                     "(the outputs are --size pixels)")
+        notes.append(
+            f"downsized from {before[0]}x{before[1]} to {img.size[0]}x{img.size[1]} before processing "
+            "(the outputs are --size pixels)"
+        )
     arr = _decode(img, notes)
     h, w = arr.shape[:2]
     if min(h, w) < MIN_SIZE:

@@ -35,6 +35,7 @@ along rows and columns, and at each pixel use the side with the smaller depth ju
 edges do not smear); n = normalize(dP/drow x dP/dcol), flipped to face the camera. Pixels with no
 valid neighbour along an axis face the camera.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,12 @@ class CameraAssumptions:
     relief: float = 0.5
 
     def as_dict(self) -> dict:
-        return {"fovy_deg": self.fovy_deg, "elevation_deg": self.elevation_deg,
-                "azimuth_deg": self.azimuth_deg, "relief": self.relief}
+        return {
+            "fovy_deg": self.fovy_deg,
+            "elevation_deg": self.elevation_deg,
+            "azimuth_deg": self.azimuth_deg,
+            "relief": self.relief,
+        }
 
 
 def normalized_disparity(disparity: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -71,7 +76,9 @@ def normalized_disparity(disparity: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def disparity_to_depth(disparity: np.ndarray, mask: np.ndarray, extent: float, cam: CameraAssumptions) -> np.ndarray:
+def disparity_to_depth(
+    disparity: np.ndarray, mask: np.ndarray, extent: float, cam: CameraAssumptions
+) -> np.ndarray:
     """Camera z-depth (object centre at 1) from an affine-invariant disparity under the
     assumptions in the module docstring. `extent`: the object's largest image extent as a fraction
     of the image side. 0 outside the mask."""
@@ -156,4 +163,3 @@ def encode_depth(depth_z: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def encode_normals(n_world: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return encode_normal_png(n_world, mask)
-

@@ -28,6 +28,7 @@ empty-foreground check -> recentring -> depth: DPT on the recentred image compos
 assumptions (normals.py) -> caption (caption.py) -> files (each written to a temporary name then
 renamed; the sidecar last, so an interrupted run is never "up to date").
 """
+
 from __future__ import annotations
 
 import json
@@ -78,7 +79,9 @@ class PreprocessConfig:
 
     def validate(self) -> None:
         def bad(flag, value, expected):
-            raise Hifi123Error(f"bad option {flag} {value!r}", expected, "see `hifi123 preprocess --help`")
+            raise Hifi123Error(
+                f"bad option {flag} {value!r}", expected, "see `hifi123 preprocess --help`"
+            )
 
         if not (MIN_OUTPUT_SIZE <= int(self.size) <= MAX_OUTPUT_SIZE):
             bad("--size", self.size, f"an integer in [{MIN_OUTPUT_SIZE}, {MAX_OUTPUT_SIZE}]")
@@ -117,12 +120,17 @@ class Models:
             from .tiny import tiny_model_dirs
 
             dirs = tiny_model_dirs()
-            self.refs = {"seg": cfg.seg_model or dirs["clipseg"], "depth": cfg.depth_model or dirs["dpt"],
-                         "caption": cfg.caption_model or dirs["blip2"]}
+            self.refs = {
+                "seg": cfg.seg_model or dirs["clipseg"],
+                "depth": cfg.depth_model or dirs["dpt"],
+                "caption": cfg.caption_model or dirs["blip2"],
+            }
         else:
-            self.refs = {"seg": cfg.seg_model or DEFAULT_MODELS["segmenter"],
-                         "depth": cfg.depth_model or DEFAULT_MODELS["dpt"],
-                         "caption": cfg.caption_model or DEFAULT_MODELS["blip2"]}
+            self.refs = {
+                "seg": cfg.seg_model or DEFAULT_MODELS["segmenter"],
+                "depth": cfg.depth_model or DEFAULT_MODELS["dpt"],
+                "caption": cfg.caption_model or DEFAULT_MODELS["blip2"],
+            }
         self.fields = {"seg": "--seg-model", "depth": "--depth-model", "caption": "--caption-model"}
         self._loaded: Dict[str, object] = {}
 
@@ -161,8 +169,14 @@ class Models:
             if kind == "seg":
                 from .segment import Segmenter
 
-                self._loaded[kind] = Segmenter.load(ref, fld, device=device, dtype=dtype, prompt=self.cfg.seg_prompt,
-                                                    foreground_labels=self.cfg.foreground_labels)
+                self._loaded[kind] = Segmenter.load(
+                    ref,
+                    fld,
+                    device=device,
+                    dtype=dtype,
+                    prompt=self.cfg.seg_prompt,
+                    foreground_labels=self.cfg.foreground_labels,
+                )
             elif kind == "depth":
                 from .depth import DepthEstimator
 
@@ -177,13 +191,21 @@ class Models:
 def settings_of(cfg: PreprocessConfig, models: Models, need_seg: bool) -> dict:
     """What the outputs depend on (compared by the up-to-date check)."""
     s = {
-        "format": FORMAT_VERSION, "size": int(cfg.size), "border_ratio": float(cfg.border_ratio),
-        "camera": cfg.camera.as_dict(), "depth_model": models.refs["depth"],
-        "ignore_alpha": bool(cfg.ignore_alpha), "fp16": bool(cfg.fp16),
+        "format": FORMAT_VERSION,
+        "size": int(cfg.size),
+        "border_ratio": float(cfg.border_ratio),
+        "camera": cfg.camera.as_dict(),
+        "depth_model": models.refs["depth"],
+        "ignore_alpha": bool(cfg.ignore_alpha),
+        "fp16": bool(cfg.fp16),
     }
     if need_seg:
-        s.update(seg_model=models.refs["seg"], seg_prompt=cfg.seg_prompt, seg_threshold=float(cfg.seg_threshold),
-                 foreground_labels=[str(x) for x in cfg.foreground_labels])
+        s.update(
+            seg_model=models.refs["seg"],
+            seg_prompt=cfg.seg_prompt,
+            seg_threshold=float(cfg.seg_threshold),
+            foreground_labels=[str(x) for x in cfg.foreground_labels],
+        )
     if cfg.no_caption:
         s["caption"] = None
     elif cfg.caption is not None:
@@ -208,8 +230,14 @@ class OutputPaths:
     @classmethod
     def of(cls, out_dir: str, name: str) -> "OutputPaths":
         j = lambda suffix: os.path.join(out_dir, name + suffix)  # noqa: E731
-        return cls(j("_rgba.png"), j("_depth.png"), j("_normal.png"), j("_caption.txt"), j("_sheet.png"),
-                   j("_preprocess.json"))
+        return cls(
+            j("_rgba.png"),
+            j("_depth.png"),
+            j("_normal.png"),
+            j("_caption.txt"),
+            j("_sheet.png"),
+            j("_preprocess.json"),
+        )
 
 
 def check_output_dir(path: str, flag: str = "--out") -> str:
@@ -217,14 +245,20 @@ def check_output_dir(path: str, flag: str = "--out") -> str:
     path = os.path.abspath(os.path.expanduser(path))
     fix = f"pass a writable folder with {flag} DIR"
     if os.path.exists(path) and not os.path.isdir(path):
-        raise InputError(f"output folder {path} is a file", "a folder (it is created if missing)", fix)
+        raise InputError(
+            f"output folder {path} is a file", "a folder (it is created if missing)", fix
+        )
     try:
         os.makedirs(path, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".hifi123-write-test-", dir=path)
         os.close(fd)
         os.remove(probe)
     except OSError as err:
-        raise InputError(f"cannot write to the output folder {path}: {err.strerror or err}", "a writable folder", fix) from err
+        raise InputError(
+            f"cannot write to the output folder {path}: {err.strerror or err}",
+            "a writable folder",
+            fix,
+        ) from err
     return path
 
 
@@ -296,7 +330,9 @@ def contact_sheet(rgba_u8: np.ndarray, depth_u8: np.ndarray, normal_u8: np.ndarr
     a = rgba_u8[..., 3:4].astype(np.float32) / 255.0
     cell = max(4, h // 16)
     yy, xx = np.mgrid[0:h, 0:w]
-    checker = np.where(((yy // cell + xx // cell) % 2 == 0)[..., None], 0.85, 0.65).astype(np.float32)
+    checker = np.where(((yy // cell + xx // cell) % 2 == 0)[..., None], 0.85, 0.65).astype(
+        np.float32
+    )
     rgb = rgba_u8[..., :3].astype(np.float32) / 255.0 * a + checker * (1 - a)
     mask = rgba_u8[..., 3] > 127
     d = np.repeat(depth_u8[..., None].astype(np.float32) / 255.0, 3, axis=-1)
@@ -306,7 +342,7 @@ def contact_sheet(rgba_u8: np.ndarray, depth_u8: np.ndarray, normal_u8: np.ndarr
     sheet = np.ones((h + 2 * pad, 3 * w + 4 * pad, 3), np.float32)
     for k, im in enumerate((rgb, d, nv)):
         x = pad + k * (w + pad)
-        sheet[pad:pad + h, x:x + w] = im
+        sheet[pad : pad + h, x : x + w] = im
     return (np.clip(sheet, 0, 1) * 255.0 + 0.5).astype(np.uint8)
 
 
@@ -353,7 +389,9 @@ def _object_alpha(img: InputImage, cfg: PreprocessConfig, models: Models):
             "cut the object out yourself and pass an RGBA image, or try a lower --seg-threshold, another "
             "--seg-prompt or another --seg-model",
         )
-    return mask.astype(np.float32), f"segmentation: {seg.description}, threshold {cfg.seg_threshold}"
+    return mask.astype(
+        np.float32
+    ), f"segmentation: {seg.description}, threshold {cfg.seg_threshold}"
 
 
 def _depth_and_normals(cfg: PreprocessConfig, models: Models, mask, on_white, disp_given):
@@ -373,10 +411,16 @@ def _depth_and_normals(cfg: PreprocessConfig, models: Models, mask, on_white, di
         z = disparity_to_depth(disp, mask, extent, cfg.camera)
         depth_source = f"DPT {est.ref} (relative disparity; camera assumptions for the normals)"
     n_cam = normals_from_depth(z, mask, cfg.fovy_deg)
-    return encode_depth(z, mask), encode_normals(camera_to_world(n_cam, cfg.camera), mask), depth_source
+    return (
+        encode_depth(z, mask),
+        encode_normals(camera_to_world(n_cam, cfg.camera), mask),
+        depth_source,
+    )
 
 
-def _caption(cfg: PreprocessConfig, models: Models, on_white, path: str, log: Callable[[str], None]):
+def _caption(
+    cfg: PreprocessConfig, models: Models, on_white, path: str, log: Callable[[str], None]
+):
     """(caption or None, where it came from): --caption, BLIP-2, or none with --no-caption."""
     if cfg.no_caption:
         return None, "none (--no-caption): no caption file written"
@@ -392,8 +436,10 @@ def _caption(cfg: PreprocessConfig, models: Models, on_white, path: str, log: Ca
     if cfg.tiny and not cfg.caption_model:
         source += " (tiny random model: the caption is noise; pass --caption TEXT)"
     if not caption:
-        log(f"warning: {path}: BLIP-2 returned an empty caption; wrote the placeholder "
-            f"{PLACEHOLDER_CAPTION!r} (pass --caption TEXT)")
+        log(
+            f"warning: {path}: BLIP-2 returned an empty caption; wrote the placeholder "
+            f"{PLACEHOLDER_CAPTION!r} (pass --caption TEXT)"
+        )
         return PLACEHOLDER_CAPTION, f"placeholder: BLIP-2 {cap.ref} returned an empty caption"
     return caption, source
 
@@ -408,7 +454,8 @@ def _input_image(image, cfg: PreprocessConfig, depth_z: Optional[np.ndarray]) ->
         raise InputError(
             f"the given depth is {np.shape(depth_z)} but the image {img.path} is "
             f"{tuple(img.shape)}",
-            "a depth map of the image's size", "resize the depth map",
+            "a depth map of the image's size",
+            "resize the depth map",
         )
     return img
 
@@ -416,8 +463,9 @@ def _input_image(image, cfg: PreprocessConfig, depth_z: Optional[np.ndarray]) ->
 def _recentred(img: InputImage, alpha, cfg: PreprocessConfig, depth_z: Optional[np.ndarray]):
     """Step 2: (the recentring, 8-bit RGBA, the object mask, the RGB on white, the recentred
     disparity of the given depth or None). An object that vanishes at --size is an error."""
-    t = plan_recentring(alpha > ALPHA_THRESHOLD, cfg.size, cfg.border_ratio,
-                        source=f"input {img.path}")
+    t = plan_recentring(
+        alpha > ALPHA_THRESHOLD, cfg.size, cfg.border_ratio, source=f"input {img.path}"
+    )
     extra = extra_mask = None
     if depth_z is not None:
         dz = np.asarray(depth_z, dtype=np.float64)
@@ -429,8 +477,11 @@ def _recentred(img: InputImage, alpha, cfg: PreprocessConfig, depth_z: Optional[
     # what threestudio will read back (8-bit alpha / 255 > 0.5) is the mask of depth and normals
     mask = rgba_u8[..., 3].astype(np.float32) / 255.0 > ALPHA_THRESHOLD
     if not mask.any():
-        raise InputError(f"input {img.path}: the object vanished when resized to {cfg.size} px",
-                         "a larger object or a larger --size", "increase --size")
+        raise InputError(
+            f"input {img.path}: the object vanished when resized to {cfg.size} px",
+            "a larger object or a larger --size",
+            "increase --size",
+        )
     on_white = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
     return t, rgba_u8, mask, on_white, disp_given
 
@@ -494,7 +545,12 @@ def preprocess_image(
     written = _write_images(paths, rgba_u8, depth_u8, normal_u8, caption)
     st = os.stat(img.path)
     meta = {
-        "input": {"path": img.path, "size": st.st_size, "mtime": st.st_mtime, "sha256": file_sha256(img.path)},
+        "input": {
+            "path": img.path,
+            "size": st.st_size,
+            "mtime": st.st_mtime,
+            "sha256": file_sha256(img.path),
+        },
         "settings": settings if settings is not None else settings_of(cfg, models, need_seg),
         "outputs": [os.path.basename(p) for p in written],
         "alpha_source": alpha_source,
@@ -556,8 +612,12 @@ def _check_output_names(files: List[str], out_dir: str, target: str) -> None:
             )
 
 
-def _read_inputs(files: List[str], cfg: PreprocessConfig, single: bool,
-                 record_failure: Callable[[str, Hifi123Error], None]) -> list:
+def _read_inputs(
+    files: List[str],
+    cfg: PreprocessConfig,
+    single: bool,
+    record_failure: Callable[[str, Hifi123Error], None],
+) -> list:
     """Step 1: (path, needs segmentation, the decoded image for a single input) per readable
     input; an unreadable one goes to `record_failure`. A batch's images are not kept."""
     readable = []
@@ -572,8 +632,15 @@ def _read_inputs(files: List[str], cfg: PreprocessConfig, single: bool,
     return readable
 
 
-def _outdated(readable: list, cfg: PreprocessConfig, models: Models, out_dir: str, force: bool,
-              summary: Summary, say: Callable[[str], None]) -> list:
+def _outdated(
+    readable: list,
+    cfg: PreprocessConfig,
+    models: Models,
+    out_dir: str,
+    force: bool,
+    summary: Summary,
+    say: Callable[[str], None],
+) -> list:
     """Step 2: (path, settings, image or None) per input to process; the inputs whose outputs
     are up to date (and not `force`d) go to `summary.skipped`."""
     todo = []
@@ -639,7 +706,9 @@ def preprocess(
     for f, settings, img in bar:
         name = output_name(f)
         try:
-            res = preprocess_image(img or f, out_dir, cfg, models, name=name, settings=settings, log=say)
+            res = preprocess_image(
+                img or f, out_dir, cfg, models, name=name, settings=settings, log=say
+            )
         except Hifi123Error as err:
             record_failure(f, err)
             continue

@@ -13,6 +13,7 @@ with Pillow's antialiased bicubic filter in float32, then un-premultiplied; RGB 
 output alpha is 0. Extra channels (e.g. a given depth) are resampled with the same weights,
 normalised by the resampled mask, so the background never bleeds into them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,7 +48,9 @@ def object_bbox(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
     return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
 
 
-def plan_recentring(mask: np.ndarray, size: int, border_ratio: float, source: str = "input") -> Recentring:
+def plan_recentring(
+    mask: np.ndarray, size: int, border_ratio: float, source: str = "input"
+) -> Recentring:
     box = object_bbox(mask)
     if box is None:
         raise InputError(f"{source} has an empty foreground", "an object in the photo")
@@ -80,7 +83,9 @@ def _resample(channels: np.ndarray, t: Recentring) -> np.ndarray:
     out = np.empty((t.size, t.size, channels.shape[-1]), np.float32)
     for c in range(channels.shape[-1]):
         im = Image.fromarray(np.ascontiguousarray(channels[..., c], dtype=np.float32), "F")
-        out[..., c] = np.asarray(im.resize((t.size, t.size), Image.BICUBIC, box=box), dtype=np.float32)
+        out[..., c] = np.asarray(
+            im.resize((t.size, t.size), Image.BICUBIC, box=box), dtype=np.float32
+        )
     return out
 
 
@@ -100,16 +105,20 @@ def recenter(
     a = alpha.astype(np.float32)
     chans = [rgb.astype(np.float32) * a[..., None], a[..., None]]
     if extra is not None:
-        wgt = (a if extra_mask is None else extra_mask.astype(np.float32))
+        wgt = a if extra_mask is None else extra_mask.astype(np.float32)
         chans += [(np.nan_to_num(extra) * wgt).astype(np.float32)[..., None], wgt[..., None]]
     out = _resample(np.concatenate(chans, axis=-1), t)
     a_out = np.clip(out[..., 3], 0.0, 1.0)
     keep = a_out > 1.0 / 512.0
     rgb_out = np.where(keep[..., None], out[..., :3] / np.maximum(out[..., 3:4], 1e-6), 0.0)
     a_out = np.where(keep, a_out, 0.0)
-    rgba = np.concatenate([np.clip(rgb_out, 0.0, 1.0), a_out[..., None]], axis=-1).astype(np.float32)
+    rgba = np.concatenate([np.clip(rgb_out, 0.0, 1.0), a_out[..., None]], axis=-1).astype(
+        np.float32
+    )
     extra_out = None
     if extra is not None:
         w_out = out[..., 5]
-        extra_out = np.where(w_out > 1e-3, out[..., 4] / np.maximum(w_out, 1e-3), np.nan).astype(np.float32)
+        extra_out = np.where(w_out > 1e-3, out[..., 4] / np.maximum(w_out, 1e-3), np.nan).astype(
+            np.float32
+        )
     return rgba, extra_out

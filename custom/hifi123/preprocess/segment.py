@@ -26,6 +26,7 @@ gives anti-aliased edges). No matting (edge pixels keep the photo's colours, bac
 and no hole filling or speckle removal (a speckle far from the object widens the bounding box). **For best results cut the object out yourself** (SAM, rembg, BiRefNet,
 an editor) and pass the RGBA: preprocess keeps a meaningful input alpha and runs no segmenter.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,7 +61,9 @@ def _read_config(ref: str) -> dict:
         return json.load(f)
 
 
-def foreground_ids(id2label: dict, wanted: Sequence[str], ref: str, field: str = "--foreground-labels") -> List[int]:
+def foreground_ids(
+    id2label: dict, wanted: Sequence[str], ref: str, field: str = "--foreground-labels"
+) -> List[int]:
     """Label ids that count as foreground. `wanted`: names (case-insensitive) or ids; empty means
     every label not named background."""
     labels = {int(k): str(v) for k, v in id2label.items()}
@@ -112,8 +115,15 @@ class Segmenter(LoadedModel):
     loader_name = "load_segmenter"
     default_field = "--seg-model"
 
-    def __init__(self, model, processor, *, ref: str = "", prompt: str = "an object",
-                 foreground_labels: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        model,
+        processor,
+        *,
+        ref: str = "",
+        prompt: str = "an object",
+        foreground_labels: Sequence[str] = (),
+    ) -> None:
         super().__init__(model, processor, ref)
         self.prompt = prompt
         self.is_clipseg = getattr(model.config, "model_type", "") == "clipseg"
@@ -136,14 +146,21 @@ class Segmenter(LoadedModel):
         pil = Image.fromarray((np.clip(rgb, 0, 1) * 255.0 + 0.5).astype(np.uint8), "RGB")
         p = next(self.model.parameters())
         if self.is_clipseg:
-            inputs = self.processor(text=[self.prompt], images=[pil], padding=True, return_tensors="pt")
+            inputs = self.processor(
+                text=[self.prompt], images=[pil], padding=True, return_tensors="pt"
+            )
         else:
             inputs = self.processor(images=pil, return_tensors="pt")
-        inputs = {k: (v.to(p.device, p.dtype) if v.is_floating_point() else v.to(p.device)) for k, v in inputs.items()}
+        inputs = {
+            k: (v.to(p.device, p.dtype) if v.is_floating_point() else v.to(p.device))
+            for k, v in inputs.items()
+        }
         logits = self.model(**inputs).logits.float()
         if self.is_clipseg:  # [h, w] (transformers 4.x squeezes) or [1, h, w]
             lg = logits.reshape(-1, 1, *logits.shape[-2:])[:1]
-            prob = torch.sigmoid(F.interpolate(lg, size=(h, w), mode="bilinear", align_corners=False))[0, 0]
+            prob = torch.sigmoid(
+                F.interpolate(lg, size=(h, w), mode="bilinear", align_corners=False)
+            )[0, 0]
         else:  # [1, C, h, w]
             lg = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
             prob = lg.softmax(dim=1)[0, self.fg_ids].sum(0)

@@ -11,6 +11,7 @@
 `tiny_model_dirs()` returns the directories `--tiny` uses (dpt, clipseg, blip2), writing missing
 ones into the tiny-model cache of `hifi123.models.tiny.ensure_tiny_models`. Outputs are noise.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -39,18 +40,30 @@ def write_clipseg(out_dir: str) -> None:
     )
 
     tok_dir, vocab_size, tokenizer = clip_tokenizer_in(out_dir, "_tok")
-    vision = dict(image_size=TINY_SEG_SIZE, patch_size=8, hidden_size=32, intermediate_size=37,
-                  num_hidden_layers=3, num_attention_heads=4)
+    vision = dict(
+        image_size=TINY_SEG_SIZE,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+    )
     cfg = CLIPSegConfig(
-        text_config=_text_config(vocab_size).to_dict(), vision_config=vision, projection_dim=16,
-        extract_layers=[1, 2], reduce_dim=16, decoder_num_attention_heads=2, decoder_intermediate_size=37,
+        text_config=_text_config(vocab_size).to_dict(),
+        vision_config=vision,
+        projection_dim=16,
+        extract_layers=[1, 2],
+        reduce_dim=16,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=37,
     )
     _seed(0)
     model = CLIPSegForImageSegmentation(cfg)
     proc = CLIPSegProcessor(
         image_processor=ViTImageProcessor(
             size={"height": TINY_SEG_SIZE, "width": TINY_SEG_SIZE},
-            image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],  # as CIDAS/clipseg
+            image_mean=[0.485, 0.456, 0.406],
+            image_std=[0.229, 0.224, 0.225],  # as CIDAS/clipseg
         ),
         tokenizer=tokenizer,
     )
@@ -67,9 +80,18 @@ def write_segformer(out_dir: str) -> None:
     )
 
     cfg = SegformerConfig(
-        num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16], patch_sizes=[7, 3],
-        strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2], decoder_hidden_size=16,
-        num_labels=2, id2label={0: "background", 1: "foreground"}, label2id={"background": 0, "foreground": 1},
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[8, 16],
+        patch_sizes=[7, 3],
+        strides=[4, 2],
+        num_attention_heads=[1, 2],
+        mlp_ratios=[2, 2],
+        decoder_hidden_size=16,
+        num_labels=2,
+        id2label={0: "background", 1: "foreground"},
+        label2id={"background": 0, "foreground": 1},
     )
     _seed(1)
     model = SegformerForSemanticSegmentation(cfg)
@@ -100,20 +122,47 @@ def write_blip2(out_dir: str) -> None:
     with open(os.path.join(tok_dir, "merges.txt"), "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n")
     tokenizer = GPT2Tokenizer(
-        os.path.join(tok_dir, "vocab.json"), os.path.join(tok_dir, "merges.txt"),
-        bos_token="</s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        os.path.join(tok_dir, "vocab.json"),
+        os.path.join(tok_dir, "merges.txt"),
+        bos_token="</s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
     )
     num_query = 4
     text = OPTConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, ffn_dim=37, num_attention_heads=4,
-        max_position_embeddings=64, word_embed_proj_dim=32, bos_token_id=2, eos_token_id=2, pad_token_id=1,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        ffn_dim=37,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        word_embed_proj_dim=32,
+        bos_token_id=2,
+        eos_token_id=2,
+        pad_token_id=1,
     )
     cfg = Blip2Config(
-        vision_config=dict(image_size=TINY_SEG_SIZE, patch_size=8, hidden_size=32, intermediate_size=37,
-                           num_hidden_layers=2, num_attention_heads=4),
-        qformer_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                            encoder_hidden_size=32, vocab_size=64, max_position_embeddings=32),
-        text_config=text.to_dict(), num_query_tokens=num_query, image_token_index=vocab["<image>"],
+        vision_config=dict(
+            image_size=TINY_SEG_SIZE,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        ),
+        qformer_config=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            encoder_hidden_size=32,
+            vocab_size=64,
+            max_position_embeddings=32,
+        ),
+        text_config=text.to_dict(),
+        num_query_tokens=num_query,
+        image_token_index=vocab["<image>"],
     )
     _seed(2)
     model = Blip2ForConditionalGeneration(cfg)
@@ -125,7 +174,8 @@ def write_blip2(out_dir: str) -> None:
         kw["num_query_tokens"] = num_query
     proc = Blip2Processor(
         image_processor=BlipImageProcessor(size={"height": TINY_SEG_SIZE, "width": TINY_SEG_SIZE}),
-        tokenizer=tokenizer, **kw,
+        tokenizer=tokenizer,
+        **kw,
     )
     model.save_pretrained(out_dir, safe_serialization=True)
     proc.save_pretrained(out_dir)
@@ -142,10 +192,11 @@ PREPROCESS_TINY_MODELS = {
 TINY_PREPROCESS_SET = ("dpt", "clipseg", "blip2")
 
 
-def tiny_model_dirs(names: Iterable[str] = TINY_PREPROCESS_SET, root: Optional[str] = None) -> Dict[str, str]:
+def tiny_model_dirs(
+    names: Iterable[str] = TINY_PREPROCESS_SET, root: Optional[str] = None
+) -> Dict[str, str]:
     """Directories of the named tiny models under `root` (default: the per-user cache), each
     written if missing — the tiny family's own cache (`hifi123.models.tiny.ensure_tiny_models`)."""
     from ..models.tiny import ensure_tiny_models
 
     return ensure_tiny_models(root, names=names)
-

@@ -289,9 +289,7 @@ def _entry_from_record(
         e.sheet = sheet if os.path.isfile(sheet) else None
         if os.path.isfile(cap):
             e.caption = " ".join(tail(cap, 50)).strip() or None
-    names = [
-        n for n in STAGE_ORDER if n in stages or (method and n in stage_names(method))
-    ]
+    names = [n for n in STAGE_ORDER if n in stages or (method and n in stage_names(method))]
     for n in names:
         info = stages.get(n) if isinstance(stages.get(n), dict) else {}
         log = lay.log(n) if lay else None

@@ -21,6 +21,7 @@ Command line (used by `hifi123 run`):
     python -m hifi123.run.export glb TRIAL_DIR|MODEL.obj [--out MODEL.glb]
     python -m hifi123.run.export ply CKPT|NPZ --out POINTS.ply [--position-key K] [--colour-key K]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,7 +60,7 @@ def _obj_references(obj_path: str) -> List[Tuple[str, str]]:
     with open(obj_path, encoding="utf-8", errors="replace") as f:
         for line in f:
             if line.startswith("mtllib"):
-                name = line[len("mtllib"):].strip()
+                name = line[len("mtllib") :].strip()
                 if name:
                     refs.append(("material library", os.path.join(folder, name)))
     for kind, mtl in list(refs):
@@ -70,31 +71,43 @@ def _obj_references(obj_path: str) -> List[Tuple[str, str]]:
             for line in f:
                 parts = line.strip().split()
                 if parts and parts[0].lower() in _MAP_KEYS and len(parts) > 1:
-                    refs.append((f"texture ({parts[0]} in {os.path.basename(mtl)})", os.path.join(mfolder, parts[-1])))
+                    refs.append(
+                        (
+                            f"texture ({parts[0]} in {os.path.basename(mtl)})",
+                            os.path.join(mfolder, parts[-1]),
+                        )
+                    )
     return refs
 
 
 def check_obj(obj_path: str) -> None:
     """Raise InputError when the OBJ or a file it references is missing."""
     if not os.path.isfile(obj_path):
-        raise InputError(f"mesh {obj_path} not found", "an OBJ written by threestudio's mesh-exporter",
-                         "export the trial first: python launch.py --config <trial>/configs/parsed.yaml --export "
-                         "--gpu 0 resume=<trial>/ckpts/last.ckpt system.exporter_type=mesh-exporter")
+        raise InputError(
+            f"mesh {obj_path} not found",
+            "an OBJ written by threestudio's mesh-exporter",
+            "export the trial first: python launch.py --config <trial>/configs/parsed.yaml --export "
+            "--gpu 0 resume=<trial>/ckpts/last.ckpt system.exporter_type=mesh-exporter",
+        )
     for kind, path in _obj_references(obj_path):
         if not os.path.isfile(path):
-            raise InputError(f"{os.path.basename(obj_path)}: its {kind} {path} is missing",
-                             "the OBJ, its .mtl and its textures together in one folder, as the exporter wrote them",
-                             "copy the whole export folder (model.obj, model.mtl, texture_*.jpg), or re-run the export")
+            raise InputError(
+                f"{os.path.basename(obj_path)}: its {kind} {path} is missing",
+                "the OBJ, its .mtl and its textures together in one folder, as the exporter wrote them",
+                "copy the whole export folder (model.obj, model.mtl, texture_*.jpg), or re-run the export",
+            )
 
 
 def find_exported_obj(trial: str) -> str:
     """The newest `save/it<N>-export/model.obj` of a threestudio trial folder."""
     hits = glob.glob(os.path.join(glob.escape(trial), "save", "it*-export", "model.obj"))
     if not hits:
-        raise InputError(f"{trial} has no exported mesh (save/it<N>-export/model.obj)",
-                         "a trial exported with threestudio's mesh-exporter",
-                         f"python launch.py --config {trial}/configs/parsed.yaml --export --gpu 0 "
-                         f"resume={trial}/ckpts/last.ckpt system.exporter_type=mesh-exporter")
+        raise InputError(
+            f"{trial} has no exported mesh (save/it<N>-export/model.obj)",
+            "a trial exported with threestudio's mesh-exporter",
+            f"python launch.py --config {trial}/configs/parsed.yaml --export --gpu 0 "
+            f"resume={trial}/ckpts/last.ckpt system.exporter_type=mesh-exporter",
+        )
 
     def step(p):
         m = re.search(r"it(\d+)-export", p)
@@ -118,14 +131,29 @@ def _material_for_glb(visual):
         # a copy has no `format`, so trimesh embeds it as PNG: lossless. (It would re-encode a JPEG
         # at PIL's default quality, a second lossy pass over the texture.)
         image = image.copy() if image.mode in ("RGB", "RGBA", "L", "LA") else image.convert("RGBA")
-        factor = [255, 255, 255, 255]  # threestudio writes map_Kd without Kd: the texture is the colour
+        factor = [
+            255,
+            255,
+            255,
+            255,
+        ]  # threestudio writes map_Kd without Kd: the texture is the colour
     else:
         diffuse = getattr(mat, "diffuse", None)
         if diffuse is None:
             diffuse = getattr(mat, "baseColorFactor", None)
-        factor = [int(x) for x in np.asarray(diffuse if diffuse is not None else [255, 255, 255, 255]).ravel()[:4]]
-    return PBRMaterial(name=getattr(mat, "name", None) or "material", baseColorTexture=image,
-                       baseColorFactor=factor, metallicFactor=0.0, roughnessFactor=1.0)
+        factor = [
+            int(x)
+            for x in np.asarray(diffuse if diffuse is not None else [255, 255, 255, 255]).ravel()[
+                :4
+            ]
+        ]
+    return PBRMaterial(
+        name=getattr(mat, "name", None) or "material",
+        baseColorTexture=image,
+        baseColorFactor=factor,
+        metallicFactor=0.0,
+        roughnessFactor=1.0,
+    )
 
 
 def obj_to_glb(obj_path: str, glb_path: Optional[str] = None, *, axes: str = "gltf") -> str:
@@ -141,28 +169,46 @@ def obj_to_glb(obj_path: str, glb_path: Optional[str] = None, *, axes: str = "gl
     check_obj(obj_path)
     glb_path = glb_path or os.path.splitext(obj_path)[0] + ".glb"
     try:
-        src = trimesh.load(obj_path, force="scene", process=False)  # NOT maintain_order: it drops UV seams
+        src = trimesh.load(
+            obj_path, force="scene", process=False
+        )  # NOT maintain_order: it drops UV seams
     except Exception as err:  # trimesh raises many kinds on a malformed file
-        raise InputError(f"cannot read the mesh {obj_path}: {err}", "a Wavefront OBJ",
-                         "re-run the export") from err
-    meshes = [(name, g) for name, g in src.geometry.items() if isinstance(g, trimesh.Trimesh) and len(g.faces)]
+        raise InputError(
+            f"cannot read the mesh {obj_path}: {err}", "a Wavefront OBJ", "re-run the export"
+        ) from err
+    meshes = [
+        (name, g)
+        for name, g in src.geometry.items()
+        if isinstance(g, trimesh.Trimesh) and len(g.faces)
+    ]
     if not meshes:
-        raise InputError(f"{obj_path} holds no triangles", "a non-empty mesh",
-                         "check the export (an isosurface threshold that is too high gives an empty mesh)")
+        raise InputError(
+            f"{obj_path} holds no triangles",
+            "a non-empty mesh",
+            "check the export (an isosurface threshold that is too high gives an empty mesh)",
+        )
     rot = THREESTUDIO_TO_GLTF if axes == "gltf" else np.eye(3)
     out = trimesh.Scene()
     for name, g in meshes:
         # the scene graph of an OBJ is the identity, but honour it anyway
         node = next((n for n in src.graph.nodes_geometry if src.graph[n][1] == name), None)
         transform = src.graph[node][0] if node is not None else np.eye(4)
-        verts = trimesh.transform_points(np.asarray(g.vertices, dtype=np.float64), transform) @ rot.T
+        verts = (
+            trimesh.transform_points(np.asarray(g.vertices, dtype=np.float64), transform) @ rot.T
+        )
         visual = None
         if isinstance(g.visual, TextureVisuals) and g.visual.uv is not None:
-            visual = TextureVisuals(uv=np.asarray(g.visual.uv), material=_material_for_glb(g.visual))
+            visual = TextureVisuals(
+                uv=np.asarray(g.visual.uv), material=_material_for_glb(g.visual)
+            )
         elif isinstance(g.visual, ColorVisuals) and g.visual.kind in ("vertex", "face"):
             visual = g.visual.copy()
-        mesh = trimesh.Trimesh(vertices=verts, faces=np.asarray(g.faces), visual=visual, process=False)
-        out.add_geometry(mesh, node_name=os.path.splitext(name)[0], geom_name=os.path.splitext(name)[0])
+        mesh = trimesh.Trimesh(
+            vertices=verts, faces=np.asarray(g.faces), visual=visual, process=False
+        )
+        out.add_geometry(
+            mesh, node_name=os.path.splitext(name)[0], geom_name=os.path.splitext(name)[0]
+        )
     data = trimesh.exchange.gltf.export_glb(out)
     _atomic_write_bytes(glb_path, data)
     return glb_path
@@ -171,9 +217,22 @@ def obj_to_glb(obj_path: str, glb_path: Optional[str] = None, *, axes: str = "gl
 # ---------------------------------------------------------------------------------------- PLY
 
 _PLY_TYPES = {
-    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
-    "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+    "char": "i1",
+    "int8": "i1",
+    "uchar": "u1",
+    "uint8": "u1",
+    "short": "i2",
+    "int16": "i2",
+    "ushort": "u2",
+    "uint16": "u2",
+    "int": "i4",
+    "int32": "i4",
+    "uint": "u4",
+    "uint32": "u4",
+    "float": "f4",
+    "float32": "f4",
+    "double": "f8",
+    "float64": "f8",
 }
 
 
@@ -185,7 +244,9 @@ def read_ply(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     try:
         return _read_ply(path)
     except ValueError as err:
-        raise InputError(f"{path} is not a readable PLY file ({err})", "a PLY point cloud", "check the path") from err
+        raise InputError(
+            f"{path} is not a readable PLY file ({err})", "a PLY point cloud", "check the path"
+        ) from err
 
 
 #: state-dict key endings of a point cloud's positions and colours (makeit3d-point-cloud and others)
@@ -193,20 +254,36 @@ POSITION_SUFFIXES = ("points", "positions", "xyz", "point_positions")
 COLOUR_SUFFIXES = ("colors", "colours", "rgb", "point_colors", "descriptors", "features")
 
 
-def _pick(state: Dict[str, "object"], key: Optional[str], suffixes, n: Optional[int], what: str, flag: str, ckpt: str):
+def _pick(
+    state: Dict[str, "object"],
+    key: Optional[str],
+    suffixes,
+    n: Optional[int],
+    what: str,
+    flag: str,
+    ckpt: str,
+):
     def shape(v):
         return tuple(getattr(v, "shape", ()))
 
     if key is not None:
         if key not in state:
-            raise InputError(f"{ckpt} has no entry {key!r} ({flag})", f"one of: {', '.join(sorted(state)[:20])}",
-                             f"pass the right {flag}")
+            raise InputError(
+                f"{ckpt} has no entry {key!r} ({flag})",
+                f"one of: {', '.join(sorted(state)[:20])}",
+                f"pass the right {flag}",
+            )
         return key
     cands = []
     for suffix in suffixes:  # suffix order is the priority
         for k, v in state.items():
             s = shape(v)
-            if k.split(".")[-1] == suffix and len(s) == 2 and s[1] >= 3 and (n is None or s[0] == n):
+            if (
+                k.split(".")[-1] == suffix
+                and len(s) == 2
+                and s[1] >= 3
+                and (n is None or s[0] == n)
+            ):
                 if what == "positions" and s[1] != 3:
                     continue
                 cands.append(k)
@@ -223,13 +300,17 @@ def _pick(state: Dict[str, "object"], key: Optional[str], suffixes, n: Optional[
     return cands[0]
 
 
-def load_point_cloud(source: str, position_key: Optional[str] = None,
-                     colour_key: Optional[str] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def load_point_cloud(
+    source: str, position_key: Optional[str] = None, colour_key: Optional[str] = None
+) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Positions [N,3] and colours (uint8 [N,3] or None) from a Lightning checkpoint (its
     `state_dict`) or an .npz (keys positions/points and colors/colours)."""
     if not os.path.isfile(source):
-        raise InputError(f"point-cloud source {source} not found",
-                         "the Make-It-3D refine trial's ckpts/last.ckpt (or an .npz)", "run the refine stage first")
+        raise InputError(
+            f"point-cloud source {source} not found",
+            "the Make-It-3D refine trial's ckpts/last.ckpt (or an .npz)",
+            "run the refine stage first",
+        )
     if source.endswith(".npz"):
         with np.load(source) as z:
             state = {k: z[k] for k in z.files}
@@ -239,8 +320,11 @@ def load_point_cloud(source: str, position_key: Optional[str] = None,
         try:
             ckpt = torch.load(source, map_location="cpu", weights_only=False)  # our own checkpoint
         except Exception as err:
-            raise InputError(f"cannot read the checkpoint {source}: {err}", "a Lightning checkpoint",
-                             "re-run the refine stage (the file may be truncated)") from err
+            raise InputError(
+                f"cannot read the checkpoint {source}: {err}",
+                "a Lightning checkpoint",
+                "re-run the refine stage (the file may be truncated)",
+            ) from err
         state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else {}
     pk = _pick(state, position_key, POSITION_SUFFIXES, None, "positions", "--position-key", source)
     pos = np.asarray(_to_numpy(state[pk]), dtype=np.float64)
@@ -263,8 +347,9 @@ def _to_numpy(v) -> np.ndarray:
     return np.asarray(v)
 
 
-def checkpoint_to_ply(source: str, ply_path: str, position_key: Optional[str] = None,
-                      colour_key: Optional[str] = None) -> str:
+def checkpoint_to_ply(
+    source: str, ply_path: str, position_key: Optional[str] = None, colour_key: Optional[str] = None
+) -> str:
     pos, col = load_point_cloud(source, position_key, colour_key)
     return write_ply(ply_path, pos, col)
 
@@ -273,17 +358,34 @@ def checkpoint_to_ply(source: str, ply_path: str, position_key: Optional[str] = 
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hifi123.run.export", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m hifi123.run.export", description=__doc__.split("\n\n")[0]
+    )
     sub = p.add_subparsers(dest="what", required=True)
     g = sub.add_parser("glb", help="OBJ/MTL/texture -> GLB")
-    g.add_argument("source", help="a threestudio trial folder (its newest save/it<N>-export/model.obj) or an OBJ file")
+    g.add_argument(
+        "source",
+        help="a threestudio trial folder (its newest save/it<N>-export/model.obj) or an OBJ file",
+    )
     g.add_argument("--out", default=None, help="GLB path (default: next to the OBJ, model.glb)")
-    g.add_argument("--keep-axes", action="store_true", help="keep threestudio's z-up coordinates (default: glTF y-up)")
+    g.add_argument(
+        "--keep-axes",
+        action="store_true",
+        help="keep threestudio's z-up coordinates (default: glTF y-up)",
+    )
     q = sub.add_parser("ply", help="point cloud of a checkpoint -> coloured PLY")
     q.add_argument("source", help="a Lightning checkpoint (ckpts/last.ckpt) or an .npz")
     q.add_argument("--out", required=True, help="PLY path")
-    q.add_argument("--position-key", default=None, help="state-dict key of the [N,3] positions (default: search)")
-    q.add_argument("--colour-key", default=None, help="state-dict key of the [N,C>=3] colours (default: search)")
+    q.add_argument(
+        "--position-key",
+        default=None,
+        help="state-dict key of the [N,3] positions (default: search)",
+    )
+    q.add_argument(
+        "--colour-key",
+        default=None,
+        help="state-dict key of the [N,C>=3] colours (default: search)",
+    )
     args = p.parse_args(argv)
     try:
         if args.what == "glb":

@@ -37,6 +37,7 @@ Completion evidence ("done"):
 A stage also runs when a stage it depends on runs (or ran earlier in this invocation: `ran`); a
 training stage forced that way starts fresh, and the runner moves its old trial folder aside.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -71,7 +72,9 @@ class MethodSpec:
 
     stages: Dict[bool, Dict[str, TrainingStage]]  # lowvram -> {"coarse": ..., "refine": ...}
     chain_key: str  # refine override that points at the coarse checkpoint
-    prompt_key: Optional[str]  # override that receives the caption (None: the config reads <name>_caption.txt)
+    prompt_key: Optional[
+        str
+    ]  # override that receives the caption (None: the config reads <name>_caption.txt)
     mesh_from: str  # the training stage whose geometry the mesh exporter exports
     pointcloud: bool  # Make-It-3D: a coloured PLY of the refine stage's point cloud
     aligns_mesh: bool = False  # refine-mesh: the user's --mesh, aligned, replaces the coarse stage
@@ -85,10 +88,14 @@ def _ts(config: str) -> TrainingStage:
 METHODS: Dict[str, MethodSpec] = {
     "hifi123": MethodSpec(
         stages={
-            False: {"coarse": TrainingStage("coarse.yaml", "hifi123-coarse"),
-                    "refine": TrainingStage("refine.yaml", "hifi123-refine")},
-            True: {"coarse": TrainingStage("coarse-lowvram.yaml", "hifi123-coarse-lowvram"),
-                   "refine": TrainingStage("refine-lowvram.yaml", "hifi123-refine-lowvram")},
+            False: {
+                "coarse": TrainingStage("coarse.yaml", "hifi123-coarse"),
+                "refine": TrainingStage("refine.yaml", "hifi123-refine"),
+            },
+            True: {
+                "coarse": TrainingStage("coarse-lowvram.yaml", "hifi123-coarse-lowvram"),
+                "refine": TrainingStage("refine-lowvram.yaml", "hifi123-refine-lowvram"),
+            },
         },
         chain_key="system.geometry_convert_from",
         prompt_key=None,  # an empty prompt in coarse/refine.yaml reads <name>_caption.txt
@@ -98,7 +105,10 @@ METHODS: Dict[str, MethodSpec] = {
     "makeit3d": MethodSpec(
         stages={
             False: {"coarse": _ts("makeit3d-coarse.yaml"), "refine": _ts("makeit3d-refine.yaml")},
-            True: {"coarse": _ts("makeit3d-coarse-lowvram.yaml"), "refine": _ts("makeit3d-refine-lowvram.yaml")},
+            True: {
+                "coarse": _ts("makeit3d-coarse-lowvram.yaml"),
+                "refine": _ts("makeit3d-refine-lowvram.yaml"),
+            },
         },
         chain_key="system.geometry_convert_from",
         prompt_key=None,  # makeit3d-guidance reads <name>_caption.txt next to data.image_path
@@ -108,8 +118,9 @@ METHODS: Dict[str, MethodSpec] = {
     "refine-mesh": MethodSpec(  # HiFi-123's refine on a mesh the user has (decision 31)
         stages={
             False: {"refine": TrainingStage("refine-mesh.yaml", "hifi123-refine-mesh")},
-            True: {"refine": TrainingStage("refine-mesh-lowvram.yaml",
-                                           "hifi123-refine-mesh-lowvram")},
+            True: {
+                "refine": TrainingStage("refine-mesh-lowvram.yaml", "hifi123-refine-mesh-lowvram")
+            },
         },
         chain_key="system.geometry.shape_init",  # mesh:<OUT/aligned/TAG/aligned_mesh.ply>
         prompt_key=None,  # refine-mesh.yaml's RGSD reads <name>_caption.txt
@@ -143,7 +154,9 @@ class RunOptions:
     threestudio_root: str = ""
     python: str = "python"
     prompt: Optional[str] = None  # instead of the BLIP-2 caption
-    overrides: Tuple[Tuple[Optional[str], str], ...] = ()  # (stage or None = both training stages, "key=value")
+    overrides: Tuple[
+        Tuple[Optional[str], str], ...
+    ] = ()  # (stage or None = both training stages, "key=value")
     tag: Optional[str] = None  # default: sanitized image name
     mesh: Optional[str] = None  # refine-mesh: the user's mesh (absolute path)
     pose: Optional[str] = None  # refine-mesh: `hifi123 align-mesh --pose` (by hand)
@@ -211,7 +224,17 @@ def override(key: str, value: str) -> str:
     value = str(value).replace("${", "{")
     if "\n" in value:
         value = " ".join(value.split())
-    if _PLAIN.match(value) and value.lower() not in ("true", "false", "yes", "no", "on", "off", "null", "none", "~"):
+    if _PLAIN.match(value) and value.lower() not in (
+        "true",
+        "false",
+        "yes",
+        "no",
+        "on",
+        "off",
+        "null",
+        "none",
+        "~",
+    ):
         return f"{key}={value}"
     return f"{key}='" + value.replace("'", "''") + "'"
 
@@ -255,7 +278,10 @@ class Layout:
 
     @property
     def preprocessed_files(self) -> Tuple[str, ...]:
-        return tuple(self.pre(s) for s in ("_rgba.png", "_depth.png", "_normal.png", "_caption.txt", "_preprocess.json"))
+        return tuple(
+            self.pre(s)
+            for s in ("_rgba.png", "_depth.png", "_normal.png", "_caption.txt", "_preprocess.json")
+        )
 
     def trial(self, run_name: str) -> str:
         return os.path.join(self.out, run_name, self.tag)
@@ -265,7 +291,10 @@ class Layout:
         return os.path.join(self.out, "logs", self.tag)
 
     def log(self, stage: str) -> str:
-        return os.path.join(self.logs_dir, ("preprocess" if stage == "preprocess" else f"{self.variant}-{stage}") + ".log")
+        return os.path.join(
+            self.logs_dir,
+            ("preprocess" if stage == "preprocess" else f"{self.variant}-{stage}") + ".log",
+        )
 
     @property
     def record(self) -> str:
@@ -313,7 +342,9 @@ class State:
 
 
 def _match_parts(path: Sequence[str], pattern: Sequence[str]) -> bool:
-    return len(path) == len(pattern) and all(fnmatch.fnmatchcase(a, b) for a, b in zip(path, pattern))
+    return len(path) == len(pattern) and all(
+        fnmatch.fnmatchcase(a, b) for a, b in zip(path, pattern)
+    )
 
 
 def _step_key(path: str):
@@ -401,7 +432,9 @@ class Stage:
     def command(self) -> str:
         """The exact shell command (cd + environment + argv)."""
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
-        return f"cd {shlex.quote(self.cwd)} && " + (env + " " if env else "") + shlex.join(self.argv)
+        return (
+            f"cd {shlex.quote(self.cwd)} && " + (env + " " if env else "") + shlex.join(self.argv)
+        )
 
 
 def gpu_env(gpu: str) -> Dict[str, str]:
@@ -462,27 +495,52 @@ class _Plan:
         return [self.opts.python, "launch.py"]
 
     def user_overrides(self, stage: str) -> List[str]:
-        return [kv for st, kv in self.opts.overrides if st == stage or (st is None and stage in TRAINING_STAGES)]
+        return [
+            kv
+            for st, kv in self.opts.overrides
+            if st == stage or (st is None and stage in TRAINING_STAGES)
+        ]
 
     def on_gpu(self, stage: Stage, trial: str) -> None:
-        stage.cwd, stage.env, stage.needs_gpu, stage.trial = self.opts.threestudio_root, dict(self.env), True, trial
+        stage.cwd, stage.env, stage.needs_gpu, stage.trial = (
+            self.opts.threestudio_root,
+            dict(self.env),
+            True,
+            trial,
+        )
 
 
 # Each builder fills the stage's command and outputs; it returns whether the stage is done when
 # that is more than "all its outputs exist" (None: decide from the outputs).
 def _build_preprocess(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
     opts, lay = p.opts, p.lay
-    stage.argv = [opts.python, "-m", "hifi123.cli", "preprocess", opts.image, "--out", lay.preprocessed_dir]
+    stage.argv = [
+        opts.python,
+        "-m",
+        "hifi123.cli",
+        "preprocess",
+        opts.image,
+        "--out",
+        lay.preprocessed_dir,
+    ]
     if opts.prompt is not None:
         stage.argv += ["--caption", opts.prompt]
     stage.env = dict(p.env)
     stage.outputs = [glob.escape(f) for f in lay.preprocessed_files]
     # the photo at the same path was edited or replaced since it was preprocessed: redo all of it
-    if p.state.image_sha256 and p.state.preprocessed_sha256 and p.state.image_sha256 != p.state.preprocessed_sha256:
+    if (
+        p.state.image_sha256
+        and p.state.preprocessed_sha256
+        and p.state.image_sha256 != p.state.preprocessed_sha256
+    ):
         stage.why = f"{opts.image} changed since it was preprocessed (its content differs)"
         return False
     # the preprocessor writes --caption as one line with whitespace runs collapsed
-    if opts.prompt is not None and p.state.caption is not None and p.state.caption != " ".join(opts.prompt.split()):
+    if (
+        opts.prompt is not None
+        and p.state.caption is not None
+        and p.state.caption != " ".join(opts.prompt.split())
+    ):
         stage.why = "the caption differs from --prompt"
         return False  # --prompt changed: re-caption (and redo what depends on the caption)
     return None
@@ -494,20 +552,32 @@ def _build_training(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[boo
     trial, o = p.trials[name], p.outs[name]
     p.on_gpu(stage, trial)
     stage.argv = p.launch + [
-        "--config", f"{CONFIG_DIR}/{ts.config}", "--train", "--gpu", opts.gpu,
-        override("data.image_path", lay.rgba), override("exp_root_dir", opts.out),
-        override("name", ts.name), override("tag", lay.tag),
+        "--config",
+        f"{CONFIG_DIR}/{ts.config}",
+        "--train",
+        "--gpu",
+        opts.gpu,
+        override("data.image_path", lay.rgba),
+        override("exp_root_dir", opts.out),
+        override("name", ts.name),
+        override("tag", lay.tag),
         "use_timestamp=false",  # deterministic trial folder OUT/<name>/<tag>: resumable
         "checkpoint.save_last=true",  # ckpts/last.ckpt: what refine, export and resume use
     ]
     if name == "refine" and p.spec.aligns_mesh:
         stage.argv += _aligned_mesh_args(p)
     elif name == "refine":
-        stage.argv.append(override(p.spec.chain_key, os.path.join(p.trials["coarse"], "ckpts", "last.ckpt")))
+        stage.argv.append(
+            override(p.spec.chain_key, os.path.join(p.trials["coarse"], "ckpts", "last.ckpt"))
+        )
     text = opts.prompt if opts.prompt is not None else state.caption
     if p.spec.prompt_key:
-        stage.argv.append(override(p.spec.prompt_key, text if text is not None
-                                   else CAPTION_PLACEHOLDER.format(path=lay.caption)))
+        stage.argv.append(
+            override(
+                p.spec.prompt_key,
+                text if text is not None else CAPTION_PLACEHOLDER.format(path=lay.caption),
+            )
+        )
     stage.outputs = [o["ckpt"], o["parsed"]]
     stage.identity = _training_identity(p, name, text if p.spec.prompt_key else None)
     p.identities[name] = stage.identity
@@ -524,8 +594,11 @@ def _build_training(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[boo
             stage.why = "resume: ckpts/last.ckpt without a completion marker (interrupted run)"
         elif state.has(o["ckpt"]) or state.has(o["marker"]):
             stage.move_aside = trial
-            stage.why = (f"redo from scratch, {', '.join(upstream)} runs again" if upstream
-                         else "the trial has no usable checkpoint: from scratch")
+            stage.why = (
+                f"redo from scratch, {', '.join(upstream)} runs again"
+                if upstream
+                else "the trial has no usable checkpoint: from scratch"
+            )
     stage.argv += p.user_overrides(name)
     return done
 
@@ -553,15 +626,27 @@ def _aligned_mesh_args(p: _Plan) -> List[str]:
     if isinstance(elevation, (int, float)) and not isinstance(elevation, bool):
         elev = f"data.default_elevation_deg={float(elevation):.6g}"  # a number, unquoted
     else:  # not aligned yet (a dry run): the runner re-plans after the align stage
-        elev = override("data.default_elevation_deg",
-                        ALIGNMENT_PLACEHOLDER.format(path=lay.aligned("alignment.json")))
+        elev = override(
+            "data.default_elevation_deg",
+            ALIGNMENT_PLACEHOLDER.format(path=lay.aligned("alignment.json")),
+        )
     return [override(p.spec.chain_key, "mesh:" + lay.aligned()), elev]
 
 
 def _build_align(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
     opts, lay, state = p.opts, p.lay, p.state
-    stage.argv = [opts.python, "-m", "hifi123.cli", "align-mesh", str(opts.mesh), "--ref", lay.rgba,
-                  "--out", lay.aligned_dir, "--overwrite"]  # the folder is this stage's own
+    stage.argv = [
+        opts.python,
+        "-m",
+        "hifi123.cli",
+        "align-mesh",
+        str(opts.mesh),
+        "--ref",
+        lay.rgba,
+        "--out",
+        lay.aligned_dir,
+        "--overwrite",
+    ]  # the folder is this stage's own
     if opts.pose:
         stage.argv += ["--pose", opts.pose]
     stage.outputs = [glob.escape(lay.aligned(n)) for n in ALIGNED_FILES]
@@ -580,19 +665,26 @@ def _identity_key(identity: Mapping[str, Any]) -> str:
     return hashlib.sha1(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:12]
 
 
-def _identity_change(recorded: Optional[Mapping[str, Any]], current: Mapping[str, Any]) -> Optional[str]:
+def _identity_change(
+    recorded: Optional[Mapping[str, Any]], current: Mapping[str, Any]
+) -> Optional[str]:
     """What differs between the inputs a finished stage recorded and today's, in words (None: the
     same, or nothing recorded by an older version)."""
     if recorded is None:
         return None
-    said = {"image_sha256": "the photo's content changed", "prompt": "the prompt changed",
-            "coarse": "the coarse stage it starts from was redone with other inputs"}
+    said = {
+        "image_sha256": "the photo's content changed",
+        "prompt": "the prompt changed",
+        "coarse": "the coarse stage it starts from was redone with other inputs",
+    }
     changes = []
     for key in current:
         if recorded.get(key) == current[key]:
             continue
         if key == "set":
-            changes.append(f"--set changed (now {current[key] or 'none'}, was {recorded.get(key) or 'none'})")
+            changes.append(
+                f"--set changed (now {current[key] or 'none'}, was {recorded.get(key) or 'none'})"
+            )
         else:
             changes.append(said.get(key, f"{key} changed"))
     return "; ".join(changes) or None
@@ -601,12 +693,21 @@ def _identity_change(recorded: Optional[Mapping[str, Any]], current: Mapping[str
 def _build_export(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
     trial, o = p.trials[p.spec.mesh_from], p.outs[p.spec.mesh_from]
     p.on_gpu(stage, trial)
-    stage.argv = p.launch + [
-        "--config", os.path.join(trial, "configs", "parsed.yaml"), "--export", "--gpu", p.opts.gpu,
-        override("resume", os.path.join(trial, "ckpts", "last.ckpt")),
-        "system.exporter_type=mesh-exporter", "system.exporter.fmt=obj-mtl",
-        "system.exporter.context_type=cuda",  # nvdiffrast without an OpenGL context (headless)
-    ] + p.user_overrides(stage.name)
+    stage.argv = (
+        p.launch
+        + [
+            "--config",
+            os.path.join(trial, "configs", "parsed.yaml"),
+            "--export",
+            "--gpu",
+            p.opts.gpu,
+            override("resume", os.path.join(trial, "ckpts", "last.ckpt")),
+            "system.exporter_type=mesh-exporter",
+            "system.exporter.fmt=obj-mtl",
+            "system.exporter.context_type=cuda",  # nvdiffrast without an OpenGL context (headless)
+        ]
+        + p.user_overrides(stage.name)
+    )
     stage.outputs = [o["obj"]]
     return None
 
@@ -617,13 +718,22 @@ def _build_glb(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
     stage.outputs = [o["glb"]]
     stage.trial = trial
     obj = newest(p.state.matches(o["obj"]))  # the GLB must belong to the newest export
-    return obj is not None and p.state.has(os.path.join(glob.escape(os.path.dirname(obj)), "model.glb"))
+    return obj is not None and p.state.has(
+        os.path.join(glob.escape(os.path.dirname(obj)), "model.glb")
+    )
 
 
 def _build_ply(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
     trial, o = p.trials["refine"], p.outs["refine"]
-    stage.argv = [p.opts.python, "-m", "hifi123.run.export", "ply", os.path.join(trial, "ckpts", "last.ckpt"),
-                  "--out", os.path.join(trial, POINTCLOUD)]
+    stage.argv = [
+        p.opts.python,
+        "-m",
+        "hifi123.run.export",
+        "ply",
+        os.path.join(trial, "ckpts", "last.ckpt"),
+        "--out",
+        os.path.join(trial, POINTCLOUD),
+    ]
     stage.outputs = [o["ply"]]
     stage.trial = trial
     return None
@@ -632,27 +742,53 @@ def _build_ply(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
 def _build_video(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
     trial, o = p.trials["refine"], p.outs["refine"]
     p.on_gpu(stage, trial)
-    stage.argv = p.launch + [
-        "--config", os.path.join(trial, "configs", "parsed.yaml"), "--test", "--gpu", p.opts.gpu,
-        override("resume", os.path.join(trial, "ckpts", "last.ckpt")),
-    ] + p.user_overrides(stage.name)
+    stage.argv = (
+        p.launch
+        + [
+            "--config",
+            os.path.join(trial, "configs", "parsed.yaml"),
+            "--test",
+            "--gpu",
+            p.opts.gpu,
+            override("resume", os.path.join(trial, "ckpts", "last.ckpt")),
+        ]
+        + p.user_overrides(stage.name)
+    )
     stage.outputs = [o["video"]]
     return None
 
 
 def _build_eval(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
     trial, o = p.trials["refine"], p.outs["refine"]
-    stage.argv = [p.opts.python, "-m", "hifi123.cli", "eval", "single-view", "--ref", p.lay.rgba, "--views", trial,
-                  "--out", os.path.join(trial, EVAL_REPORT)]
+    stage.argv = [
+        p.opts.python,
+        "-m",
+        "hifi123.cli",
+        "eval",
+        "single-view",
+        "--ref",
+        p.lay.rgba,
+        "--views",
+        trial,
+        "--out",
+        os.path.join(trial, EVAL_REPORT),
+    ]
     stage.env = dict(p.env)
     stage.outputs = [o["eval"]]
     stage.trial = trial
     return None
 
 
-_BUILDERS = {"preprocess": _build_preprocess, "align": _build_align, "export": _build_export,
-             "glb": _build_glb, "ply": _build_ply,
-             "video": _build_video, "eval": _build_eval, **{st: _build_training for st in TRAINING_STAGES}}
+_BUILDERS = {
+    "preprocess": _build_preprocess,
+    "align": _build_align,
+    "export": _build_export,
+    "glb": _build_glb,
+    "ply": _build_ply,
+    "video": _build_video,
+    "eval": _build_eval,
+    **{st: _build_training for st in TRAINING_STAGES},
+}
 
 
 def plan_stages(opts: RunOptions, state: State, ran: Iterable[str] = ()) -> List[Stage]:
@@ -662,7 +798,14 @@ def plan_stages(opts: RunOptions, state: State, ran: Iterable[str] = ()) -> List
     invocation, whose dependents must run again)."""
     lay = Layout.of(opts)
     trials = {st: lay.trial(opts.training(st).name) for st in opts.training_stages}
-    plan = _Plan(opts, state, lay, trials, {st: trial_outputs(t) for st, t in trials.items()}, gpu_env(opts.gpu))
+    plan = _Plan(
+        opts,
+        state,
+        lay,
+        trials,
+        {st: trial_outputs(t) for st, t in trials.items()},
+        gpu_env(opts.gpu),
+    )
     ran, deps = set(ran), _deps(opts)
     stages: List[Stage] = []
     pending: set = set()

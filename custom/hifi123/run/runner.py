@@ -9,6 +9,7 @@ stages' completion marker `<trial>/hifi123_stage.json`, and records timings in
 resume); re-running the same command skips finished stages and resumes an interrupted training
 stage from `<trial>/ckpts/last.ckpt`.
 """
+
 from __future__ import annotations
 
 import glob
@@ -45,14 +46,18 @@ _HERE = Path(__file__).resolve()
 #: the repository root when running from a checkout (custom/hifi123/run/runner.py), else None
 REPO_ROOT: Optional[Path] = _HERE.parents[3] if _HERE.parents[2].name == "custom" else None
 
-INSTALL_FIX = "bash install.sh (clones threestudio into ./threestudio and links hifi123 into it), " \
-              "or point --threestudio-root / THREESTUDIO_ROOT at your checkout"
+INSTALL_FIX = (
+    "bash install.sh (clones threestudio into ./threestudio and links hifi123 into it), "
+    "or point --threestudio-root / THREESTUDIO_ROOT at your checkout"
+)
 
 
 class StageFailed(Hifi123Error):
     """A stage's command failed or did not write what it should."""
 
-    def __init__(self, what: str, stage: str = "", expected: str = "", fix: str = "", log: str = ""):
+    def __init__(
+        self, what: str, stage: str = "", expected: str = "", fix: str = "", log: str = ""
+    ):
         self.stage = stage
         self.log = log
         super().__init__(what, expected, fix)
@@ -73,29 +78,45 @@ def _has_launch(path) -> bool:
     return bool(path) and os.path.isfile(os.path.join(path, "launch.py"))
 
 
-def find_threestudio_root(explicit: Optional[str] = None, environ: Optional[Dict[str, str]] = None,
-                          cwd: Optional[str] = None, repo_root: Optional[Path] = REPO_ROOT) -> str:
+def find_threestudio_root(
+    explicit: Optional[str] = None,
+    environ: Optional[Dict[str, str]] = None,
+    cwd: Optional[str] = None,
+    repo_root: Optional[Path] = REPO_ROOT,
+) -> str:
     """The threestudio checkout (the folder holding launch.py): `--threestudio-root`, else
     `$THREESTUDIO_ROOT`, else `./threestudio`, else `<this repository>/threestudio` (install.sh's
     clone). An explicit choice that is wrong is an error, never silently replaced."""
     environ = os.environ if environ is None else environ
     cwd = cwd or os.getcwd()
-    expected = "a threestudio checkout: the folder with launch.py, with hifi123 linked into custom/hifi123"
-    for flag, value in (("--threestudio-root", explicit), ("THREESTUDIO_ROOT", environ.get("THREESTUDIO_ROOT"))):
+    expected = (
+        "a threestudio checkout: the folder with launch.py, with hifi123 linked into custom/hifi123"
+    )
+    for flag, value in (
+        ("--threestudio-root", explicit),
+        ("THREESTUDIO_ROOT", environ.get("THREESTUDIO_ROOT")),
+    ):
         if value:
             root = os.path.abspath(os.path.expanduser(value))
             if not _has_launch(root):
-                raise Hifi123Error(f"{flag} {value} has no launch.py ({'not a folder' if not os.path.isdir(root) else 'not a threestudio checkout'})",
-                                   expected, INSTALL_FIX)
+                raise Hifi123Error(
+                    f"{flag} {value} has no launch.py ({'not a folder' if not os.path.isdir(root) else 'not a threestudio checkout'})",
+                    expected,
+                    INSTALL_FIX,
+                )
             return root
-    looked = [os.path.join(cwd, "threestudio")] + ([str(repo_root / "threestudio")] if repo_root else [])
+    looked = [os.path.join(cwd, "threestudio")] + (
+        [str(repo_root / "threestudio")] if repo_root else []
+    )
     for cand in looked:
         if _has_launch(cand):
             return os.path.abspath(cand)
     raise Hifi123Error(
         "threestudio not found: no --threestudio-root, THREESTUDIO_ROOT is not set, and there is no launch.py in "
         + " or ".join(dict.fromkeys(looked)),
-        expected, INSTALL_FIX)
+        expected,
+        INSTALL_FIX,
+    )
 
 
 def check_threestudio(opts: RunOptions) -> None:
@@ -103,9 +124,11 @@ def check_threestudio(opts: RunOptions) -> None:
     root = opts.threestudio_root
     link = os.path.join(root, "custom", "hifi123")
     if not os.path.isdir(link):
-        raise Hifi123Error(f"hifi123 is not installed in threestudio: {link} does not exist",
-                           "custom/hifi123 in the threestudio root (a link to this repository's custom/hifi123)",
-                           f"bash install.sh (it makes the link), or: ln -s {REPO_ROOT / 'custom' / 'hifi123' if REPO_ROOT else '<hifi123>/custom/hifi123'} {link}")
+        raise Hifi123Error(
+            f"hifi123 is not installed in threestudio: {link} does not exist",
+            "custom/hifi123 in the threestudio root (a link to this repository's custom/hifi123)",
+            f"bash install.sh (it makes the link), or: ln -s {REPO_ROOT / 'custom' / 'hifi123' if REPO_ROOT else '<hifi123>/custom/hifi123'} {link}",
+        )
     for st in opts.training_stages:
         cfg = os.path.join(root, CONFIG_DIR, opts.training(st).config)
         if not os.path.isfile(cfg):
@@ -113,7 +136,8 @@ def check_threestudio(opts: RunOptions) -> None:
                 f"config {CONFIG_DIR}/{opts.training(st).config} ({opts.variant} {st} stage) not found in {root}",
                 f"the {opts.method} configs in {os.path.join(root, CONFIG_DIR)}",
                 "update hifi123 (git pull) and re-run bash install.sh; the stage table is METHODS in "
-                "custom/hifi123/run/plan.py")
+                "custom/hifi123/run/plan.py",
+            )
 
 
 def gpu_available() -> bool:
@@ -128,21 +152,28 @@ def check_gpu(gpus: Sequence[str]) -> None:
         raise Hifi123Error(
             "no CUDA GPU: torch.cuda.is_available() is False",
             "an NVIDIA GPU and a CUDA build of torch (threestudio trains on GPU only)",
-            "run on a GPU machine, or add --dry-run to print the commands without running them")
+            "run on a GPU machine, or add --dry-run to print the commands without running them",
+        )
     if not os.environ.get("CUDA_VISIBLE_DEVICES"):
         import torch
 
         n = torch.cuda.device_count()
         bad = [g for g in gpus if int(g) >= n]
         if bad:
-            raise Hifi123Error(f"GPU {', '.join(bad)} requested but this machine has {n} (ids 0..{n - 1})",
-                               "GPU ids that exist (PCI bus order, as launch.py --gpu)", "pass other ids with --gpu / --gpus")
+            raise Hifi123Error(
+                f"GPU {', '.join(bad)} requested but this machine has {n} (ids 0..{n - 1})",
+                "GPU ids that exist (PCI bus order, as launch.py --gpu)",
+                "pass other ids with --gpu / --gpus",
+            )
 
 
 def check_image(path: str, flag: str = "IMAGE") -> None:
     if not os.path.isfile(path):
-        raise InputError(f"image {path} not found ({flag})", "an image file (PNG/JPEG/...) of the object",
-                         "check the path")
+        raise InputError(
+            f"image {path} not found ({flag})",
+            "an image file (PNG/JPEG/...) of the object",
+            "check the path",
+        )
 
 
 def check_mesh(opts: RunOptions) -> None:
@@ -150,10 +181,11 @@ def check_mesh(opts: RunOptions) -> None:
     if not opts.spec.aligns_mesh:
         return
     if not opts.mesh:
-        raise InputError(f"--method {opts.method} refines a mesh you have, but no --mesh was given",
-                         "--mesh MESH (OBJ, GLB, PLY, ... from TripoSR, SF3D, InstantMesh, "
-                         "TRELLIS, Hunyuan3D)",
-                         f"hifi123 run {opts.image} --method {opts.method} --mesh MESH")
+        raise InputError(
+            f"--method {opts.method} refines a mesh you have, but no --mesh was given",
+            "--mesh MESH (OBJ, GLB, PLY, ... from TripoSR, SF3D, InstantMesh, TRELLIS, Hunyuan3D)",
+            f"hifi123 run {opts.image} --method {opts.method} --mesh MESH",
+        )
     from ..core.mesh_align import load_mesh
 
     load_mesh(opts.mesh)
@@ -162,8 +194,9 @@ def check_mesh(opts: RunOptions) -> None:
 # ---------------------------------------------------------------------------------- execution
 
 
-def execute_subprocess(stage: Stage, echo: bool = True,
-                       environ: Optional[Dict[str, str]] = None) -> int:
+def execute_subprocess(
+    stage: Stage, echo: bool = True, environ: Optional[Dict[str, str]] = None
+) -> int:
     """Run `stage.argv` in `stage.cwd` with `stage.env` over `environ` (default: this process's);
     append its output to `stage.log` (and the terminal when `echo`). Returns the exit code."""
     env = dict(os.environ if environ is None else environ)
@@ -174,8 +207,9 @@ def execute_subprocess(stage: Stage, echo: bool = True,
         log.write(f"\n# {_now()}  {stage.command()}\n".encode())
         log.flush()
         try:
-            proc = subprocess.Popen(stage.argv, cwd=stage.cwd, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                stage.argv, cwd=stage.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
         except OSError as err:
             log.write(f"cannot start: {err}\n".encode())
             return 127
@@ -219,7 +253,7 @@ def _preprocess_message(path: str) -> str:
     lines = _tail(path, 200)
     starts = [i for i, line in enumerate(lines) if "hifi123: error:" in line]
     if starts:
-        block = lines[starts[-1]:]
+        block = lines[starts[-1] :]
         block[0] = block[0].split("hifi123: error:", 1)[1].strip()
         return "\n".join(block[:12]).strip()
     return "\n".join(lines[-12:]).strip() or "(no output)"
@@ -259,10 +293,20 @@ def outputs_of(opts: RunOptions) -> Dict[str, Optional[str]]:
 
     out = {
         "inputs (RGBA, depth, normal, caption)": lay.rgba if os.path.isfile(lay.rgba) else None,
-        **({"aligned mesh (+ alignment.json, overlay)":
-            lay.aligned() if os.path.isfile(lay.aligned()) else None} if spec.aligns_mesh else {}),
-        **({"coarse trial": trials["coarse"] if os.path.isdir(trials["coarse"]) else None}
-           if "coarse" in trials else {}),
+        **(
+            {
+                "aligned mesh (+ alignment.json, overlay)": lay.aligned()
+                if os.path.isfile(lay.aligned())
+                else None
+            }
+            if spec.aligns_mesh
+            else {}
+        ),
+        **(
+            {"coarse trial": trials["coarse"] if os.path.isdir(trials["coarse"]) else None}
+            if "coarse" in trials
+            else {}
+        ),
         "refine trial": trials["refine"] if os.path.isdir(trials["refine"]) else None,
         "mesh (OBJ/MTL + texture)": find(mesh["obj"]),
         "mesh (GLB)": find(mesh["glb"]),
@@ -314,8 +358,14 @@ def fmt_seconds(s: Optional[float]) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def run_image(opts: RunOptions, *, dry_run: bool = False, echo: bool = True,
-              execute: Optional[Executor] = None, say: Callable[[str], None] = print) -> dict:
+def run_image(
+    opts: RunOptions,
+    *,
+    dry_run: bool = False,
+    echo: bool = True,
+    execute: Optional[Executor] = None,
+    say: Callable[[str], None] = print,
+) -> dict:
     """Run (or with `dry_run`, print) every pending stage for one image. Returns the run record.
 
     Raises `StageFailed` / `PreprocessFailed` / `Hifi123Error`; the record on disk says which
@@ -326,8 +376,10 @@ def run_image(opts: RunOptions, *, dry_run: bool = False, echo: bool = True,
     check_threestudio(opts)
     lay = Layout.of(opts)
     stages = plan_stages(opts, scan_state(opts))
-    say(f"hifi123 run: {opts.image} -> {opts.method}{' (low VRAM)' if opts.lowvram else ''}, tag {lay.tag}, "
-        f"GPU {opts.gpu}\n  threestudio: {opts.threestudio_root}\n  outputs:     {opts.out}")
+    say(
+        f"hifi123 run: {opts.image} -> {opts.method}{' (low VRAM)' if opts.lowvram else ''}, tag {lay.tag}, "
+        f"GPU {opts.gpu}\n  threestudio: {opts.threestudio_root}\n  outputs:     {opts.out}"
+    )
     if dry_run:
         print_plan(stages, say)
         return {}
@@ -336,8 +388,17 @@ def run_image(opts: RunOptions, *, dry_run: bool = False, echo: bool = True,
         check_gpu(opts.gpu.split(","))
 
     record = load_record(lay.record) or {}
-    record.update(image=opts.image, tag=lay.tag, method=opts.method, lowvram=opts.lowvram, variant=opts.variant,
-                  gpu=opts.gpu, status="running", failed_stage=None, error=None)
+    record.update(
+        image=opts.image,
+        tag=lay.tag,
+        method=opts.method,
+        lowvram=opts.lowvram,
+        variant=opts.variant,
+        gpu=opts.gpu,
+        status="running",
+        failed_stage=None,
+        error=None,
+    )
     record.setdefault("stages", {})
     record.setdefault("started", _now())
     os.makedirs(opts.out, exist_ok=True)
@@ -357,28 +418,45 @@ def run_image(opts: RunOptions, *, dry_run: bool = False, echo: bool = True,
                 break
             stage = todo[0]
             if stage.name in ran:  # a stage that succeeded must be done on the next scan
-                raise StageFailed(f"stage {stage.name} ran but is still pending", stage.name,
-                                  "its outputs: " + ", ".join(stage.outputs), "report this as a bug")
+                raise StageFailed(
+                    f"stage {stage.name} ran but is still pending",
+                    stage.name,
+                    "its outputs: " + ", ".join(stage.outputs),
+                    "report this as a bug",
+                )
             if any(CAPTION_PLACEHOLDER.split("{")[0] in a for a in stage.argv):
-                raise StageFailed(f"stage {stage.name}: the caption {lay.caption} is missing", stage.name,
-                                  "the preprocess stage writes it", "pass --prompt TEXT, or re-run the preprocess stage")
+                raise StageFailed(
+                    f"stage {stage.name}: the caption {lay.caption} is missing",
+                    stage.name,
+                    "the preprocess stage writes it",
+                    "pass --prompt TEXT, or re-run the preprocess stage",
+                )
             if any(ALIGNMENT_PLACEHOLDER.split("{")[0] in a for a in stage.argv):
-                raise StageFailed(f"stage {stage.name}: {lay.aligned('alignment.json')} has no "
-                                  "fitted reference camera", stage.name,
-                                  "the align stage writes it",
-                                  "re-run the same command (the align stage runs again)")
+                raise StageFailed(
+                    f"stage {stage.name}: {lay.aligned('alignment.json')} has no "
+                    "fitted reference camera",
+                    stage.name,
+                    "the align stage writes it",
+                    "re-run the same command (the align stage runs again)",
+                )
             _run_stage(opts, stage, record, execute, echo, say)
             ran.append(stage.name)
     except Hifi123Error as err:
-        record.update(status="failed", failed_stage=getattr(err, "stage", None) or None, error=err.render())
+        record.update(
+            status="failed", failed_stage=getattr(err, "stage", None) or None, error=err.render()
+        )
         save_record(lay.record, record)
         raise
     except BaseException as err:
-        record.update(status="interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
-                      error=f"{type(err).__name__}: {err}")
+        record.update(
+            status="interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
+            error=f"{type(err).__name__}: {err}",
+        )
         save_record(lay.record, record)
         raise
-    record.update(status="done", outputs=outputs_of(opts), metrics=read_metrics(opts), finished=_now())
+    record.update(
+        status="done", outputs=outputs_of(opts), metrics=read_metrics(opts), finished=_now()
+    )
     record["seconds"] = sum(e.get("seconds") or 0 for e in record["stages"].values())
     save_record(lay.record, record)
     say(f"\n{lay.tag}: all stages done ({fmt_seconds(record['seconds'])} of stage time). Outputs:")
@@ -387,8 +465,14 @@ def run_image(opts: RunOptions, *, dry_run: bool = False, echo: bool = True,
     return record
 
 
-def _run_stage(opts: RunOptions, stage: Stage, record: dict, execute: Executor, echo: bool,
-               say: Callable[[str], None]) -> None:
+def _run_stage(
+    opts: RunOptions,
+    stage: Stage,
+    record: dict,
+    execute: Executor,
+    echo: bool,
+    say: Callable[[str], None],
+) -> None:
     if stage.move_aside and os.path.isdir(stage.move_aside):
         dst = _move_aside(stage.move_aside)
         say(f"moved the stale trial {stage.move_aside} to {dst}")
@@ -397,40 +481,73 @@ def _run_stage(opts: RunOptions, stage: Stage, record: dict, execute: Executor, 
         if os.path.exists(marker):
             os.remove(marker)
     os.makedirs(stage.cwd, exist_ok=True)
-    say(f"\n== {Layout.of(opts).tag}: {stage.name} ({stage.why})\n   {stage.command()}\n   log: {stage.log}")
+    say(
+        f"\n== {Layout.of(opts).tag}: {stage.name} ({stage.why})\n   {stage.command()}\n   log: {stage.log}"
+    )
     prev = record["stages"].get(stage.name) or {}
-    entry = {"status": "running", "started": _now(), "log": stage.log, "resumed_from": stage.resume,
-             "command": stage.command()}
+    entry = {
+        "status": "running",
+        "started": _now(),
+        "log": stage.log,
+        "resumed_from": stage.resume,
+        "command": stage.command(),
+    }
     record["stages"][stage.name] = entry
     save_record(Layout.of(opts).record, record)
     t0 = time.time()
     code = execute(stage, echo)
     seconds = time.time() - t0
     # a resumed training stage accumulates the time of its interrupted attempts
-    earlier = (prev.get("seconds") or 0) if stage.resume and prev.get("status") in ("failed", "running", "interrupted") else 0
+    earlier = (
+        (prev.get("seconds") or 0)
+        if stage.resume and prev.get("status") in ("failed", "running", "interrupted")
+        else 0
+    )
     entry.update(seconds=earlier + seconds, finished=_now(), exit_code=code)
 
     missing = [p for p in stage.outputs if not glob.glob(p)]
     if code != 0 or missing:
         entry["status"] = "failed"
         if stage.name == "preprocess" and code != 0:
-            message = "\n".join("    " + line for line in _preprocess_message(stage.log).splitlines())
+            message = "\n".join(
+                "    " + line for line in _preprocess_message(stage.log).splitlines()
+            )
             raise PreprocessFailed(
-                f"preprocessing {opts.image} failed:\n{message}", stage.name, "",
-                f"do what the preprocess error says, then re-run the same command (log: {stage.log})", stage.log)
+                f"preprocessing {opts.image} failed:\n{message}",
+                stage.name,
+                "",
+                f"do what the preprocess error says, then re-run the same command (log: {stage.log})",
+                stage.log,
+            )
         tail = "\n".join("    " + line for line in _tail(stage.log, 15))
-        what = (f"stage {stage.name} failed (exit code {code})" if code != 0 else
-                f"stage {stage.name} exited 0 but did not write {', '.join(missing)}")
+        what = (
+            f"stage {stage.name} failed (exit code {code})"
+            if code != 0
+            else f"stage {stage.name} exited 0 but did not write {', '.join(missing)}"
+        )
         raise StageFailed(
-            f"{what} for {opts.image}\n  last lines of {stage.log}:\n{tail}", stage.name, "",
+            f"{what} for {opts.image}\n  last lines of {stage.log}:\n{tail}",
+            stage.name,
+            "",
             "fix the cause shown in the log, then re-run the same command: finished stages are skipped and an "
-            "interrupted training stage resumes from its ckpts/last.ckpt", stage.log)
+            "interrupted training stage resumes from its ckpts/last.ckpt",
+            stage.log,
+        )
     entry["status"] = "ran"
     if stage.trial and stage.name in TRAINING_STAGES:
-        marker = {"stage": stage.name, "method": opts.method, "variant": opts.variant, "image": opts.image,
-                  "argv": stage.argv, "cwd": stage.cwd, "resumed_from": stage.resume,
-                  "started": entry["started"], "finished": entry["finished"], "seconds": seconds,
-                  "identity": stage.identity}
+        marker = {
+            "stage": stage.name,
+            "method": opts.method,
+            "variant": opts.variant,
+            "image": opts.image,
+            "argv": stage.argv,
+            "cwd": stage.cwd,
+            "resumed_from": stage.resume,
+            "started": entry["started"],
+            "finished": entry["finished"],
+            "seconds": seconds,
+            "identity": stage.identity,
+        }
         with open(os.path.join(stage.trial, MARKER), "w", encoding="utf-8") as f:
             json.dump(marker, f, indent=2)
             f.write("\n")
@@ -439,6 +556,17 @@ def _run_stage(opts: RunOptions, stage: Stage, record: dict, execute: Executor, 
 
 
 __all__ = [
-    "StageFailed", "PreprocessFailed", "find_threestudio_root", "check_threestudio", "check_gpu", "check_image",
-    "execute_subprocess", "run_image", "print_plan", "outputs_of", "read_metrics", "load_record", "save_record",
+    "StageFailed",
+    "PreprocessFailed",
+    "find_threestudio_root",
+    "check_threestudio",
+    "check_gpu",
+    "check_image",
+    "execute_subprocess",
+    "run_image",
+    "print_plan",
+    "outputs_of",
+    "read_metrics",
+    "load_record",
+    "save_record",
 ]

@@ -474,7 +474,9 @@ def _save_png(arr, path, mode):
     img.save(path, optimize=True, compress_level=9)
 
 
-def coarse_demo_view(size: int = REF_SIZE, azimuth_deg: float = 90.0, elevation_deg: float = 10.0) -> np.ndarray:
+def coarse_demo_view(
+    size: int = REF_SIZE, azimuth_deg: float = 90.0, elevation_deg: float = 10.0
+) -> np.ndarray:
     """A deliberately coarse novel view (rendered at 1/4 resolution, nearest-upsampled), standing in
     for a Zero-1-to-3 / coarse-3D render in the `hifi123 rgnv` demo. uint8 RGBA [size, size, 4]."""
     low = size // 4

@@ -1,6 +1,7 @@
 """A fabricated coarse threestudio trial for CPU tests of refine stages: `configs/parsed.yaml` and
 `ckpts/last.ckpt` of a small pure-torch NeRF (frequency encoding + VanillaMLP; render it with
 `hifi123.testing.torch_renderer`). Needs threestudio imported (GPU-only modules stubbed)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,15 +9,27 @@ from pathlib import Path
 COARSE_SYSTEM = {
     "geometry_type": "implicit-volume",
     "geometry": {
-        "radius": 1.0, "normal_type": "analytic", "density_bias": "blob_magic3d", "density_activation": "softplus",
-        "density_blob_scale": 10.0, "density_blob_std": 0.5,
+        "radius": 1.0,
+        "normal_type": "analytic",
+        "density_bias": "blob_magic3d",
+        "density_activation": "softplus",
+        "density_blob_scale": 10.0,
+        "density_blob_std": 0.5,
         "pos_encoding_config": {"otype": "ProgressiveBandFrequency", "n_frequencies": 2},
-        "mlp_network_config": {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none",
-                               "n_neurons": 16, "n_hidden_layers": 1},
+        "mlp_network_config": {
+            "otype": "VanillaMLP",
+            "activation": "ReLU",
+            "output_activation": "none",
+            "n_neurons": 16,
+            "n_hidden_layers": 1,
+        },
     },
-    "material_type": "diffuse-with-point-light-material", "material": {"ambient_only_steps": 0},
-    "background_type": "solid-color-background", "background": {},
-    "renderer_type": "nerf-volume-renderer", "renderer": {"radius": 1.0},
+    "material_type": "diffuse-with-point-light-material",
+    "material": {"ambient_only_steps": 0},
+    "background_type": "solid-color-background",
+    "background": {},
+    "renderer_type": "nerf-volume-renderer",
+    "renderer": {"radius": 1.0},
 }
 
 
@@ -31,7 +44,10 @@ def write_coarse_trial(root, seed: int = 0) -> Path:
     (trial / "ckpts").mkdir(exist_ok=True)
     (trial / "configs" / "parsed.yaml").write_text(yaml.safe_dump({"system": COARSE_SYSTEM}))
     torch.manual_seed(seed)
-    modules = {k: threestudio.find(COARSE_SYSTEM[f"{k}_type"])(COARSE_SYSTEM[k]) for k in ("geometry", "material", "background")}
+    modules = {
+        k: threestudio.find(COARSE_SYSTEM[f"{k}_type"])(COARSE_SYSTEM[k])
+        for k in ("geometry", "material", "background")
+    }
     state = {f"{k}.{n}": t for k, m in modules.items() for n, t in m.state_dict().items()}
     ckpt = trial / "ckpts" / "last.ckpt"
     torch.save({"state_dict": state, "epoch": 0, "global_step": 10}, ckpt)

@@ -1,4 +1,5 @@
 """Count UNet evaluations: calls and batch items (a CFG pair in one call counts 1 call, 2 items)."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager

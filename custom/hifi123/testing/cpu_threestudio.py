@@ -18,6 +18,7 @@ Trainer with `accelerator="gpu"`. For tests we keep threestudio's code and swap 
 
 Nothing here is used by the extension itself; it is test infrastructure, like the stubs.
 """
+
 from __future__ import annotations
 
 import math
@@ -89,7 +90,9 @@ def _hash_grid_class():
             x = x.float().clamp(0.0, 1.0)
             outs = []
             for lvl, res in enumerate(self.resolutions):
-                table = self.params[self.offsets[lvl] : self.offsets[lvl + 1]].view(-1, self.n_features)
+                table = self.params[self.offsets[lvl] : self.offsets[lvl + 1]].view(
+                    -1, self.n_features
+                )
                 pos = x * res
                 lo = pos.floor().clamp(max=res - 1) if res > 0 else pos.floor()
                 frac = pos - lo

@@ -10,6 +10,7 @@ Both follow the noise-prediction signature of `hifi123.core.diffusion.ddim` (`ep
   latent at the queried level, eps = (z - sqrt(a_t) x0) / sqrt(1 - a_t); its x0-prediction is x0
   exactly, for any z and t.
 """
+
 from __future__ import annotations
 
 import torch

@@ -5,6 +5,7 @@ Each smoke file names the shipped stage config it shrinks (`base`) and holds nes
 `load_config(..., cli_args=...)`) merge over the shipped YAML, with "{tiny}" replaced by the folder
 of the tiny offline models. A shipped `-lowvram` variant uses the smoke file of its full version.
 """
+
 from __future__ import annotations
 
 import json

@@ -8,6 +8,7 @@ loads extensions.
 
 Nothing here imports threestudio at module import time.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -13,6 +13,7 @@ TorchRasterizerContext()` after building the renderer.
 
 Brute force over faces x pixels in chunks: fine for test meshes (thousands of faces, 64^2 images).
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,7 +29,11 @@ class TorchRasterizerContext:
 
     @torch.no_grad()
     def rasterize(self, pos: torch.Tensor, tri: torch.Tensor, resolution):
-        H, W = (resolution, resolution) if isinstance(resolution, int) else tuple(int(r) for r in resolution)
+        H, W = (
+            (resolution, resolution)
+            if isinstance(resolution, int)
+            else tuple(int(r) for r in resolution)
+        )
         B = pos.shape[0]
         tri = tri.long()
         ys = (2 * torch.arange(H, dtype=pos.dtype, device=pos.device) + 1) / H - 1
@@ -43,11 +48,17 @@ class TorchRasterizerContext:
             for f0 in range(0, tri.shape[0], self.chunk):
                 t = tri[f0 : f0 + self.chunk]
                 p0, p1, p2 = ndc[t[:, 0]], ndc[t[:, 1]], ndc[t[:, 2]]  # [F,3]
-                area = (p1[:, 0] - p0[:, 0]) * (p2[:, 1] - p0[:, 1]) - (p2[:, 0] - p0[:, 0]) * (p1[:, 1] - p0[:, 1])
+                area = (p1[:, 0] - p0[:, 0]) * (p2[:, 1] - p0[:, 1]) - (p2[:, 0] - p0[:, 0]) * (
+                    p1[:, 1] - p0[:, 1]
+                )
                 ok = area.abs() > 1e-12
                 # screen-space barycentrics for every (face, pixel)
-                e0 = (p1[:, None, 0] - px[None]) * (p2[:, None, 1] - py[None]) - (p2[:, None, 0] - px[None]) * (p1[:, None, 1] - py[None])
-                e1 = (p2[:, None, 0] - px[None]) * (p0[:, None, 1] - py[None]) - (p0[:, None, 0] - px[None]) * (p2[:, None, 1] - py[None])
+                e0 = (p1[:, None, 0] - px[None]) * (p2[:, None, 1] - py[None]) - (
+                    p2[:, None, 0] - px[None]
+                ) * (p1[:, None, 1] - py[None])
+                e1 = (p2[:, None, 0] - px[None]) * (p0[:, None, 1] - py[None]) - (
+                    p0[:, None, 0] - px[None]
+                ) * (p2[:, None, 1] - py[None])
                 a = area[:, None]
                 b0, b1 = e0 / a, e1 / a
                 b2 = 1 - b0 - b1

@@ -8,6 +8,7 @@ near and far points of the sphere of radius `radius` around the origin. It is sl
 tests only: :func:`register_torch_volume_renderer` registers it (after `import threestudio`) under
 `TEST_RENDERER_NAME`; it is never registered by the extension itself.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
@@ -57,8 +58,13 @@ def _renderer_class():
             t_light = t_light.repeat_interleave(h * w, 0) if t_light.shape[0] == b else t_light
             geo = self.geometry(s.positions, output_normal=self.material.requires_normal)
             mat_kwargs = kwargs if self.training else {}
-            rgb = self.material(viewdirs=s.t_dirs, positions=s.positions,
-                                light_positions=t_light[s.ray_indices], **geo, **mat_kwargs)
+            rgb = self.material(
+                viewdirs=s.t_dirs,
+                positions=s.positions,
+                light_positions=t_light[s.ray_indices],
+                **geo,
+                **mat_kwargs,
+            )
             weights, opacity, depth, fg = _composite(geo["density"], rgb, s)
             bg = self.background(dirs=rays_d)
             bgc = _background_colour(bg, bg_color, b, h, w)
@@ -71,7 +77,9 @@ def _renderer_class():
                 "depth": depth.view(b, h, w, 1),
             }
             if "normal" in geo and (self.cfg.return_comp_normal or not self.training):
-                cn = F.normalize((weights[..., None] * geo["normal"].reshape(n_rays, n, 3)).sum(1), dim=-1)
+                cn = F.normalize(
+                    (weights[..., None] * geo["normal"].reshape(n_rays, n, 3)).sum(1), dim=-1
+                )
                 out["comp_normal"] = ((cn + 1.0) / 2.0 * opacity).view(b, h, w, 3)
             if self.training:
                 out.update(**s.training_outputs(weights), **geo)
@@ -97,9 +105,12 @@ class _Samples(NamedTuple):
     def training_outputs(self, weights: torch.Tensor) -> dict:
         """The per-sample outputs of a training forward (threestudio's keys)."""
         return dict(
-            weights=weights.reshape(-1, 1), t_points=self.tm.reshape(-1, 1),
+            weights=weights.reshape(-1, 1),
+            t_points=self.tm.reshape(-1, 1),
             t_intervals=(self.t1 - self.t0).reshape(-1, 1),
-            t_dirs=self.t_dirs, ray_indices=self.ray_indices, points=self.positions,
+            t_dirs=self.t_dirs,
+            ray_indices=self.ray_indices,
+            points=self.positions,
         )
 
 

@@ -4,6 +4,7 @@ Only imported when threestudio is importable (see `hifi123.register_threestudio_
 Each module registers its names through :func:`register`, which is idempotent for the same class
 (the package may be imported twice, once as an installed package and once by launch.py).
 """
+
 from __future__ import annotations
 
 # importing a component module registers its names

@@ -1,5 +1,6 @@
 """A core camera (`hifi123.core.cameras.ViewCamera`) as a threestudio camera batch: the one place
 where our cameras enter threestudio (the HiFi-123 fixed views, the Make-It-3D point-cloud views)."""
+
 from __future__ import annotations
 
 from typing import Any, Dict
@@ -9,7 +10,9 @@ import torch
 from ..core.cameras import ViewCamera
 
 
-def camera_batch(camera: ViewCamera, device=None, near: float = 0.01, far: float = 100.0) -> Dict[str, Any]:
+def camera_batch(
+    camera: ViewCamera, device=None, near: float = 0.01, far: float = 100.0
+) -> Dict[str, Any]:
     """The threestudio batch of one core camera (near / far as threestudio's random views): `rays_o`, `rays_d` (unit), `mvp_mtx`, `c2w`,
     `camera_positions`, `light_positions` (= camera), `elevation`, `azimuth`, `camera_distances`,
     `fovy`, `height`, `width` (threestudio's `RandomCameraDataset` layout)."""
@@ -27,10 +30,16 @@ def camera_batch(camera: ViewCamera, device=None, near: float = 0.01, far: float
     proj = get_projection_matrix(fovy.cpu(), camera.width / camera.height, near, far).to(device)
     pos = c2w[:, :3, 3]
     return {
-        "rays_o": rays_o, "rays_d": rays_d, "mvp_mtx": get_mvp_matrix(c2w, proj), "c2w": c2w,
-        "camera_positions": pos, "light_positions": pos,
+        "rays_o": rays_o,
+        "rays_d": rays_d,
+        "mvp_mtx": get_mvp_matrix(c2w, proj),
+        "c2w": c2w,
+        "camera_positions": pos,
+        "light_positions": pos,
         "elevation": torch.tensor([camera.elevation_deg], device=device),
         "azimuth": torch.tensor([camera.azimuth_deg], device=device),
         "camera_distances": pos.norm(dim=-1),
-        "fovy": fovy, "height": camera.height, "width": camera.width,
+        "fovy": fovy,
+        "height": camera.height,
+        "width": camera.width,
     }

@@ -6,6 +6,7 @@ path and name as the first's. threestudio refuses a name twice, so a twin leaves
 registration in place (both copies run the same code) instead of touching threestudio's registry
 dict. A different class under one of our names (another extension using our prefix) is an error.
 """
+
 from __future__ import annotations
 
 import threestudio
@@ -26,7 +27,9 @@ def register(name: str):
         raise ValueError(f"registered names must start with one of {PREFIXES}: {name!r}")
 
     def decorator(cls):
-        existing = threestudio.__modules__.get(name) if hasattr(threestudio, "__modules__") else None
+        existing = (
+            threestudio.__modules__.get(name) if hasattr(threestudio, "__modules__") else None
+        )
         if existing is None:
             threestudio.register(name)(cls)
         elif existing is not cls and _qualified(existing) != _qualified(cls):
@@ -57,7 +60,9 @@ class StrictConfig:
             from ..errors import check_config_keys, check_config_numbers, check_config_types
 
             owner = getattr(type(self), "_hifi123_name", type(self).__name__)
-            check_config_keys(cfg, self.Config.__dataclass_fields__, self.config_path, owner, self.foreign_hint)
+            check_config_keys(
+                cfg, self.Config.__dataclass_fields__, self.config_path, owner, self.foreign_hint
+            )
             check_config_numbers(cfg, self.config_path, owner)
             check_config_types(self.Config, cfg, self.config_path, owner)
             check_declared_ranges(cfg, self.Config, self.config_path)

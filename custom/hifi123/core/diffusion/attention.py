@@ -18,6 +18,7 @@ Modes of the shared `InjectionState`:
 * "joint":  reference and targets in ONE batch: rows in `target_rows` use the K/V of row
             `ref_row` of the same call (the MasaCtrl layout; used to cross-check the cache).
 """
+
 from __future__ import annotations
 
 import re
@@ -101,7 +102,8 @@ class MutualSelfAttentionProcessor:
         if st.mode == "record":
             dev = st.store_device or key.device
             st.store.setdefault(st.step, {})[self.layer] = (
-                key.detach().to(dev), value.detach().to(dev)
+                key.detach().to(dev),
+                value.detach().to(dev),
             )
         elif st.mode == "inject":
             k_ref, v_ref = st.kv(self.layer)
@@ -112,12 +114,23 @@ class MutualSelfAttentionProcessor:
             rows = torch.tensor(st.target_rows, device=key.device)
             key, value = key.clone(), value.clone()
             key[rows] = key[st.ref_row : st.ref_row + 1].expand(len(st.target_rows), *key.shape[1:])
-            value[rows] = value[st.ref_row : st.ref_row + 1].expand(len(st.target_rows), *value.shape[1:])
+            value[rows] = value[st.ref_row : st.ref_row + 1].expand(
+                len(st.target_rows), *value.shape[1:]
+            )
         elif st.mode not in ("off", "joint"):
             raise ValueError(f"unknown injection mode {st.mode!r}")
         return key, value
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        *args,
+        **kwargs,
+    ):
         residual = hidden_states
         if getattr(attn, "spatial_norm", None) is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -162,7 +175,9 @@ class MutualSelfAttentionProcessor:
         return out / attn.rescale_output_factor
 
 
-def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+def sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float
+) -> torch.Tensor:
     """softmax(scale q k^T + mask) v through `scaled_dot_product_attention`, on every torch >= 2.0.
 
     torch 2.0 (threestudio's stack) has no `scale=` keyword: SDPA always uses head_dim ** -0.5,

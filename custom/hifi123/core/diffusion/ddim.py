@@ -22,6 +22,7 @@ scheduler's final level a_final (= a(0) for SD, whose `set_alpha_to_one` is Fals
 `invert(S)` runs S inversion steps, ending at level T - S; `sample(start=T - S)` runs the last S
 sampling steps. Both are deterministic (eta = 0).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,7 +36,9 @@ CFGForm = Literal["textbook", "threestudio"]
 CFG_FORMS = get_args(CFGForm)
 
 
-def cfg_combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float, form: str) -> torch.Tensor:
+def cfg_combine(
+    eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float, form: str
+) -> torch.Tensor:
     """Classifier-free guidance.
 
     * "textbook": eps_u + s (eps_c - eps_u)   (Ho & Salimans; HiFi-123's RGNV code, Zero123)
@@ -58,14 +61,20 @@ class DDIMGrid:
     final_alpha_cumprod: float
 
     @classmethod
-    def from_scheduler(cls, scheduler, num_steps: int, steps_offset: Optional[int] = None) -> "DDIMGrid":
+    def from_scheduler(
+        cls, scheduler, num_steps: int, steps_offset: Optional[int] = None
+    ) -> "DDIMGrid":
         """The scheduler's grid for `num_steps`; `steps_offset` (None: the scheduler's own) shifts
         it, as diffusers' `steps_offset` does: 0 gives 980, 960, ..., 0 at T = 50, SD2's 1 gives
         981, ..., 1. The scheduler passed in is not changed."""
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-        if steps_offset is not None and getattr(scheduler.config, "steps_offset", 0) != int(steps_offset):
-            scheduler = type(scheduler).from_config(scheduler.config, steps_offset=int(steps_offset))
+        if steps_offset is not None and getattr(scheduler.config, "steps_offset", 0) != int(
+            steps_offset
+        ):
+            scheduler = type(scheduler).from_config(
+                scheduler.config, steps_offset=int(steps_offset)
+            )
         scheduler.set_timesteps(num_steps)
         ts = scheduler.timesteps.detach().clone().long().cpu()
         ac = scheduler.alphas_cumprod.detach().clone().double().cpu()
@@ -87,7 +96,9 @@ class DDIMGrid:
         return int(self.timesteps[index])
 
 
-def ddim_update(z: torch.Tensor, eps: torch.Tensor, a_from: float, a_to: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def ddim_update(
+    z: torch.Tensor, eps: torch.Tensor, a_from: float, a_to: float
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """One deterministic DDIM move of `z` from level a_from to level a_to. Returns (z_new, x0)."""
     x0 = (z - (1.0 - a_from) ** 0.5 * eps) / a_from**0.5
     return a_to**0.5 * x0 + (1.0 - a_to) ** 0.5 * eps, x0

@@ -10,6 +10,7 @@
   does not).
 * :func:`encode_prompts`: the text encoder's states for a list of prompts.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Literal, Optional, Sequence, Union, get_args
@@ -60,7 +61,9 @@ class UNetNoisePredictor:
         self.before_call = before_call
         self.needs_depth = int(unet.config.in_channels) == 5
         if self.needs_depth and depth is None:
-            raise ValueError("this UNet takes a depth channel (5 input channels) but no depth was given")
+            raise ValueError(
+                "this UNet takes a depth channel (5 input channels) but no depth was given"
+            )
         if not self.needs_depth and depth is not None:
             raise ValueError("a depth condition was given but the UNet has no depth channel")
 
@@ -73,8 +76,9 @@ class UNetNoisePredictor:
         x = x.to(like.device, like.dtype)
         return x.expand(b, *x.shape[1:]) if x.shape[0] == 1 and b > 1 else x
 
-    def __call__(self, z: torch.Tensor, t: Union[int, torch.Tensor], step_index: Optional[int] = None,
-                 **_) -> torch.Tensor:
+    def __call__(
+        self, z: torch.Tensor, t: Union[int, torch.Tensor], step_index: Optional[int] = None, **_
+    ) -> torch.Tensor:
         dtype = next(self.unet.parameters()).dtype
         b = z.shape[0]
         inp = z.to(dtype)
@@ -108,10 +112,17 @@ class VaeCodec:
     one anyway). Inputs are moved to the VAE's device and dtype; outputs are float32.
     """
 
-    def __init__(self, vae, latent_mode: str = "mean", generator: Optional[torch.Generator] = None,
-                 grad: bool = True) -> None:
+    def __init__(
+        self,
+        vae,
+        latent_mode: str = "mean",
+        generator: Optional[torch.Generator] = None,
+        grad: bool = True,
+    ) -> None:
         if latent_mode not in get_args(LatentMode):
-            raise ValueError(f"latent_mode must be one of {get_args(LatentMode)}, got {latent_mode!r}")
+            raise ValueError(
+                f"latent_mode must be one of {get_args(LatentMode)}, got {latent_mode!r}"
+            )
         self.vae = vae
         self.latent_mode = latent_mode
         self.generator = generator
@@ -125,7 +136,11 @@ class VaeCodec:
         p = self._param()
         with torch.set_grad_enabled(self.grad and torch.is_grad_enabled()):
             posterior = self.vae.encode((image * 2.0 - 1.0).to(p.device, p.dtype)).latent_dist
-            z = posterior.mean if self.latent_mode == "mean" else posterior.sample(generator=self.generator)
+            z = (
+                posterior.mean
+                if self.latent_mode == "mean"
+                else posterior.sample(generator=self.generator)
+            )
             return z.float() * self.scale
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -140,7 +155,10 @@ def encode_prompts(tokenizer, text_encoder, texts: Sequence[str], device=None) -
     """Text-encoder states [N, L, D] for `texts` (padded to the tokenizer's max length), on the
     text encoder's device unless `device` is given."""
     ids = tokenizer(
-        list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        list(texts),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
         return_tensors="pt",
     ).input_ids.to(device if device is not None else text_encoder.device)
     return text_encoder(ids)[0]

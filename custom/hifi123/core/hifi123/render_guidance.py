@@ -14,6 +14,7 @@ Render conventions
   threestudio's NeRF renderers return the opacity-WEIGHTED distance (sum of w_i t_i), so z is
   divided by the opacity first (`depth_weighted_by_opacity`). Without depth, DPT estimates it.
 """
+
 from __future__ import annotations
 
 import os
@@ -82,15 +83,21 @@ class RGNVGuidanceConfig(RGNVConfig):
         for key in ("cond_image_path", "cond_depth_path"):
             path = getattr(self, key)
             if path and not os.path.isfile(os.path.expanduser(path)):
-                raise InputError(f"{key}: file not found: {path}", "an existing image file", f"fix {key}")
+                raise InputError(
+                    f"{key}: file not found: {path}", "an existing image file", f"fix {key}"
+                )
         # read them now (cheap), so that an RGB photo or a colour "depth" map stops the run here
         from ..images import load_depth, load_rgba
 
-        ref = load_rgba(os.path.expanduser(self.cond_image_path),
-                        role="reference image (cond_image_path)")
+        ref = load_rgba(
+            os.path.expanduser(self.cond_image_path), role="reference image (cond_image_path)"
+        )
         if self.cond_depth_path:
-            load_depth(os.path.expanduser(self.cond_depth_path), ref.shape[:2],
-                       role="reference depth (cond_depth_path)")
+            load_depth(
+                os.path.expanduser(self.cond_depth_path),
+                ref.shape[:2],
+                role="reference depth (cond_depth_path)",
+            )
 
     def with_prompt(self) -> Tuple["RGNVGuidanceConfig", Optional[str]]:
         """These settings with the target prompt resolved (decision 30: an explicit `prompt` wins,
@@ -107,17 +114,24 @@ def load_pipeline_and_reference(cfg: RGNVGuidanceConfig, device=None):
     from ...models.loader import load_diffusion
     from ..images import load_depth, load_rgba
 
-    ref = load_rgba(os.path.expanduser(cfg.cond_image_path), role="reference image (cond_image_path)")
+    ref = load_rgba(
+        os.path.expanduser(cfg.cond_image_path), role="reference image (cond_image_path)"
+    )
     ref_depth = None
     if cfg.cond_depth_path:
         ref_depth = load_depth(
-            os.path.expanduser(cfg.cond_depth_path), shape=ref.shape[:2], role="reference depth (cond_depth_path)"
+            os.path.expanduser(cfg.cond_depth_path),
+            shape=ref.shape[:2],
+            role="reference depth (cond_depth_path)",
         )
     device = torch.device(device) if device is not None else torch.device("cpu")
     dtype = torch.float16 if cfg.half_precision_weights and device.type == "cuda" else torch.float32
     components = load_diffusion(
-        cfg.pretrained_model_name_or_path, "pretrained_model_name_or_path",
-        dtype=dtype, device=device, with_depth_estimator=cfg.load_depth_estimator,
+        cfg.pretrained_model_name_or_path,
+        "pretrained_model_name_or_path",
+        dtype=dtype,
+        device=device,
+        with_depth_estimator=cfg.load_depth_estimator,
     )
     return RGNVPipeline(components, cfg), ref, ref_depth
 
@@ -168,15 +182,23 @@ def render_disparity(
     return (d * mask).permute(0, 3, 1, 2)
 
 
-def check_render(rgb: torch.Tensor, opacity: Optional[torch.Tensor], depth: Optional[torch.Tensor]) -> None:
+def check_render(
+    rgb: torch.Tensor, opacity: Optional[torch.Tensor], depth: Optional[torch.Tensor]
+) -> None:
     if not torch.is_tensor(rgb) or rgb.dim() != 4 or rgb.shape[-1] != 3:
         got = tuple(rgb.shape) if torch.is_tensor(rgb) else type(rgb).__name__
-        raise ValueError(f"rgb must be a [B,H,W,3] tensor in [0,1] (threestudio comp_rgb), got {got}")
+        raise ValueError(
+            f"rgb must be a [B,H,W,3] tensor in [0,1] (threestudio comp_rgb), got {got}"
+        )
     B, H, W, _ = rgb.shape
     if opacity is not None and tuple(opacity.shape) not in ((B, H, W, 1), (B, H, W)):
-        raise ValueError(f"opacity must be [B,H,W,1] like rgb {tuple(rgb.shape)}, got {tuple(opacity.shape)}")
+        raise ValueError(
+            f"opacity must be [B,H,W,1] like rgb {tuple(rgb.shape)}, got {tuple(opacity.shape)}"
+        )
     if depth is not None and tuple(depth.shape) not in ((B, H, W, 1), (B, H, W)):
-        raise ValueError(f"depth must be [B,H,W,1] like rgb {tuple(rgb.shape)}, got {tuple(depth.shape)}")
+        raise ValueError(
+            f"depth must be [B,H,W,1] like rgb {tuple(rgb.shape)}, got {tuple(depth.shape)}"
+        )
 
 
 def resize_to(x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
@@ -187,7 +209,9 @@ def resize_to(x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=shrink)
 
 
-def surface_distance(positions: torch.Tensor, camera_positions: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
+def surface_distance(
+    positions: torch.Tensor, camera_positions: torch.Tensor, hit: torch.Tensor
+) -> torch.Tensor:
     """Per-pixel distance [B,H,W,1] from the camera centre [B,3] to rasterised world positions
     [B,H,W,3]; 0 where `hit` [B,H,W,1] is False (the mesh renderer's `depth`)."""
     d = (positions - camera_positions[:, None, None, :]).norm(dim=-1, keepdim=True)

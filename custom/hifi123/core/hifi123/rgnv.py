@@ -16,6 +16,7 @@ Defaults (decisions 2, 4, 5): T = 50, S = 30, blocks 12-15 of SD2's 16, CFG 9 (t
 depth masked for both images and min-max normalised to [-1, 1], reference composited on a
 procedural texture, coarse view on the official constant grey, output composited on white.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -76,7 +77,9 @@ class RGNVConfig:
     def validate(self) -> None:
         check_declared(self)
         if not 1 <= self.inject_steps <= self.num_steps:
-            raise ValueError(f"inject_steps (S) must be in [1, num_steps={self.num_steps}], got {self.inject_steps}")
+            raise ValueError(
+                f"inject_steps (S) must be in [1, num_steps={self.num_steps}], got {self.inject_steps}"
+            )
         if self.reference_prompt.strip() and self.inject:
             # both CFG halves of the target attend to ONE reference K/V (the unguided branch's);
             # with a prompt the reference's K/V would differ per half (MasaCtrl injects per half;
@@ -104,7 +107,11 @@ class ReferenceCache:
     unet_evals: int = 0
 
     def nbytes(self) -> int:
-        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for d in self.kv.values() for k, v in d.values())
+        return sum(
+            k.numel() * k.element_size() + v.numel() * v.element_size()
+            for d in self.kv.values()
+            for k, v in d.values()
+        )
 
 
 @dataclass
@@ -120,7 +127,13 @@ class RGNVOutput:
 class RGNVPipeline:
     """RGNV on loaded SD2-depth components (`hifi123.models.loader.load_diffusion`)."""
 
-    def __init__(self, components, config: Optional[RGNVConfig] = None, depth_estimator=None, depth_processor=None):
+    def __init__(
+        self,
+        components,
+        config: Optional[RGNVConfig] = None,
+        depth_estimator=None,
+        depth_processor=None,
+    ):
         self.c = components
         self.cfg = config or RGNVConfig()
         if not components.is_depth_model:
@@ -129,12 +142,20 @@ class RGNVPipeline:
                 f"{components.unet.config.in_channels}. Use an SD2-depth model."
             )
         self.configure(self.cfg)
-        self.depth_estimator = depth_estimator if depth_estimator is not None else components.depth_estimator
-        self.depth_processor = depth_processor if depth_processor is not None else components.feature_extractor
-        self.state = InjectionState(store_device=torch.device(self.cfg.cache_device) if self.cfg.cache_device else None)
+        self.depth_estimator = (
+            depth_estimator if depth_estimator is not None else components.depth_estimator
+        )
+        self.depth_processor = (
+            depth_processor if depth_processor is not None else components.feature_extractor
+        )
+        self.state = InjectionState(
+            store_device=torch.device(self.cfg.cache_device) if self.cfg.cache_device else None
+        )
         self._emb: Dict[str, torch.Tensor] = {}
         self._backgrounds: Dict[Tuple[str, int, int], torch.Tensor] = {}
-        self.progress: Optional[Callable[[str, int], None]] = None  # called (phase, n_steps) per step
+        self.progress: Optional[Callable[[str, int], None]] = (
+            None  # called (phase, n_steps) per step
+        )
         # tests plug an oracle here: noise_model(prompt, depth, guided) -> eps_fn (default: the UNet)
         self.noise_model: Optional[Callable[[str, torch.Tensor, bool], Callable]] = None
 
@@ -144,7 +165,9 @@ class RGNVPipeline:
         checked here (a guidance's settings are checked where it is configured)."""
         RGNVConfig.validate(config)
         self.cfg = config
-        self.grid = ddim.DDIMGrid.from_scheduler(self.c.scheduler, config.num_steps, config.steps_offset)
+        self.grid = ddim.DDIMGrid.from_scheduler(
+            self.c.scheduler, config.num_steps, config.steps_offset
+        )
         self.layers = select_layers(self.c.unet, config.inject_blocks)
 
     # ------------------------------------------------------------------ building blocks
@@ -198,25 +221,41 @@ class RGNVPipeline:
     def estimate_depth(self, image: torch.Tensor) -> torch.Tensor:
         """DPT disparity (near = large) of image [B,3,R,R] in [0,1], resized to R."""
         if self.depth_estimator is None:
-            raise ValueError("no depth map given and no depth estimator loaded (SD2-depth ships one)")
+            raise ValueError(
+                "no depth map given and no depth estimator loaded (SD2-depth ships one)"
+            )
         proc = self.depth_processor
         size = proc.size
-        hw = (size["height"], size["width"]) if isinstance(size, dict) and "height" in size else (384, 384)
-        x = torch.nn.functional.interpolate(image.float(), size=hw, mode="bicubic", align_corners=False)
+        hw = (
+            (size["height"], size["width"])
+            if isinstance(size, dict) and "height" in size
+            else (384, 384)
+        )
+        x = torch.nn.functional.interpolate(
+            image.float(), size=hw, mode="bicubic", align_corners=False
+        )
         mean = torch.tensor(proc.image_mean).view(1, 3, 1, 1).to(x)
         std = torch.tensor(proc.image_std).view(1, 3, 1, 1).to(x)
         dev = next(self.depth_estimator.parameters()).device
         dt = next(self.depth_estimator.parameters()).dtype
         x = ((x - mean) / std).to(dev, dt)
-        pred = self.depth_estimator(pixel_values=x).predicted_depth[:, None].float().to(image.device)
-        return torch.nn.functional.interpolate(pred, size=(self.size, self.size), mode="bicubic", align_corners=False)
+        pred = (
+            self.depth_estimator(pixel_values=x).predicted_depth[:, None].float().to(image.device)
+        )
+        return torch.nn.functional.interpolate(
+            pred, size=(self.size, self.size), mode="bicubic", align_corners=False
+        )
 
     def depth_condition(self, image, mask, depth=None, apply_mask: bool = True) -> torch.Tensor:
         """Depth channel [B,1,h,w] in [-1,1]: given or DPT disparity, masked, min-max, resized."""
         if depth is None:
             d = self.estimate_depth(image)
         else:
-            d = depth if torch.is_tensor(depth) else torch.from_numpy(np.asarray(depth, dtype=np.float32))
+            d = (
+                depth
+                if torch.is_tensor(depth)
+                else torch.from_numpy(np.asarray(depth, dtype=np.float32))
+            )
             d = d.float()
             while d.dim() < 4:
                 d = d[None]
@@ -253,7 +292,12 @@ class RGNVPipeline:
             self.progress(self.state.mode, 1)
 
     def cache_key(self) -> Tuple:
-        return (tuple(self.grid.timesteps.tolist()), self.cfg.inject_steps, tuple(self.layers), self.cfg.reference_prompt)
+        return (
+            tuple(self.grid.timesteps.tolist()),
+            self.cfg.inject_steps,
+            tuple(self.layers),
+            self.cfg.reference_prompt,
+        )
 
     # ------------------------------------------------------------------ the two branches
     @torch.no_grad()
@@ -261,7 +305,9 @@ class RGNVPipeline:
         """Run the reference branch once: invert S steps, denoise S steps recording K/V."""
         T, S = self.cfg.num_steps, self.cfg.inject_steps
         image, mask = self.prepare(ref_rgba, self.cfg.reference_background)
-        depth = self.depth_condition(image, mask, ref_depth, apply_mask=self.cfg.mask_reference_depth)
+        depth = self.depth_condition(
+            image, mask, ref_depth, apply_mask=self.cfg.mask_reference_depth
+        )
         z0 = self.encode(image)
         eps_fn = self._eps(self.cfg.reference_prompt, depth, guided=False)
         self.state.mode = "off"
@@ -274,7 +320,9 @@ class RGNVPipeline:
         finally:
             self.state.mode = "off"
         kv, self.state.store = self.state.store, {}
-        return ReferenceCache(z0, z_start, z_final, depth, mask, image, kv, list(self.layers), self.cache_key(), 2 * S)
+        return ReferenceCache(
+            z0, z_start, z_final, depth, mask, image, kv, list(self.layers), self.cache_key(), 2 * S
+        )
 
     @torch.no_grad()
     def enhance(
@@ -293,9 +341,13 @@ class RGNVPipeline:
         """
         if self.cfg.inject:
             if cache is None:
-                raise ValueError("injection is on but no reference cache was given (build_reference)")
+                raise ValueError(
+                    "injection is on but no reference cache was given (build_reference)"
+                )
             if cache.key != self.cache_key():
-                raise ValueError(f"reference cache was built for (grid, S, layers, prompt) = {cache.key}, not {self.cache_key()}")
+                raise ValueError(
+                    f"reference cache was built for (grid, S, layers, prompt) = {cache.key}, not {self.cache_key()}"
+                )
         T = self.cfg.num_steps
         depths = list(depths) if depths is not None else [None] * len(coarse)
         if len(depths) != len(coarse):
@@ -306,20 +358,33 @@ class RGNVPipeline:
             chunk = prepared[s : s + batch_size]
             image = torch.cat([c[0] for c in chunk])
             mask = torch.cat([c[1] for c in chunk])
-            depth = torch.cat([self.depth_condition(c[0], c[1], d) for c, d in zip(chunk, depths[s : s + batch_size])])
+            depth = torch.cat(
+                [
+                    self.depth_condition(c[0], c[1], d)
+                    for c, d in zip(chunk, depths[s : s + batch_size])
+                ]
+            )
             z0 = self.encode(image)
             rec: Optional[List[ddim.StepRecord]] = [] if record else None
             z = self.denoise_latents(cache, z0, depth, stop=stop, record=rec)
             # decoded on the model's device; composite with the mask on the inputs' device
-            raw = self.decode(z).to(image.device) if stop is None or stop == T else torch.zeros_like(image)
+            raw = (
+                self.decode(z).to(image.device)
+                if stop is None or stop == T
+                else torch.zeros_like(image)
+            )
             outs.append(composite(raw, mask, torch.ones_like(raw)))
             raws.append(raw)
             lats.append(z)
             if record:
                 records.extend([[_slice_record(r, i) for r in rec] for i in range(z.shape[0])])
         return RGNVOutput(
-            torch.cat(outs), torch.cat(raws), torch.cat([c[1] for c in prepared]), torch.cat(lats),
-            torch.cat([c[0] for c in prepared]), records,
+            torch.cat(outs),
+            torch.cat(raws),
+            torch.cat([c[1] for c in prepared]),
+            torch.cat(lats),
+            torch.cat([c[0] for c in prepared]),
+            records,
         )
 
     @torch.no_grad()
@@ -336,9 +401,13 @@ class RGNVPipeline:
         end) with CFG on the target prompt and, when on, the reference's K/V injected."""
         if self.cfg.inject:
             if cache is None:
-                raise ValueError("injection is on but no reference cache was given (build_reference)")
+                raise ValueError(
+                    "injection is on but no reference cache was given (build_reference)"
+                )
             if cache.key != self.cache_key():
-                raise ValueError(f"reference cache was built for (grid, S, layers, prompt) = {cache.key}, not {self.cache_key()}")
+                raise ValueError(
+                    f"reference cache was built for (grid, S, layers, prompt) = {cache.key}, not {self.cache_key()}"
+                )
         T, S = self.cfg.num_steps, self.cfg.inject_steps
         self.state.mode = "off"
         z_start = ddim.invert(self._eps("", depth, guided=False), z0, self.grid, S)
@@ -348,12 +417,16 @@ class RGNVPipeline:
             self.state.mode = "inject"
         try:
             with mutual_self_attention(self.c.unet, self.layers, self.state):
-                return ddim.sample(sampler, z_start, self.grid, start=T - S, stop=stop, record=record)
+                return ddim.sample(
+                    sampler, z_start, self.grid, start=T - S, stop=stop, record=record
+                )
         finally:
             self.state.mode = "off"
             self.state.store = {}
 
-    def __call__(self, ref_rgba, coarse: Sequence, ref_depth=None, depths=None, batch_size: int = 1) -> RGNVOutput:
+    def __call__(
+        self, ref_rgba, coarse: Sequence, ref_depth=None, depths=None, batch_size: int = 1
+    ) -> RGNVOutput:
         cache = self.build_reference(ref_rgba, ref_depth) if self.cfg.inject else None
         return self.enhance(cache, coarse, depths, batch_size=batch_size)
 
@@ -364,18 +437,33 @@ class RGNVPipeline:
 
 
 @torch.no_grad()
-def upscale_x4(upscaler, raw: torch.Tensor, masks: torch.Tensor, prompt: str = "", noise_level: int = 50,
-               steps: int = 75, guidance_scale: float = 9.0, seed: int = 42) -> torch.Tensor:
+def upscale_x4(
+    upscaler,
+    raw: torch.Tensor,
+    masks: torch.Tensor,
+    prompt: str = "",
+    noise_level: int = 50,
+    steps: int = 75,
+    guidance_scale: float = 9.0,
+    seed: int = 42,
+) -> torch.Tensor:
     """Decision 6 / algorithms.md A.8 (optional): bilinear-resize the UNMASKED RGNV output to half
     size, run the SD x4 upscaler (noise level 50, 75 steps, CFG 9, seed 42 by default), then
     composite on white with the nearest-upsampled mask. raw [N,3,H,W], masks [N,1,H,W] in [0,1];
     returns [N,3,2H,2W]."""
     n, _, h, w = raw.shape
-    low = torch.nn.functional.interpolate(raw.float(), size=(h // 2, w // 2), mode="bilinear", align_corners=False, antialias=True)
+    low = torch.nn.functional.interpolate(
+        raw.float(), size=(h // 2, w // 2), mode="bilinear", align_corners=False, antialias=True
+    )
     gen = torch.Generator(device="cpu").manual_seed(seed)
     up = upscaler(
-        prompt=[prompt] * n, image=low * 2 - 1, noise_level=noise_level, num_inference_steps=steps,
-        guidance_scale=guidance_scale, generator=gen, output_type="np",
+        prompt=[prompt] * n,
+        image=low * 2 - 1,
+        noise_level=noise_level,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        generator=gen,
+        output_type="np",
     ).images
     up = torch.from_numpy(up).permute(0, 3, 1, 2).float().clamp(0, 1)
     m = torch.nn.functional.interpolate(masks.float(), size=up.shape[-2:], mode="nearest")
@@ -383,4 +471,6 @@ def upscale_x4(upscaler, raw: torch.Tensor, masks: torch.Tensor, prompt: str = "
 
 
 def _slice_record(r: ddim.StepRecord, i: int) -> ddim.StepRecord:
-    return ddim.StepRecord(r.index, r.t, r.z_in[i : i + 1], r.eps[i : i + 1], r.x0[i : i + 1], r.z_out[i : i + 1])
+    return ddim.StepRecord(
+        r.index, r.t, r.z_in[i : i + 1], r.eps[i : i + 1], r.x0[i : i + 1], r.z_out[i : i + 1]
+    )

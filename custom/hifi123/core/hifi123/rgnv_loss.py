@@ -39,6 +39,7 @@ evaluations (the target is recomputed on every call).
 Devices: the RGNV pipeline takes its inputs on the CPU (it composites on CPU backgrounds) and runs
 the models on their own device; the target is returned on the render's device and dtype.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -184,12 +185,16 @@ class RGNVImageLoss:
         x = rgb.detach().float().clamp(0, 1)  # stays on the render's device
         mask = object_mask(None if opacity is None else opacity.detach().float(), x)  # [B,H,W,1]
         alpha = mask if opacity is None else opacity.detach().float().clamp(0, 1)
-        views = [torch.cat([x[i : i + 1], alpha[i : i + 1]], -1).permute(0, 3, 1, 2) for i in range(B)]
+        views = [
+            torch.cat([x[i : i + 1], alpha[i : i + 1]], -1).permute(0, 3, 1, 2) for i in range(B)
+        ]
         depths: Optional[Sequence] = None
         if depth is not None:
             disp = render_disparity(
-                depth.detach(), None if opacity is None else opacity.detach(),
-                self.cfg.depth_type, self.cfg.depth_weighted_by_opacity,
+                depth.detach(),
+                None if opacity is None else opacity.detach(),
+                self.cfg.depth_type,
+                self.cfg.depth_weighted_by_opacity,
             )
             depths = [disp[i : i + 1] for i in range(B)]
         out = self.pipeline.enhance(self.reference_cache(), views, depths, batch_size=B)
@@ -221,6 +226,13 @@ class RGNVImageLoss:
 
 
 __all__ = [
-    "RGNVLossConfig", "RGNVLossOutput", "RGNVImageLoss", "image_distance", "object_mask",
-    "render_disparity", "LOSS_TYPES", "DEPTH_TYPES", "TARGET_BACKGROUNDS",
+    "RGNVLossConfig",
+    "RGNVLossOutput",
+    "RGNVImageLoss",
+    "image_distance",
+    "object_mask",
+    "render_disparity",
+    "LOSS_TYPES",
+    "DEPTH_TYPES",
+    "TARGET_BACKGROUNDS",
 ]

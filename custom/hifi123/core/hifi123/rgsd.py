@@ -25,6 +25,7 @@ Defaults (decision 7): T = 20, S = 12, CFG 7.5 (textbook form) on the target bra
 caption as prompt and "" as negative; reference branch "". Depth condition of renders: the rendered
 depth as disparity, masked, normalised (decision 11); DPT is a switch.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -73,17 +74,28 @@ class RGSDConfig(RGNVGuidanceConfig):
     def validate(self, check_files: bool = True) -> None:
         super().validate(check_files)
         if not self.fixed_views or any(len(v) != 2 for v in self.fixed_views):
-            raise ValueError(f"fixed_views must list (elevation, azimuth) pairs, got {self.fixed_views!r}")
+            raise ValueError(
+                f"fixed_views must list (elevation, azimuth) pairs, got {self.fixed_views!r}"
+            )
 
 
 #: RGSDConfig fields that do not shape the fixed-view targets; every other field is compared when
 #: a checkpoint's targets are restored. Paths are left out because a trial moves between machines
 #: (a different reference image is a different run: start it anew); precision, cache placement and
 #: the t > 0 weighting do not change the t = 0 targets; DPT is only a fallback for missing depth.
-TARGET_INDEPENDENT = frozenset({
-    "cond_image_path", "cond_depth_path", "use_caption_file", "half_precision_weights", "cache_device",
-    "load_depth_estimator", "weighting", "mask_background", "mask_dilation_px",
-})
+TARGET_INDEPENDENT = frozenset(
+    {
+        "cond_image_path",
+        "cond_depth_path",
+        "use_caption_file",
+        "half_precision_weights",
+        "cache_device",
+        "load_depth_estimator",
+        "weighting",
+        "mask_background",
+        "mask_dilation_px",
+    }
+)
 
 
 def broadcast_from_rank0(t: torch.Tensor) -> torch.Tensor:
@@ -134,8 +146,13 @@ class RGSD:
         return self.cache
 
     # ------------------------------------------------------------------ renders -> model inputs
-    def prepare_render(self, rgb: torch.Tensor, opacity: Optional[torch.Tensor] = None, depth: Optional[torch.Tensor] = None,
-                       condition: bool = True):
+    def prepare_render(
+        self,
+        rgb: torch.Tensor,
+        opacity: Optional[torch.Tensor] = None,
+        depth: Optional[torch.Tensor] = None,
+        condition: bool = True,
+    ):
         """threestudio render tensors -> (image [B,3,R,R] with grad, mask [B,1,R,R], depth cond; None
         without `condition`: the t = 0 branch needs no UNet and so no depth, estimated or rendered).
 
@@ -146,11 +163,22 @@ class RGSD:
         if opacity is not None and opacity.dim() == 3:
             opacity = opacity[..., None]
         size = self.pipe.size
-        x = F.interpolate(rgb.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        x = F.interpolate(
+            rgb.permute(0, 3, 1, 2),
+            size=(size, size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
         if opacity is None:
             mask = torch.ones_like(x[:, :1])
         else:
-            m = F.interpolate(opacity.detach().permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear", align_corners=False)
+            m = F.interpolate(
+                opacity.detach().permute(0, 3, 1, 2).float(),
+                size=(size, size),
+                mode="bilinear",
+                align_corners=False,
+            )
             mask = (m > 0.5).to(x.dtype)
         image = composite(x, mask, self.pipe.background(self.cfg.coarse_background, size).to(x))
         if not condition:
@@ -159,7 +187,9 @@ class RGSD:
             if self.cfg.depth_source == "dpt" or depth is None:
                 cond = self.pipe.depth_condition(image.detach().float(), mask.float())
             else:
-                disp = render_disparity(depth, opacity, self.cfg.depth_type, self.cfg.depth_weighted_by_opacity)
+                disp = render_disparity(
+                    depth, opacity, self.cfg.depth_type, self.cfg.depth_weighted_by_opacity
+                )
                 disp = resize(disp.to(x.device), size, "bilinear")
                 cond = depth_to_latent(normalize_depth(disp, mask.float()), self.pipe.latent_size)
         return image, mask, cond
@@ -178,11 +208,18 @@ class RGSD:
         cache = self._require_reference()
         image, mask, cond = self.prepare_render(rgb, opacity, depth)
         z = self.encode(image)
-        targets = torch.cat([self.pipe.denoise_latents(cache, z[i : i + 1], cond[i : i + 1]) for i in range(z.shape[0])])
+        targets = torch.cat(
+            [
+                self.pipe.denoise_latents(cache, z[i : i + 1], cond[i : i + 1])
+                for i in range(z.shape[0])
+            ]
+        )
         self.fixed_targets = broadcast_from_rank0(targets.contiguous())
         return self.fixed_targets
 
-    def loss_fixed(self, rgb: torch.Tensor, view_index, opacity=None, depth=None) -> Dict[str, torch.Tensor]:
+    def loss_fixed(
+        self, rgb: torch.Tensor, view_index, opacity=None, depth=None
+    ) -> Dict[str, torch.Tensor]:
         """t = 0: mean ‖E(g) − z̃0_j‖² for renders of fixed views `view_index` (int or [B] ints)."""
         if self.fixed_targets is None:
             raise RuntimeError(
@@ -203,7 +240,9 @@ class RGSD:
         m = dilate(mask.float(), k)
         return (F.adaptive_max_pool2d(m, self.pipe.latent_size) > 0.5).float()
 
-    def masked_mse(self, z: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def masked_mse(
+        self, z: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor]
+    ) -> torch.Tensor:
         """Mean squared latent difference over the object (`mask_background`), else everywhere."""
         if mask is None or not self.cfg.mask_background:
             return F.mse_loss(z, target, reduction="mean")
@@ -225,11 +264,19 @@ class RGSD:
             raise ValueError(f"t must be in 1..S={S}, got {t}")
         rec: List[ddim.StepRecord] = []
         k = S - t + 1  # denoising evaluations: S - t steps to reach z̃_t, one more at z̃_t
-        self.pipe.denoise_latents(self._require_reference(), z.detach(), cond, stop=T - S + k, record=rec)
+        self.pipe.denoise_latents(
+            self._require_reference(), z.detach(), cond, stop=T - S + k, record=rec
+        )
         return rec[-1]
 
-    def loss_random(self, rgb: torch.Tensor, opacity=None, depth=None, t: Optional[int] = None,
-                    generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+    def loss_random(
+        self,
+        rgb: torch.Tensor,
+        opacity=None,
+        depth=None,
+        t: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> Dict[str, torch.Tensor]:
         """t > 0 on a random view: w(t) ā_t mean ‖z − sg(x̂0)‖² (= w(t) mean ‖z_t − sg(z̃_t)‖²)."""
         image, mask, cond = self.prepare_render(rgb, opacity, depth)
         z = self.encode(image)
@@ -237,14 +284,22 @@ class RGSD:
         r = self.random_state(z, cond, t)
         a_t = self.pipe.grid.alpha(r.index)
         x0 = r.x0.to(z)
-        loss = self.weight(a_t) * a_t * self.masked_mse(z, x0, mask if opacity is not None else None)
-        return {"loss_rgsd": loss, "rgsd_t": torch.tensor(float(t)), "rgsd_alpha_t": torch.tensor(a_t),
-                "rgsd_target_latent": x0}
+        loss = (
+            self.weight(a_t) * a_t * self.masked_mse(z, x0, mask if opacity is not None else None)
+        )
+        return {
+            "loss_rgsd": loss,
+            "rgsd_t": torch.tensor(float(t)),
+            "rgsd_alpha_t": torch.tensor(a_t),
+            "rgsd_target_latent": x0,
+        }
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> Dict[str, object]:
         return {
-            "fixed_targets": None if self.fixed_targets is None else self.fixed_targets.detach().cpu().clone(),
+            "fixed_targets": None
+            if self.fixed_targets is None
+            else self.fixed_targets.detach().cpu().clone(),
             "config": asdict(self.cfg),
         }
 
@@ -254,7 +309,11 @@ class RGSD:
         saved = state.get("config", {}) or {}
         mine = asdict(cfg)
         keys = [k for k in mine if k not in TARGET_INDEPENDENT]
-        diff = {k: (saved.get(k), mine[k]) for k in keys if k in saved and _norm(saved[k]) != _norm(mine[k])}
+        diff = {
+            k: (saved.get(k), mine[k])
+            for k in keys
+            if k in saved and _norm(saved[k]) != _norm(mine[k])
+        }
         if diff:
             raise ValueError(
                 f"RGSD checkpoint targets were computed with other settings {diff} (saved, now); "
@@ -285,6 +344,10 @@ class FixedViewSchedule:
         return (step // self.every) % self.n_fixed
 
 
-def relative_fixed_cameras(fixed_views: Sequence[Tuple[float, float]], ref_elevation: float, ref_azimuth: float):
+def relative_fixed_cameras(
+    fixed_views: Sequence[Tuple[float, float]], ref_elevation: float, ref_azimuth: float
+):
     """Absolute (elevation, azimuth) in degrees of fixed views given relative to the reference."""
-    return [(ref_elevation + e, ((ref_azimuth + a + 180.0) % 360.0) - 180.0) for e, a in fixed_views]
+    return [
+        (ref_elevation + e, ((ref_azimuth + a + 180.0) % 360.0) - 180.0) for e, a in fixed_views
+    ]

@@ -20,6 +20,7 @@ Refine stage:
 The threestudio adapters live in `hifi123.threestudio_ext` (`makeit3d-guidance`,
 `makeit3d-system`, `makeit3d-single-image-datamodule`).
 """
+
 from .cameras import (  # noqa: F401
     ReferenceSchedule,
     azimuth_range,

@@ -20,6 +20,7 @@ official code's reference at phi = 180 maps to a relative azimuth 0 and its phi 
   is the reference view). The order is a deterministic function of (seed, block), so a resumed run
   continues the same schedule.
 """
+
 from __future__ import annotations
 
 import random
@@ -55,7 +56,11 @@ def is_back_view(azimuth, reference_azimuth=0.0, back_threshold_deg: float = 135
     Works on floats and tensors. A threshold > 180 disables the test (nothing is "back").
     """
     rel = relative_azimuth(azimuth, reference_azimuth)
-    return abs(rel) >= back_threshold_deg if not torch.is_tensor(rel) else rel.abs() >= back_threshold_deg
+    return (
+        abs(rel) >= back_threshold_deg
+        if not torch.is_tensor(rel)
+        else rel.abs() >= back_threshold_deg
+    )
 
 
 def progressive_half_range(
@@ -76,14 +81,18 @@ def progressive_half_range(
     return float(phase1_half_range if step < switch else phase2_half_range)
 
 
-def azimuth_range(step: int, max_steps: int, reference_azimuth: float = 0.0, **kw) -> Tuple[float, float]:
+def azimuth_range(
+    step: int, max_steps: int, reference_azimuth: float = 0.0, **kw
+) -> Tuple[float, float]:
     """Absolute azimuth range (degrees, threestudio convention) at `step`; see
     :func:`progressive_half_range` for the keyword arguments."""
     h = progressive_half_range(step, max_steps, **kw)
     return reference_azimuth - h, reference_azimuth + h
 
 
-def mixture_components(half_range: float, mode: str = "uniform") -> List[Tuple[float, float, float]]:
+def mixture_components(
+    half_range: float, mode: str = "uniform"
+) -> List[Tuple[float, float, float]]:
     """The (probability, low, high) intervals of relative azimuth for a range of +-half_range.
 
     "uniform": one interval. "makeit3d": the official mixture clipped to the range, with
@@ -162,7 +171,9 @@ class ReferenceSchedule:
 
     def __post_init__(self) -> None:
         if self.mode not in REFERENCE_SCHEDULES:
-            raise ValueError(f"reference schedule mode must be one of {REFERENCE_SCHEDULES}, got {self.mode!r}")
+            raise ValueError(
+                f"reference schedule mode must be one of {REFERENCE_SCHEDULES}, got {self.mode!r}"
+            )
         if not 0.0 <= self.ref_fraction <= 1.0:
             raise ValueError(f"ref_fraction must be in [0, 1], got {self.ref_fraction}")
         if self.block < 1 or self.n_ref < 1:
@@ -194,5 +205,3 @@ class ReferenceSchedule:
         if self.mode == "both":
             return ("ref", "novel")
         return ("ref",) if self.is_reference(step) else ("novel",)
-
-

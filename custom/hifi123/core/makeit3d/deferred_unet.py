@@ -19,6 +19,7 @@ statistics of the current (batch-1) image, also for the final renders. `batch_st
 (default) reproduces that in train AND eval mode (`track_running_stats=False`), so threestudio's
 validation/test (which call `.eval()`) render like training does.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -34,12 +35,20 @@ UNET_WIDTHS = (16, 32, 64)  # [64, 128, 256, 512, 1024] / 4, first three (M3D ne
 class GatedBlock(nn.Module):
     """ELU(conv(x)) * sigmoid(conv'(x)), optionally followed by BatchNorm2d."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm: bool = True, batch_stats_always: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        norm: bool = True,
+        batch_stats_always: bool = True,
+    ):
         super().__init__()
         self.out_channels = int(out_channels)
         self.conv = nn.Conv2d(in_channels, 2 * out_channels, 3, padding=1)
         self.norm = (
-            nn.BatchNorm2d(out_channels, track_running_stats=not batch_stats_always) if norm else nn.Identity()
+            nn.BatchNorm2d(out_channels, track_running_stats=not batch_stats_always)
+            if norm
+            else nn.Identity()
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +89,8 @@ class DeferredUNet(nn.Module):
             nn.Conv2d(widths[i], widths[i - 1], 3, padding=1) for i in range(len(widths) - 1, 0, -1)
         )
         self.up_gated = nn.ModuleList(
-            GatedBlock(2 * widths[i - 1], widths[i - 1], norm=False) for i in range(len(widths) - 1, 0, -1)
+            GatedBlock(2 * widths[i - 1], widths[i - 1], norm=False)
+            for i in range(len(widths) - 1, 0, -1)
         )
         self.final = nn.Conv2d(widths[0], out_channels, 1)
 
@@ -93,7 +103,9 @@ class DeferredUNet(nn.Module):
             raise ValueError(f"expected {self.n_scales} scale inputs, got {len(inputs)}")
         for i, x in enumerate(inputs):
             if x.dim() != 4 or x.shape[1] != self.in_channels:
-                raise ValueError(f"scale {i} input must be [B, {self.in_channels}, h, w], got {tuple(x.shape)}")
+                raise ValueError(
+                    f"scale {i} input must be [B, {self.in_channels}, h, w], got {tuple(x.shape)}"
+                )
         skips = [self.start(inputs[0])]
         for i, block in enumerate(self.down, 1):
             y = block(F.avg_pool2d(skips[-1], 2))

@@ -13,6 +13,7 @@ the loss is 1, finite, with a finite gradient (at most ~1/sqrt(eps) per unit of 
 depth, divided by N). For depths whose standard deviation is well above 1e-4 the result is the
 plain Pearson correlation, invariant to a positive scale and any shift of either depth.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -26,7 +27,9 @@ PEARSON_EPS = 1e-8
 def pearson_correlation(p: torch.Tensor, q: torch.Tensor, eps: float = PEARSON_EPS) -> torch.Tensor:
     """Pearson correlation of two 1-D tensors of equal length (see the module docstring)."""
     if p.shape != q.shape or p.dim() != 1:
-        raise ValueError(f"expected two 1-D tensors of equal length, got {tuple(p.shape)} and {tuple(q.shape)}")
+        raise ValueError(
+            f"expected two 1-D tensors of equal length, got {tuple(p.shape)} and {tuple(q.shape)}"
+        )
     n = p.numel()
     if n < 2:
         raise ValueError("the Pearson correlation needs at least 2 values (is the mask empty?)")
@@ -60,7 +63,9 @@ def pearson_depth_loss(
     """
     b = pred.shape[0]
     if target.numel() != pred.numel():
-        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in size")
+        raise ValueError(
+            f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in size"
+        )
     p, q = _flat(pred, b), _flat(target, b)
     if mask is None:
         m = torch.ones_like(p, dtype=torch.bool)
@@ -75,7 +80,9 @@ def pearson_depth_loss(
         # them, which would correlate a hole with the background) and say so
         warnings.warn(
             f"pearson_depth_loss: {int((~finite & m).sum())} masked pixel(s) with a non-finite depth "
-            "left out of the correlation", RuntimeWarning, stacklevel=2,
+            "left out of the correlation",
+            RuntimeWarning,
+            stacklevel=2,
         )
         m = m & finite
         p = torch.where(finite, p, torch.zeros_like(p))  # no NaN may reach the graph

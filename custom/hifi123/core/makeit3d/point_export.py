@@ -14,6 +14,7 @@ PLY: `format binary_little_endian 1.0` (default) or `ascii 1.0`, one `vertex` el
 `float x, y, z` and `uchar red, green, blue` (colours in [0, 1] are scaled by 255 and rounded).
 :func:`read_ply` reads both formats (and any vertex properties of the standard scalar types).
 """
+
 from __future__ import annotations
 
 import math
@@ -32,9 +33,22 @@ SAVE_LAYOUT = {
     "test_video": "it{step}-test.mp4",
 }
 PLY_TYPES = {
-    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
-    "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+    "char": "i1",
+    "int8": "i1",
+    "uchar": "u1",
+    "uint8": "u1",
+    "short": "i2",
+    "int16": "i2",
+    "ushort": "u2",
+    "uint16": "u2",
+    "int": "i4",
+    "int32": "i4",
+    "uint": "u4",
+    "uint32": "u4",
+    "float": "f4",
+    "float32": "f4",
+    "double": "f8",
+    "float64": "f8",
 }
 RENDERER_WEIGHTS_FORMAT = "hifi123-makeit3d-deferred-renderer/1"
 
@@ -86,7 +100,19 @@ def write_ply(path: str, positions, colors=None, binary: bool = True) -> str:
         props += ["property uchar red", "property uchar green", "property uchar blue"]
         fields += [("r", "u1"), ("g", "u1"), ("b", "u1")]
     fmt = "binary_little_endian" if binary else "ascii"
-    header = "\n".join(["ply", f"format {fmt} 1.0", "comment written by hifi123", f"element vertex {len(p)}", *props, "end_header"]) + "\n"
+    header = (
+        "\n".join(
+            [
+                "ply",
+                f"format {fmt} 1.0",
+                "comment written by hifi123",
+                f"element vertex {len(p)}",
+                *props,
+                "end_header",
+            ]
+        )
+        + "\n"
+    )
     if binary:
         rec = np.empty(len(p), dtype=fields)
         rec["x"], rec["y"], rec["z"] = p[:, 0], p[:, 1], p[:, 2]
@@ -95,7 +121,10 @@ def write_ply(path: str, positions, colors=None, binary: bool = True) -> str:
         body = rec.tobytes()
     else:
         rows = p.tolist() if c is None else [a + b for a, b in zip(p.tolist(), c.tolist())]
-        body = "".join(" ".join(repr(v) if isinstance(v, float) else str(v) for v in row) + "\n" for row in rows).encode("ascii")
+        body = "".join(
+            " ".join(repr(v) if isinstance(v, float) else str(v) for v in row) + "\n"
+            for row in rows
+        ).encode("ascii")
     atomic_write_bytes(path, header.encode("ascii") + body)
     return path
 
@@ -125,16 +154,22 @@ def read_ply(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
                 elif words[1] == "vertex":
                     n, in_vertex = int(words[2]), True
                 elif n is None:
-                    raise ValueError(f"{path}: element {words[1]!r} before the vertices is not supported")
+                    raise ValueError(
+                        f"{path}: element {words[1]!r} before the vertices is not supported"
+                    )
             elif words[0] == "property" and in_vertex:
                 if words[1] == "list":
-                    raise ValueError(f"{path}: list properties in the vertex element are not supported")
+                    raise ValueError(
+                        f"{path}: list properties in the vertex element are not supported"
+                    )
                 props.append((words[2], PLY_TYPES[words[1]]))
         if n is None:
             raise ValueError(f"{path}: no vertex element")
         if fmt == "ascii":
             rows = [f.readline().split() for _ in range(n)]
-            data = {name: np.array([r[k] for r in rows], dtype=t) for k, (name, t) in enumerate(props)}
+            data = {
+                name: np.array([r[k] for r in rows], dtype=t) for k, (name, t) in enumerate(props)
+            }
         elif fmt in ("binary_little_endian", "binary_big_endian"):
             end = "<" if fmt == "binary_little_endian" else ">"
             dt = np.dtype([(name, end + t) for name, t in props])
@@ -171,7 +206,11 @@ def save_renderer_weights(
         "in_channels": int(getattr(unet, "in_channels", background.numel())),
         "background": background.detach().cpu(),
     }
-    for name, t in (("descriptors", descriptors), ("positions", positions), ("reference_visible", reference_visible)):
+    for name, t in (
+        ("descriptors", descriptors),
+        ("positions", positions),
+        ("reference_visible", reference_visible),
+    ):
         if t is not None:
             payload[name] = t.detach().cpu()
     if extra:
@@ -180,19 +219,28 @@ def save_renderer_weights(
     return path
 
 
-def load_renderer_weights(path: str, unet: Optional[torch.nn.Module] = None, map_location="cpu") -> Dict[str, Any]:
+def load_renderer_weights(
+    path: str, unet: Optional[torch.nn.Module] = None, map_location="cpu"
+) -> Dict[str, Any]:
     """Load :func:`save_renderer_weights`' file; with `unet`, its state dict is loaded (strict)."""
     payload = torch.load(path, map_location=map_location)
     if not isinstance(payload, dict) or payload.get("format") != RENDERER_WEIGHTS_FORMAT:
-        raise ValueError(f"{path} is not a hifi123 deferred-renderer file ({RENDERER_WEIGHTS_FORMAT})")
+        raise ValueError(
+            f"{path} is not a hifi123 deferred-renderer file ({RENDERER_WEIGHTS_FORMAT})"
+        )
     if unet is not None:
         unet.load_state_dict(payload["unet"])
     return payload
 
 
-def orbit_poses(n_frames: int = 64, elevation_deg: float = 0.0, start_azimuth_deg: float = 0.0) -> Sequence[Tuple[float, float]]:
+def orbit_poses(
+    n_frames: int = 64, elevation_deg: float = 0.0, start_azimuth_deg: float = 0.0
+) -> Sequence[Tuple[float, float]]:
     """(elevation, azimuth) of `n_frames` views evenly around 360° starting at the reference."""
-    return [(float(elevation_deg), float(start_azimuth_deg) + 360.0 * k / n_frames) for k in range(int(n_frames))]
+    return [
+        (float(elevation_deg), float(start_azimuth_deg) + 360.0 * k / n_frames)
+        for k in range(int(n_frames))
+    ]
 
 
 def to_uint8_frame(rgb) -> np.ndarray:
@@ -215,7 +263,10 @@ def write_orbit_video(
     rgb [H, W, 3] in [0, 1] and write an mp4 (imageio + ffmpeg; official: 64 frames at 25 fps)."""
     import imageio.v2 as imageio
 
-    frames = [to_uint8_frame(render_fn(e, a)) for e, a in orbit_poses(n_frames, elevation_deg, start_azimuth_deg)]
+    frames = [
+        to_uint8_frame(render_fn(e, a))
+        for e, a in orbit_poses(n_frames, elevation_deg, start_azimuth_deg)
+    ]
     if not frames:
         raise ValueError("n_frames must be >= 1")
     h, w = frames[0].shape[:2]

@@ -70,6 +70,7 @@ image [B, C, h, w], the coverage sum_k w_k = 1 - T (Make-It-3D's rasterised "one
 dilates for the background loss) and the weighted camera z sum_k w_k z_k (not divided by the
 coverage, like threestudio's NeRF `depth`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -102,11 +103,15 @@ class PointRasterSettings:
         if self.radius_px <= 0:
             raise ValueError(f"radius_px must be positive, got {self.radius_px}")
         if min(self.points_per_pixel, self.n_scales, self.depth_slabs, self.min_slab_points) < 1:
-            raise ValueError("points_per_pixel, n_scales, depth_slabs and min_slab_points must be >= 1")
+            raise ValueError(
+                "points_per_pixel, n_scales, depth_slabs and min_slab_points must be >= 1"
+            )
         if not 0.0 <= self.min_transmittance < 1.0:
             raise ValueError(f"min_transmittance must be in [0, 1), got {self.min_transmittance}")
         if self.znear <= 0:
-            raise ValueError(f"znear must be positive (camera z in front of the camera), got {self.znear}")
+            raise ValueError(
+                f"znear must be positive (camera z in front of the camera), got {self.znear}"
+            )
 
 
 class Fragments(NamedTuple):
@@ -161,7 +166,9 @@ def project_points(points: torch.Tensor, c2w: torch.Tensor, fovy, height: int, w
     return u, v, z
 
 
-def pixel_ray_norms(height: int, width: int, fovy, device=None, dtype=torch.float32) -> torch.Tensor:
+def pixel_ray_norms(
+    height: int, width: int, fovy, device=None, dtype=torch.float32
+) -> torch.Tensor:
     """|d| [H, W] of the camera-space ray directions ((i+.5-W/2)/f, -(j+.5-H/2)/f, -1); a distance
     along the unit ray divided by it is the camera z-depth."""
     f = float(focal_from_fovy(height, float(fovy)))
@@ -217,7 +224,9 @@ def _sort_distinct(key: torch.Tensor, unsigned: bool = False) -> torch.Tensor:
     bit patterns are to be ordered as uint32 (CPU only)."""
     if key.device.type == "cpu":
         a = key.contiguous().numpy()
-        return torch.from_numpy(np.sort(a.view(np.uint32)).view(np.int32) if unsigned else np.sort(a))
+        return torch.from_numpy(
+            np.sort(a.view(np.uint32)).view(np.int32) if unsigned else np.sort(a)
+        )
     return torch.sort(key).values
 
 
@@ -254,13 +263,22 @@ def _z_keys(z: torch.Tensor) -> torch.Tensor:
     return z.float().contiguous().view(torch.int32)
 
 
-def depth_order(u: torch.Tensor, v: torch.Tensor, z: torch.Tensor, width: int, height: int, radius: float,
-                znear: float = 1e-3) -> torch.Tensor:
+def depth_order(
+    u: torch.Tensor,
+    v: torch.Tensor,
+    z: torch.Tensor,
+    width: int,
+    height: int,
+    radius: float,
+    znear: float = 1e-3,
+) -> torch.Tensor:
     """Indices of the points in front of the camera (z > znear) whose footprint of `radius` pixels
     may touch the (height x width) image, sorted by (z, index). Scaling u, v and the radius alike
     (the multi-scale rasteriser) keeps the set and the order, so one call serves every scale."""
     r = float(radius)
-    keep = (z > znear) & torch.isfinite(z) & (u > -r) & (u < width + r) & (v > -r) & (v < height + r)
+    keep = (
+        (z > znear) & torch.isfinite(z) & (u > -r) & (u < width + r) & (v > -r) & (v < height + r)
+    )
     ids = _nonzero(keep)
     zk = _z_keys(z.index_select(0, ids))
     if zk.dtype == torch.int64:  # float64 depths: 63-bit keys, a stable sort keeps ties by index
@@ -302,15 +320,28 @@ def _footprint(radius: float, width: int, device: torch.device, dtype: torch.dty
             groups[-1][4] += 1
         else:
             groups.append([k, k + 1, span.index(dj), span.index(di), span.index(di) + 1])
-    pair_off = torch.tensor([p[0] * width + p[1] for p in pairs], device=device, dtype=torch.int32)[:, None]
-    return len(pairs), max(abs(d) for d in span), span_t, span_t.to(dtype), tuple(map(tuple, groups)), pair_off
+    pair_off = torch.tensor([p[0] * width + p[1] for p in pairs], device=device, dtype=torch.int32)[
+        :, None
+    ]
+    return (
+        len(pairs),
+        max(abs(d) for d in span),
+        span_t,
+        span_t.to(dtype),
+        tuple(map(tuple, groups)),
+        pair_off,
+    )
 
 
-def _slab_count(st: _SlabState, n: int, depth_slabs, min_slab_points,
-                max_fragments_per_chunk) -> int:
+def _slab_count(
+    st: _SlabState, n: int, depth_slabs, min_slab_points, max_fragments_per_chunk
+) -> int:
     """Step 1 of :func:`select_fragments`: the number of depth slabs for `n` points."""
-    n_slabs = max(min(int(depth_slabs), -(-n // max(int(min_slab_points), 1))), 1,
-                  -(-n * st.n_off // max(int(max_fragments_per_chunk), 1)))
+    n_slabs = max(
+        min(int(depth_slabs), -(-n // max(int(min_slab_points), 1))),
+        1,
+        -(-n * st.n_off // max(int(max_fragments_per_chunk), 1)),
+    )
     # on CPU, slabs small enough for 32-bit (pixel, position) keys, when not tiny
     if st.device.type == "cpu":
         per_key = 1 << max(32 - int(st.P - 1).bit_length(), 0)
@@ -345,7 +376,8 @@ def _composite_slabs(st: _SlabState, us, vs, ci_all, cj_all, order, per_slab: in
         key_s, shift, pix_mask = _slab_keys(st, uu, vv, ci, cj, m, first)
         if key_s.numel() > 0:
             part = _composite_slab(
-                st, key_s, shift, pix_mask, uu, vv, ids, first, n_runs, order.dtype)
+                st, key_s, shift, pix_mask, uu, vv, ids, first, n_runs, order.dtype
+            )
             parts.append(part)
             n_runs += part[4].numel()
         first = False
@@ -356,8 +388,9 @@ def _cull_occluded(st: _SlabState, rest, ci_all, cj_all):
     """Occlusion culling (exact): the positions in `rest` whose point's footprint window still
     holds an open pixel (the others are dropped)."""
     reach = dilate_bool(st.open_px.view(st.h, st.w), st.half).view(-1)
-    cell = (cj_all.index_select(0, rest).clamp_(0, st.h - 1) * st.w
-            + ci_all.index_select(0, rest).clamp_(0, st.w - 1))
+    cell = cj_all.index_select(0, rest).clamp_(0, st.h - 1) * st.w + ci_all.index_select(
+        0, rest
+    ).clamp_(0, st.w - 1)
     return _compress(rest, reach.index_select(0, cell))
 
 
@@ -403,11 +436,17 @@ def select_fragments(
     # 1. up to `depth_slabs` slabs of at least `min_slab_points` points (a slab has a fixed cost of
     # some 60 tensor operations), more when the memory bound requires
     n_slabs = _slab_count(st, n, depth_slabs, min_slab_points, max_fragments_per_chunk)
-    per_slab = -(-n // n_slabs)  # points per slab (the last slabs may hold fewer, or be culled away)
+    per_slab = -(
+        -n // n_slabs
+    )  # points per slab (the last slabs may hold fewer, or be culled away)
     ci_all, cj_all = torch.floor(us).int(), torch.floor(vs).int()
     half = st.half
     st.interior = n == 0 or bool(  # no footprint window crosses the image border
-        (ci_all.min() >= half) & (ci_all.max() < w - half) & (cj_all.min() >= half) & (cj_all.max() < h - half))
+        (ci_all.min() >= half)
+        & (ci_all.max() < w - half)
+        & (cj_all.min() >= half)
+        & (cj_all.max() < h - half)
+    )
     # 2. slab by slab, front to back: select, key, composite
     parts = _composite_slabs(st, us, vs, ci_all, cj_all, order, per_slab)
     # 3. each slab's fragments are grouped by pixel; a pixel reached in several slabs has one run per
@@ -415,8 +454,12 @@ def select_fragments(
     if not parts:
         e = torch.zeros(0, device=device, dtype=torch.long)
         return Fragments(e, e, e, e.to(dtype), e.to(dtype), e, e, st.trans, h, w)
-    pix, run, point, weight, run_pix, run_len = (torch.cat(c) for c in zip(*parts)) if len(parts) > 1 else parts[0]
-    return Fragments(pix, run, point, z.index_select(0, point), weight, run_pix, run_len, st.trans, h, w)
+    pix, run, point, weight, run_pix, run_len = (
+        (torch.cat(c) for c in zip(*parts)) if len(parts) > 1 else parts[0]
+    )
+    return Fragments(
+        pix, run, point, z.index_select(0, point), weight, run_pix, run_len, st.trans, h, w
+    )
 
 
 @dataclass
@@ -451,7 +494,20 @@ class _SlabState:
         P = h * w
         n_off, half, span_t, span_f, groups, pair_off = _footprint(r, w, device, dtype)
         return cls(
-            h, w, K, r * r, eps, P, device, dtype, n_off, half, span_t, span_f, groups, pair_off,
+            h,
+            w,
+            K,
+            r * r,
+            eps,
+            P,
+            device,
+            dtype,
+            n_off,
+            half,
+            span_t,
+            span_f,
+            groups,
+            pair_off,
             trans=torch.ones(P, device=device, dtype=dtype),
             count=torch.zeros(P, device=device, dtype=torch.int32),
             open_px=torch.ones(P, device=device, dtype=torch.bool),
@@ -495,7 +551,18 @@ def _slab_keys(st: _SlabState, uu, vv, ci, cj, m: int, first: bool):
     return _sort_distinct(keys, unsigned), shift, pix_mask
 
 
-def _composite_slab(st: _SlabState, key_s, shift: int, pix_mask: int, uu, vv, ids, first: bool, n_runs: int, index_dtype):
+def _composite_slab(
+    st: _SlabState,
+    key_s,
+    shift: int,
+    pix_mask: int,
+    uu,
+    vv,
+    ids,
+    first: bool,
+    n_runs: int,
+    index_dtype,
+):
     """Composite one slab's sorted fragments into the pixels' state; returns its part of the
     fragment list (pixel, run, point, weight, run pixel, run length)."""
     K, slots, w, dtype, eps = st.K, st.slots, st.w, st.dtype, st.eps
@@ -520,7 +587,13 @@ def _composite_slab(st: _SlabState, key_s, shift: int, pix_mask: int, uu, vv, id
     cy = row_c.to(dtype)[:, None] + 0.5
     ddx = cx - uu.index_select(0, j_tab).view(n_seg, K)
     ddy = cy - vv.index_select(0, j_tab).view(n_seg, K)
-    one_minus_a = ddy.mul_(ddy).addcmul_(ddx, ddx).mul_(ALPHA_DIST_SCALE / st.r2).clamp_(ALPHA_MIN, 1.0).sqrt_()
+    one_minus_a = (
+        ddy.mul_(ddy)
+        .addcmul_(ddx, ddx)
+        .mul_(ALPHA_DIST_SCALE / st.r2)
+        .clamp_(ALPHA_MIN, 1.0)
+        .sqrt_()
+    )
     # front-to-back transmittance after each slot (non-increasing along a row)
     t_incl = torch.cumprod(one_minus_a, 1)
     if not first:
@@ -533,12 +606,23 @@ def _composite_slab(st: _SlabState, key_s, shift: int, pix_mask: int, uu, vv, id
     st.trans.index_copy_(0, seg_pix, new_t)
     st.count.index_copy_(0, seg_pix, new_c.int())
     st.open_px.index_copy_(0, seg_pix, (new_c < K) & (new_t >= eps) if eps > 0 else new_c < K)
-    out = _nonzero((slots[None, :] < n_counted[:, None]).view(-1))  # (run, slot)-major: by pixel, front to back
+    out = _nonzero(
+        (slots[None, :] < n_counted[:, None]).view(-1)
+    )  # (run, slot)-major: by pixel, front to back
     row = out >> st.k_shift if st.k_shift is not None else torch.div(out, K, rounding_mode="floor")
     point = ids.index_select(0, j_tab.index_select(0, out))
     t_after = t_incl.view(-1).index_select(0, out)
-    weight = t_after / one_minus_a.view(-1).index_select(0, out) - t_after  # alpha T = T_before - T_after
-    return seg_pix.index_select(0, row), (row + n_runs).to(index_dtype), point, weight, seg_pix, n_counted
+    weight = (
+        t_after / one_minus_a.view(-1).index_select(0, out) - t_after
+    )  # alpha T = T_before - T_after
+    return (
+        seg_pix.index_select(0, row),
+        (row + n_runs).to(index_dtype),
+        point,
+        weight,
+        seg_pix,
+        n_counted,
+    )
 
 
 def rasterize_fragments(
@@ -557,7 +641,9 @@ def rasterize_fragments(
     features). `radius` is in pixels of this (height, width) image."""
     with torch.no_grad():
         u, v, z = project_points(points.detach(), c2w, fovy, height, width)
-    return select_fragments(u, v, z, height, width, radius, points_per_pixel, min_transmittance, znear, depth_slabs)
+    return select_fragments(
+        u, v, z, height, width, radius, points_per_pixel, min_transmittance, znear, depth_slabs
+    )
 
 
 # -------------------------------------------------------------------------------- compositing
@@ -586,8 +672,14 @@ class _CompositeScales(torch.autograd.Function):
         if point.numel():
             # [runs, C]: a weighted bag sum per run (embedding_bag runs FBGEMM's kernel on CPU,
             # ~1.5x faster than the CSR product; the same sums)
-            comp = torch.nn.functional.embedding_bag(point, features, crow, mode="sum", per_sample_weights=weight,
-                                                     include_last_offset=True)
+            comp = torch.nn.functional.embedding_bag(
+                point,
+                features,
+                crow,
+                mode="sum",
+                per_sample_weights=weight,
+                include_last_offset=True,
+            )
         outs = []
         for per_cam in layout:  # pixel-major [B, P, C]: channels-last images
             out = features.new_empty((len(per_cam), per_cam[0][3] - per_cam[0][2], n_ch))
@@ -620,13 +712,25 @@ class _CompositeScales(torch.autograd.Function):
                 torch.index_select(g[b], 0, upix[r0:r1], out=gathered[r0:r1])
                 gb_parts.append(res[p0:p1] @ g[b])
         if ctx.needs_input_grad[0]:
-            if point.numel():  # W^T by rows: fragments grouped by point (empty bags give exact zeros)
+            if (
+                point.numel()
+            ):  # W^T by rows: fragments grouped by point (empty bags give exact zeros)
                 perm = _group_by(point, ctx.n_points)
                 crow_t = torch.zeros(ctx.n_points + 1, dtype=row.dtype, device=point.device)
-                torch.cumsum(torch.bincount(point, minlength=ctx.n_points), 0, dtype=row.dtype, out=crow_t[1:])
+                torch.cumsum(
+                    torch.bincount(point, minlength=ctx.n_points),
+                    0,
+                    dtype=row.dtype,
+                    out=crow_t[1:],
+                )
                 gf = torch.nn.functional.embedding_bag(
-                    row.index_select(0, perm), gathered, crow_t, mode="sum",
-                    per_sample_weights=weight.index_select(0, perm), include_last_offset=True)
+                    row.index_select(0, perm),
+                    gathered,
+                    crow_t,
+                    mode="sum",
+                    per_sample_weights=weight.index_select(0, perm),
+                    include_last_offset=True,
+                )
             else:
                 gf = res.new_zeros((ctx.n_points, n_ch))
         if ctx.has_background and ctx.needs_input_grad[1]:
@@ -635,7 +739,9 @@ class _CompositeScales(torch.autograd.Function):
 
 
 def composite_scales(
-    features: torch.Tensor, frags: Sequence[Sequence[Fragments]], background: Optional[torch.Tensor] = None,
+    features: torch.Tensor,
+    frags: Sequence[Sequence[Fragments]],
+    background: Optional[torch.Tensor] = None,
     min_transmittance: float = 1e-4,
 ) -> List[torch.Tensor]:
     """sum_k w_k f_k + T_res b per pixel for `frags[scale][camera]`: one batch [B, C, h, w] per
@@ -651,7 +757,12 @@ def composite_scales(
     res = cat([residual_transmittance(f, min_transmittance) for f in flat]).to(dt)
     crow = torch.zeros(run_len.numel() + 1, dtype=point.dtype, device=point.device)
     torch.cumsum(run_len, 0, dtype=point.dtype, out=crow[1:])
-    layout, rows, r0, p0 = [], [], 0, 0  # runs never span two images: each image's runs are consecutive
+    layout, rows, r0, p0 = (
+        [],
+        [],
+        0,
+        0,
+    )  # runs never span two images: each image's runs are consecutive
     for per_cam in frags:
         layout.append([])
         for f in per_cam:
@@ -662,8 +773,10 @@ def composite_scales(
     row = cat(rows)  # the run (sparse row) of every fragment
     bg = None if background is None else background.reshape(-1).to(dt)
     outs = _CompositeScales.apply(features, bg, run_pix, crow, row, point, weight, res, layout)
-    return [o.view(o.shape[0], per_cam[0].height, per_cam[0].width, o.shape[2]).permute(0, 3, 1, 2)
-            for o, per_cam in zip(outs, frags)]
+    return [
+        o.view(o.shape[0], per_cam[0].height, per_cam[0].width, o.shape[2]).permute(0, 3, 1, 2)
+        for o, per_cam in zip(outs, frags)
+    ]
 
 
 # --------------------------------------------------------------------------------- top level
@@ -710,23 +823,49 @@ def rasterize_points(
     for b in range(B):  # cameras; everything inside is vectorised over points
         with torch.no_grad():
             u, v, z = project_points(pts, c2w[b], fov[b], height, width)
-            order = depth_order(u, v, z, width, height, s.radius_px, s.znear)  # the same at every scale
+            order = depth_order(
+                u, v, z, width, height, s.radius_px, s.znear
+            )  # the same at every scale
             for k, (h, w) in enumerate(sizes):
                 scale = h / float(height)
                 r = s.radius_px * scale
                 # occlusion culling pays off for large footprints only (more than 9 candidate pixels)
                 slabs = s.depth_slabs if len(footprint_offsets(r)) > 9 else 1
-                frags[k].append(select_fragments(
-                    u * scale, v * scale, z, h, w, r, s.points_per_pixel,
-                    s.min_transmittance, s.znear, slabs, s.max_fragments_per_chunk, order, s.min_slab_points,
-                ))
+                frags[k].append(
+                    select_fragments(
+                        u * scale,
+                        v * scale,
+                        z,
+                        h,
+                        w,
+                        r,
+                        s.points_per_pixel,
+                        s.min_transmittance,
+                        s.znear,
+                        slabs,
+                        s.max_fragments_per_chunk,
+                        order,
+                        s.min_slab_points,
+                    )
+                )
     images = composite_scales(feats, frags, background, s.min_transmittance)
     outs: List[ScaleOutput] = []
     for k, (h, w) in enumerate(sizes):
         with torch.no_grad():
-            cov = torch.stack([1.0 - f.transmittance for f in frags[k]]).view(B, 1, h, w).to(features.dtype)
-            dep = torch.stack([
-                torch.zeros_like(f.transmittance).index_add_(0, f.pix, f.weight * f.z) for f in frags[k]
-            ]).view(B, 1, h, w).to(features.dtype)
+            cov = (
+                torch.stack([1.0 - f.transmittance for f in frags[k]])
+                .view(B, 1, h, w)
+                .to(features.dtype)
+            )
+            dep = (
+                torch.stack(
+                    [
+                        torch.zeros_like(f.transmittance).index_add_(0, f.pix, f.weight * f.z)
+                        for f in frags[k]
+                    ]
+                )
+                .view(B, 1, h, w)
+                .to(features.dtype)
+            )
         outs.append(ScaleOutput(images[k], cov, dep))
     return outs

@@ -22,6 +22,7 @@ Losses (pure functions; the weights live in the config as `lambda_*`):
 :class:`RefineConfig` is the schema of the `system.refine` block of `configs/makeit3d-refine.yaml`
 (read by `makeit3d-system` with `stage: refine`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -65,7 +66,9 @@ class RefineConfig:
     contextual_band_width: float = 0.5
     # outputs under save/ (hifi123.core.makeit3d.point_export.SAVE_LAYOUT)
     save_initial_point_cloud: bool = True  # it0-point-cloud/{point_cloud.ply, point_cloud.npz}
-    export_every_n_steps: int = 1000  # PLY + renderer weights every N steps and at the end (official)
+    export_every_n_steps: int = (
+        1000  # PLY + renderer weights every N steps and at the end (official)
+    )
     video_frames: int = 64  # 360 deg orbit of the final renders (official: 64 views, 25 fps)
     video_fps: int = 25
 
@@ -84,14 +87,18 @@ def _b1hw(x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------- losses
-def reference_l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, erosion_px: int = 2) -> torch.Tensor:
+def reference_l1_loss(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, erosion_px: int = 2
+) -> torch.Tensor:
     """mean |pred * m - target * m| over all pixels and channels, m = mask eroded by `erosion_px`.
     `pred`, `target` [B, H, W, 3]; `mask` [B, H, W] or [B, H, W, 1] (bool or float, > 0.5)."""
     m = erode((_b1hw(mask) > 0.5).float(), int(erosion_px)).permute(0, 2, 3, 1)
     return (pred * m - target.to(pred) * m).abs().mean()
 
 
-def texture_regularizer(colors: torch.Tensor, initial: torch.Tensor, reference_visible: torch.Tensor) -> Dict[str, torch.Tensor]:
+def texture_regularizer(
+    colors: torch.Tensor, initial: torch.Tensor, reference_visible: torch.Tensor
+) -> Dict[str, torch.Tensor]:
     """{"texture_novel": MSE over novel points, "texture_reference": MSE over reference-visible
     points} of `colors` [N, 3] against `initial` [N, 3]; an empty set gives 0 (with a graph)."""
     diff = (colors - initial.to(colors)) ** 2
@@ -103,7 +110,9 @@ def texture_regularizer(colors: torch.Tensor, initial: torch.Tensor, reference_v
     return out
 
 
-def contextual_loss(pred: torch.Tensor, reference_features: torch.Tensor, features, band_width: float = 0.5) -> torch.Tensor:
+def contextual_loss(
+    pred: torch.Tensor, reference_features: torch.Tensor, features, band_width: float = 0.5
+) -> torch.Tensor:
     """Mean over the batch of -log CX(features(pred), reference_features); `pred` [B, H, W, 3] in
     [0, 1] (a render), `reference_features` [1, C, h, w] (no gradient), `features` the VGG19 cut
     at the configured layer ([B, 3, H, W] in [0, 1] -> [B, C, h, w]). Differentiable in `pred`."""
@@ -114,7 +123,9 @@ def contextual_loss(pred: torch.Tensor, reference_features: torch.Tensor, featur
     return contextual_distance(x.flatten(2), y.flatten(2), band_width).float().mean()
 
 
-def background_loss(pred: torch.Tensor, coverage: torch.Tensor, dilation_px: int = 2) -> torch.Tensor:
+def background_loss(
+    pred: torch.Tensor, coverage: torch.Tensor, dilation_px: int = 2
+) -> torch.Tensor:
     """sum over pixels and channels of (1 - pred) (1 - dilate(coverage)), averaged over the batch.
     `pred` [B, H, W, 3] in [0, 1], `coverage` [B, H, W] or [B, H, W, 1] in [0, 1]."""
     cov = dilate(_b1hw(coverage).to(pred.dtype), int(dilation_px)).permute(0, 2, 3, 1)

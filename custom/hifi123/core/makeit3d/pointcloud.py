@@ -42,6 +42,7 @@ the depth change across r pixels of a surface inclined by up to `max_slope_deg` 
 Returns a :class:`PointCloud`: positions [N, 3], colours [N, 3], reference-visible flags [N] and
 the source view index [N] (0 = reference, i = i-th entry of `cameras`).
 """
+
 from __future__ import annotations
 
 import math
@@ -75,7 +76,9 @@ class PointCloudConfig:
     novel_erosion_px: float = 5.0  # @800: 11x11 kernel, 1 iteration (M3D)
     depth_edge_slope_deg: float = 85.0  # our depth-edge detector (M3D: Canny(10, 10) on depth)
     depth_edge_dilation_px: float = 5.0  # @800: the edge map dilated 11x11 (M3D)
-    coverage_radius_px: float = 1.0  # pixels at `resolution`: a visible existing point covers this disc
+    coverage_radius_px: float = (
+        1.0  # pixels at `resolution`: a visible existing point covers this disc
+    )
     coverage_erosion_px: float = 0.0  # @800; M3D erodes coverage 15x15 (7 px); 0 = no re-adding
     zbuffer_radius_px: float = 1.0  # pixels at `resolution`
     depth_tolerance: float = 0.005  # relative slack of "same surface" tests on smooth surfaces
@@ -159,7 +162,9 @@ def _as_map(x, device=None, channels: Optional[int] = None) -> torch.Tensor:
     while t.dim() > want and t.shape[0] == 1:
         t = t[0]
     if t.dim() != want or (channels is not None and t.shape[-1] < channels):
-        raise ValueError(f"expected a map [H, W{'' if channels is None else f', {channels}'}], got {tuple(t.shape)}")
+        raise ValueError(
+            f"expected a map [H, W{'' if channels is None else f', {channels}'}], got {tuple(t.shape)}"
+        )
     return t
 
 
@@ -173,7 +178,9 @@ def _resize(img: torch.Tensor, height: int, width: int, mode: str = "bilinear") 
     return y[0, 0] if img.dim() == 2 else y[0].permute(1, 2, 0)
 
 
-def depth_edges(z: torch.Tensor, mask: torch.Tensor, focal: float, slope_deg: float) -> torch.Tensor:
+def depth_edges(
+    z: torch.Tensor, mask: torch.Tensor, focal: float, slope_deg: float
+) -> torch.Tensor:
     """Pixels of `mask` next to a 4-neighbour (also in the mask) whose depth differs by more than a
     surface inclined `slope_deg` to the view would give: |dz| > tan(slope) * z / f."""
     tan = math.tan(math.radians(slope_deg))
@@ -188,7 +195,9 @@ def depth_edges(z: torch.Tensor, mask: torch.Tensor, focal: float, slope_deg: fl
     return edge & mask
 
 
-def depth_tolerance(z: torch.Tensor, radius_px: float, focal: float, cfg: PointCloudConfig) -> torch.Tensor:
+def depth_tolerance(
+    z: torch.Tensor, radius_px: float, focal: float, cfg: PointCloudConfig
+) -> torch.Tensor:
     """Largest depth difference still counted as the same surface (module doc)."""
     slope = float(radius_px) * math.tan(math.radians(cfg.max_slope_deg)) / focal
     return torch.clamp(z * max(cfg.depth_tolerance, slope), min=0.0)
@@ -201,11 +210,19 @@ def backproject(z: torch.Tensor, pixels: torch.Tensor, camera: ViewCamera) -> to
     i = (pixels % W).to(z.dtype)
     d = torch.stack([(i + 0.5 - 0.5 * W) / f, -(j + 0.5 - 0.5 * H) / f, -torch.ones_like(i)], -1)
     m = np.asarray(camera.c2w, dtype=np.float64)
-    return torch.stack([z * (d[:, 0] * m[k, 0] + d[:, 1] * m[k, 1] + d[:, 2] * m[k, 2]) + m[k, 3] for k in range(3)], -1)
+    return torch.stack(
+        [
+            z * (d[:, 0] * m[k, 0] + d[:, 1] * m[k, 1] + d[:, 2] * m[k, 2]) + m[k, 3]
+            for k in range(3)
+        ],
+        -1,
+    )
 
 
 # ------------------------------------------------------------------------ z-buffer, coverage
-def zbuffer_filter(points: torch.Tensor, camera: ViewCamera, radius_px: float, cfg: PointCloudConfig) -> torch.Tensor:
+def zbuffer_filter(
+    points: torch.Tensor, camera: ViewCamera, radius_px: float, cfg: PointCloudConfig
+) -> torch.Tensor:
     """Keep-mask [N]: a point survives when it is not farther than the depth tolerance behind the
     nearest point covering its own pixel (splat radius `radius_px`). Exactly coincident points along
     a ray keep the nearest ones only up to the tolerance."""
@@ -213,7 +230,9 @@ def zbuffer_filter(points: torch.Tensor, camera: ViewCamera, radius_px: float, c
         return torch.zeros(0, dtype=torch.bool, device=points.device)
     H, W = camera.height, camera.width
     c2w = camera.c2w_tensor(points.device, points.dtype)
-    frags = rasterize_fragments(points, c2w, camera.fovy, H, W, max(radius_px, 0.5), points_per_pixel=1)
+    frags = rasterize_fragments(
+        points, c2w, camera.fovy, H, W, max(radius_px, 0.5), points_per_pixel=1
+    )
     zmin = torch.full((H * W,), float("inf"), device=points.device, dtype=points.dtype)
     zmin[frags.pix] = frags.z.to(points.dtype)
     u, v, z = project_points(points, c2w, camera.fovy, H, W)
@@ -245,7 +264,9 @@ def visible_in_view(
 
     Returns (visible [N] bool, u, v)."""
     H, W = camera.height, camera.width
-    u, v, z = project_points(points, camera.c2w_tensor(points.device, points.dtype), camera.fovy, H, W)
+    u, v, z = project_points(
+        points, camera.c2w_tensor(points.device, points.dtype), camera.fovy, H, W
+    )
     inside = (u >= 0) & (u < W) & (v >= 0) & (v < H) & (z > 0)
     x, y = (u - 0.5).clamp(0, W - 1), (v - 0.5).clamp(0, H - 1)
     i0 = torch.floor(x).long().clamp(0, max(W - 2, 0))
@@ -257,7 +278,11 @@ def visible_in_view(
     ms_ = torch.stack([mask[jj, ii] for jj, ii in corners])
     f = camera.focal
     lo, hi = ds.min(0).values, ds.max(0).values
-    smooth = ms_.all(0) & (lo > 0) & (hi <= lo * (1.0 + math.sqrt(2.0) * math.tan(math.radians(cfg.max_slope_deg)) / f))
+    smooth = (
+        ms_.all(0)
+        & (lo > 0)
+        & (hi <= lo * (1.0 + math.sqrt(2.0) * math.tan(math.radians(cfg.max_slope_deg)) / f))
+    )
     w = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy])
     d_bil = 1.0 / (w / ds.clamp_min(1e-12)).sum(0)
     on_smooth = (z - d_bil).abs() <= cfg.depth_tolerance * z
@@ -267,7 +292,13 @@ def visible_in_view(
     return vis, u, v
 
 
-def coverage_mask(points: torch.Tensor, camera: ViewCamera, depth_z: torch.Tensor, mask: torch.Tensor, cfg: PointCloudConfig) -> torch.Tensor:
+def coverage_mask(
+    points: torch.Tensor,
+    camera: ViewCamera,
+    depth_z: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: PointCloudConfig,
+) -> torch.Tensor:
     """[H, W] bool: pixels within `coverage_radius_px` of the projection of an existing point that lies
     on the view's visible surface (:func:`visible_in_view`), i.e. surface the cloud already has."""
     H, W = camera.height, camera.width
@@ -278,7 +309,9 @@ def coverage_mask(points: torch.Tensor, camera: ViewCamera, depth_z: torch.Tenso
     if not bool(vis.any()):
         return covered
     c2w = camera.c2w_tensor(points.device, points.dtype)
-    frags = rasterize_fragments(points[vis], c2w, camera.fovy, H, W, cfg.coverage_radius_px, points_per_pixel=1)
+    frags = rasterize_fragments(
+        points[vis], c2w, camera.fovy, H, W, cfg.coverage_radius_px, points_per_pixel=1
+    )
     covered.view(-1)[frags.pix] = True
     return covered
 
@@ -310,7 +343,13 @@ def _sample_bilinear(img: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tor
     """img [H, W, C] at continuous pixel coordinates (centres at +0.5), border-clamped."""
     H, W = img.shape[:2]
     grid = torch.stack([u / W * 2 - 1, v / H * 2 - 1], -1).view(1, 1, -1, 2).to(img.dtype)
-    out = F.grid_sample(img.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(
+        img.permute(2, 0, 1)[None],
+        grid,
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )
     return out[0, :, 0].T
 
 
@@ -363,9 +402,12 @@ def _novel_view_points(render_fn, cam, depth_type, dev, existing, ref: _Referenc
     col = rgb.reshape(-1, 3)[pix].clamp(0, 1)
     flag = _flag_reference_visible(pts, col, ref, cfg)
     stats = {
-        "elevation_deg": cam.elevation_deg, "azimuth_deg": cam.azimuth_deg,
-        "mask": int(mask.sum()), "covered": int((mask & covered).sum()),
-        "added": int(len(pts)), "reference_visible": int(flag.sum()),
+        "elevation_deg": cam.elevation_deg,
+        "azimuth_deg": cam.azimuth_deg,
+        "mask": int(mask.sum()),
+        "covered": int((mask & covered).sum()),
+        "added": int(len(pts)),
+        "reference_visible": int(flag.sum()),
     }
     return pts, col, flag, stats
 
@@ -420,7 +462,8 @@ def build_point_cloud(
 
     # ---- 1. reference view: rendered depth, reference colours
     ref, pix, pts = _reference_points(
-        render_fn, ref_cam, reference_rgb, reference_mask, cfg, depth_type, device)
+        render_fn, ref_cam, reference_rgb, reference_mask, cfg, depth_type, device
+    )
     dev = ref.depth_z.device
     positions = [pts]
     colors = [ref.image.reshape(-1, 3)[pix]]
@@ -434,16 +477,19 @@ def build_point_cloud(
     # ---- 3. (in each view) novel points the reference camera sees
     for vi, cam in enumerate(views, start=1):
         pts, col, flag, view_stats = _novel_view_points(
-            render_fn, cam, depth_type, dev, torch.cat(positions), ref, cfg)
+            render_fn, cam, depth_type, dev, torch.cat(positions), ref, cfg
+        )
         positions.append(pts)
         colors.append(col)
         flags.append(flag)
         sources.append(torch.full((len(pts),), vi, dtype=torch.long, device=dev))
         stats["views"].append(view_stats)
         if log:
-            log(f"view {vi}/{len(views)} (elev {cam.elevation_deg:+.0f}, "
+            log(
+                f"view {vi}/{len(views)} (elev {cam.elevation_deg:+.0f}, "
                 f"azim {cam.azimuth_deg:+.0f}): {view_stats['mask']} mask px, "
-                f"{view_stats['covered']} covered, {len(pts)} new points")
+                f"{view_stats['covered']} covered, {len(pts)} new points"
+            )
 
     cloud = torch.cat(positions), torch.cat(colors), torch.cat(flags), torch.cat(sources)
     # ---- 4. budget

@@ -39,6 +39,7 @@ losses of the two branches add up to per-batch means.
 Back views: |azimuth - reference azimuth| >= 135 deg (see `cameras.is_back_view`); they always use
 SDS. Pass the relative azimuth per item; None means "no back views".
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -213,16 +214,24 @@ class MakeIt3DPrior:
     def clip_d_max_step(self) -> int:
         return step_from_percent(self.cfg.clip_d_max_step_percent, self.num_train_timesteps)
 
-    def sample_timesteps(self, b: int, device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def sample_timesteps(
+        self, b: int, device, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
         """t ~ U{min_step, ..., max_step} (inclusive, as the official randint), one per item."""
         t = torch.randint(self.min_step, self.max_step + 1, (b,), generator=generator)
         return t.to(device)
 
     # ----------------------------------------------------------------- pieces
     def alpha(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return self.alphas_cumprod.to(like.device)[t.to(like.device).long()].to(like.dtype).view(-1, 1, 1, 1)
+        return (
+            self.alphas_cumprod.to(like.device)[t.to(like.device).long()]
+            .to(like.dtype)
+            .view(-1, 1, 1, 1)
+        )
 
-    def noisy_latents(self, latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def noisy_latents(
+        self, latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
         a = self.alpha(t, latents)
         return a.sqrt() * latents + (1 - a).sqrt() * noise
 
@@ -235,8 +244,14 @@ class MakeIt3DPrior:
         a = self.alpha(t, z_t)
         return (z_t - (1 - a).sqrt() * eps_hat.detach()) / a.sqrt()
 
-    def sds_gradient(self, eps_hat: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        w = 1 - self.alpha(t, eps_hat) if self.cfg.weighting_strategy == "sds" else torch.ones_like(eps_hat[:, :1, :1, :1])
+    def sds_gradient(
+        self, eps_hat: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        w = (
+            1 - self.alpha(t, eps_hat)
+            if self.cfg.weighting_strategy == "sds"
+            else torch.ones_like(eps_hat[:, :1, :1, :1])
+        )
         grad = torch.nan_to_num(w * (eps_hat - noise))
         if self.cfg.grad_clip is not None:
             grad = grad.clamp(-float(self.cfg.grad_clip), float(self.cfg.grad_clip))
@@ -247,7 +262,9 @@ class MakeIt3DPrior:
             raise RuntimeError("this prior has no encoder: pass latents (as_latents=True)")
         x = images
         if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+            x = F.interpolate(
+                x, (self.image_size, self.image_size), mode="bilinear", align_corners=False
+            )
         return self.encode_fn(x)
 
     def _clip_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -309,7 +326,9 @@ class MakeIt3DPrior:
 
         latents = self._latents(images, as_latents)
         t, noise = self._timesteps_and_noise(latents, t, noise, b, device, generator)
-        use_clip_d = select_clip_d(t, relative_azimuth, self.clip_d_max_step, self.cfg.back_threshold_deg)
+        use_clip_d = select_clip_d(
+            t, relative_azimuth, self.clip_d_max_step, self.cfg.back_threshold_deg
+        )
         z_t = self.noisy_latents(latents, t, noise)
         eps_hat = self.predict_noise(z_t, t)
         x0 = self.predict_x0(z_t, t, eps_hat)
@@ -318,7 +337,9 @@ class MakeIt3DPrior:
         if want & set(CLIP_D_TERMS):
             out.update(self._clip_d_losses(latents, x0, use_clip_d, want, background, b))
 
-        out.update(t=t, use_clip_d=use_clip_d, latents=latents.detach(), x0_pred=x0.detach(), noise=noise)
+        out.update(
+            t=t, use_clip_d=use_clip_d, latents=latents.detach(), x0_pred=x0.detach(), noise=noise
+        )
         if return_eval:
             out["eval"] = self._eval_images(z_t, t, eps_hat, x0)
         return out
@@ -437,19 +458,34 @@ def build_prior_from_models(
     device = components.device
     cfg.validate()
     cond = encode_prompts(components.tokenizer, components.text_encoder, [prompt], device)
-    uncond = encode_prompts(components.tokenizer, components.text_encoder, [negative_prompt], device)
+    uncond = encode_prompts(
+        components.tokenizer, components.text_encoder, [negative_prompt], device
+    )
     sched = components.scheduler
     ac = sched.alphas_cumprod.detach().float()
     eps_fn = UNetNoisePredictor(
-        components.unet, ac, cond, text_uncond=uncond, guidance_scale=cfg.guidance_scale,
-        cfg_form=cfg.cfg_form, prediction_type=getattr(sched.config, "prediction_type", "epsilon"),
+        components.unet,
+        ac,
+        cond,
+        text_uncond=uncond,
+        guidance_scale=cfg.guidance_scale,
+        cfg_form=cfg.cfg_form,
+        prediction_type=getattr(sched.config, "prediction_type", "epsilon"),
     )
     codec = VaeCodec(components.vae, cfg.latent_mode, generator)
     with torch.no_grad():
         ref_emb = clip.encode_image(reference_rgb.to(clip.device)).float()
         txt_emb = clip.encode_text([prompt]).float()
     return MakeIt3DPrior(
-        cfg, ac, eps_fn, codec.encode, codec.decode, clip, ref_emb, txt_emb,
-        image_size=components.image_size, latent_size=int(components.unet.config.sample_size),
+        cfg,
+        ac,
+        eps_fn,
+        codec.encode,
+        codec.decode,
+        clip,
+        ref_emb,
+        txt_emb,
+        image_size=components.image_size,
+        latent_size=int(components.unet.config.sample_size),
         reference_rgba=None if rgba is None else rgba.to(clip.device),
     )

@@ -11,6 +11,7 @@ CLIP sees it.
   renders get random backgrounds would reward whitening the background (haze, floaters) once
   CLIP-D carries a gradient. Full resolution; the CLIP encoder resizes it.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -25,7 +26,9 @@ def reference_rgba(image_path: str, role: str = "reference image") -> torch.Tens
     return to_tensor_image(load_rgba(image_path, role=role))
 
 
-def composite_reference(rgba: torch.Tensor, background: Optional[torch.Tensor] = None) -> torch.Tensor:
+def composite_reference(
+    rgba: torch.Tensor, background: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """The reference [1,4,H,W] composited on `background` (CLIP-D: the render's own, decision 25):
     None = white; [B,3] colours; or
     [B,3,h,w] / [B,h,w,3] images (a render's background, resized to the reference's size).
@@ -40,9 +43,13 @@ def composite_reference(rgba: torch.Tensor, background: Optional[torch.Tensor] =
         if bg.shape[1] != 3 and bg.shape[-1] == 3:  # channels last (threestudio)
             bg = bg.permute(0, 3, 1, 2)
         if bg.shape[-2:] != rgba.shape[-2:]:
-            bg = torch.nn.functional.interpolate(bg, rgba.shape[-2:], mode="bilinear", align_corners=False)
+            bg = torch.nn.functional.interpolate(
+                bg, rgba.shape[-2:], mode="bilinear", align_corners=False
+            )
     else:
-        raise ValueError(f"background must be [B,3] or [B,3,H,W] / [B,H,W,3], got {tuple(background.shape)}")
+        raise ValueError(
+            f"background must be [B,3] or [B,3,H,W] / [B,H,W,3], got {tuple(background.shape)}"
+        )
     return rgb * alpha + bg * (1.0 - alpha)
 
 

@@ -21,6 +21,7 @@
   `hifi123.threestudio_ext.systems.base.ImageConditionedSystem`): every training batch carries the
   reference view AND a random view, as in threestudio.
 """
+
 from __future__ import annotations
 
 import os
@@ -92,7 +93,9 @@ class DeviceSafeSingleImageDataModule(SingleImageDataModule):
     eval_dataset_cls = DeviceSafeSingleImageDataset
 
     def __init__(self, cfg: Optional[Any] = None) -> None:
-        pl.LightningDataModule.__init__(self)  # the parent would parse with its own (smaller) config
+        pl.LightningDataModule.__init__(
+            self
+        )  # the parent would parse with its own (smaller) config
         if cfg is not None and hasattr(cfg, "keys"):  # one clear error before threestudio's parse
             from ...errors import check_config_keys, check_config_numbers, check_config_types
 
@@ -101,10 +104,18 @@ class DeviceSafeSingleImageDataModule(SingleImageDataModule):
             check_config_numbers(cfg, "data", owner)
             check_config_types(self.Config, cfg, "data", owner)
             camera = cfg.get("random_camera") or {}
-            check_config_keys(camera, RandomCameraDataModuleConfig.__dataclass_fields__,
-                              "data.random_camera", "threestudio's random-camera views")
-            check_config_types(RandomCameraDataModuleConfig, camera, "data.random_camera",
-                               "threestudio's random-camera views")
+            check_config_keys(
+                camera,
+                RandomCameraDataModuleConfig.__dataclass_fields__,
+                "data.random_camera",
+                "threestudio's random-camera views",
+            )
+            check_config_types(
+                RandomCameraDataModuleConfig,
+                camera,
+                "data.random_camera",
+                "threestudio's random-camera views",
+            )
         self.cfg = parse_structured(self.Config, cfg)
         self.validate()
 
@@ -116,7 +127,10 @@ class DeviceSafeSingleImageDataModule(SingleImageDataModule):
 
         c = self.cfg
         rgba = load_rgba(c.image_path, role="data.image_path")
-        for wanted, suffix in ((c.requires_depth, "_depth.png"), (c.requires_normal, "_normal.png")):
+        for wanted, suffix in (
+            (c.requires_depth, "_depth.png"),
+            (c.requires_normal, "_normal.png"),
+        ):
             if not wanted:
                 continue
             path = c.image_path.replace("_rgba.png", suffix)
@@ -150,10 +164,18 @@ class HiFi123SingleImageDataModule(DeviceSafeSingleImageDataModule):
 
 @dataclass
 class MakeIt3DSingleImageDataModuleConfig(DeviceSafeSingleImageDataModuleConfig):
-    max_steps: int = setting(5000, ge=1, hint="the shipped configs set it to ${trainer.max_steps}")  # the run length the progressive fraction refers to (${trainer.max_steps})
-    progressive_fraction: float = setting(0.4, ge=0.0, le=1.0)  # official: 2000 of 5000 iterations in phase 1
-    phase1_azimuth_half_range: float = setting(45.0, ge=0.0, le=180.0)  # official phase 1: phi in [135, 225]
-    phase2_azimuth_half_range: float = setting(180.0, ge=0.0, le=180.0)  # official phase 2: phi in [0, 360]
+    max_steps: int = setting(
+        5000, ge=1, hint="the shipped configs set it to ${trainer.max_steps}"
+    )  # the run length the progressive fraction refers to (${trainer.max_steps})
+    progressive_fraction: float = setting(
+        0.4, ge=0.0, le=1.0
+    )  # official: 2000 of 5000 iterations in phase 1
+    phase1_azimuth_half_range: float = setting(
+        45.0, ge=0.0, le=180.0
+    )  # official phase 1: phi in [135, 225]
+    phase2_azimuth_half_range: float = setting(
+        180.0, ge=0.0, le=180.0
+    )  # official phase 2: phi in [0, 360]
     azimuth_sampling: str = "uniform"  # uniform | makeit3d (official mixture)
 
 
@@ -170,13 +192,22 @@ class MakeIt3DRandomCameraIterableDataset(RandomCameraIterableDataset):
     def progressive_view(self, global_step: int) -> None:  # called by threestudio's update_step
         s = self.schedule
         self.half_range = progressive_half_range(
-            global_step, s.max_steps, s.progressive_fraction, s.phase1_azimuth_half_range, s.phase2_azimuth_half_range
+            global_step,
+            s.max_steps,
+            s.progressive_fraction,
+            s.phase1_azimuth_half_range,
+            s.phase2_azimuth_half_range,
         )
         self.elevation_range = self.cfg.elevation_range
-        self.azimuth_range = [self.reference_azimuth - self.half_range, self.reference_azimuth + self.half_range]
+        self.azimuth_range = [
+            self.reference_azimuth - self.half_range,
+            self.reference_azimuth + self.half_range,
+        ]
 
     def collate(self, batch) -> dict:
-        lo, hi = pick_component(mixture_components(self.half_range, self.schedule.azimuth_sampling), random.random())
+        lo, hi = pick_component(
+            mixture_components(self.half_range, self.schedule.azimuth_sampling), random.random()
+        )
         self.azimuth_range = [self.reference_azimuth + lo, self.reference_azimuth + hi]
         return super().collate(batch)
 
@@ -200,6 +231,11 @@ class MakeIt3DSingleImageDataModule(DeviceSafeSingleImageDataModule):
 
         c = self.cfg
         if c.azimuth_sampling not in AZIMUTH_SAMPLING:
-            raise InputError(f"data.azimuth_sampling={c.azimuth_sampling!r}", f"one of {list(AZIMUTH_SAMPLING)}",
-                             f"set data.azimuth_sampling to one of {list(AZIMUTH_SAMPLING)}")
-        check_ranges(c, MakeIt3DSingleImageDataModuleConfig, "data")  # max_steps: ${trainer.max_steps}
+            raise InputError(
+                f"data.azimuth_sampling={c.azimuth_sampling!r}",
+                f"one of {list(AZIMUTH_SAMPLING)}",
+                f"set data.azimuth_sampling to one of {list(AZIMUTH_SAMPLING)}",
+            )
+        check_ranges(
+            c, MakeIt3DSingleImageDataModuleConfig, "data"
+        )  # max_steps: ${trainer.max_steps}

@@ -17,6 +17,7 @@ state-dict keys `encoding`, `feature_network`, `v_buffer`, `t_buffer`) and
 * reads the reference camera the mesh was aligned for from the `alignment.json` next to it
   (:attr:`aligned_camera`), which the system compares with the datamodule's.
 """
+
 from __future__ import annotations
 
 import json

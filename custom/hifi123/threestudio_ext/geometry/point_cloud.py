@@ -9,6 +9,7 @@ loading a state dict (Lightning resume, `system.weights`, `--test`) resizes ever
 checkpoint's shape in place (the Parameter objects stay the same, so an optimiser built before
 keeps them). `point_cloud_path` loads a cloud saved by :meth:`PointCloud.save_npz` or a PLY.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,10 +39,14 @@ class MakeIt3DPointCloud(StrictConfig, BaseGeometry):
 
     @dataclass
     class Config(BaseGeometry.Config):
-        n_feature_dims: int = setting(16, ge=0)  # learned features besides RGB: a 19-d descriptor (M3D utils.py:808)
+        n_feature_dims: int = setting(
+            16, ge=0
+        )  # learned features besides RGB: a 19-d descriptor (M3D utils.py:808)
         feature_init_std: float = setting(1.0, ge=0.0)  # features ~ N(0, 1) (M3D utils.py:816-820)
         background_init: float = 1.0  # background descriptor initialised to ones (M3D)
-        point_cloud_path: Optional[str] = None  # optional .npz (PointCloud.save_npz) or .ply to start from
+        point_cloud_path: Optional[str] = (
+            None  # optional .npz (PointCloud.save_npz) or .ply to start from
+        )
         seed: int = 0  # feature initialisation
 
     cfg: Config
@@ -73,33 +78,55 @@ class MakeIt3DPointCloud(StrictConfig, BaseGeometry):
 
     # -------------------------------------------------------------------------- filling
     @torch.no_grad()
-    def set_point_cloud(self, positions, colors, reference_visible=None, source_view=None) -> "MakeIt3DPointCloud":
+    def set_point_cloud(
+        self, positions, colors, reference_visible=None, source_view=None
+    ) -> "MakeIt3DPointCloud":
         """Replace the cloud: descriptors = [colours, N(0, std) features]; in place, so existing
         optimisers keep tracking `descriptors` (their state for it must be empty)."""
-        pos = torch.as_tensor(np.asarray(positions) if not torch.is_tensor(positions) else positions).float()
+        pos = torch.as_tensor(
+            np.asarray(positions) if not torch.is_tensor(positions) else positions
+        ).float()
         col = torch.as_tensor(np.asarray(colors) if not torch.is_tensor(colors) else colors).float()
         if col.numel() and col.max() > 1.0 + 1e-6:  # uint8 colours
             col = col / 255.0
         n = pos.shape[0]
         if pos.shape != (n, 3) or col.shape != (n, 3):
-            raise ValueError(f"positions and colours must be [N, 3], got {tuple(pos.shape)} and {tuple(col.shape)}")
-        ref = torch.zeros(n, dtype=torch.bool) if reference_visible is None else torch.as_tensor(reference_visible).bool().reshape(n)
-        src = torch.zeros(n, dtype=torch.long) if source_view is None else torch.as_tensor(source_view).long().reshape(n)
+            raise ValueError(
+                f"positions and colours must be [N, 3], got {tuple(pos.shape)} and {tuple(col.shape)}"
+            )
+        ref = (
+            torch.zeros(n, dtype=torch.bool)
+            if reference_visible is None
+            else torch.as_tensor(reference_visible).bool().reshape(n)
+        )
+        src = (
+            torch.zeros(n, dtype=torch.long)
+            if source_view is None
+            else torch.as_tensor(source_view).long().reshape(n)
+        )
         dev = self.positions.device
         gen = torch.Generator().manual_seed(int(self.cfg.seed))
-        feats = torch.randn(n, int(self.cfg.n_feature_dims), generator=gen) * float(self.cfg.feature_init_std)
+        feats = torch.randn(n, int(self.cfg.n_feature_dims), generator=gen) * float(
+            self.cfg.feature_init_std
+        )
         self.positions.data = pos.to(dev)
         self.initial_colors.data = col.to(dev)
         self.reference_visible.data = ref.to(dev)
         self.source_view.data = src.to(dev)
-        self.descriptors.data = torch.cat([col, feats], 1).to(self.descriptors.device, self.descriptors.dtype)
+        self.descriptors.data = torch.cat([col, feats], 1).to(
+            self.descriptors.device, self.descriptors.dtype
+        )
         return self
 
     def set_from_point_cloud(self, cloud: PointCloud) -> "MakeIt3DPointCloud":
-        return self.set_point_cloud(cloud.positions, cloud.colors, cloud.reference_visible, cloud.source_view)
+        return self.set_point_cloud(
+            cloud.positions, cloud.colors, cloud.reference_visible, cloud.source_view
+        )
 
     @classmethod
-    def from_arrays(cls, positions, colors, reference_visible=None, source_view=None, cfg: Optional[dict] = None) -> "MakeIt3DPointCloud":
+    def from_arrays(
+        cls, positions, colors, reference_visible=None, source_view=None, cfg: Optional[dict] = None
+    ) -> "MakeIt3DPointCloud":
         """A geometry holding the given cloud (positions [N, 3], colours [N, 3] in [0, 1] or uint8)."""
         geo = cls(cfg or {})
         return geo.set_point_cloud(positions, colors, reference_visible, source_view)
@@ -113,10 +140,14 @@ class MakeIt3DPointCloud(StrictConfig, BaseGeometry):
             )
         if path.endswith(".npz"):
             d = np.load(path)
-            self.set_point_cloud(d["positions"], d["colors"], d.get("reference_visible"), d.get("source_view"))
+            self.set_point_cloud(
+                d["positions"], d["colors"], d.get("reference_visible"), d.get("source_view")
+            )
         else:
             pos, col = read_ply(path)
-            self.set_point_cloud(pos, col if col is not None else np.full((len(pos), 3), 0.5, np.float32))
+            self.set_point_cloud(
+                pos, col if col is not None else np.full((len(pos), 3), 0.5, np.float32)
+            )
 
     @staticmethod
     def create_from(other: BaseGeometry, cfg=None, **kwargs) -> "MakeIt3DPointCloud":
@@ -127,7 +158,9 @@ class MakeIt3DPointCloud(StrictConfig, BaseGeometry):
         )
 
     # ---------------------------------------------------------------- checkpoints (resize)
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         for name in POINT_TENSORS:
             key = prefix + name
             if key in state_dict:
@@ -135,7 +168,9 @@ class MakeIt3DPointCloud(StrictConfig, BaseGeometry):
                 src = state_dict[key]
                 if t.shape != src.shape:
                     t.data = torch.empty(src.shape, dtype=t.dtype, device=t.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def export(self, *args, **kwargs) -> Dict[str, Any]:
         return {"positions": self.positions, "colors": self.colors.detach().clamp(0, 1)}

@@ -24,6 +24,7 @@ references (no model is loaded); the models load on the first call on the device
 there when `half_precision_weights` and CUDA). threestudio's `get_device` (always CUDA) is never
 used.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
@@ -55,8 +56,12 @@ SCHEDULED = ("min_step_percent", "max_step_percent", "grad_clip")
 @register("makeit3d-guidance")
 class MakeIt3DGuidance(StrictConfig, BaseObject):
     # every setting is declared once, in the core `MakeIt3DGuidanceConfig`
-    Config = derive_config(MakeIt3DGuidanceConfig, BaseObject.Config, "MakeIt3DGuidanceConfig",
-                           types={name: Any for name in SCHEDULED})
+    Config = derive_config(
+        MakeIt3DGuidanceConfig,
+        BaseObject.Config,
+        "MakeIt3DGuidanceConfig",
+        types={name: Any for name in SCHEDULED},
+    )
 
     cfg: Config
 
@@ -83,8 +88,11 @@ class MakeIt3DGuidance(StrictConfig, BaseObject):
 
     def settings_at(self, epoch: int, global_step: int) -> MakeIt3DGuidanceConfig:
         """The core settings at this step (schedules evaluated), validated."""
-        now = {name: C(getattr(self.cfg, name), epoch, global_step)
-               for name in SCHEDULED if getattr(self.cfg, name) is not None}
+        now = {
+            name: C(getattr(self.cfg, name), epoch, global_step)
+            for name in SCHEDULED
+            if getattr(self.cfg, name) is not None
+        }
         try:
             settings = from_config(self.cfg, MakeIt3DGuidanceConfig, now)
             settings.validate()
@@ -97,19 +105,35 @@ class MakeIt3DGuidance(StrictConfig, BaseObject):
 
     def _prior_on(self, device: torch.device) -> MakeIt3DPrior:
         if self.prior is None:
-            dtype = torch.float16 if (self.cfg.half_precision_weights and device.type == "cuda") else torch.float32
-            threestudio.info(f"makeit3d-guidance: loading {self.cfg.pretrained_model_name_or_path} and CLIP {self.cfg.clip_model} on {device}")
+            dtype = (
+                torch.float16
+                if (self.cfg.half_precision_weights and device.type == "cuda")
+                else torch.float32
+            )
+            threestudio.info(
+                f"makeit3d-guidance: loading {self.cfg.pretrained_model_name_or_path} and CLIP {self.cfg.clip_model} on {device}"
+            )
             components = load_diffusion(
-                self.cfg.pretrained_model_name_or_path, "pretrained_model_name_or_path",
-                dtype=dtype, device=device, attention=self.cfg.attention,
+                self.cfg.pretrained_model_name_or_path,
+                "pretrained_model_name_or_path",
+                dtype=dtype,
+                device=device,
+                attention=self.cfg.attention,
             )
             if self.cfg.vae_gradient_checkpointing:
                 from ...core.makeit3d.prior import enable_vae_gradient_checkpointing
 
                 enable_vae_gradient_checkpointing(components.vae)
-            clip = load_clip_encoder(self.cfg.clip_backend, self.cfg.clip_model, self.cfg.clip_pretrained, device=device)
+            clip = load_clip_encoder(
+                self.cfg.clip_backend, self.cfg.clip_model, self.cfg.clip_pretrained, device=device
+            )
             self.prior = build_prior_from_models(
-                self.core_config, components, clip, self.prompt, self.cfg.negative_prompt, self.reference_rgba
+                self.core_config,
+                components,
+                clip,
+                self.prompt,
+                self.cfg.negative_prompt,
+                self.reference_rgba,
             )
             self._models = (components, clip)
         elif self.device != device:
@@ -156,12 +180,22 @@ class MakeIt3DGuidance(StrictConfig, BaseObject):
         images = rgb.permute(0, 3, 1, 2)  # [B,H,W,C] -> [B,C,H,W]
         rel = None
         if azimuth is not None:
-            ref = self.cfg.reference_azimuth_deg if reference_azimuth_deg is None else float(reference_azimuth_deg)
+            ref = (
+                self.cfg.reference_azimuth_deg
+                if reference_azimuth_deg is None
+                else float(reference_azimuth_deg)
+            )
             rel = relative_azimuth(torch.as_tensor(azimuth, device=rgb.device).float(), ref)
         # background: the render's own ([B,H,W,3], threestudio's comp_rgb_bg); the CLIP reference
         # is composited on it (None: white)
-        out = prior(images, rel, terms=terms, as_latents=rgb_as_latents, return_eval=guidance_eval,
-                    background=background)
+        out = prior(
+            images,
+            rel,
+            terms=terms,
+            as_latents=rgb_as_latents,
+            return_eval=guidance_eval,
+            background=background,
+        )
         result: Dict[str, Any] = {k: v for k, v in out.items() if k.startswith("loss_")}
         result.update(
             grad_norm=out.get("grad_norm", torch.zeros((), device=rgb.device)),
@@ -178,7 +212,10 @@ class MakeIt3DGuidance(StrictConfig, BaseObject):
             ev.update(
                 bs=bs,
                 noise_levels=[float(x) / prior.num_train_timesteps for x in out["t"].tolist()],
-                texts=[("clip-d" if c else "sds") + f" t={int(t)}" for c, t in zip(out["use_clip_d"].tolist(), out["t"].tolist())],
+                texts=[
+                    ("clip-d" if c else "sds") + f" t={int(t)}"
+                    for c, t in zip(out["use_clip_d"].tolist(), out["t"].tolist())
+                ],
             )
             result["eval"] = ev
         return result

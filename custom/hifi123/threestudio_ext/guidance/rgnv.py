@@ -25,6 +25,7 @@ CUDA. This class never uses it: the model is loaded lazily on the first call, on
 device. `configure` only validates the config and the files, so errors surface before any model
 is loaded.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
@@ -74,7 +75,9 @@ class RGNVGuidance(StrictConfig, LazyRGNVCore, BaseObject):
         **kwargs,
     ) -> Dict[str, Any]:
         if rgb_as_latents:
-            raise ValueError("hifi123-rgnv-guidance is an image-space loss: call it with rgb_as_latents=False")
+            raise ValueError(
+                "hifi123-rgnv-guidance is an image-space loss: call it with rgb_as_latents=False"
+            )
         if len(args) > 1:
             raise TypeError(
                 "hifi123-rgnv-guidance takes rgb and at most one positional argument (prompt_utils); "

@@ -8,6 +8,7 @@ the first call, on the device of the input (threestudio's `get_device` is CUDA-o
 used: `self.device` reports the input's device once known). Both are `BaseObject`s, so the
 SD2-depth weights never enter the Lightning checkpoint.
 """
+
 from __future__ import annotations
 
 import threestudio
@@ -42,14 +43,17 @@ class LazyRGNVCore:
         subfolders = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"]
         if settings.load_depth_estimator:
             subfolders += ["depth_estimator", "feature_extractor"]
-        preflight(settings.pretrained_model_name_or_path, f"{path}.pretrained_model_name_or_path",
-                  subfolders=subfolders)
+        preflight(
+            settings.pretrained_model_name_or_path,
+            f"{path}.pretrained_model_name_or_path",
+            subfolders=subfolders,
+        )
         self.core_config, no_prompt = settings.with_prompt()
         if no_prompt:
             threestudio.warn(
                 f"{getattr(type(self), '_hifi123_name', type(self).__name__)}: no prompt: {no_prompt} "
                 "(next to cond_image_path), so the target branch runs with the empty prompt (CFG has no "
-                "effect). Set `prompt: \"a photo of ...\"` in this guidance's block, or run "
+                'effect). Set `prompt: "a photo of ..."` in this guidance\'s block, or run '
                 "`hifi123 preprocess <image>` to write the caption"
             )
         self.core = None
@@ -57,7 +61,9 @@ class LazyRGNVCore:
 
     def core_on(self, device: torch.device):
         if self.core is None:
-            threestudio.info(f"{type(self).__name__}: loading {self.cfg.pretrained_model_name_or_path} on {device}")
+            threestudio.info(
+                f"{type(self).__name__}: loading {self.cfg.pretrained_model_name_or_path} on {device}"
+            )
             self.core = self.core_cls.from_config(self.core_config, device)
         elif self.core_device() != device:
             self.move_core(device)

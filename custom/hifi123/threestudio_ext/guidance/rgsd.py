@@ -21,6 +21,7 @@ Call (threestudio's guidance contract)::
 * A positional `prompt_utils` is accepted and ignored: the prompt is the `prompt` field, or the
   caption file next to `cond_image_path` when `prompt` is empty.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
@@ -37,7 +38,10 @@ from .rgnv_common import LazyRGNVCore
 @register("hifi123-rgsd-guidance")
 class RGSDGuidance(StrictConfig, LazyRGNVCore, BaseObject):
     # every setting is declared once, in the core `RGSDConfig`
-    Config = derive_config(RGSDConfig, BaseObject.Config, "RGSDGuidanceConfig",
+    Config = derive_config(
+        RGSDConfig,
+        BaseObject.Config,
+        "RGSDGuidanceConfig",
         extra=[("loss_name", str, "rgsd")],  # returns loss_<loss_name>: "sds" for zero123-system
     )
 
@@ -73,7 +77,9 @@ class RGSDGuidance(StrictConfig, LazyRGNVCore, BaseObject):
     def has_fixed_targets(self) -> bool:
         if self.core is not None:
             return self.core.fixed_targets is not None
-        return self._pending_state is not None and self._pending_state.get("fixed_targets") is not None
+        return (
+            self._pending_state is not None and self._pending_state.get("fixed_targets") is not None
+        )
 
     @torch.no_grad()
     def compute_fixed_targets(self, rgb, opacity=None, depth=None) -> torch.Tensor:
@@ -105,34 +111,57 @@ class RGSDGuidance(StrictConfig, LazyRGNVCore, BaseObject):
         **kwargs,
     ) -> Dict[str, Any]:
         if rgb_as_latents:
-            raise ValueError("hifi123-rgsd-guidance encodes the rendering itself: call it with rgb_as_latents=False")
+            raise ValueError(
+                "hifi123-rgsd-guidance encodes the rendering itself: call it with rgb_as_latents=False"
+            )
         if len(args) > 1:
-            raise TypeError("hifi123-rgsd-guidance takes rgb and at most one positional argument (prompt_utils)")
+            raise TypeError(
+                "hifi123-rgsd-guidance takes rgb and at most one positional argument (prompt_utils)"
+            )
         core = self.core_on(rgb.device)
         if fixed_view_index is not None:
             out = core.loss_fixed(rgb, fixed_view_index, opacity, depth)
         else:
             out = core.loss_random(rgb, opacity, depth, t=rgsd_t)
         result: Dict[str, Any] = {f"loss_{self.cfg.loss_name}": out["loss_rgsd"]}
-        result.update({k: (v.detach() if torch.is_tensor(v) else v) for k, v in out.items() if k != "loss_rgsd"})
+        result.update(
+            {
+                k: (v.detach() if torch.is_tensor(v) else v)
+                for k, v in out.items()
+                if k != "loss_rgsd"
+            }
+        )
         if guidance_eval:
             result["eval"] = self._eval_images(core, rgb, out, fixed_view_index)
         return result
 
     @torch.no_grad()
-    def _eval_images(self, core: RGSD, rgb: torch.Tensor, out: Dict[str, Any], fixed_view_index) -> Dict[str, Any]:
+    def _eval_images(
+        self, core: RGSD, rgb: torch.Tensor, out: Dict[str, Any], fixed_view_index
+    ) -> Dict[str, Any]:
         """threestudio's guidance-eval sheet: the render as SD2-depth sees it (decoded from its
         latent) and the RGSD target it is pulled towards (the RGNV clean prediction at t, or the
         fixed view's enhanced target at t = 0), decoded; [bs, H, W, 3] in [0, 1]."""
         target = out["rgsd_target_latent"].expand(rgb.shape[0], -1, -1, -1)
         bs = target.shape[0]
         dec = core.pipe.decode(target).permute(0, 2, 3, 1)
-        seen = torch.nn.functional.interpolate(rgb.detach().permute(0, 3, 1, 2).float(), dec.shape[1:3],
-                                               mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+        seen = torch.nn.functional.interpolate(
+            rgb.detach().permute(0, 3, 1, 2).float(),
+            dec.shape[1:3],
+            mode="bilinear",
+            align_corners=False,
+        ).permute(0, 2, 3, 1)
         t = float(out.get("rgsd_t", torch.tensor(0.0)))
         level = t / max(1, core.cfg.num_steps)
-        label = "t=0 fixed view" if fixed_view_index is not None else f"t={int(t)}/{core.cfg.num_steps}"
+        label = (
+            "t=0 fixed view" if fixed_view_index is not None else f"t={int(t)}/{core.cfg.num_steps}"
+        )
         return {
-            "bs": bs, "noise_levels": [level] * bs, "imgs_noisy": seen.clamp(0, 1),
-            "imgs_1step": dec, "imgs_1orig": dec, "imgs_final": dec, "texts": [f"rgsd {label}"] * bs,
+            "bs": bs,
+            "noise_levels": [level] * bs,
+            "imgs_noisy": seen.clamp(0, 1),
+            "imgs_1step": dec,
+            "imgs_1orig": dec,
+            "imgs_final": dec,
+            "texts": [f"rgsd {label}"] * bs,
         }

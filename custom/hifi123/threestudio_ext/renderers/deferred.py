@@ -7,6 +7,7 @@ rasterises all scales and runs the U-Net. Returns `comp_rgb` [B, H, W, 3], `opac
   resolution), `depth` [B, H, W, 1] (coverage-weighted camera z), `coverage_scales` (one
   [B, h, w, 1] per scale) and `comp_rgb_bg` (white, the target of the background loss).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -34,15 +35,25 @@ class MakeIt3DDeferredRenderer(StrictConfig, Rasterizer):
 
     @dataclass
     class Config(Rasterizer.Config):
-        point_radius_px: float = setting(2.0, gt=0.0)  # at full resolution (M3D: 2 px at 800, same NDC at every scale)
+        point_radius_px: float = setting(
+            2.0, gt=0.0
+        )  # at full resolution (M3D: 2 px at 800, same NDC at every scale)
         points_per_pixel: int = setting(8, ge=1)  # M3D: 8 nearest points composited per pixel
         n_scales: int = setting(3, ge=1)  # full, /2, /4 (M3D K = 3)
-        min_transmittance: float = setting(1e-4, ge=0.0, lt=1.0)  # compositing stops below (exact zeros behind saturated pixels)
+        min_transmittance: float = setting(
+            1e-4, ge=0.0, lt=1.0
+        )  # compositing stops below (exact zeros behind saturated pixels)
         depth_slabs: int = setting(4, ge=1)  # occlusion culling granularity (speed only)
-        min_slab_points: int = setting(16384, ge=1)  # fewer slabs when they would hold fewer points (speed only)
+        min_slab_points: int = setting(
+            16384, ge=1
+        )  # fewer slabs when they would hold fewer points (speed only)
         max_fragments_per_chunk: int = setting(4194304, ge=1)  # memory bound of the rasteriser
-        unet_widths: List[int] = field(default_factory=lambda: list(UNET_WIDTHS))  # M3D [16, 32, 64]
-        batch_stats_always: bool = True  # M3D keeps its U-Net in train mode (BatchNorm batch statistics)
+        unet_widths: List[int] = field(
+            default_factory=lambda: list(UNET_WIDTHS)
+        )  # M3D [16, 32, 64]
+        batch_stats_always: bool = (
+            True  # M3D keeps its U-Net in train mode (BatchNorm batch statistics)
+        )
 
     cfg: Config
 
@@ -50,7 +61,9 @@ class MakeIt3DDeferredRenderer(StrictConfig, Rasterizer):
         super().configure(geometry, material, background)
         widths = list(self.cfg.unet_widths)
         if len(widths) != int(self.cfg.n_scales):
-            raise ValueError(f"renderer.unet_widths needs one width per scale ({self.cfg.n_scales}), got {widths}")
+            raise ValueError(
+                f"renderer.unet_widths needs one width per scale ({self.cfg.n_scales}), got {widths}"
+            )
         try:  # the rasteriser settings are checked before anything is built
             self.settings = PointRasterSettings(
                 radius_px=self.cfg.point_radius_px,
@@ -81,7 +94,16 @@ class MakeIt3DDeferredRenderer(StrictConfig, Rasterizer):
             )
         dev = geo.positions.device
         fov = fovy.to(dev) if torch.is_tensor(fovy) else fovy
-        return rasterize_points(geo.positions, geo.descriptors, c2w.to(dev), fov, height, width, self.settings, geo.background)
+        return rasterize_points(
+            geo.positions,
+            geo.descriptors,
+            c2w.to(dev),
+            fov,
+            height,
+            width,
+            self.settings,
+            geo.background,
+        )
 
     def forward(self, c2w: torch.Tensor, fovy, height, width, **kwargs) -> Dict[str, Any]:
         H, W = _as_int(height), _as_int(width)

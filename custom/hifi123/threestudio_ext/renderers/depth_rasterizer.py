@@ -12,6 +12,7 @@ in our guidances is harmless: opacity is 1 on the surface). Everything else is t
 The extra rasterisation costs one `rasterize` + one `interpolate` of positions per call; we do not
 copy the parent's forward to share its rasterisation.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,9 +26,26 @@ from ..registry import StrictConfig, register
 class DepthNVDiffRasterizer(StrictConfig, NVDiffRasterizer):
     config_path = "system.renderer"
 
-    def forward(self, mvp_mtx, camera_positions, light_positions, height, width, render_rgb: bool = True, **kwargs):
+    def forward(
+        self,
+        mvp_mtx,
+        camera_positions,
+        light_positions,
+        height,
+        width,
+        render_rgb: bool = True,
+        **kwargs,
+    ):
         height, width = int(height), int(width)  # eval batches carry 1-element tensors
-        out = super().forward(mvp_mtx, camera_positions, light_positions, height, width, render_rgb=render_rgb, **kwargs)
+        out = super().forward(
+            mvp_mtx,
+            camera_positions,
+            light_positions,
+            height,
+            width,
+            render_rgb=render_rgb,
+            **kwargs,
+        )
         mesh = out["mesh"]
         v_pos_clip = self.ctx.vertex_transform(mesh.v_pos, mvp_mtx)
         rast, _ = self.ctx.rasterize(v_pos_clip, mesh.t_pos_idx, (height, width))

@@ -26,6 +26,7 @@ are logged as `train/<kind>/loss_<x>` (and `..._w` weighted).
 
 Devices come from the batch and the modules; nothing here calls threestudio's `get_device`.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -58,8 +59,17 @@ STAGES = ("coarse", "refine")
 
 
 #: the threestudio components a system block names with `<part>_type` and configures in `<part>`
-COMPONENT_PARTS = ("geometry", "material", "background", "renderer", "guidance", "prompt_processor",
-                   "guidance_3d", "prompt_processor_3d", "exporter")
+COMPONENT_PARTS = (
+    "geometry",
+    "material",
+    "background",
+    "renderer",
+    "guidance",
+    "prompt_processor",
+    "guidance_3d",
+    "prompt_processor_3d",
+    "exporter",
+)
 
 
 def check_component_blocks(cfg, config_cls) -> None:
@@ -73,8 +83,13 @@ def check_component_blocks(cfg, config_cls) -> None:
             continue
         config = getattr(threestudio.__modules__[kind], "Config", None)
         if config is not None and hasattr(config, "__dataclass_fields__"):
-            check_config_keys(block, config.__dataclass_fields__, f"system.{part}", kind,
-                              foreign_hint=part.startswith(("guidance", "prompt_processor")))
+            check_config_keys(
+                block,
+                config.__dataclass_fields__,
+                f"system.{part}",
+                kind,
+                foreign_hint=part.startswith(("guidance", "prompt_processor")),
+            )
 
 
 class ImageConditionedSystem(BaseLift3DSystem):
@@ -87,14 +102,22 @@ class ImageConditionedSystem(BaseLift3DSystem):
         refinement: bool = False
         stage: Optional[str] = None  # coarse | refine; None: as `refinement` says
         reference_shading: Optional[str] = "albedo"  # shading of the reference render
-        ambient_ratio_min: Optional[float] = setting(0.5, ge=0.0, le=1.0)  # novel views: ambient ~ U[min, max]; None: material's own
+        ambient_ratio_min: Optional[float] = setting(
+            0.5, ge=0.0, le=1.0
+        )  # novel views: ambient ~ U[min, max]; None: material's own
         ambient_ratio_max: float = setting(1.0, ge=0.0, le=1.0)
         rgb_loss: str = "mse"  # mse | l1
         mask_loss: str = "mse"  # mse | bce
         depth_kind: str = "disparity"  # the reference depth map: disparity (near = bright) | depth
-        depth_erosion: int = setting(5, ge=0)  # mask erosion kernel for the depth loss, at depth_erosion_resolution (<= 1: none)
-        depth_erosion_resolution: int = setting(512, ge=1)  # the kernel is scaled to the render size (M3D erodes at 512)
-        depth_min: float = setting(1e-3, gt=0.0)  # rendered depth clamp before 1/depth (disparity maps)
+        depth_erosion: int = setting(
+            5, ge=0
+        )  # mask erosion kernel for the depth loss, at depth_erosion_resolution (<= 1: none)
+        depth_erosion_resolution: int = setting(
+            512, ge=1
+        )  # the kernel is scaled to the render size (M3D erodes at 512)
+        depth_min: float = setting(
+            1e-3, gt=0.0
+        )  # rendered depth clamp before 1/depth (disparity maps)
         video_format: str = "mp4"  # mp4 (needs imageio-ffmpeg; falls back to gif) | gif
         save_train_images: bool = True
 
@@ -118,17 +141,23 @@ class ImageConditionedSystem(BaseLift3DSystem):
     # ----------------------------------------------------------------- configure
     @property
     def stage(self) -> str:
-        """"coarse" or "refine", from `system.stage` or `system.refinement` (a contradiction of the
+        """ "coarse" or "refine", from `system.stage` or `system.refinement` (a contradiction of the
         two is an error)."""
         stage, refinement = self.cfg.stage, bool(self.cfg.refinement)
         if stage is None:
             return "refine" if refinement else "coarse"
         if stage not in STAGES:
-            raise InputError(f"system.stage={stage!r}", f"one of {list(STAGES)}",
-                             "set system.stage=coarse or system.stage=refine")
+            raise InputError(
+                f"system.stage={stage!r}",
+                f"one of {list(STAGES)}",
+                "set system.stage=coarse or system.stage=refine",
+            )
         if stage == "coarse" and refinement:
-            raise InputError("system.stage=coarse contradicts system.refinement=true",
-                             "one stage switch", "drop one of the two keys")
+            raise InputError(
+                "system.stage=coarse contradicts system.refinement=true",
+                "one stage switch",
+                "drop one of the two keys",
+            )
         return stage
 
     @property
@@ -148,15 +177,20 @@ class ImageConditionedSystem(BaseLift3DSystem):
             ("video_format", c.video_format, ("mp4", "gif")),
         ):
             if value not in allowed:
-                raise InputError(f"system.{name}={value!r}", f"one of {list(allowed)}",
-                                 f"set system.{name} to one of them")
+                raise InputError(
+                    f"system.{name}={value!r}",
+                    f"one of {list(allowed)}",
+                    f"set system.{name} to one of them",
+                )
         try:
             self.reference_schedule = ReferenceSchedule(**dict(c.reference_schedule))
         except ValueError as err:
-            raise InputError(f"system.reference_schedule: {err}",
-                             "mode shuffled | every_n | random | both, ref_fraction in [0, 1], "
-                             "block and n_ref >= 1",
-                             "fix that key under system.reference_schedule") from None
+            raise InputError(
+                f"system.reference_schedule: {err}",
+                "mode shuffled | every_n | random | both, ref_fraction in [0, 1], "
+                "block and n_ref >= 1",
+                "fix that key under system.reference_schedule",
+            ) from None
         except TypeError as err:
             raise InputError(
                 f"system.reference_schedule: {err}",
@@ -193,7 +227,10 @@ class ImageConditionedSystem(BaseLift3DSystem):
 
         c = self.cfg
         if c.geometry_type == "tetrahedra-sdf-grid":
-            check_tets(c.geometry.get("isosurface_resolution", 128), "system.geometry.isosurface_resolution")
+            check_tets(
+                c.geometry.get("isosurface_resolution", 128),
+                "system.geometry.isosurface_resolution",
+            )
         if not self.resumed and not c.weights and c.geometry_convert_from:
             check_chained_checkpoint(c.geometry_convert_from, "system.geometry_convert_from")
 
@@ -201,9 +238,15 @@ class ImageConditionedSystem(BaseLift3DSystem):
         from ...preflight import check_tets
 
         c = self.cfg
-        if c.exporter_type == "mesh-exporter" and c.geometry_type.startswith("implicit-") \
-                and c.geometry.get("isosurface_method", "mt") == "mt":
-            check_tets(c.geometry.get("isosurface_resolution", 128), "system.geometry.isosurface_resolution")
+        if (
+            c.exporter_type == "mesh-exporter"
+            and c.geometry_type.startswith("implicit-")
+            and c.geometry.get("isosurface_method", "mt") == "mt"
+        ):
+            check_tets(
+                c.geometry.get("isosurface_resolution", 128),
+                "system.geometry.isosurface_resolution",
+            )
         super().on_predict_start()
 
     def on_train_end(self) -> None:
@@ -214,8 +257,12 @@ class ImageConditionedSystem(BaseLift3DSystem):
         if self.trainer.is_global_zero:
             from ...trials import write_finished_marker
 
-            write_finished_marker(os.path.dirname(self.get_save_dir()), self.true_global_step, max_steps,
-                                  system=type(self).__name__)
+            write_finished_marker(
+                os.path.dirname(self.get_save_dir()),
+                self.true_global_step,
+                max_steps,
+                system=type(self).__name__,
+            )
 
     # ------------------------------------------------------------------ lambdas
     @classmethod
@@ -231,7 +278,11 @@ class ImageConditionedSystem(BaseLift3DSystem):
     @classmethod
     def loss_terms_for(cls, refinement: bool = False) -> Tuple[str, ...]:
         """Every term whose `lambda_*` the system reads (for configs and tests, no instance)."""
-        regs = REFINE_REGULARIZERS if refinement and cls.refine_geometry == "mesh" else COARSE_REGULARIZERS
+        regs = (
+            REFINE_REGULARIZERS
+            if refinement and cls.refine_geometry == "mesh"
+            else COARSE_REGULARIZERS
+        )
         return REFERENCE_TERMS + tuple(cls.guidance_terms()) + regs + tuple(cls.extra_terms())
 
     def loss_terms(self) -> Tuple[str, ...]:
@@ -274,7 +325,7 @@ class ImageConditionedSystem(BaseLift3DSystem):
         for name, value in terms.items():
             if not name.startswith("loss_"):
                 raise ValueError(f"loss terms must be named loss_<x>, got {name!r}")
-            w = self.lambda_value(name[len("loss_"):])
+            w = self.lambda_value(name[len("loss_") :])
             self.log(tag + name, value)
             if w != 0:
                 weighted = value * w
@@ -301,10 +352,14 @@ class ImageConditionedSystem(BaseLift3DSystem):
         self.prompt_utils = None
         if c.prompt_processor_type:
             with building(c.prompt_processor_type, "system.prompt_processor"):
-                self.prompt_processor = threestudio.find(c.prompt_processor_type)(c.prompt_processor)
+                self.prompt_processor = threestudio.find(c.prompt_processor_type)(
+                    c.prompt_processor
+                )
                 self.prompt_utils = self.prompt_processor()
 
-    def call_guidance(self, guidance, rgb: torch.Tensor, batch: Dict[str, Any], **kwargs) -> Dict[str, Any]:
+    def call_guidance(
+        self, guidance, rgb: torch.Tensor, batch: Dict[str, Any], **kwargs
+    ) -> Dict[str, Any]:
         """`guidance(rgb, [prompt_utils,] **batch, rgb_as_latents=False, **kwargs)`."""
         args = (self.prompt_utils,) if self.prompt_utils is not None else ()
         return guidance(rgb, *args, **batch, rgb_as_latents=False, **kwargs)
@@ -313,10 +368,16 @@ class ImageConditionedSystem(BaseLift3DSystem):
     def loss_terms_of(out: Dict[str, Any], prefix: str = "") -> Dict[str, torch.Tensor]:
         """Every `loss_<x>` a guidance returned, renamed `loss_<prefix><x>` (weighted later by
         `lambda_<prefix><x>`, as threestudio weights them)."""
-        return {f"loss_{prefix}{k[len('loss_'):]}": v for k, v in out.items() if k.startswith("loss_")}
+        return {
+            f"loss_{prefix}{k[len('loss_') :]}": v for k, v in out.items() if k.startswith("loss_")
+        }
 
-    def guidance_losses(self, kind: str, batch: Dict[str, Any], out: Dict[str, Any], full_batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        raise NotImplementedError(f"{type(self).__name__} must implement guidance_losses for sub-step {kind!r}")
+    def guidance_losses(
+        self, kind: str, batch: Dict[str, Any], out: Dict[str, Any], full_batch: Dict[str, Any]
+    ) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement guidance_losses for sub-step {kind!r}"
+        )
 
     def guidance_eval_due(self) -> bool:
         every = int(self.cfg.freq.get("guidance_eval", 0) or 0)
@@ -339,7 +400,10 @@ class ImageConditionedSystem(BaseLift3DSystem):
             return
         self.save_image_grid(
             "all_training_images.png",
-            [{"type": "rgb", "img": img, "kwargs": {"data_format": "HWC"}} for img in dataset.get_all_images()],
+            [
+                {"type": "rgb", "img": img, "kwargs": {"data_format": "HWC"}}
+                for img in dataset.get_all_images()
+            ],
             name="on_fit_start",
             step=self.true_global_step,
         )
@@ -362,7 +426,9 @@ class ImageConditionedSystem(BaseLift3DSystem):
 
     def novel_batch(self, batch: Dict[str, Any]) -> Dict[str, Any]:
         if "random_camera" not in batch:
-            raise KeyError("the training batch has no random_camera views (data.use_random_camera must be true)")
+            raise KeyError(
+                "the training batch has no random_camera views (data.use_random_camera must be true)"
+            )
         sub = dict(batch["random_camera"])
         if self.cfg.ambient_ratio_min is not None:
             lo = float(self.cfg.ambient_ratio_min)
@@ -375,7 +441,9 @@ class ImageConditionedSystem(BaseLift3DSystem):
             return self.reference_batch(batch)
         if kind == "novel":
             return self.novel_batch(batch)
-        raise NotImplementedError(f"{type(self).__name__} has no batch for sub-step {kind!r}; override substep_batch")
+        raise NotImplementedError(
+            f"{type(self).__name__} has no batch for sub-step {kind!r}; override substep_batch"
+        )
 
     def training_substep(self, batch: Dict[str, Any], batch_idx: int, kind: str) -> Any:
         sub = self.substep_batch(batch, kind)
@@ -404,7 +472,9 @@ class ImageConditionedSystem(BaseLift3DSystem):
         return {"loss": total}
 
     # ------------------------------------------------------------- ref losses
-    def reference_losses(self, batch: Dict[str, Any], out: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    def reference_losses(
+        self, batch: Dict[str, Any], out: Dict[str, Any]
+    ) -> Dict[str, torch.Tensor]:
         losses: Dict[str, torch.Tensor] = {}
         mask = batch["mask"]
         fmask = mask.float()
@@ -425,32 +495,54 @@ class ImageConditionedSystem(BaseLift3DSystem):
         return losses
 
     @staticmethod
-    def _reference_pair(batch: Dict[str, Any], out: Dict[str, Any], term: str, ref_key: str, what: str,
-                        needs_data: str, data_fix: str, out_key: str, needs_renderer: str,
-                        renderer_fix: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _reference_pair(
+        batch: Dict[str, Any],
+        out: Dict[str, Any],
+        term: str,
+        ref_key: str,
+        what: str,
+        needs_data: str,
+        data_fix: str,
+        out_key: str,
+        needs_renderer: str,
+        renderer_fix: str,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """(reference map from the batch, render output) for a reference loss, or one error that
         says which of the two is missing and how to get it."""
         ref = batch.get(ref_key)
         if ref is None:
             raise InputError(f"lambda_{term} > 0 but the batch has no {what}", needs_data, data_fix)
         if out_key not in out:
-            raise InputError(f"lambda_{term} > 0 but {needs_renderer[0]}", needs_renderer[1], renderer_fix)
+            raise InputError(
+                f"lambda_{term} > 0 but {needs_renderer[0]}", needs_renderer[1], renderer_fix
+            )
         return ref, out[out_key]
 
     def reference_depth_loss(self, batch: Dict[str, Any], out: Dict[str, Any]) -> torch.Tensor:
         ref, depth = self._reference_pair(
-            batch, out, "depth", "ref_depth", "reference depth",
+            batch,
+            out,
+            "depth",
+            "ref_depth",
+            "reference depth",
             "data.requires_depth: true and a <name>_depth.png next to the image",
             "set data.requires_depth=true (or lambda_depth=0); `hifi123 preprocess` writes the depth map",
-            "depth", (f"the renderer {self.cfg.renderer_type} returns no depth",
-                      "a renderer with a `depth` output (threestudio's nvdiff-rasterizer has none)"),
+            "depth",
+            (
+                f"the renderer {self.cfg.renderer_type} returns no depth",
+                "a renderer with a `depth` output (threestudio's nvdiff-rasterizer has none)",
+            ),
             "set system.loss.lambda_depth=0 for this stage",
         )
         pred = depth.reshape(ref.shape[0], *ref.shape[1:3])
         ref = ref.reshape(pred.shape).to(pred)
         mask = batch["mask"].reshape(pred.shape)
         # depth_erosion is an OpenCV kernel size at depth_erosion_resolution: radius k // 2
-        radius = scale_px(max(int(self.cfg.depth_erosion), 1) // 2, pred.shape[-2], self.cfg.depth_erosion_resolution)
+        radius = scale_px(
+            max(int(self.cfg.depth_erosion), 1) // 2,
+            pred.shape[-2],
+            self.cfg.depth_erosion_resolution,
+        )
         eroded = erode(mask, radius)
         # an object thinner than the kernel would vanish: keep the plain mask for such views
         thin = eroded.flatten(1).sum(1) < 2
@@ -464,11 +556,18 @@ class ImageConditionedSystem(BaseLift3DSystem):
 
     def reference_normal_loss(self, batch: Dict[str, Any], out: Dict[str, Any]) -> torch.Tensor:
         ref, normal = self._reference_pair(
-            batch, out, "normal", "ref_normal", "reference normal map",
+            batch,
+            out,
+            "normal",
+            "ref_normal",
+            "reference normal map",
             "data.requires_normal: true and a <name>_normal.png next to the image",
             "set data.requires_normal=true (or lambda_normal=0)",
-            "comp_normal", ("the render has no comp_normal",
-                            "renderer.return_comp_normal: true and a material that needs normals"),
+            "comp_normal",
+            (
+                "the render has no comp_normal",
+                "renderer.return_comp_normal: true and a material that needs normals",
+            ),
             "enable return_comp_normal (or set lambda_normal=0)",
         )
         return reference_normal_loss(ref, normal, batch["mask"][..., 0])
@@ -489,15 +588,21 @@ class ImageConditionedSystem(BaseLift3DSystem):
         losses: Dict[str, torch.Tensor] = {}
         if self.refining and self.refine_geometry == "mesh":
             if self.wants("normal_consistency"):
-                losses["loss_normal_consistency"] = self._require(out, "mesh", "normal_consistency").normal_consistency()
+                losses["loss_normal_consistency"] = self._require(
+                    out, "mesh", "normal_consistency"
+                ).normal_consistency()
             if self.wants("laplacian_smoothness"):
-                losses["loss_laplacian_smoothness"] = self._require(out, "mesh", "laplacian_smoothness").laplacian()
+                losses["loss_laplacian_smoothness"] = self._require(
+                    out, "mesh", "laplacian_smoothness"
+                ).laplacian()
             return losses
         if self.wants("orient"):
             normal = self._require(out, "normal", "orient")
             dots = (normal * self._require(out, "t_dirs", "orient")).sum(-1, keepdim=True)
             w = self._require(out, "weights", "orient").detach()
-            losses["loss_orient"] = (w * dots.clamp_min(0.0) ** 2).sum() / (out["opacity"] > 0).sum().clamp_min(1)
+            losses["loss_orient"] = (w * dots.clamp_min(0.0) ** 2).sum() / (
+                out["opacity"] > 0
+            ).sum().clamp_min(1)
         if kind != "ref" and self.wants("sparsity"):
             losses["loss_sparsity"] = (out["opacity"] ** 2 + 0.01).sqrt().mean()
         if self.wants("opaque"):
@@ -505,10 +610,14 @@ class ImageConditionedSystem(BaseLift3DSystem):
             losses["loss_opaque"] = -(op * op.log() + (1 - op) * (1 - op).log()).mean()
         if self.wants("normal_smooth"):
             n = self._require(out, "comp_normal", "normal_smooth")
-            losses["loss_normal_smooth"] = (n[:, 1:] - n[:, :-1]).square().mean() + (n[:, :, 1:] - n[:, :, :-1]).square().mean()
+            losses["loss_normal_smooth"] = (n[:, 1:] - n[:, :-1]).square().mean() + (
+                n[:, :, 1:] - n[:, :, :-1]
+            ).square().mean()
         if self.wants("3d_normal_smooth"):
             n = self._require(out, "normal", "3d_normal_smooth")
-            losses["loss_3d_normal_smooth"] = (n - self._require(out, "normal_perturb", "3d_normal_smooth")).abs().mean()
+            losses["loss_3d_normal_smooth"] = (
+                (n - self._require(out, "normal_perturb", "3d_normal_smooth")).abs().mean()
+            )
         return losses
 
     # ---------------------------------------------------------------- eval / save
@@ -518,10 +627,22 @@ class ImageConditionedSystem(BaseLift3DSystem):
             grid.append({"type": "rgb", "img": batch["rgb"][0], "kwargs": {"data_format": "HWC"}})
         grid.append({"type": "rgb", "img": out["comp_rgb"][0], "kwargs": {"data_format": "HWC"}})
         if "comp_normal" in out:
-            grid.append({"type": "rgb", "img": out["comp_normal"][0], "kwargs": {"data_format": "HWC", "data_range": (0, 1)}})
+            grid.append(
+                {
+                    "type": "rgb",
+                    "img": out["comp_normal"][0],
+                    "kwargs": {"data_format": "HWC", "data_range": (0, 1)},
+                }
+            )
         if "depth" in out:
             grid.append({"type": "grayscale", "img": out["depth"][0], "kwargs": {}})
-        grid.append({"type": "grayscale", "img": out["opacity"][0, :, :, 0], "kwargs": {"cmap": None, "data_range": (0, 1)}})
+        grid.append(
+            {
+                "type": "grayscale",
+                "img": out["opacity"][0, :, :, 0],
+                "kwargs": {"cmap": None, "data_range": (0, 1)},
+            }
+        )
         return grid
 
     @staticmethod
@@ -542,9 +663,19 @@ class ImageConditionedSystem(BaseLift3DSystem):
         stem = f"it{self.true_global_step}-{split}"
         fmt = self.cfg.video_format
         if fmt == "mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:
-            threestudio.warn("imageio-ffmpeg is not installed: saving the video as gif (pip install imageio[ffmpeg])")
+            threestudio.warn(
+                "imageio-ffmpeg is not installed: saving the video as gif (pip install imageio[ffmpeg])"
+            )
             fmt = "gif"
-        self.save_img_sequence(stem, stem, r"(\d+)\.png", save_format=fmt, fps=30, name=f"{split}_epoch_end", step=self.true_global_step)
+        self.save_img_sequence(
+            stem,
+            stem,
+            r"(\d+)\.png",
+            save_format=fmt,
+            fps=30,
+            name=f"{split}_epoch_end",
+            step=self.true_global_step,
+        )
         shutil.rmtree(os.path.join(self.get_save_dir(), stem), ignore_errors=True)
 
     def validation_step(self, batch, batch_idx):

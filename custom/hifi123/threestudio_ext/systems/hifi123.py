@@ -19,6 +19,7 @@ reference rgb loss every iteration and RGSD (`hifi123-rgsd-guidance`), alternati
 Both RGSD sub-steps pass the renderer's `opacity` and `depth` (use `hifi123-nvdiff-rasterizer`,
 which adds depth to threestudio's mesh rasterizer). Devices come from the batch.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,7 +41,9 @@ REFINE_TERMS = ("rgsd",)
 CHECKPOINT_KEY = "hifi123_rgsd"
 
 
-def fixed_view_batch(elevation_deg: float, azimuth_deg: float, like: Dict[str, Any], height: int, width: int) -> Dict[str, Any]:
+def fixed_view_batch(
+    elevation_deg: float, azimuth_deg: float, like: Dict[str, Any], height: int, width: int
+) -> Dict[str, Any]:
     """The threestudio batch of a fixed view at the given pose, with the distance and field of view
     of batch `like` (the reference view)."""
     dist = float(like["camera_distances"].reshape(-1)[0])
@@ -55,9 +58,15 @@ class HiFi123System(ImageConditionedSystem):
     class Config(ImageConditionedSystem.Config):
         guidance_3d_type: str = ""  # coarse: zero123-guidance | stable-zero123-guidance ("" = none)
         guidance_3d: dict = field(default_factory=dict)
-        fixed_view_every: int = setting(2, ge=1)  # refine: a t = 0 fixed-view iteration every N iterations (decision 9)
-        fixed_view_resolution: Optional[int] = setting(None, ge=8)  # fixed-view render size (default: the random views')
-        image_path: str = ""  # the reference (${data.image_path}): an empty 2D prompt reads its caption file
+        fixed_view_every: int = setting(
+            2, ge=1
+        )  # refine: a t = 0 fixed-view iteration every N iterations (decision 9)
+        fixed_view_resolution: Optional[int] = setting(
+            None, ge=8
+        )  # fixed-view render size (default: the random views')
+        image_path: str = (
+            ""  # the reference (${data.image_path}): an empty 2D prompt reads its caption file
+        )
 
     cfg: Config
 
@@ -70,7 +79,9 @@ class HiFi123System(ImageConditionedSystem):
     def configure(self) -> None:
         super().configure()
         if self.cfg.fixed_view_every < 1:
-            raise ValueError(f"system.fixed_view_every must be >= 1, got {self.cfg.fixed_view_every}")
+            raise ValueError(
+                f"system.fixed_view_every must be >= 1, got {self.cfg.fixed_view_every}"
+            )
         self.guidance_3d = None
         self._rgsd_state: Optional[Dict[str, Any]] = None
 
@@ -89,10 +100,12 @@ class HiFi123System(ImageConditionedSystem):
                     f"system.image_path ({self.cfg.image_path or 'not set'})",
                     "a prompt for the 2D guidance (HiFi-123 uses the image caption)",
                     "run `hifi123 preprocess <image>` (writes <name>_caption.txt) or set "
-                    "system.prompt_processor.prompt=\"a photo of ...\"",
+                    'system.prompt_processor.prompt="a photo of ..."',
                 )
             pp["prompt"] = caption
-            threestudio.info(f"hifi123-system: 2D guidance prompt from the caption file: {caption!r}")
+            threestudio.info(
+                f"hifi123-system: 2D guidance prompt from the caption file: {caption!r}"
+            )
         super().build_guidance()
         if not self.refining and self.cfg.guidance_3d_type:
             from ...preflight import building
@@ -130,23 +143,35 @@ class HiFi123System(ImageConditionedSystem):
             "distance": float(like["camera_distances"].reshape(-1)[0]),
             "fovy_deg": math.degrees(float(like["fovy"].reshape(-1)[0])),
         }
-        keys = {"elevation_deg": "default_elevation_deg", "azimuth_deg": "default_azimuth_deg",
-                "distance": "default_camera_distance", "fovy_deg": "default_fovy_deg"}
-        off = [k for k in keys
-               if abs(have[k] - float(aligned[k])) > 0.01 * max(1.0, abs(float(aligned[k])))]
+        keys = {
+            "elevation_deg": "default_elevation_deg",
+            "azimuth_deg": "default_azimuth_deg",
+            "distance": "default_camera_distance",
+            "fovy_deg": "default_fovy_deg",
+        }
+        off = [
+            k
+            for k in keys
+            if abs(have[k] - float(aligned[k])) > 0.01 * max(1.0, abs(float(aligned[k])))
+        ]
         if off:
             from ...errors import InputError
 
             raise InputError(
                 "the mesh was aligned for another reference camera than data's: "
-                + ", ".join(f"data.{keys[k]}={have[k]:.4g} but the alignment used {aligned[k]:.4g}"
-                            for k in off),
+                + ", ".join(
+                    f"data.{keys[k]}={have[k]:.4g} but the alignment used {aligned[k]:.4g}"
+                    for k in off
+                ),
                 "the reference camera of the mesh's alignment.json",
-                "pass " + " ".join(f"data.{keys[k]}={float(aligned[k]):.4g}" for k in off)
+                "pass "
+                + " ".join(f"data.{keys[k]}={float(aligned[k]):.4g}" for k in off)
                 + " (hifi123 run --method refine-mesh does this)",
             )
-        threestudio.info(f"hifi123-system: the reference camera is the mesh's alignment's "
-                         f"(elevation {have['elevation_deg']:.4g} deg)")
+        threestudio.info(
+            f"hifi123-system: the reference camera is the mesh's alignment's "
+            f"(elevation {have['elevation_deg']:.4g} deg)"
+        )
 
     def init_texture_from_mesh(self) -> None:
         """A custom mesh with colours (`hifi123-custom-mesh`): fit the texture field to them first,
@@ -161,14 +186,19 @@ class HiFi123System(ImageConditionedSystem):
         if mse is None:
             threestudio.info("hifi123-system: the mesh has no colours; the texture starts blank")
         else:
-            threestudio.info(f"hifi123-system: texture fitted to the mesh's colours (MSE {mse:.4f})")
+            threestudio.info(
+                f"hifi123-system: texture fitted to the mesh's colours (MSE {mse:.4f})"
+            )
 
     def fixed_batches(self, like: Dict[str, Any]):
         ref_e = float(like["elevation"].reshape(-1)[0])
         ref_a = float(like["azimuth"].reshape(-1)[0])
         rnd = like.get("random_camera", like)
         size = self.cfg.fixed_view_resolution or int(rnd["height"])
-        return [fixed_view_batch(e, a, like, size, size) for e, a in self.guidance.fixed_cameras(ref_e, ref_a)]
+        return [
+            fixed_view_batch(e, a, like, size, size)
+            for e, a in self.guidance.fixed_cameras(ref_e, ref_a)
+        ]
 
     @torch.no_grad()
     def compute_fixed_targets(self, like: Optional[Dict[str, Any]] = None) -> None:
@@ -186,7 +216,9 @@ class HiFi123System(ImageConditionedSystem):
         dm = getattr(self.trainer, "datamodule", None)
         ds = getattr(dm, "train_dataset", None)
         if ds is None:
-            raise RuntimeError("hifi123-system needs the training datamodule to place the fixed views")
+            raise RuntimeError(
+                "hifi123-system needs the training datamodule to place the fixed views"
+            )
         return ds.collate(None) if hasattr(ds, "collate") else next(iter(dm.train_dataloader()))
 
     # ------------------------------------------------------------------ training
@@ -215,7 +247,11 @@ class HiFi123System(ImageConditionedSystem):
             if not self.wants("rgsd"):
                 return {}
             g = self.guidance(
-                out["comp_rgb"], **batch, opacity=out["opacity"], depth=out.get("depth"), rgb_as_latents=False
+                out["comp_rgb"],
+                **batch,
+                opacity=out["opacity"],
+                depth=out.get("depth"),
+                rgb_as_latents=False,
             )
             if "rgsd_t" in g:
                 self.log(f"train/{kind}/rgsd_t", g["rgsd_t"])

@@ -12,6 +12,7 @@ of 100, as the official loader) picks the reference sub-step or a novel-view sub
 * both: the base regularisers, plus `opacity`: mean(opacity^2), multiplied by
   `back_view_opacity_factor` (10, official) on back views (|relative azimuth| >= back_threshold_deg).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -41,11 +42,15 @@ from .makeit3d_refine import (
 class MakeIt3DSystem(ImageConditionedSystem):
     @dataclass
     class Config(ImageConditionedSystem.Config):
-        back_threshold_deg: float = setting(135.0, ge=0.0)  # back view: |azimuth - reference| >= 180 - 45
+        back_threshold_deg: float = setting(
+            135.0, ge=0.0
+        )  # back view: |azimuth - reference| >= 180 - 45
         back_view_opacity_factor: float = setting(10.0, ge=0.0)  # official utils.py:521-524
         # stage (the base's switch): coarse = NeRF (paper §3.2), refine = point cloud + deferred
         # renderer (§3.3)
-        refine: dict = field(default_factory=dict)  # stage refine: hifi123.core.makeit3d.point_refine.RefineConfig
+        refine: dict = field(
+            default_factory=dict
+        )  # stage refine: hifi123.core.makeit3d.point_refine.RefineConfig
         # novel views are rendered albedo-only while the step lies in one of these [start, end)
         # windows (the official two-phase run: 0-1000, then 2000-3500 as the 360 degree views start)
         albedo_only_windows: list = field(default_factory=list)
@@ -59,8 +64,11 @@ class MakeIt3DSystem(ImageConditionedSystem):
         if any(len(w) != 2 or not 0 <= int(w[0]) < int(w[1]) for w in windows):
             from ...errors import InputError
 
-            raise InputError(f"system.albedo_only_windows={windows}", "a list of [start, end) step pairs, 0 <= start < end",
-                             "e.g. system.albedo_only_windows=[[0,1000],[2000,3500]] (or [] for the material's own)")
+            raise InputError(
+                f"system.albedo_only_windows={windows}",
+                "a list of [start, end) step pairs, 0 <= start < end",
+                "e.g. system.albedo_only_windows=[[0,1000],[2000,3500]] (or [] for the material's own)",
+            )
         self.albedo_windows = [(int(a), int(b)) for a, b in windows]
         self.refine = None
         self._coarse_checkpoint = None
@@ -76,7 +84,10 @@ class MakeIt3DSystem(ImageConditionedSystem):
                 preflight_vgg19(self.refine.contextual_model, "system.refine.contextual_model")
             # the point cloud needs the whole coarse model and the reference image: it is built in
             # on_fit_start; threestudio's single-geometry conversion (create_from) must not run
-            self._coarse_checkpoint, self.cfg.geometry_convert_from = self.cfg.geometry_convert_from, None
+            self._coarse_checkpoint, self.cfg.geometry_convert_from = (
+                self.cfg.geometry_convert_from,
+                None,
+            )
         super().configure()
 
     def loss_terms(self):
@@ -87,10 +98,15 @@ class MakeIt3DSystem(ImageConditionedSystem):
         super().on_fit_start()
         if self.refining and self.geometry.n_points == 0:  # not resumed / loaded
             cloud = build_refine_point_cloud(
-                self._coarse_checkpoint, self.refine, self.cfg.geometry_convert_override,
-                device=self.device, log=threestudio.info,
+                self._coarse_checkpoint,
+                self.refine,
+                self.cfg.geometry_convert_override,
+                device=self.device,
+                log=threestudio.info,
             )
-            self.geometry.set_from_point_cloud(cloud)  # in place: the optimiser keeps the parameters
+            self.geometry.set_from_point_cloud(
+                cloud
+            )  # in place: the optimiser keeps the parameters
             if self.refine.save_initial_point_cloud and self._save_dir is not None:
                 save_initial_point_cloud(self, cloud)
 
@@ -111,7 +127,9 @@ class MakeIt3DSystem(ImageConditionedSystem):
 
     def _export_refine(self, video: bool) -> None:
         size = PointCloudConfig(**self.refine.point_cloud).resolution
-        save_refine_exports(self, self.true_global_step, self.renderer, self.refine, size, size, video=video)
+        save_refine_exports(
+            self, self.true_global_step, self.renderer, self.refine, size, size, video=video
+        )
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         super().on_train_batch_end(outputs, batch, batch_idx)
@@ -161,14 +179,20 @@ class MakeIt3DSystem(ImageConditionedSystem):
 
         r = self.refine
         if self._contextual is None:
-            vgg = load_vgg19_features(r.contextual_model, "system.refine.contextual_model", r.contextual_layer, rgb.device)
+            vgg = load_vgg19_features(
+                r.contextual_model, "system.refine.contextual_model", r.contextual_layer, rgb.device
+            )
             self._contextual = (vgg, {})
         vgg, refs = self._contextual
         size = tuple(rgb.shape[1:3])
         if size not in refs:
-            ref = reference_on_white(r.reference_image_path, role="system.refine.reference_image_path").to(rgb.device)
+            ref = reference_on_white(
+                r.reference_image_path, role="system.refine.reference_image_path"
+            ).to(rgb.device)
             with torch.no_grad():
-                refs[size] = vgg(torch.nn.functional.interpolate(ref, size, mode="bilinear", align_corners=False))
+                refs[size] = vgg(
+                    torch.nn.functional.interpolate(ref, size, mode="bilinear", align_corners=False)
+                )
         return contextual_loss(rgb, refs[size], vgg, r.contextual_band_width)
 
     def prior_losses(self, kind, batch, out, full_batch) -> Dict[str, torch.Tensor]:
@@ -181,8 +205,13 @@ class MakeIt3DSystem(ImageConditionedSystem):
         # our guidance takes the render's background (the CLIP-D reference is composited on it),
         # the terms to compute and the reference azimuth; a stock guidance absorbs them in **kwargs
         g = self.call_guidance(
-            self.guidance, out["comp_rgb"], batch, guidance_eval=due, terms=active,
-            reference_azimuth_deg=self.reference_azimuth(full_batch), background=out.get("comp_rgb_bg"),
+            self.guidance,
+            out["comp_rgb"],
+            batch,
+            guidance_eval=due,
+            terms=active,
+            reference_azimuth_deg=self.reference_azimuth(full_batch),
+            background=out.get("comp_rgb_bg"),
         )
         if "timesteps" in g and "use_clip_d" in g:
             self.log("train/timestep", g["timesteps"].float().mean())
@@ -200,8 +229,12 @@ class MakeIt3DSystem(ImageConditionedSystem):
             factor = torch.ones_like(per_view)
             if kind != "ref" and "azimuth" in batch and self.cfg.back_view_opacity_factor != 1.0:
                 ref = self.reference_azimuth(full_batch)
-                back = is_back_view(batch["azimuth"].to(per_view.device).float(), ref, self.cfg.back_threshold_deg)
-                factor = torch.where(back, torch.full_like(per_view, self.cfg.back_view_opacity_factor), factor)
+                back = is_back_view(
+                    batch["azimuth"].to(per_view.device).float(), ref, self.cfg.back_threshold_deg
+                )
+                factor = torch.where(
+                    back, torch.full_like(per_view, self.cfg.back_view_opacity_factor), factor
+                )
             losses["loss_opacity"] = (factor * per_view).mean()
         if self.refining:
             losses.update(refine_regularizer_terms(self.geometry, out, self.refine, self.wants))
