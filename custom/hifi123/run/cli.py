@@ -160,6 +160,8 @@ def options_from_args(args) -> RunOptions:
             raise _bad(f"bad {flag} {value!r}", "GPU ids separated by commas, e.g. 0 or 0,1,2,3")
     if args.gpus and len(set(args.gpus.split(","))) != len(args.gpus.split(",")):
         raise _bad(f"--gpus {args.gpus} repeats a GPU", "each GPU once (one worker per GPU)")
+    if args.gpu and len(set(args.gpu.split(","))) != len(args.gpu.split(",")):
+        raise _bad(f"--gpu {args.gpu} repeats a GPU", "each GPU once (one DDP process per GPU)")
     overrides = []
     for text in args.overrides:
         try:

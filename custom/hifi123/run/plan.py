@@ -209,6 +209,9 @@ def parse_override(text: str) -> Tuple[Optional[str], str]:
     stage = m.group(1)
     if stage is not None and stage not in OVERRIDABLE:
         raise ValueError(f"{text!r}: unknown stage {stage!r} (one of {', '.join(OVERRIDABLE)})")
+    value = m.group(2).split("=", 1)[1].strip().lower().lstrip("+-")
+    if value in ("nan", ".nan", "inf", ".inf", "infinity"):
+        raise ValueError(f"{text!r}: {m.group(2).split('=', 1)[1]} is not a finite number")
     return stage, m.group(2)
 
 

@@ -168,12 +168,21 @@ def check_gpu(gpus: Sequence[str]) -> None:
 
 
 def check_image(path: str, flag: str = "IMAGE") -> None:
+    """The photo exists and decodes (a dry run says so too, not only the preprocess stage)."""
     if not os.path.isfile(path):
         raise InputError(
             f"image {path} not found ({flag})",
             "an image file (PNG/JPEG/...) of the object",
             "check the path",
         )
+    from ..core.images import open_image
+
+    open_image(
+        path,
+        f"{flag} image",
+        formats="a PNG, JPEG, WebP, BMP, TIFF or GIF file",
+        format_fix="re-export the photo as PNG or JPEG",
+    ).close()
 
 
 def check_mesh(opts: RunOptions) -> None:
