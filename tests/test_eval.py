@@ -440,41 +440,19 @@ def test_gso_bad_inputs(tmp_path, capsys, no_model_loads):
     Image.open(next(gt.iterdir())).save(one / "000.png")
     _expect_error(capsys, base + ["--pred", str(pred), "--gt", str(one)], "has 2 views but --gt")
     gm = _save_box(tmp_path / "gt.obj")
+    views = base + ["--pred", str(pred), "--gt", str(gt)]
+    missing = str(tmp_path / "missing.obj")
     _expect_error(
         capsys,
-        base
-        + [
-            "--pred",
-            str(pred),
-            "--gt",
-            str(gt),
-            "--pred-mesh",
-            str(tmp_path / "missing.obj"),
-            "--gt-mesh",
-            str(gm),
-        ],
+        views + ["--pred-mesh", missing, "--gt-mesh", str(gm)],
         "--pred-mesh",
         "does not exist",
     )
-    _expect_error(
-        capsys,
-        base + ["--pred", str(pred), "--gt", str(gt), "--pred-mesh", str(gm)],
-        "--gt-mesh is missing",
-    )
+    _expect_error(capsys, views + ["--pred-mesh", str(gm)], "--gt-mesh is missing")
     (tmp_path / "bad.ply").write_text("not a mesh")
     _expect_error(
         capsys,
-        base
-        + [
-            "--pred",
-            str(pred),
-            "--gt",
-            str(gt),
-            "--pred-mesh",
-            str(tmp_path / "bad.ply"),
-            "--gt-mesh",
-            str(gm),
-        ],
+        views + ["--pred-mesh", str(tmp_path / "bad.ply"), "--gt-mesh", str(gm)],
         "--pred-mesh",
     )
 

@@ -13,14 +13,12 @@ computed once and restored on resume, and the export has the mesh's triangles.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from launch_helpers import make_threestudio_root, run_launch
 
 # four launch.py processes: ~2.5 min on a 2-core CPU box
 pytestmark = [pytest.mark.threestudio, pytest.mark.slow]
@@ -32,36 +30,12 @@ SAMPLE = EXTENSION / "assets" / "sample_rgba.png"
 
 @pytest.fixture(scope="module")
 def ts_root(tmp_path_factory, threestudio_env):
-    root = tmp_path_factory.mktemp("ts-root-mesh")
-    for name in ("threestudio", "extern", "load", "launch.py"):
-        os.symlink(os.path.join(threestudio_env.root, name), root / name)
-    (root / "custom").mkdir()
-    os.symlink(EXTENSION, root / "custom" / "hifi123")
-    return root
+    return make_threestudio_root(tmp_path_factory.mktemp("ts-root-mesh"), threestudio_env.root)
 
 
 def launch(root: Path, *args: str, ok: bool = True) -> str:
-    env = dict(
-        os.environ,
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        WANDB_MODE="disabled",
-        PYTHONUNBUFFERED="1",
-    )
-    env.setdefault("HIFI123_CPU_THREADS", "2")
-    cmd = [sys.executable, "-m", "hifi123.testing.cpu_threestudio", "launch.py", *args]
-    proc = subprocess.run(
-        cmd,
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=900,
-    )
-    out = proc.stdout
-    assert (proc.returncode == 0) == ok, f"launch.py exited {proc.returncode}\n{out[-6000:]}"
-    assert "IMPORT FAILED" not in out, out[-6000:]
+    code, out = run_launch(root, *args)
+    assert (code == 0) == ok, f"launch.py exited {code}\n{out[-6000:]}"
     return out
 
 

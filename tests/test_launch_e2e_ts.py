@@ -19,16 +19,14 @@ point cloud (Make-It-3D) instead of recomputing them.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from hifi123.trials import latest_last_checkpoint
+from launch_helpers import make_threestudio_root, run_launch
 
 pytestmark = pytest.mark.threestudio
 
@@ -41,43 +39,19 @@ ROOT_HOLDER: dict = {}
 @pytest.fixture(scope="module")
 def ts_root(tmp_path_factory, threestudio_env):
     """A threestudio root of our own: threestudio's files linked, custom/hifi123 -> this package."""
-    root = tmp_path_factory.mktemp("ts-root")
-    for name in ("threestudio", "extern", "load", "launch.py"):
-        os.symlink(os.path.join(threestudio_env.root, name), root / name)
-    (root / "custom").mkdir()
-    os.symlink(EXTENSION, root / "custom" / "hifi123")
+    root = make_threestudio_root(tmp_path_factory.mktemp("ts-root"), threestudio_env.root)
     ROOT_HOLDER["root"] = root
     yield root
     for label, seconds in TIMINGS.items():  # shown with pytest -s
         print(f"[launch.py on CPU] {label:28s} {seconds:6.1f} s")
 
 
-def _env():
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1"
-    )
-    env.setdefault("HIFI123_CPU_THREADS", "2")
-    return env
-
-
 def launch(root: Path, label: str, *args: str) -> str:
     """Run `python launch.py ARGS` in `root` on the CPU; return its output; fail with its tail."""
-    cmd = [sys.executable, "-m", "hifi123.testing.cpu_threestudio", "launch.py", *args]
     start = time.perf_counter()
-    proc = subprocess.run(
-        cmd,
-        cwd=root,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=900,
-    )
+    code, out = run_launch(root, *args)
     TIMINGS[label] = time.perf_counter() - start
-    out = proc.stdout
-    assert proc.returncode == 0, f"{label}: launch.py exited {proc.returncode}\n{out[-6000:]}"
-    assert "IMPORT FAILED" not in out, out[-6000:]
+    assert code == 0, f"{label}: launch.py exited {code}\n{out[-6000:]}"
     return out
 
 

@@ -460,6 +460,25 @@ def _calls(out):
     return counts
 
 
+def _submit_under(man, base, execute, chaos):
+    """Submit the manifest (ten-minute tasks) while `chaos` interferes; (exit code, lines said)."""
+    chaos.start()
+    lines = []
+    try:
+        code = slurm.submit_manifest(
+            man,
+            base,
+            slurm.SlurmOptions(time_min=10, time_text="00:10:00"),
+            execute=execute,
+            poll_seconds=0.5,
+            say=lines.append,
+        )
+    finally:
+        chaos.stop.set()
+        chaos.join()
+    return code, lines
+
+
 def test_array_job_on_a_real_slurm(tmp_path, on_cluster):
     t0 = time.time()
     root = fake_threestudio(tmp_path)
@@ -473,20 +492,7 @@ def test_array_job_on_a_real_slurm(tmp_path, on_cluster):
         hang_seconds=90,
     )
     chaos = _Chaos(on_cluster, base, hang=("slow", "coarse"))
-    chaos.start()
-    lines = []
-    try:
-        code = slurm.submit_manifest(
-            man,
-            base,
-            slurm.SlurmOptions(time_min=10, time_text="00:10:00"),
-            execute=fake,
-            poll_seconds=0.5,
-            say=lines.append,
-        )
-    finally:
-        chaos.stop.set()
-        chaos.join()
+    code, lines = _submit_under(man, base, fake, chaos)
     text = "\n".join(lines)
     jobs = slurm.load_jobs(base)
     assert code == 2, text
@@ -546,20 +552,7 @@ def test_array_job_on_a_real_slurm(tmp_path, on_cluster):
     # re-submission: the finished images are skipped, the failed one runs again (fixed now)
     fixed = CountingExecutor(*[mf.entry_options(base, e, "0") for e in entries])
     chaos = _Chaos(on_cluster, base)
-    chaos.start()
-    lines = []
-    try:
-        code = slurm.submit_manifest(
-            man,
-            base,
-            slurm.SlurmOptions(time_min=10, time_text="00:10:00"),
-            execute=fixed,
-            poll_seconds=0.5,
-            say=lines.append,
-        )
-    finally:
-        chaos.stop.set()
-        chaos.join()
+    code, lines = _submit_under(man, base, fixed, chaos)
     assert code == 0, "\n".join(lines)
     again = _calls(base.out)
     assert {k: len(v) for k, v in again.items() if k[0] != "bad"} == {
@@ -588,20 +581,7 @@ def test_time_limit_requeues_and_resumes_on_a_real_slurm(tmp_path, on_cluster):
         mf.entry_options(base, entry, "0"), hang={("long", "coarse")}, hang_seconds=100
     )
     chaos = _Chaos(on_cluster, base, hang=("long", "coarse"), requeue_time_limit=10, shorten=True)
-    chaos.start()
-    lines = []
-    try:
-        code = slurm.submit_manifest(
-            man,
-            base,
-            slurm.SlurmOptions(time_min=10, time_text="00:10:00"),
-            execute=fake,
-            poll_seconds=0.5,
-            say=lines.append,
-        )
-    finally:
-        chaos.stop.set()
-        chaos.join()
+    code, lines = _submit_under(man, base, fake, chaos)
     assert code == 0, "\n".join(lines)
     job = slurm.load_jobs(base)["long"]["job"]
     assert chaos.signalled == job and chaos.released == [job]  # requeued once

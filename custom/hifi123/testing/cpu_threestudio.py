@@ -1,6 +1,6 @@
 """Run threestudio on a CPU-only machine, for tests: pure-torch stand-ins behind threestudio's names.
 
-threestudio is written for one CUDA GPU: `get_device()` always answers `cuda:<rank>`, the mesh
+threestudio is written for one GPU: its device helper always answers the GPU of the rank, the mesh
 renderers and the mesh exporter rasterise through nvdiffrast, the hash-grid encoding is
 tiny-cuda-nn, the NeRF renderer samples with nerfacc's CUDA kernels, and `launch.py` builds its
 Trainer with `accelerator="gpu"`. For tests we keep threestudio's code and swap only those pieces:
