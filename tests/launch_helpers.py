@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Tuple
+from typing import List, Tuple
 
 EXTENSION = Path(__file__).resolve().parents[1] / "custom" / "hifi123"
 
@@ -43,3 +43,14 @@ def run_launch(root: Path, *args: str) -> Tuple[int, str]:
     )
     assert "IMPORT FAILED" not in proc.stdout, proc.stdout[-6000:]
     return proc.returncode, proc.stdout
+
+
+def from_trial(trial: Path, mode: str, *overrides: str) -> List[str]:
+    """launch.py arguments that rerun a finished trial in `mode` (--test, --export, --train):
+    its parsed config, resumed from its last checkpoint, then `overrides`."""
+    parsed, ckpt = trial / "configs" / "parsed.yaml", trial / "ckpts" / "last.ckpt"
+    return ["--config", str(parsed), mode, f"resume={ckpt}", *overrides]
+
+
+#: with `from_trial(..., "--train")`: two steps past a 4-step smoke trial, a checkpoint each
+TWO_MORE_STEPS = ("trainer.max_steps=6", "checkpoint.every_n_train_steps=1")

@@ -240,6 +240,34 @@ def write_manifest(tmp_path, names, extra=""):
     return str(p)
 
 
+def train_argv(config, *overrides):
+    """The launch.py command `hifi123 run` plans for a training stage on GPU 0."""
+    return [
+        PY,
+        "launch.py",
+        "--config",
+        f"custom/hifi123/configs/{config}",
+        "--train",
+        "--gpu",
+        "0",
+        *overrides,
+    ]
+
+
+def manifest_run(tmp_path, names):
+    """A manifest of `names` (copies of the sample) and the run options every image starts from
+    (outputs under tmp_path/out, a fake threestudio root): (manifest path, base options)."""
+    from hifi123.run import plan
+
+    root = fake_threestudio(tmp_path)
+    base = plan.RunOptions(image="", out=str(tmp_path / "out"), threestudio_root=root, python=PY)
+    return write_manifest(tmp_path, names), base
+
+
+#: an executor `fail=` entry: the image tagged "bad" is refused by preprocessing
+BAD_IMAGE = {("bad", "preprocess"): (2, "hifi123: error: bad.png is empty\n", False)}
+
+
 def write_textured_box(folder, size=48):
     """A unit box as threestudio's mesh exporter writes it: model.obj (`mtllib`, `usemtl`, `vt u 1-v`,
     `f v/vt/` corners), model.mtl with map_Kd, texture_kd.jpg (the synthetic sample). Each face has

@@ -26,6 +26,11 @@ def _run(capsys, *argv):
     return code, capsys.readouterr().err
 
 
+def _rgnv_argv(ref, coarse, out, *extra):
+    """`hifi123 rgnv` arguments; `args[4]` is the coarse view."""
+    return ["rgnv", "--ref", ref, "--coarse", coarse, "--out", out, *extra]
+
+
 def _png(path, arr, mode=None):
     Image.fromarray(arr, mode=mode).save(path)
     return str(path)
@@ -46,7 +51,7 @@ def _png(path, arr, mode=None):
 )
 def test_bad_inputs_fail_early_with_clear_errors(case, tmp_path, capsys, no_model_loading):
     good = SAMPLE
-    args = ["rgnv", "--ref", good, "--coarse", good, "--out", str(tmp_path / "out")]
+    args = _rgnv_argv(good, good, str(tmp_path / "out"))
     expect = {
         "rgb": ("no alpha channel", "hifi123 preprocess"),
         "empty": ("empty mask", "hifi123 preprocess"),
@@ -94,23 +99,13 @@ def test_rgnv_command_end_to_end_on_the_tiny_model(tmp_path, capsys, monkeypatch
     coarse = _png(tmp_path / "view_rgba.png", (rgba * 255).round().astype(np.uint8))
     out = tmp_path / "out"
     code = cli.main(
-        [
-            "rgnv",
-            "--ref",
+        _rgnv_argv(
             SAMPLE,
-            "--coarse",
             coarse,
-            "--out",
             str(out),
-            "--tiny",
-            "--steps",
-            "6",
-            "--inject-steps",
-            "4",
-            "--quiet",
-            "--prompt",
+            *"--tiny --steps 6 --inject-steps 4 --quiet --prompt".split(),
             "a toy",
-        ]
+        )
     )
     assert code == 0, capsys.readouterr().err
     enhanced = np.asarray(Image.open(out / "view_enhanced.png"))
@@ -145,24 +140,12 @@ def test_rgnv_x4_upscale_on_the_tiny_upscaler(tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     coarse = os.path.join(os.path.dirname(SAMPLE), "sample_coarse_az090_rgba.png")
     code = cli.main(
-        [
-            "rgnv",
-            "--ref",
+        _rgnv_argv(
             SAMPLE,
-            "--coarse",
             coarse,
-            "--out",
             str(out),
-            "--tiny",
-            "--steps",
-            "4",
-            "--inject-steps",
-            "2",
-            "--quiet",
-            "--upscale",
-            "--upscale-steps",
-            "2",
-        ]
+            *"--tiny --steps 4 --inject-steps 2 --quiet --upscale --upscale-steps 2".split(),
+        )
     )
     assert code == 0, capsys.readouterr().err
     up = np.asarray(Image.open(out / "sample_coarse_az090_upsample.png"))
@@ -180,13 +163,7 @@ def test_rgnv_x4_upscale_on_the_tiny_upscaler(tmp_path, capsys, monkeypatch):
 def test_missing_upscaler_fails_before_any_model_loads(tmp_path, capsys, no_model_loading):
     code, err = _run(
         capsys,
-        "rgnv",
-        "--ref",
-        SAMPLE,
-        "--coarse",
-        SAMPLE,
-        "--out",
-        str(tmp_path / "o"),
+        *_rgnv_argv(SAMPLE, SAMPLE, str(tmp_path / "o")),
         "--upscale",
         "--upscaler-model",
         str(tmp_path / "nope"),
@@ -223,18 +200,6 @@ def test_default_prompt_is_the_caption_else_a_view_prompt(
     monkeypatch.setattr(loader, "load_diffusion", lambda *a, **k: object())
     monkeypatch.setattr(loader, "preflight", lambda ref, *a, **k: ref)
     with pytest.raises(Stop):
-        cli.main(
-            [
-                "rgnv",
-                "--ref",
-                str(ref),
-                "--coarse",
-                SAMPLE,
-                "--out",
-                str(tmp_path / "out"),
-                "--model",
-                "x",
-            ]
-        )
+        cli.main(_rgnv_argv(str(ref), SAMPLE, str(tmp_path / "out"), "--model", "x"))
     assert seen["prompt"] == ("a red toy" if with_caption else "side view")
     assert seen["prompt"] in capsys.readouterr().out

@@ -37,6 +37,10 @@ def run_cli(argv):
         return 2
 
 
+def _single_view(ref, views, *extra):
+    return ["eval", "single-view", "--ref", ref, "--views", views, *extra]
+
+
 def _u8(x):
     return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
 
@@ -77,17 +81,7 @@ def trial(tmp_path_factory):
 def test_single_view_report_end_to_end(trial, tmp_path, capsys):
     out = tmp_path / "rep" / "report.json"
     code = run_cli(
-        [
-            "eval",
-            "single-view",
-            "--ref",
-            str(trial["ref"]),
-            "--views",
-            str(trial["trial"]),
-            "--tiny",
-            "--out",
-            str(out),
-        ]
+        _single_view(str(trial["ref"]), str(trial["trial"]), "--tiny", "--out", str(out))
     )
     assert code == 0
     rep = json.loads(out.read_text())
@@ -356,45 +350,27 @@ def test_single_view_bad_inputs(trial, tmp_path, capsys, no_model_loads):
     ref = str(trial["ref"])
     _expect_error(
         capsys,
-        ["eval", "single-view", "--ref", ref, "--views", str(tmp_path / "nope"), "--tiny"],
+        _single_view(ref, str(tmp_path / "nope"), "--tiny"),
         "does not exist",
         "--views",
     )
     (tmp_path / "empty").mkdir()
     _expect_error(
         capsys,
-        ["eval", "single-view", "--ref", ref, "--views", str(tmp_path / "empty"), "--tiny"],
+        _single_view(ref, str(tmp_path / "empty"), "--tiny"),
         "no test renders and no images",
         "launch.py",
     )
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "rgb.png")
     _expect_error(
         capsys,
-        [
-            "eval",
-            "single-view",
-            "--ref",
-            str(tmp_path / "rgb.png"),
-            "--views",
-            str(trial["trial"]),
-            "--tiny",
-        ],
+        _single_view(str(tmp_path / "rgb.png"), str(trial["trial"]), "--tiny"),
         "no alpha channel",
         "hifi123 preprocess",
     )
     _expect_error(
         capsys,
-        [
-            "eval",
-            "single-view",
-            "--ref",
-            ref,
-            "--views",
-            str(trial["trial"]),
-            "--ref-view",
-            "40",
-            "--tiny",
-        ],
+        _single_view(ref, str(trial["trial"]), "--ref-view", "40", "--tiny"),
         "--ref-view 40",
     )
     odd = tmp_path / "odd"
@@ -403,7 +379,7 @@ def test_single_view_bad_inputs(trial, tmp_path, capsys, no_model_loads):
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(odd / "1.png")
     _expect_error(
         capsys,
-        ["eval", "single-view", "--ref", ref, "--views", str(odd), "--tiny"],
+        _single_view(ref, str(odd), "--tiny"),
         "1.png is 32x32",
     )
 
@@ -499,17 +475,7 @@ def test_missing_metric_models_fail_before_loading(
 def test_out_must_be_a_file(trial, tmp_path, capsys, no_model_loads):
     _expect_error(
         capsys,
-        [
-            "eval",
-            "single-view",
-            "--ref",
-            str(trial["ref"]),
-            "--views",
-            str(trial["trial"]),
-            "--out",
-            str(tmp_path),
-            "--tiny",
-        ],
+        _single_view(str(trial["ref"]), str(trial["trial"]), "--out", str(tmp_path), "--tiny"),
         "is a directory",
     )
 

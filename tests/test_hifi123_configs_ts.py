@@ -15,6 +15,7 @@ pytestmark = pytest.mark.threestudio
 @pytest.mark.parametrize("name", STAGES)
 def test_stage_config_parses_with_no_unknown_keys_and_every_lambda(threestudio_env, name, tmp_path):
     import threestudio
+    from hifi123.testing.smoke import parse_blocks
     from hifi123.threestudio_ext.systems.hifi123 import HiFi123System
     from threestudio.utils.config import load_config, parse_structured
 
@@ -22,21 +23,8 @@ def test_stage_config_parses_with_no_unknown_keys_and_every_lambda(threestudio_e
     assert (
         cfg.system_type == "hifi123-system" and threestudio.find(cfg.system_type) is HiFi123System
     )
-    sys_cfg = parse_structured(HiFi123System.Config, cfg.system)  # unknown keys raise TypeError
-    dm_cls = threestudio.find(cfg.data_type)
-    parse_structured(dm_cls.Config, cfg.data)
-    for kind in (
-        "geometry",
-        "material",
-        "background",
-        "renderer",
-        "guidance",
-        "prompt_processor",
-        "guidance_3d",
-    ):
-        type_name = getattr(sys_cfg, f"{kind}_type", "")
-        if type_name:
-            parse_structured(threestudio.find(type_name).Config, getattr(cfg.system, kind))
+    parse_blocks(cfg)  # every block through its component's Config: unknown keys raise TypeError
+    sys_cfg = parse_structured(HiFi123System.Config, cfg.system)
     terms = {f"lambda_{t}" for t in HiFi123System.loss_terms_for(sys_cfg.refinement)}
     assert set(cfg.system.loss.keys()) == terms  # every lambda read, none ignored
     if sys_cfg.refinement:

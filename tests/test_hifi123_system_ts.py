@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hifi123.testing.coarse_trial import torch_field
 
 pytestmark = pytest.mark.threestudio
 
@@ -19,7 +20,6 @@ T, S = 6, 4
 
 
 def _refine_cfg(tmp_path, tiny):
-    from omegaconf import OmegaConf
     from threestudio.utils.config import load_config
 
     cfg = load_config(str(CONFIGS / "refine.yaml"), cli_args=[f"exp_root_dir={tmp_path}"])
@@ -33,18 +33,7 @@ def _refine_cfg(tmp_path, tiny):
         None  # no coarse run here: the SDF is set from the sample's ground truth
     )
     s.geometry.isosurface_resolution = 32
-    s.geometry.pos_encoding_config = OmegaConf.create(
-        {"otype": "ProgressiveBandFrequency", "n_frequencies": 4}
-    )
-    s.geometry.mlp_network_config = OmegaConf.create(
-        {
-            "otype": "VanillaMLP",
-            "activation": "ReLU",
-            "output_activation": "none",
-            "n_neurons": 16,
-            "n_hidden_layers": 1,
-        }
-    )
+    s.geometry.update(torch_field(n_frequencies=4))
     s.image_path = str(SAMPLE)  # load_config resolved ${data.image_path} already
     s.guidance.update(
         pretrained_model_name_or_path=tiny["sd2-depth"],
@@ -229,18 +218,7 @@ def test_coarse_hybrid_sds_steps_on_cpu(threestudio_env, tmp_path):
     cfg.data.random_camera.update(height=16, width=16, batch_size=1, resolution_milestones=[])
     s = cfg.system
     s.image_path = str(SAMPLE)
-    s.geometry.pos_encoding_config = OmegaConf.create(
-        {"otype": "ProgressiveBandFrequency", "n_frequencies": 4}
-    )
-    s.geometry.mlp_network_config = OmegaConf.create(
-        {
-            "otype": "VanillaMLP",
-            "activation": "ReLU",
-            "output_activation": "none",
-            "n_neurons": 16,
-            "n_hidden_layers": 1,
-        }
-    )
+    s.geometry.update(torch_field(n_frequencies=4))
     s.renderer_type = register_torch_volume_renderer()
     s.renderer = OmegaConf.create(
         {

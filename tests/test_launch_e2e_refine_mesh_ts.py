@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from launch_helpers import make_threestudio_root, run_launch
+from hifi123.run.plan import MESH_EXPORT
+from launch_helpers import TWO_MORE_STEPS, from_trial, make_threestudio_root, run_launch
 
 # four launch.py processes: ~2.5 min on a 2-core CPU box
 pytestmark = [pytest.mark.threestudio, pytest.mark.slow]
@@ -93,19 +94,14 @@ def test_refine_mesh_train_test_export_resume(ts_root, tiny_models, aligned):
     assert ck["global_step"] == 4 and targets.shape[0] == 2
     assert (trial / "save" / "it4-test.mp4").is_file()
     # ---- --test and --export from the trial's parsed.yaml
-    parsed, ckpt = trial / "configs" / "parsed.yaml", trial / "ckpts" / "last.ckpt"
+    ckpt = trial / "ckpts" / "last.ckpt"
     (trial / "save" / "it4-test.mp4").unlink()
-    launch(ts_root, "--config", str(parsed), "--test", f"resume={ckpt}")
+    launch(ts_root, *from_trial(trial, "--test"))
     assert (trial / "save" / "it4-test.mp4").is_file()
     launch(
         ts_root,
-        "--config",
-        str(parsed),
-        "--export",
-        f"resume={ckpt}",
-        "system.exporter_type=mesh-exporter",
-        "system.exporter.fmt=obj-mtl",
-        "system.exporter.context_type=cuda",
+        *from_trial(trial, "--export"),
+        *MESH_EXPORT,
     )
     obj = trial / "save" / "it4-export" / "model.obj"
     assert obj.is_file() and list(obj.parent.glob("texture_kd.*"))
@@ -114,12 +110,8 @@ def test_refine_mesh_train_test_export_resume(ts_root, tiny_models, aligned):
     # ---- resume=: the fixed-view targets come from the checkpoint
     out = launch(
         ts_root,
-        "--config",
-        str(parsed),
-        "--train",
-        f"resume={ckpt}",
-        "trainer.max_steps=6",
-        "checkpoint.every_n_train_steps=1",
+        *from_trial(trial, "--train"),
+        *TWO_MORE_STEPS,
     )
     assert "fixed-view RGSD targets" not in out and "texture fitted" not in out
     from hifi123.trials import latest_last_checkpoint

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from hifi123.run.plan import MESH_EXPORT
 from hifi123.trials import latest_last_checkpoint
-from launch_helpers import make_threestudio_root, run_launch
+from launch_helpers import TWO_MORE_STEPS, from_trial, make_threestudio_root, run_launch
 
 pytestmark = pytest.mark.threestudio
 
@@ -120,22 +121,17 @@ def test_hifi123_coarse_refine_test_export_resume(ts_root, tiny_models):
 
     # ---- --test of the refine trial: its parsed.yaml keeps the trial's timestamp, so threestudio
     # writes into the same folder; the video of the training run's own test pass goes first
-    parsed, ckpt = refine / "configs" / "parsed.yaml", refine / "ckpts" / "last.ckpt"
+    ckpt = refine / "ckpts" / "last.ckpt"
     (refine / "save" / "it4-test.mp4").unlink()
-    launch(ts_root, "hifi123 refine --test", "--config", str(parsed), "--test", f"resume={ckpt}")
+    launch(ts_root, "hifi123 refine --test", *from_trial(refine, "--test"))
     assert (refine / "save" / "it4-test.mp4").is_file()
 
     # ---- --export: threestudio's mesh exporter (OBJ + MTL + texture), then GLB as `hifi123 run` does
     launch(
         ts_root,
         "hifi123 refine --export",
-        "--config",
-        str(parsed),
-        "--export",
-        f"resume={ckpt}",
-        "system.exporter_type=mesh-exporter",
-        "system.exporter.fmt=obj-mtl",
-        "system.exporter.context_type=cuda",
+        *from_trial(refine, "--export"),
+        *MESH_EXPORT,
     )
     exported = refine / "save" / "it4-export"
     obj = exported / "model.obj"
@@ -150,12 +146,8 @@ def test_hifi123_coarse_refine_test_export_resume(ts_root, tiny_models):
     out = launch(
         ts_root,
         "hifi123 refine resume",
-        "--config",
-        str(parsed),
-        "--train",
-        f"resume={ckpt}",
-        "trainer.max_steps=6",
-        "checkpoint.every_n_train_steps=1",
+        *from_trial(refine, "--train"),
+        *TWO_MORE_STEPS,
     )
     assert "fixed-view RGSD targets" not in out
     assert trials(ts_root, "hifi123-refine") == [refine]
@@ -176,13 +168,8 @@ def test_makeit3d_coarse_refine_test_export_resume(ts_root, tiny_models):
     launch(
         ts_root,
         "makeit3d coarse --export",
-        "--config",
-        str(coarse / "configs" / "parsed.yaml"),
-        "--export",
-        f"resume={coarse / 'ckpts' / 'last.ckpt'}",
-        "system.exporter_type=mesh-exporter",
-        "system.exporter.fmt=obj-mtl",
-        "system.exporter.context_type=cuda",
+        *from_trial(coarse, "--export"),
+        *MESH_EXPORT,
     )
     assert (coarse / "save" / "it4-export" / "model.obj").is_file()
     decoy = add_unfinished_decoy(coarse)
@@ -205,28 +192,22 @@ def test_makeit3d_coarse_refine_test_export_resume(ts_root, tiny_models):
     ck = load_plain(refine / "ckpts" / "last.ckpt")
     assert ck["global_step"] == 4
 
-    parsed, ckpt = refine / "configs" / "parsed.yaml", refine / "ckpts" / "last.ckpt"
+    ckpt = refine / "ckpts" / "last.ckpt"
     # ---- --test (same trial folder: parsed.yaml keeps its timestamp)
     (save / "it4-test.mp4").unlink()
-    launch(ts_root, "makeit3d refine --test", "--config", str(parsed), "--test", f"resume={ckpt}")
+    launch(ts_root, "makeit3d refine --test", *from_trial(refine, "--test"))
     assert (save / "it4-test.mp4").is_file()
     # ---- --export: the point cloud and the renderer weights of the checkpoint
     shutil.rmtree(save / "it4-export")
-    launch(
-        ts_root, "makeit3d refine --export", "--config", str(parsed), "--export", f"resume={ckpt}"
-    )
+    launch(ts_root, "makeit3d refine --export", *from_trial(refine, "--export"))
     pos_e, _ = read_ply(str(save / "it4-export" / "point_cloud.ply"))
     assert (save / "it4-export" / "deferred_renderer.pt").is_file() and pos_e.shape == pos.shape
     # ---- resume=: the point cloud comes from the checkpoint, not rebuilt from the coarse model
     out = launch(
         ts_root,
         "makeit3d refine resume",
-        "--config",
-        str(parsed),
-        "--train",
-        f"resume={ckpt}",
-        "trainer.max_steps=6",
-        "checkpoint.every_n_train_steps=1",
+        *from_trial(refine, "--train"),
+        *TWO_MORE_STEPS,
     )
     assert "reference view:" not in out  # the cloud builder's first log line
     pos6, _ = read_ply(str(save / "it6-export" / "point_cloud.ply"))

@@ -299,14 +299,18 @@ def test_clip_d_reference_is_composited_on_the_renders_own_background(x0):
         reference_rgba=rgba,
     )
     bg = torch.tensor([[0.2, 0.7, 0.1], [0.9, 0.3, 0.5], [0.0, 0.0, 1.0]])  # one colour per view
-    out = prior(
-        x0,
-        torch.zeros(3),
-        terms=["clip_d"],
-        t=torch.full((3,), 100),
-        as_latents=True,
-        background=bg,
-    )
+
+    def clip_d(**background):
+        return prior(
+            x0,
+            torch.zeros(3),
+            terms=["clip_d"],
+            t=torch.full((3,), 100),
+            as_latents=True,
+            **background,
+        )
+
+    out = clip_d(background=bg)
     assert out["use_clip_d"].all()
     refs = [img for img in clip.seen if img.shape[-2:] == rgba.shape[-2:]]
     assert len(refs) == 1 and refs[0].shape[0] == 3
@@ -317,19 +321,12 @@ def test_clip_d_reference_is_composited_on_the_renders_own_background(x0):
         assert torch.allclose(refs[0][k][:, alpha], rgba[0, :3][:, alpha], atol=1e-2)
     # without a background: the white embedding, no new reference encoding
     clip.seen.clear()
-    prior(x0, torch.zeros(3), terms=["clip_d"], t=torch.full((3,), 100), as_latents=True)
+    clip_d()
     assert not [img for img in clip.seen if img.shape[-2:] == rgba.shape[-2:]]
     # a render-background IMAGE (threestudio's comp_rgb_bg, channels last) works the same way
     img_bg = bg[:, None, None, :].expand(3, 16, 16, 3)
     clip.seen.clear()
-    prior(
-        x0,
-        torch.zeros(3),
-        terms=["clip_d"],
-        t=torch.full((3,), 100),
-        as_latents=True,
-        background=img_bg,
-    )
+    clip_d(background=img_bg)
     (ref,) = [img for img in clip.seen if img.shape[-2:] == rgba.shape[-2:]]
     assert torch.allclose(ref[1][:, clear], bg[1][:, None].expand(3, int(clear.sum())), atol=1e-6)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hifi123.testing.cpu_threestudio import quiet_cpu_trainer
 
 pytestmark = pytest.mark.threestudio
 
@@ -17,7 +18,6 @@ SAMPLE = ROOT / "custom" / "hifi123" / "assets" / "sample_rgba.png"
 
 
 def test_refine_stage_fits_and_exports_on_cpu(threestudio_env, tiny_models, tmp_path):
-    import pytorch_lightning as pl
     from hifi123.core.makeit3d.point_export import read_ply
     from hifi123.testing.torch_renderer import register_torch_volume_renderer
     from threestudio.utils.config import load_config
@@ -64,17 +64,7 @@ def test_refine_stage_fits_and_exports_on_cpu(threestudio_env, tiny_models, tmp_
     system = find(cfg.system_type)(cfg.system)
     system.set_save_dir(str(tmp_path / "save"))
     assert system.geometry.n_points == 0  # built in on_fit_start, from the whole coarse model
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-    )
+    trainer = quiet_cpu_trainer(2)
     trainer.fit(system, datamodule=dm)
     n = system.geometry.n_points
     assert trainer.global_step == 2 and n > 50

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from hifi123.testing.coarse_trial import torch_field
+from hifi123.testing.cpu_threestudio import quiet_cpu_trainer
 
 pytestmark = pytest.mark.threestudio
 
@@ -280,18 +282,7 @@ def _cpu_system_cfg(tmp_path, tiny, *cli):
 
     cfg = _small_data(_load(CONFIGS[0], tmp_path, *cli))
     s = cfg.system
-    s.geometry.pos_encoding_config = OmegaConf.create(
-        {"otype": "ProgressiveBandFrequency", "n_frequencies": 4}
-    )
-    s.geometry.mlp_network_config = OmegaConf.create(
-        {
-            "otype": "VanillaMLP",
-            "activation": "ReLU",
-            "output_activation": "none",
-            "n_neurons": 16,
-            "n_hidden_layers": 1,
-        }
-    )
+    s.geometry.update(torch_field(n_frequencies=4))
     s.renderer_type = register_torch_volume_renderer()
     s.renderer = OmegaConf.create(
         {"radius": 2.0, "num_samples_per_ray": 8, "return_normal_perturb": True}
@@ -396,7 +387,6 @@ def test_training_steps_on_cpu(threestudio_env, tiny_models, tmp_path):
 
 
 def test_fit_a_few_steps_with_a_trainer(threestudio_env, tiny_models, tmp_path):
-    import pytorch_lightning as pl
 
     torch.set_num_threads(2)
     find = threestudio_env.threestudio.find
@@ -411,17 +401,10 @@ def test_fit_a_few_steps_with_a_trainer(threestudio_env, tiny_models, tmp_path):
     system = find(cfg.system_type)(cfg.system)
     system.set_save_dir(str(tmp_path / "save"))
     before = [p.detach().clone() for p in system.geometry.parameters()]
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    trainer = quiet_cpu_trainer(
+        3,
         limit_val_batches=1,
         val_check_interval=3,
-        num_sanity_val_steps=0,
         gradient_clip_val=cfg.trainer.gradient_clip_val,
     )
     trainer.fit(system, datamodule=dm)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hifi123.testing.coarse_trial import torch_field
+from hifi123.testing.cpu_threestudio import quiet_cpu_trainer
 from omegaconf import OmegaConf
 
 pytestmark = pytest.mark.threestudio
@@ -80,18 +82,7 @@ def _only(cfg, keep):
 
 def _small_nerf(cfg, renderer="hifi123-testing-torch-volume-renderer"):
     s = cfg.system
-    s.geometry.pos_encoding_config = OmegaConf.create(
-        {"otype": "ProgressiveBandFrequency", "n_frequencies": 2}
-    )
-    s.geometry.mlp_network_config = OmegaConf.create(
-        {
-            "otype": "VanillaMLP",
-            "activation": "ReLU",
-            "output_activation": "none",
-            "n_neurons": 16,
-            "n_hidden_layers": 1,
-        }
-    )
+    s.geometry.update(torch_field(n_frequencies=2))
     s.renderer_type = renderer
     s.renderer = OmegaConf.create(
         {"radius": float(s.geometry.radius), "num_samples_per_ray": 8, "return_comp_normal": True}
@@ -128,18 +119,7 @@ def fit_two_steps(ts, cfg, tmp_path):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[Record()],
-    )
+    trainer = quiet_cpu_trainer(2, callbacks=[Record()])
     trainer.fit(system, datamodule=dm)
     moved = [
         n for n, p in system.geometry.named_parameters() if not torch.equal(p.detach(), before[n])

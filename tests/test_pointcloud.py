@@ -244,30 +244,19 @@ def test_rasterising_at_the_reference_camera_reproduces_the_reference(built):
     sel = cloud.source_view == 0
     pts, cols = cloud.positions[sel], cloud.colors[sel]
     # radius 0.5 px: each pixel holds exactly its own point -> colour * alpha_max, exactly
-    out = rasterize_points(
-        pts,
-        cols,
-        cam.c2w_tensor(),
-        cam.fovy,
-        SIZE,
-        SIZE,
-        PointRasterSettings(radius_px=0.5, n_scales=1),
-    )[0]
+    settings = PointRasterSettings(radius_px=0.5, n_scales=1)
+
+    def raster(p, c):
+        return rasterize_points(p, c, cam.c2w_tensor(), cam.fovy, SIZE, SIZE, settings)[0]
+
+    out = raster(pts, cols)
     cov = out.coverage[0, 0]
     covered = cov > 0.5
     assert int(covered.sum()) == len(pts)
     img = (out.features[0] / cov.clamp_min(1e-8)).permute(1, 2, 0)
     assert torch.allclose(img[covered], torch.from_numpy(ref["rgb"]).float()[covered], atol=1e-5)
     # the whole 360 deg cloud at the same radius: the far side hides behind (weight <= 1 - alpha_max)
-    full = rasterize_points(
-        cloud.positions,
-        cloud.colors,
-        cam.c2w_tensor(),
-        cam.fovy,
-        SIZE,
-        SIZE,
-        PointRasterSettings(radius_px=0.5, n_scales=1),
-    )[0]
+    full = raster(cloud.positions, cloud.colors)
     c = full.coverage[0, 0] > 0.9
     err = (
         (

@@ -13,10 +13,12 @@ from hifi123.run import manifest as mf
 from hifi123.run import plan as pl
 from PIL import Image
 from run_helpers import (
+    BAD_IMAGE,
     PY,
     SAMPLE,
     FakeExecutor,
     fake_threestudio,
+    manifest_run,
     write_manifest,
 )
 
@@ -59,13 +61,11 @@ def test_sharding_balanced_exactly_once_deterministic():
 
 
 def test_manifest_worker_continues_after_a_failed_image_and_summarises(tmp_path, gpu):
-    root = fake_threestudio(tmp_path)
-    man = write_manifest(tmp_path, ["good1.png", "bad.png", "good2.png"])
+    man, base = manifest_run(tmp_path, ["good1.png", "bad.png", "good2.png"])
     entries = mf.read_manifest(man)
-    base = pl.RunOptions(image="", out=str(tmp_path / "out"), threestudio_root=root, python=PY)
     fake = FakeExecutor(
         *[mf.entry_options(base, e, "1") for e in entries],
-        fail={("bad", "preprocess"): (2, "hifi123: error: bad.png is empty\n", False)},
+        fail=BAD_IMAGE,
     )
     lines = []
     status = mf.run_worker(entries, base, "1", execute=fake, say=lines.append)

@@ -16,6 +16,7 @@ from run_helpers import (
     plan_now,
     runs,
     touch,
+    train_argv,
     trial,
 )
 
@@ -49,33 +50,17 @@ def test_plan_hifi123_exact_argv(tmp_path):
         "--out",
         f"{out}/preprocessed/cat",
     ]
-    assert st["coarse"].argv == [
-        PY,
-        "launch.py",
-        "--config",
-        "custom/hifi123/configs/coarse.yaml",
-        "--train",
-        "--gpu",
-        "0",
-        common[0],
-        common[1],
-        "name=hifi123-coarse",
-        *common[2:],
-    ]
-    assert st["refine"].argv == [
-        PY,
-        "launch.py",
-        "--config",
-        "custom/hifi123/configs/refine.yaml",
-        "--train",
-        "--gpu",
-        "0",
+    assert st["coarse"].argv == train_argv(
+        "coarse.yaml", common[0], common[1], "name=hifi123-coarse", *common[2:]
+    )
+    assert st["refine"].argv == train_argv(
+        "refine.yaml",
         common[0],
         common[1],
         "name=hifi123-refine",
         *common[2:],
         f"system.geometry_convert_from={coarse_t}/ckpts/last.ckpt",
-    ]
+    )
     assert st["export"].argv == [
         PY,
         "launch.py",

@@ -20,6 +20,7 @@ from run_helpers import (
     fake_threestudio,
     make_done,
     make_opts,
+    train_argv,
     trial,
     write_manifest,
     write_textured_box,
@@ -217,14 +218,8 @@ def test_dry_run_prints_the_exact_commands_without_gpu(tmp_path, no_gpu):
     # and literally: the coarse stage's command carries the override at its end
     coarse = next(argv for _, _, argv in printed if "custom/hifi123/configs/coarse.yaml" in argv)
     rgba = f"{opts.out}/preprocessed/cat/cat_rgba.png"
-    assert coarse == [
-        PY,
-        "launch.py",
-        "--config",
-        "custom/hifi123/configs/coarse.yaml",
-        "--train",
-        "--gpu",
-        "0",
+    assert coarse == train_argv(
+        "coarse.yaml",
         f"data.image_path={rgba}",
         f"exp_root_dir={opts.out}",
         "name=hifi123-coarse",
@@ -232,7 +227,7 @@ def test_dry_run_prints_the_exact_commands_without_gpu(tmp_path, no_gpu):
         "use_timestamp=false",
         "checkpoint.save_last=true",
         "trainer.max_steps=10",
-    ]
+    )
     assert not os.path.exists(opts.out)  # nothing ran, nothing written
 
 

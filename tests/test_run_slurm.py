@@ -22,7 +22,16 @@ from hifi123.run import manifest as mf
 from hifi123.run import plan as pl
 from hifi123.run import runner as rn
 from hifi123.run import slurm
-from run_helpers import PY, CountingExecutor, _cli, fake_threestudio, make_done, write_manifest
+from run_helpers import (
+    BAD_IMAGE,
+    PY,
+    CountingExecutor,
+    _cli,
+    fake_threestudio,
+    make_done,
+    manifest_run,
+    write_manifest,
+)
 
 TESTS = str(Path(__file__).resolve().parent)
 #: the stages the fake executor is called for (the refine stage's test pass writes the video)
@@ -211,10 +220,8 @@ class _FakeSubmitit:
 
 
 def test_submission_skips_finished_and_queued_images_and_summarises(tmp_path, monkeypatch):
-    root = fake_threestudio(tmp_path)
-    man = write_manifest(tmp_path, ["done.png", "queued.png", "new.png", "failed.png"])
+    man, base = manifest_run(tmp_path, ["done.png", "queued.png", "new.png", "failed.png"])
     entries = {e.tag: e for e in mf.read_manifest(man)}
-    base = pl.RunOptions(image="", out=str(tmp_path / "out"), threestudio_root=root, python=PY)
     done = mf.entry_options(base, entries["done"], "0")
     make_done(done, *pl.stage_names(base.method))
     rn.save_record(pl.Layout.of(done).record, {"status": "done", "stages": {}})
@@ -279,10 +286,8 @@ def test_submission_skips_finished_and_queued_images_and_summarises(tmp_path, mo
 
 
 def test_status_reads_records_and_the_queue(tmp_path, monkeypatch):
-    root = fake_threestudio(tmp_path)
-    man = write_manifest(tmp_path, ["a.png", "b.png", "c.png"])
+    man, base = manifest_run(tmp_path, ["a.png", "b.png", "c.png"])
     entries = {e.tag: e for e in mf.read_manifest(man)}
-    base = pl.RunOptions(image="", out=str(tmp_path / "out"), threestudio_root=root, python=PY)
     make_done(mf.entry_options(base, entries["a"], "0"), *pl.stage_names(base.method))
     rn.save_record(
         pl.Layout.of(mf.entry_options(base, entries["a"], "0")).record,
@@ -329,10 +334,8 @@ def test_task_runs_on_slurms_gpu_and_requeues_itself(tmp_path, monkeypatch):
     submitit_helpers = pytest.importorskip("submitit.helpers")
     import cloudpickle
 
-    root = fake_threestudio(tmp_path)
-    man = write_manifest(tmp_path, ["a.png"])
+    man, base = manifest_run(tmp_path, ["a.png"])
     (entry,) = mf.read_manifest(man)
-    base = pl.RunOptions(image="", out=str(tmp_path / "out"), threestudio_root=root, python=PY)
     task = slurm.ImageTask(base, CountingExecutor(mf.entry_options(base, entry, "0")))
     monkeypatch.setattr(
         rn, "gpu_available", rn.gpu_available
@@ -352,10 +355,8 @@ def test_task_runs_on_slurms_gpu_and_requeues_itself(tmp_path, monkeypatch):
 
 
 def test_task_failure_fails_the_task_and_a_requeue_is_recorded(tmp_path, monkeypatch):
-    root = fake_threestudio(tmp_path)
-    man = write_manifest(tmp_path, ["a.png"])
+    man, base = manifest_run(tmp_path, ["a.png"])
     (entry,) = mf.read_manifest(man)
-    base = pl.RunOptions(image="", out=str(tmp_path / "out"), threestudio_root=root, python=PY)
     opts = mf.entry_options(base, entry, "0")
     monkeypatch.setattr(rn, "gpu_available", lambda: True)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
@@ -481,13 +482,11 @@ def _submit_under(man, base, execute, chaos):
 
 def test_array_job_on_a_real_slurm(tmp_path, on_cluster):
     t0 = time.time()
-    root = fake_threestudio(tmp_path)
-    man = write_manifest(tmp_path, ["good.png", "bad.png", "slow.png"])
+    man, base = manifest_run(tmp_path, ["good.png", "bad.png", "slow.png"])
     entries = mf.read_manifest(man)
-    base = pl.RunOptions(image="", out=str(tmp_path / "out"), threestudio_root=root, python=PY)
     fake = CountingExecutor(
         *[mf.entry_options(base, e, "0") for e in entries],
-        fail={("bad", "preprocess"): (2, "hifi123: error: bad.png is empty\n", False)},
+        fail=BAD_IMAGE,
         hang={("slow", "coarse")},
         hang_seconds=90,
     )
@@ -573,10 +572,8 @@ def test_time_limit_requeues_and_resumes_on_a_real_slurm(tmp_path, on_cluster):
     time limit to one minute, and Slurm's own warning (USR2, 90 s before the limit, sent at
     slurmctld's next check) stops it; it is requeued (back to ten minutes, so that Slurm does not
     warn it again mid-run) and resumes from the checkpoint."""
-    root = fake_threestudio(tmp_path)
-    man = write_manifest(tmp_path, ["long.png"])
+    man, base = manifest_run(tmp_path, ["long.png"])
     (entry,) = mf.read_manifest(man)
-    base = pl.RunOptions(image="", out=str(tmp_path / "out"), threestudio_root=root, python=PY)
     fake = CountingExecutor(
         mf.entry_options(base, entry, "0"), hang={("long", "coarse")}, hang_seconds=100
     )

@@ -11,31 +11,6 @@ pytestmark = pytest.mark.threestudio
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p.name for p in (REPO / "custom" / "hifi123" / "configs").glob("*.yaml"))
-PARTS = (
-    "geometry",
-    "material",
-    "background",
-    "renderer",
-    "guidance",
-    "prompt_processor",
-    "guidance_3d",
-)
-
-
-def _parse_all(cfg, find):
-    from threestudio.utils.config import parse_structured
-
-    find(cfg.data_type).Config  # registered
-    parse_structured(find(cfg.data_type).Config, cfg.data)
-    system_cls = find(cfg.system_type)
-    sys_cfg = parse_structured(system_cls.Config, cfg.system)
-    named = {}
-    for part in PARTS:
-        kind = sys_cfg.get(f"{part}_type", "")
-        if kind:
-            parse_structured(find(kind).Config, sys_cfg[part])
-            named[part] = kind
-    return named
 
 
 def test_every_shipped_config_has_a_smoke_file():
@@ -53,17 +28,16 @@ def test_every_shipped_config_has_a_smoke_file():
 def test_shipped_and_smoke_configs_parse_with_threestudio(
     name, threestudio_env, tiny_models, tmp_path, monkeypatch
 ):
-    from hifi123.testing.smoke import smoke_args
+    from hifi123.testing.smoke import parse_blocks, smoke_args
     from threestudio.utils.config import load_config
 
-    find = threestudio_env.threestudio.find
     monkeypatch.chdir(REPO)
     path = str(REPO / "custom" / "hifi123" / "configs" / name)
     shipped = load_config(path, cli_args=[f"exp_root_dir={tmp_path}"])
-    named = _parse_all(shipped, find)
+    named = parse_blocks(shipped)
     tiny = str(Path(tiny_models["sd2-base"]).parent)
     smoke = load_config(path, cli_args=[f"exp_root_dir={tmp_path}", *smoke_args(name, tiny)])
-    smoke_named = _parse_all(smoke, find)
+    smoke_named = parse_blocks(smoke)
     # the smoke version runs on CPU: our pure-torch NeRF renderer, tiny local models, toy sizes
     assert smoke.trainer.max_steps <= 6 and smoke.data.device == "cpu"
     assert smoke_named.get("renderer") != "nerf-volume-renderer"

@@ -57,3 +57,27 @@ def test_registry_register_is_idempotent(threestudio_env):
         REGISTERED_CLASSES.pop(name, None)
         while name in REGISTERED_NAMES:
             REGISTERED_NAMES.remove(name)
+
+
+@pytest.mark.parametrize(
+    "name, latents_ok",
+    [
+        ("hifi123-rgnv-guidance", False),
+        ("hifi123-rgsd-guidance", False),
+        ("makeit3d-guidance", True),
+    ],
+)
+def test_guidances_refuse_call_forms_threestudio_does_not_use(threestudio_env, name, latents_ok):
+    """`guidance(rgb, prompt_utils, **batch)` only: a camera passed by position would be read as
+    something else, and latents cannot go where the guidance encodes the render itself. Both are
+    refused before anything is built (the guidance here was never configured)."""
+    import torch
+
+    cls = threestudio_env.threestudio.find(name)
+    guidance = cls.__new__(cls)  # no configure(): the checks come before any use of state
+    rgb = torch.rand(1, 8, 8, 3)
+    with pytest.raises(TypeError, match=f"{name} takes rgb and at most one positional"):
+        guidance(rgb, object(), torch.zeros(1))
+    if not latents_ok:
+        with pytest.raises(ValueError, match=f"{name} takes the rendered image, not latents"):
+            guidance(rgb, object(), rgb_as_latents=True)

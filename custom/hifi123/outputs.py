@@ -1,5 +1,7 @@
 """Never destroy a user's file: the one check every command runs on its output paths.
 
+:func:`check_output_dir` proves an output folder can be written (creating it) before any work.
+
 :func:`check_outputs` is called with every path a command will write and every file it reads,
 before any work: an output that is one of the inputs, or that two outputs share, is refused with
 both named. :func:`claim_folder` lets a command write into a folder only when the folder is empty
@@ -10,9 +12,32 @@ overwritten by tiny ones).
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Dict, Iterable, Tuple
 
 from .errors import InputError
+
+
+def check_output_dir(path: str, flag: str = "--out") -> str:
+    """Create `path` if needed and prove it is writable (a real write: os.access lies to root)."""
+    path = os.path.abspath(os.path.expanduser(path))
+    fix = f"pass a writable folder with {flag} DIR"
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(
+            f"output folder {path} is a file", "a folder (it is created if missing)", fix
+        )
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".hifi123-write-test-", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise InputError(
+            f"cannot write to the output folder {path}: {err.strerror or err}",
+            "a writable folder",
+            fix,
+        ) from err
+    return path
 
 
 def _key(path: str) -> str:

@@ -38,9 +38,9 @@ def align_files(
     import numpy as np
 
     from ..core import mesh_align as MA
-    from ..core.images import check_writable_dir, load_depth, load_rgba
+    from ..core.images import load_depth, load_rgba
     from ..errors import InputError
-    from ..outputs import check_outputs
+    from ..outputs import check_output_dir, check_outputs
     from ..preprocess.pipeline import file_sha256
 
     # 1. every input checked, every output path cleared, before any work
@@ -51,7 +51,7 @@ def align_files(
     disparity = load_depth(depth_path, mask.shape, role="--depth map") if depth_path else None
     fixed = MA.parse_pose(pose) if pose else None
     mesh = MA.load_mesh(mesh_path)
-    out_dir = check_writable_dir(out_dir)
+    out_dir = check_output_dir(out_dir)
     outputs = [(f"the {n}", os.path.join(out_dir, n)) for n in MA.OUTPUT_FILES]
     check_outputs(
         outputs,

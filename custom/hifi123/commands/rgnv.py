@@ -98,13 +98,14 @@ def _cmd_rgnv(args) -> int:
     import torch
 
     from ..core.hifi123.rgnv import RGNVPipeline
-    from ..core.images import check_writable_dir, image_grid, save_png
+    from ..core.images import image_grid, save_png
     from ..models.loader import load_diffusion
+    from ..outputs import check_output_dir
 
     # 1. everything the user gave is checked before any model loads
     ref, coarse, ref_depth, depths = _load_inputs(args)
     cfg = _rgnv_config(args)  # before the output folder is made
-    out_dir = check_writable_dir(args.out)
+    out_dir = check_output_dir(args.out)
     _check_outputs(args, out_dir)
     need_dpt = ref_depth is None or depths is None
     model, upscaler_ref = _model_refs(args, need_dpt)

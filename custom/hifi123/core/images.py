@@ -139,23 +139,6 @@ def load_depth(
     return arr
 
 
-def check_writable_dir(path: str, flag: str = "--out") -> str:
-    path = os.path.abspath(os.path.expanduser(path))
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as err:
-        raise InputError(
-            f"cannot create output folder {path}: {err.strerror}",
-            "a writable folder",
-            f"pass another {flag}",
-        ) from err
-    if not os.access(path, os.W_OK):
-        raise InputError(
-            f"output folder {path} is not writable", "a writable folder", f"pass another {flag}"
-        )
-    return path
-
-
 # --------------------------------------------------------------------------------- tensors
 
 

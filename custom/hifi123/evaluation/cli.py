@@ -38,7 +38,7 @@ def _check_out(path, inputs=()):
     if not path:
         return None
     out = os.path.abspath(os.path.expanduser(path))
-    from ..outputs import check_outputs
+    from ..outputs import check_output_dir, check_outputs
 
     files = [f for flag, p in inputs for f in _input_files(flag, p)]
     check_outputs(
@@ -56,18 +56,7 @@ def _check_out(path, inputs=()):
             "a file path for the JSON report, e.g. report.json",
             f"pass --out {os.path.join(path, 'report.json')}",
         )
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as err:
-        raise InputError(
-            f"cannot create the folder of --out {path}: {err.strerror}",
-            "a writable folder",
-            "pass another --out",
-        ) from err
-    if not os.access(folder, os.W_OK):
-        raise InputError(
-            f"--out folder {folder} is not writable", "a writable folder", "pass another --out"
-        )
+    check_output_dir(folder, "--out")
     return out
 
 
@@ -82,27 +71,25 @@ def _finish(report, args) -> int:
     return 0
 
 
+def _settings(cls, args):
+    """A protocol's settings dataclass from the parsed arguments of the same names; the one flag
+    that is a negation, --keep-background, sets `mask_with_opacity`. A field without an option
+    keeps its default."""
+    import dataclasses
+
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if f.name != "mask_with_opacity" and hasattr(args, f.name)
+    }
+    return cls(**given, mask_with_opacity=not args.keep_background)
+
+
 def _cmd_single_view(args) -> int:
     from .protocols import SingleViewSettings, run_single_view
 
     _check_out(args.out, [("--ref", args.ref), ("--views", args.views)])
-    s = SingleViewSettings(
-        ref=args.ref,
-        views=args.views,
-        ref_view=args.ref_view,
-        ref_azimuth=args.ref_azimuth,
-        clip_model=args.clip_model,
-        vgg_model=args.vgg_model,
-        lpips_model=args.lpips_model,
-        lpips_net=args.lpips_net,
-        lpips_size=args.lpips_size,
-        cx_size=args.cx_size,
-        cx_layer=args.cx_layer,
-        cx_band_width=args.cx_band_width,
-        mask_with_opacity=not args.keep_background,
-        tiny=args.tiny,
-        device=args.device,
-    )
+    s = _settings(SingleViewSettings, args)
     return _finish(run_single_view(s), args)
 
 
@@ -118,25 +105,7 @@ def _cmd_gso(args) -> int:
             ("--gt-mesh", args.gt_mesh),
         ],
     )
-    s = GSOSettings(
-        pred=args.pred,
-        gt=args.gt,
-        pred_mesh=args.pred_mesh,
-        gt_mesh=args.gt_mesh,
-        size=args.size,
-        lpips_model=args.lpips_model,
-        lpips_net=args.lpips_net,
-        chamfer_points=args.chamfer_points,
-        depth_size=args.depth_size,
-        voxel_size=args.voxel_size,
-        iou_resolution=args.iou_resolution,
-        mesh_normalize=args.mesh_normalize,
-        up=args.up,
-        surface_samples=args.surface_samples,
-        mask_with_opacity=not args.keep_background,
-        tiny=args.tiny,
-        device=args.device,
-    )
+    s = _settings(GSOSettings, args)
     return _finish(run_gso(s), args)
 
 

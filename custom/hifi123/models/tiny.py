@@ -108,38 +108,78 @@ def _text_config(vocab_size: int):
     )
 
 
-def tiny_unet(in_channels: int):
+def _unet(**kw):
+    """A UNet2DConditionModel with the family's shared settings (SD2's linear attention
+    projections, 8 norm groups, 32-wide text); `kw` adds or overrides."""
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(
-        sample_size=TINY_IMAGE_SIZE // 2,
-        in_channels=in_channels,
+    shared = dict(
         out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=(16, 16, 32, 32),
-        layers_per_block=2,
+        layers_per_block=1,
         norm_num_groups=8,
         cross_attention_dim=TEXT_DIM,
-        attention_head_dim=(2, 2, 4, 4),
+        attention_head_dim=2,
         use_linear_projection=True,  # as SD2
     )
+    return UNet2DConditionModel(**{**shared, **kw})
 
 
-def tiny_vae():
+def _vae(widths, sample_size: int, **kw):
+    """An AutoencoderKL with one encoder/decoder block per width (it downsamples
+    2**(len(widths) - 1) times) and 4 latent channels."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * len(widths),
+        up_block_types=("UpDecoderBlock2D",) * len(widths),
+        block_out_channels=tuple(widths),
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,
-        sample_size=TINY_IMAGE_SIZE,
+        sample_size=sample_size,
+        **kw,
     )
+
+
+def tiny_vit(image_size: int, layers: int) -> dict:
+    """A ViT vision-tower config (8 px patches, width 32, 4 heads): CLIP, CLIPSeg and BLIP-2."""
+    return dict(
+        image_size=image_size,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+    )
+
+
+def save_model(out_dir: str, model, processor, scratch: str = None) -> None:
+    """Save a model and its processor into `out_dir` (safetensors), then remove `scratch` (the
+    folder a tokenizer was built in)."""
+    import shutil
+
+    model.save_pretrained(out_dir, safe_serialization=True)
+    processor.save_pretrained(out_dir)
+    if scratch:
+        shutil.rmtree(scratch)
+
+
+def tiny_unet(in_channels: int):
+    return _unet(
+        sample_size=TINY_IMAGE_SIZE // 2,
+        in_channels=in_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=(16, 16, 32, 32),
+        layers_per_block=2,
+        attention_head_dim=(2, 2, 4, 4),
+    )
+
+
+def tiny_vae():
+    return _vae((16, 32), TINY_IMAGE_SIZE)
 
 
 def tiny_scheduler():
@@ -188,84 +228,11 @@ def _seed(offset: int) -> None:
     torch.manual_seed(TINY_SEED + offset)
 
 
-def write_sd(out_dir: str, depth: bool) -> None:
-    from diffusers import StableDiffusionDepth2ImgPipeline, StableDiffusionPipeline
-    from transformers import CLIPTextModel
+def _sd_pipeline(vae, text_encoder, tokenizer, unet):
+    """A StableDiffusionPipeline with the family's scheduler and no safety checker."""
+    from diffusers import StableDiffusionPipeline
 
-    tok_dir, vocab_size, tokenizer = clip_tokenizer_in(out_dir, "tokenizer")
-    _seed(0)
-    unet = tiny_unet(5 if depth else 4)
-    _seed(1)
-    vae = tiny_vae()
-    _seed(2)
-    text_encoder = CLIPTextModel(_text_config(vocab_size))
-    scheduler = tiny_scheduler()
-    if depth:
-        _seed(3)
-        dpt, proc = tiny_dpt()
-        pipe = StableDiffusionDepth2ImgPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            depth_estimator=dpt,
-            feature_extractor=proc,
-        )
-    else:
-        pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    pipe.save_pretrained(out_dir, safe_serialization=True)
-
-
-def write_sd_x8(out_dir: str) -> None:
-    """A tiny StableDiffusionPipeline for threestudio's own SD guidances (`stable-diffusion-guidance`,
-    `-unified-`, `-vsd-`), which resize every render to 512 px and encode it: this VAE downsamples
-    x8 like SD's (512 px -> 64x64 latents, not the x2 of the others), the UNet attends only at its
-    lowest resolution (16x16 tokens), and its time embedding is 1280 wide, the width threestudio's
-    camera-conditioned LoRA (VSD) hard-codes. Everything else as `sd2-base`."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    tok_dir, vocab_size, tokenizer = clip_tokenizer_in(out_dir, "tokenizer")
-    _seed(7)
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(8, 16, 16),
-        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TEXT_DIM,
-        attention_head_dim=2,
-        norm_num_groups=8,
-        use_linear_projection=True,
-        time_embedding_dim=1280,
-    )
-    _seed(8)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=512,
-    )
-    _seed(9)
-    text_encoder = CLIPTextModel(_text_config(vocab_size))
-    pipe = StableDiffusionPipeline(
+    return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -275,50 +242,81 @@ def write_sd_x8(out_dir: str) -> None:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def write_sd(out_dir: str, depth: bool) -> None:
+    from diffusers import StableDiffusionDepth2ImgPipeline
+    from transformers import CLIPTextModel
+
+    tok_dir, vocab_size, tokenizer = clip_tokenizer_in(out_dir, "tokenizer")
+    _seed(0)
+    unet = tiny_unet(5 if depth else 4)
+    _seed(1)
+    vae = tiny_vae()
+    _seed(2)
+    text_encoder = CLIPTextModel(_text_config(vocab_size))
+    if depth:
+        _seed(3)
+        dpt, proc = tiny_dpt()
+        pipe = StableDiffusionDepth2ImgPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=tiny_scheduler(),
+            depth_estimator=dpt,
+            feature_extractor=proc,
+        )
+    else:
+        pipe = _sd_pipeline(vae, text_encoder, tokenizer, unet)
     pipe.save_pretrained(out_dir, safe_serialization=True)
+
+
+def write_sd_x8(out_dir: str) -> None:
+    """A tiny StableDiffusionPipeline for threestudio's own SD guidances (`stable-diffusion-guidance`,
+    `-unified-`, `-vsd-`), which resize every render to 512 px and encode it: this VAE downsamples
+    x8 like SD's (512 px -> 64x64 latents, not the x2 of the others), the UNet attends only at its
+    lowest resolution (16x16 tokens), and its time embedding is 1280 wide, the width threestudio's
+    camera-conditioned LoRA (VSD) hard-codes. Everything else as `sd2-base`."""
+    from transformers import CLIPTextModel
+
+    tok_dir, vocab_size, tokenizer = clip_tokenizer_in(out_dir, "tokenizer")
+    _seed(7)
+    unet = _unet(
+        sample_size=64,
+        in_channels=4,
+        block_out_channels=(8, 16, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        time_embedding_dim=1280,
+    )
+    _seed(8)
+    vae = _vae((8, 8, 16, 16), 512)
+    _seed(9)
+    text_encoder = CLIPTextModel(_text_config(vocab_size))
+    _sd_pipeline(vae, text_encoder, tokenizer, unet).save_pretrained(
+        out_dir, safe_serialization=True
+    )
 
 
 def write_upscaler(out_dir: str) -> None:
     """A tiny StableDiffusionUpscalePipeline (x4: the VAE downsamples x4, the UNet takes the latent
     and the low-res image: 7 channels, and a noise-level class embedding)."""
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        DDPMScheduler,
-        StableDiffusionUpscalePipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline
     from transformers import CLIPTextModel
 
     tok_dir, vocab_size, tokenizer = clip_tokenizer_in(out_dir, "tokenizer")
     _seed(5)
-    unet = UNet2DConditionModel(
+    unet = _unet(
         sample_size=32,
         in_channels=7,
-        out_channels=4,
-        layers_per_block=1,
         block_out_channels=(16, 32),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TEXT_DIM,
-        attention_head_dim=2,
-        norm_num_groups=8,
-        use_linear_projection=True,
         num_class_embeds=1000,
     )
     _seed(6)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=128,
-        scaling_factor=0.08333,
-    )
+    vae = _vae((8, 16, 16), 128, scaling_factor=0.08333)
     _seed(7)
     text_encoder = CLIPTextModel(_text_config(vocab_size))
     low_res = DDPMScheduler(
@@ -348,9 +346,7 @@ def write_upscaler(out_dir: str) -> None:
 
 def write_dpt(out_dir: str) -> None:
     _seed(3)
-    dpt, proc = tiny_dpt()
-    dpt.save_pretrained(out_dir, safe_serialization=True)
-    proc.save_pretrained(out_dir)
+    save_model(out_dir, *tiny_dpt())
 
 
 def write_clip(out_dir: str) -> None:
@@ -358,15 +354,7 @@ def write_clip(out_dir: str) -> None:
 
     tok_dir, vocab_size, tokenizer = clip_tokenizer_in(out_dir, "_tok")
     text_cfg = _text_config(vocab_size).to_dict()
-    vision_cfg = dict(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        projection_dim=16,
-    )
+    vision_cfg = dict(tiny_vit(32, layers=2), projection_dim=16)
     text_cfg["projection_dim"] = 16
     _seed(4)
     model = CLIPModel(CLIPConfig(text_config=text_cfg, vision_config=vision_cfg, projection_dim=16))
@@ -376,11 +364,7 @@ def write_clip(out_dir: str) -> None:
         ),
         tokenizer=tokenizer,
     )
-    model.save_pretrained(out_dir, safe_serialization=True)
-    proc.save_pretrained(out_dir)
-    import shutil
-
-    shutil.rmtree(tok_dir)
+    save_model(out_dir, model, proc, scratch=tok_dir)
 
 
 def _lazy(module: str, table: str, name: str):
@@ -417,17 +401,9 @@ TINY_MODELS = {
 
 def write_tiny_models(out: str, only=None) -> Dict[str, str]:
     """Write the tiny family under `out`; returns {name: directory}. Deterministic."""
-    out = os.path.abspath(os.path.expanduser(out))
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as err:
-        from ..errors import InputError
+    from ..outputs import check_output_dir
 
-        raise InputError(
-            f"cannot create the output folder {out}: {err.strerror}",
-            "a writable directory",
-            "pass another folder: hifi123 tiny-models --out DIR",
-        ) from err
+    out = check_output_dir(out, "--out")
     written = {}
     for name, writer in TINY_MODELS.items():
         if only and name not in only:

@@ -40,6 +40,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import Hifi123Error, InputError
+from ..outputs import check_output_dir
 from .inputs import ALPHA_THRESHOLD, MAX_WORKING_SIDE, InputImage, discover, output_name, read_image
 from .normals import (
     CameraAssumptions,
@@ -238,28 +239,6 @@ class OutputPaths:
             j("_sheet.png"),
             j("_preprocess.json"),
         )
-
-
-def check_output_dir(path: str, flag: str = "--out") -> str:
-    """Create `path` if needed and prove it is writable (a real write: os.access lies to root)."""
-    path = os.path.abspath(os.path.expanduser(path))
-    fix = f"pass a writable folder with {flag} DIR"
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise InputError(
-            f"output folder {path} is a file", "a folder (it is created if missing)", fix
-        )
-    try:
-        os.makedirs(path, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".hifi123-write-test-", dir=path)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as err:
-        raise InputError(
-            f"cannot write to the output folder {path}: {err.strerror or err}",
-            "a writable folder",
-            fix,
-        ) from err
-    return path
 
 
 def _umask() -> int:

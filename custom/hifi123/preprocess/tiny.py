@@ -17,12 +17,18 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import shutil
 from typing import Dict, Iterable, Optional
 
 import torch
 
-from ..models.tiny import TINY_SEED, _bytes_to_unicode, _text_config, clip_tokenizer_in
+from ..models.tiny import (
+    TINY_SEED,
+    _bytes_to_unicode,
+    _text_config,
+    clip_tokenizer_in,
+    save_model,
+    tiny_vit,
+)
 
 TINY_SEG_SIZE = 32
 
@@ -40,17 +46,9 @@ def write_clipseg(out_dir: str) -> None:
     )
 
     tok_dir, vocab_size, tokenizer = clip_tokenizer_in(out_dir, "_tok")
-    vision = dict(
-        image_size=TINY_SEG_SIZE,
-        patch_size=8,
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-    )
     cfg = CLIPSegConfig(
         text_config=_text_config(vocab_size).to_dict(),
-        vision_config=vision,
+        vision_config=tiny_vit(TINY_SEG_SIZE, layers=3),
         projection_dim=16,
         extract_layers=[1, 2],
         reduce_dim=16,
@@ -67,9 +65,7 @@ def write_clipseg(out_dir: str) -> None:
         ),
         tokenizer=tokenizer,
     )
-    model.save_pretrained(out_dir, safe_serialization=True)
-    proc.save_pretrained(out_dir)
-    shutil.rmtree(tok_dir)
+    save_model(out_dir, model, proc, scratch=tok_dir)
 
 
 def write_segformer(out_dir: str) -> None:
@@ -95,8 +91,7 @@ def write_segformer(out_dir: str) -> None:
     )
     _seed(1)
     model = SegformerForSemanticSegmentation(cfg)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(out_dir)
+    save_model(out_dir, model, SegformerImageProcessor(size={"height": 64, "width": 64}))
 
 
 def write_blip2(out_dir: str) -> None:
@@ -143,14 +138,7 @@ def write_blip2(out_dir: str) -> None:
         pad_token_id=1,
     )
     cfg = Blip2Config(
-        vision_config=dict(
-            image_size=TINY_SEG_SIZE,
-            patch_size=8,
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-        ),
+        vision_config=tiny_vit(TINY_SEG_SIZE, layers=2),
         qformer_config=dict(
             hidden_size=32,
             num_hidden_layers=2,
@@ -177,9 +165,7 @@ def write_blip2(out_dir: str) -> None:
         tokenizer=tokenizer,
         **kw,
     )
-    model.save_pretrained(out_dir, safe_serialization=True)
-    proc.save_pretrained(out_dir)
-    shutil.rmtree(tok_dir)
+    save_model(out_dir, model, proc, scratch=tok_dir)
 
 
 PREPROCESS_TINY_MODELS = {

@@ -184,7 +184,7 @@ def options_from_args(args) -> RunOptions:
     if (
         not args.dry_run and not status
     ):  # a real run writes there: prove it can before anything starts
-        from ..preprocess.pipeline import check_output_dir
+        from ..outputs import check_output_dir
 
         check_output_dir(out, "--out")
     root = "" if status else find_threestudio_root(args.threestudio_root)

@@ -217,9 +217,6 @@ def obj_to_glb(obj_path: str, glb_path: Optional[str] = None, *, axes: str = "gl
 # ---------------------------------------------------------------------------------------- PLY
 
 
-_colours_u8 = colors_to_uint8
-
-
 def read_ply(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """`hifi123.core.makeit3d.point_export.read_ply`, with a user-facing error for a file that is not a PLY."""
     try:
@@ -318,7 +315,7 @@ def load_point_cloud(
     col = None
     if ck is not None:
         c = _to_numpy(state[ck])[:, :3]
-        col = _colours_u8(c)
+        col = colors_to_uint8(c)
     return pos, col
 
 

@@ -477,6 +477,15 @@ def _short(path: str, base: str) -> str:
     return path if rel.startswith("..") else rel
 
 
+#: launch.py overrides that export a finished trial as a textured OBJ (+ MTL) through threestudio's
+#: mesh exporter; "cuda" is nvdiffrast's context without OpenGL, which headless machines lack
+MESH_EXPORT = (
+    "system.exporter_type=mesh-exporter",
+    "system.exporter.fmt=obj-mtl",
+    "system.exporter.context_type=cuda",
+)
+
+
 @dataclass
 class _Plan:
     """What every stage builder reads: the options, the outputs tree, where things go."""
@@ -511,6 +520,22 @@ class _Plan:
             True,
             trial,
         )
+
+    def relaunch(self, stage: Stage, trial: str, mode: str, *overrides: str) -> None:
+        """`stage` runs launch.py in `mode` (--test, --export) on a finished trial: its parsed
+        config, resumed from its last checkpoint, then `overrides` and the user's for `stage`."""
+        self.on_gpu(stage, trial)
+        stage.argv = [
+            *self.launch,
+            "--config",
+            os.path.join(trial, "configs", "parsed.yaml"),
+            mode,
+            "--gpu",
+            self.opts.gpu,
+            override("resume", os.path.join(trial, "ckpts", "last.ckpt")),
+            *overrides,
+            *self.user_overrides(stage.name),
+        ]
 
 
 # Each builder fills the stage's command and outputs; it returns whether the stage is done when
@@ -695,21 +720,11 @@ def _identity_change(
 
 def _build_export(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
     trial, o = p.trials[p.spec.mesh_from], p.outs[p.spec.mesh_from]
-    p.on_gpu(stage, trial)
-    stage.argv = (
-        p.launch
-        + [
-            "--config",
-            os.path.join(trial, "configs", "parsed.yaml"),
-            "--export",
-            "--gpu",
-            p.opts.gpu,
-            override("resume", os.path.join(trial, "ckpts", "last.ckpt")),
-            "system.exporter_type=mesh-exporter",
-            "system.exporter.fmt=obj-mtl",
-            "system.exporter.context_type=cuda",  # nvdiffrast without an OpenGL context (headless)
-        ]
-        + p.user_overrides(stage.name)
+    p.relaunch(
+        stage,
+        trial,
+        "--export",
+        *MESH_EXPORT,
     )
     stage.outputs = [o["obj"]]
     return None
@@ -744,19 +759,7 @@ def _build_ply(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
 
 def _build_video(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
     trial, o = p.trials["refine"], p.outs["refine"]
-    p.on_gpu(stage, trial)
-    stage.argv = (
-        p.launch
-        + [
-            "--config",
-            os.path.join(trial, "configs", "parsed.yaml"),
-            "--test",
-            "--gpu",
-            p.opts.gpu,
-            override("resume", os.path.join(trial, "ckpts", "last.ckpt")),
-        ]
-        + p.user_overrides(stage.name)
-    )
+    p.relaunch(stage, trial, "--test")
     stage.outputs = [o["video"]]
     return None
 

@@ -6,6 +6,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+
+def torch_field(n_frequencies: int) -> dict:
+    """Encoding and MLP settings of a small implicit field that runs in pure torch (frequency
+    encoding, a 16-wide one-hidden-layer MLP): a geometry block's update for CPU tests."""
+    return {
+        "pos_encoding_config": {
+            "otype": "ProgressiveBandFrequency",
+            "n_frequencies": n_frequencies,
+        },
+        "mlp_network_config": {
+            "otype": "VanillaMLP",
+            "activation": "ReLU",
+            "output_activation": "none",
+            "n_neurons": 16,
+            "n_hidden_layers": 1,
+        },
+    }
+
+
 COARSE_SYSTEM = {
     "geometry_type": "implicit-volume",
     "geometry": {
@@ -15,14 +34,7 @@ COARSE_SYSTEM = {
         "density_activation": "softplus",
         "density_blob_scale": 10.0,
         "density_blob_std": 0.5,
-        "pos_encoding_config": {"otype": "ProgressiveBandFrequency", "n_frequencies": 2},
-        "mlp_network_config": {
-            "otype": "VanillaMLP",
-            "activation": "ReLU",
-            "output_activation": "none",
-            "n_neurons": 16,
-            "n_hidden_layers": 1,
-        },
+        **torch_field(n_frequencies=2),
     },
     "material_type": "diffuse-with-point-light-material",
     "material": {"ambient_only_steps": 0},

@@ -205,6 +205,25 @@ def _patch_trainer() -> None:
     pl.Trainer = CPUTrainer
 
 
+def quiet_cpu_trainer(max_steps: int, **kwargs):
+    """A one-process CPU `pytorch_lightning.Trainer` for in-process system tests: no logger,
+    checkpoints, progress bar, model summary, validation or sanity steps unless `kwargs` says so."""
+    import pytorch_lightning as pl
+
+    settings = dict(
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    return pl.Trainer(**{**settings, **kwargs})
+
+
 def prepare_cpu_process() -> None:
     """Everything the launcher does before handing over to launch.py (also usable in-process)."""
     from .threestudio_stubs import import_threestudio

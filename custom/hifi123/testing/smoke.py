@@ -68,3 +68,23 @@ def smoke_args(config_name: str, tiny_root: str) -> List[str]:
 def base_config(config_name: str) -> str:
     """The shipped config a smoke file shrinks, relative to a threestudio root."""
     return load_smoke(config_name)["base"]
+
+
+def parse_blocks(cfg) -> Dict[str, str]:
+    """Parse a loaded config's data block and every component block of its system through the
+    registered classes' Configs, as threestudio does when it builds them (an unknown key raises
+    TypeError); returns {part: registered name} of the components the system names."""
+    import threestudio
+    from threestudio.utils.config import parse_structured
+
+    from ..threestudio_ext.systems.base import COMPONENT_PARTS
+
+    parse_structured(threestudio.find(cfg.data_type).Config, cfg.data)
+    sys_cfg = parse_structured(threestudio.find(cfg.system_type).Config, cfg.system)
+    named = {}
+    for part in COMPONENT_PARTS:
+        kind = getattr(sys_cfg, f"{part}_type", "")
+        if kind:
+            parse_structured(threestudio.find(kind).Config, getattr(sys_cfg, part))
+            named[part] = kind
+    return named

@@ -81,3 +81,18 @@ def check_declared_ranges(cfg, config_cls, path: str) -> None:
     except Exception:  # noqa: BLE001 - a type error: threestudio's own parse reports it next
         return
     check_ranges(parsed, config_cls, path)
+
+
+def check_guidance_call(name: str, args: tuple, rgb_as_latents: bool, latents_ok: bool) -> None:
+    """threestudio calls a guidance as `guidance(rgb, [prompt_utils,] **batch)`: refuse more
+    positional arguments (cameras passed by position would be misread), and latents where the
+    guidance encodes the render itself (`latents_ok=False`)."""
+    if rgb_as_latents and not latents_ok:
+        raise ValueError(
+            f"{name} takes the rendered image, not latents: call it with rgb_as_latents=False"
+        )
+    if len(args) > 1:
+        raise TypeError(
+            f"{name} takes rgb and at most one positional argument (prompt_utils); "
+            "pass elevation/azimuth/camera_distances by keyword (**batch)"
+        )

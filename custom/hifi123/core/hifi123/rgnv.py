@@ -324,6 +324,18 @@ class RGNVPipeline:
             z0, z_start, z_final, depth, mask, image, kv, list(self.layers), self.cache_key(), 2 * S
         )
 
+    def _check_cache(self, cache: Optional[ReferenceCache]) -> None:
+        """With injection on, `cache` must be the reference branch of these settings."""
+        if not self.cfg.inject:
+            return
+        if cache is None:
+            raise ValueError("injection is on but no reference cache was given (build_reference)")
+        if cache.key != self.cache_key():
+            raise ValueError(
+                f"reference cache was built for (grid, S, layers, prompt) = {cache.key}, "
+                f"not {self.cache_key()}"
+            )
+
     @torch.no_grad()
     def enhance(
         self,
@@ -339,15 +351,7 @@ class RGNVPipeline:
         `stop` (grid index) ends denoising early (RGSD's t > 0 states); `record` keeps every
         step's (z, eps, x0) per view.
         """
-        if self.cfg.inject:
-            if cache is None:
-                raise ValueError(
-                    "injection is on but no reference cache was given (build_reference)"
-                )
-            if cache.key != self.cache_key():
-                raise ValueError(
-                    f"reference cache was built for (grid, S, layers, prompt) = {cache.key}, not {self.cache_key()}"
-                )
+        self._check_cache(cache)
         T = self.cfg.num_steps
         depths = list(depths) if depths is not None else [None] * len(coarse)
         if len(depths) != len(coarse):
@@ -399,15 +403,7 @@ class RGNVPipeline:
         """The target branch on clean latents z0 [B,4,h,w] with depth [B,1,h,w]: invert S steps
         (empty prompt, no CFG), then denoise from level T - S (to grid index `stop`, default the
         end) with CFG on the target prompt and, when on, the reference's K/V injected."""
-        if self.cfg.inject:
-            if cache is None:
-                raise ValueError(
-                    "injection is on but no reference cache was given (build_reference)"
-                )
-            if cache.key != self.cache_key():
-                raise ValueError(
-                    f"reference cache was built for (grid, S, layers, prompt) = {cache.key}, not {self.cache_key()}"
-                )
+        self._check_cache(cache)
         T, S = self.cfg.num_steps, self.cfg.inject_steps
         self.state.mode = "off"
         z_start = ddim.invert(self._eps("", depth, guided=False), z0, self.grid, S)

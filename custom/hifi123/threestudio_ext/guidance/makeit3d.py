@@ -47,7 +47,7 @@ from ...core.settings import derive_config, from_config
 from ...errors import InputError
 from ...models.clip_encoder import load_clip_encoder, preflight_clip
 from ...models.loader import DIFFUSION_SUBFOLDERS, load_diffusion, preflight
-from ..registry import StrictConfig, register
+from ..registry import StrictConfig, check_guidance_call, register
 
 #: settings that may be threestudio schedules (evaluated at every step with C())
 SCHEDULED = ("min_step_percent", "max_step_percent", "grad_clip")
@@ -167,11 +167,7 @@ class MakeIt3DGuidance(StrictConfig, BaseObject):
         background: Optional[torch.Tensor] = None,
         **kwargs,
     ) -> Dict[str, Any]:
-        if len(args) > 1:
-            raise TypeError(
-                "makeit3d-guidance takes rgb and at most one positional argument (prompt_utils); "
-                "pass elevation/azimuth/camera_distances by keyword (**batch)"
-            )
+        check_guidance_call("makeit3d-guidance", args, rgb_as_latents, latents_ok=True)
         if terms is not None:
             bad = sorted(set(terms) - set(TERMS))
             if bad:

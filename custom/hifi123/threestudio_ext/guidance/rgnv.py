@@ -35,7 +35,7 @@ from threestudio.utils.base import BaseObject
 
 from ...core.hifi123.rgnv_loss import RGNVImageLoss, RGNVLossConfig
 from ...core.settings import derive_config
-from ..registry import StrictConfig, register
+from ..registry import StrictConfig, check_guidance_call, register
 from .rgnv_common import LazyRGNVCore
 
 
@@ -74,15 +74,7 @@ class RGNVGuidance(StrictConfig, LazyRGNVCore, BaseObject):
         opacity: Optional[torch.Tensor] = None,
         **kwargs,
     ) -> Dict[str, Any]:
-        if rgb_as_latents:
-            raise ValueError(
-                "hifi123-rgnv-guidance is an image-space loss: call it with rgb_as_latents=False"
-            )
-        if len(args) > 1:
-            raise TypeError(
-                "hifi123-rgnv-guidance takes rgb and at most one positional argument (prompt_utils); "
-                "pass elevation/azimuth/camera_distances by keyword (**batch)"
-            )
+        check_guidance_call("hifi123-rgnv-guidance", args, rgb_as_latents, latents_ok=False)
         out = self.core_on(rgb.device)(rgb, opacity=opacity, depth=depth)
         result: Dict[str, Any] = {"loss_rgnv": out.loss, "rgnv_target": out.target.detach()}
         result.update({f"rgnv_{k}": v for k, v in out.logs.items()})

@@ -31,7 +31,7 @@ from threestudio.utils.base import BaseObject
 
 from ...core.hifi123.rgsd import RGSD, RGSDConfig, relative_fixed_cameras
 from ...core.settings import derive_config
-from ..registry import StrictConfig, register
+from ..registry import StrictConfig, check_guidance_call, register
 from .rgnv_common import LazyRGNVCore
 
 
@@ -110,14 +110,7 @@ class RGSDGuidance(StrictConfig, LazyRGNVCore, BaseObject):
         rgsd_t: Optional[int] = None,
         **kwargs,
     ) -> Dict[str, Any]:
-        if rgb_as_latents:
-            raise ValueError(
-                "hifi123-rgsd-guidance encodes the rendering itself: call it with rgb_as_latents=False"
-            )
-        if len(args) > 1:
-            raise TypeError(
-                "hifi123-rgsd-guidance takes rgb and at most one positional argument (prompt_utils)"
-            )
+        check_guidance_call("hifi123-rgsd-guidance", args, rgb_as_latents, latents_ok=False)
         core = self.core_on(rgb.device)
         if fixed_view_index is not None:
             out = core.loss_fixed(rgb, fixed_view_index, opacity, depth)
