@@ -35,8 +35,11 @@ def pytest_collection_modifyitems(config, items):
     ]
     if wrong:
         raise pytest.UsageError(
-            "threestudio-marked tests belong in tests/*_ts.py files (pytestmark = pytest.mark.threestudio) "
-            "and only there; move or mark: " + ", ".join(wrong[:10])
+            (
+                "threestudio-marked tests belong in tests/*_ts.py files (pytestmark = "
+                "pytest.mark.threestudio) and only there; move or mark: "
+            )
+            + ", ".join(wrong[:10])
         )
     marked = [item for item in items if item.get_closest_marker("threestudio")]
     if not marked or ts_stubs.find_threestudio_root() is not None:
@@ -65,7 +68,8 @@ def threestudio_env():
         pytest.skip(f"threestudio at {root} is not importable in this environment ({e})")
     from hifi123.testing.cpu_threestudio import patch_threestudio_for_cpu
 
-    patch_threestudio_for_cpu()  # get_device -> CPU, pure-torch rasteriser / hash grid / NeRF renderer
+    # get_device -> CPU, pure-torch rasteriser / hash grid / NeRF renderer
+    patch_threestudio_for_cpu()
 
     # launch.py loads custom/hifi123 in a process that has not imported hifi123 yet; do the same
     # on a fresh copy, then put the session's copy back so tests keep seeing one hifi123
@@ -158,8 +162,9 @@ def gpu(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """(`hifi123 preprocess` tests) tiny dpt / clipseg / segformer / blip2 in the real layouts, in a private tiny-model cache
-    that `--tiny` also uses (XDG_CACHE_HOME points at it for this module)."""
+    """(`hifi123 preprocess` tests) tiny dpt / clipseg / segformer / blip2 in the real layouts, in a
+    private tiny-model cache that `--tiny` also uses (XDG_CACHE_HOME points at it for this
+    module)."""
     import os
 
     import torch

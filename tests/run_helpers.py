@@ -269,9 +269,9 @@ BAD_IMAGE = {("bad", "preprocess"): (2, "hifi123: error: bad.png is empty\n", Fa
 
 
 def write_textured_box(folder, size=48):
-    """A unit box as threestudio's mesh exporter writes it: model.obj (`mtllib`, `usemtl`, `vt u 1-v`,
-    `f v/vt/` corners), model.mtl with map_Kd, texture_kd.jpg (the synthetic sample). Each face has
-    its own UV island, so positions are shared and UVs are not (seams)."""
+    """A unit box as threestudio's mesh exporter writes it: model.obj (`mtllib`, `usemtl`,
+    `vt u 1-v`, `f v/vt/` corners), model.mtl with map_Kd, texture_kd.jpg (the synthetic sample).
+    Each face has its own UV island, so positions are shared and UVs are not (seams)."""
     os.makedirs(folder, exist_ok=True)
     Image.open(SAMPLE).convert("RGB").resize((size, size)).save(
         os.path.join(folder, "texture_kd.jpg"), quality=90

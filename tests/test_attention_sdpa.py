@@ -1,5 +1,5 @@
-"""Our attention processor runs on threestudio's torch 2.0, whose scaled_dot_product_attention has no
-`scale=` keyword, and still computes softmax(scale q k^T) v for any scale."""
+"""Our attention processor runs on threestudio's torch 2.0, whose scaled_dot_product_attention has
+no `scale=` keyword, and still computes softmax(scale q k^T) v for any scale."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def test_sdpa_without_the_scale_keyword_is_exact(torch20_sdpa, scale):
 
 
 def test_the_injecting_processor_runs_on_torch_2_0(torch20_sdpa, sd2_depth):
-    """A whole UNet forward with our processor in every self-attention layer, under a 2.0-style SDPA."""
+    """A whole UNet forward with our processor in every self-attention layer, under a 2.0-style
+    SDPA."""
     unet = sd2_depth.unet
     layers = [
         n[: -len(".processor")] for n in unet.attn_processors if n.endswith("attn1.processor")

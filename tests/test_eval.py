@@ -60,8 +60,10 @@ def trial(tmp_path_factory):
     d.mkdir(parents=True)
     (t / "configs").mkdir()
     (t / "configs" / "parsed.yaml").write_text(
-        "data:\n  default_elevation_deg: 0.0\n  default_azimuth_deg: 0.0\n  default_camera_distance: 3.8\n"
-        "  default_fovy_deg: 20.0\n  random_camera:\n    eval_elevation_deg: 0.0\n    eval_camera_distance: 3.8\n"
+        "data:\n  default_elevation_deg: 0.0\n  default_azimuth_deg: 0.0\n"
+        "  default_camera_distance: 3.8\n"
+        "  default_fovy_deg: 20.0\n  random_camera:\n    eval_elevation_deg: 0.0\n"
+        "    eval_camera_distance: 3.8\n"
         "    eval_fovy_deg: 20.0\n    n_test_views: 16\n"
     )
     frames = []

@@ -1,4 +1,5 @@
-"""The threestudio-marked half of `test_hifi123_configs.py` (skipped without a threestudio checkout)."""
+"""The threestudio-marked half of `test_hifi123_configs.py` (skipped without a threestudio
+checkout)."""
 
 from __future__ import annotations
 

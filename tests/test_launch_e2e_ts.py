@@ -73,8 +73,8 @@ def load_plain(ckpt: Path) -> dict:
 
 
 def add_unfinished_decoy(trial: Path) -> Path:
-    """A newer trial folder of the same image whose run stopped early (step 1, no marker): threestudio's
-    own @LAST would pick it; ours must not."""
+    """A newer trial folder of the same image whose run stopped early (step 1, no marker):
+    threestudio's own @LAST would pick it; ours must not."""
     decoy = trial.parent / "sample_rgba.png@29991231-235959"
     shutil.copytree(trial, decoy)
     (decoy / "hifi123_finished.json").unlink()
@@ -85,7 +85,8 @@ def add_unfinished_decoy(trial: Path) -> Path:
 
 
 def chained_from(out: str) -> Path:
-    """The checkpoint the system says it chained from (its `... -> PATH (newest finished trial)` line)."""
+    """The checkpoint the system says it chained from (its `... -> PATH (newest finished trial)`
+    line)."""
     (line,) = [
         ln
         for ln in out.splitlines()
@@ -109,7 +110,8 @@ def test_hifi123_coarse_refine_test_export_resume(ts_root, tiny_models):
     ).is_file()
     decoy = add_unfinished_decoy(coarse)
 
-    # ---- refine --train: the shipped default geometry_convert_from=...@LAST picks the finished coarse run
+    # ---- refine --train: the shipped default geometry_convert_from=...@LAST picks the finished
+    # coarse run
     out = launch(ts_root, "hifi123 refine --train", *smoke("refine.yaml", tiny), "--train")
     assert chained_from(out) == coarse / "ckpts" / "last.ckpt" and decoy.name not in out
     assert out.count("computed 2 fixed-view RGSD targets") == 1
@@ -126,7 +128,8 @@ def test_hifi123_coarse_refine_test_export_resume(ts_root, tiny_models):
     launch(ts_root, "hifi123 refine --test", *from_trial(refine, "--test"))
     assert (refine / "save" / "it4-test.mp4").is_file()
 
-    # ---- --export: threestudio's mesh exporter (OBJ + MTL + texture), then GLB as `hifi123 run` does
+    # ---- --export: threestudio's mesh exporter (OBJ + MTL + texture), then GLB as `hifi123 run`
+    # does
     launch(
         ts_root,
         "hifi123 refine --export",
@@ -160,7 +163,8 @@ def test_makeit3d_coarse_refine_test_export_resume(ts_root, tiny_models):
     from hifi123.core.makeit3d.point_export import read_ply
 
     tiny = str(Path(tiny_models["sd2-base"]).parent)
-    # ---- coarse --train, and its mesh export (the export step `hifi123 run --method makeit3d` runs)
+    # ---- coarse --train, and its mesh export (the export step `hifi123 run --method makeit3d`
+    # runs)
     launch(ts_root, "makeit3d coarse --train", *smoke("makeit3d-coarse.yaml", tiny), "--train")
     (coarse,) = trials(ts_root, "makeit3d-coarse")
     ck = load_plain(coarse / "ckpts" / "last.ckpt")  # Adan's betas were an OmegaConf list

@@ -1,4 +1,5 @@
-"""Make-It-3D progressive cameras and the reference/novel schedule (decision 16, algorithms.md C.3)."""
+"""Make-It-3D progressive cameras and the reference/novel schedule (decision 16, algorithms.md
+C.3)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,8 @@ TINY_CFG = {
 
 @pytest.fixture(scope="module")
 def tiny_open_clip(tmp_path_factory):
-    """A seeded tiny open_clip model in open_clip's save layout (open_clip_config.json + weights)."""
+    """A seeded tiny open_clip model in open_clip's save layout (open_clip_config.json +
+    weights)."""
     import open_clip
     from safetensors.torch import save_file
 

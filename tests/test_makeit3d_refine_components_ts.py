@@ -1,5 +1,6 @@
 """Make-It-3D refine in threestudio (marked): the registered point-cloud geometry and deferred
-renderer, makeit3d-refine.yaml parsed by threestudio, and the point cloud from a coarse checkpoint."""
+renderer, makeit3d-refine.yaml parsed by threestudio, and the point cloud from a coarse
+checkpoint."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ CONFIG_DIR = REPO / "custom" / "hifi123" / "configs"
 REFINE_YAMLS = ("makeit3d-refine.yaml", "makeit3d-refine-lowvram.yaml")
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # small index-heavy tensors (conftest)
+# threestudio-marked; small index-heavy tensors run on one thread (conftest)
+pytestmark = [pytest.mark.threestudio, pytest.mark.usefixtures("one_thread")]
 
 
 # -------------------------------------------------------------------------- threestudio
@@ -34,7 +36,6 @@ def _tiny_cloud(size=32):
     return np.concatenate(pts).astype(np.float32), np.concatenate(cols).astype(np.float32)
 
 
-@pytest.mark.threestudio
 def test_names_registered(threestudio_env):
     import hifi123
 
@@ -43,7 +44,6 @@ def test_names_registered(threestudio_env):
         assert name in threestudio_env.threestudio.__modules__ and name in hifi123.REGISTERED_NAMES
 
 
-@pytest.mark.threestudio
 @pytest.mark.parametrize("name", REFINE_YAMLS)
 def test_refine_config_parses_with_no_unknown_keys(name, tmp_path, threestudio_env, monkeypatch):
     from dataclasses import fields
@@ -119,7 +119,6 @@ def test_refine_config_parses_with_no_unknown_keys(name, tmp_path, threestudio_e
     )
 
 
-@pytest.mark.threestudio
 def test_lowvram_refine_changes_only_memory_settings(tmp_path, threestudio_env):
     from threestudio.utils.config import load_config
 
@@ -158,7 +157,6 @@ def test_lowvram_refine_changes_only_memory_settings(tmp_path, threestudio_env):
         assert re.search(rf"{key}: .*# lowvram", text), key
 
 
-@pytest.mark.threestudio
 def test_geometry_and_renderer_forward_on_cpu(threestudio_env, tmp_path):
     from hifi123.core.cameras import ViewCamera
     from hifi123.threestudio_ext.cameras import camera_batch
@@ -208,7 +206,8 @@ def test_geometry_and_renderer_forward_on_cpu(threestudio_env, tmp_path):
         assert geo2.n_points == len(pos) and torch.allclose(ren2(**batch)["comp_rgb"], ref)
     with pytest.raises(TypeError, match="makeit3d-system"):
         MakeIt3DPointCloud.create_from(geo)
-    # `hifi123 run`'s PLY stage finds the cloud in a refine checkpoint (positions, descriptors[:, :3])
+    # `hifi123 run`'s PLY stage finds the cloud in a refine checkpoint (positions,
+    # descriptors[:, :3])
     from hifi123.run.export import load_point_cloud
 
     torch.save(
@@ -221,7 +220,6 @@ def test_geometry_and_renderer_forward_on_cpu(threestudio_env, tmp_path):
     )
 
 
-@pytest.mark.threestudio
 @pytest.mark.parametrize(
     "field,value", [("min_slab_points", 0), ("min_transmittance", 1.5), ("point_radius_px", -1.0)]
 )
@@ -237,7 +235,6 @@ def test_renderer_refuses_bad_raster_settings(threestudio_env, field, value):
         )
 
 
-@pytest.mark.threestudio
 def test_point_cloud_from_a_coarse_checkpoint(tmp_path, threestudio_env):
     """The chain the refine stage uses: a coarse threestudio checkpoint (+ its parsed.yaml) ->
     geometry/material/background/renderer -> renders -> point cloud (CPU test renderer)."""

@@ -1,5 +1,6 @@
-"""`makeit3d-system` with `stage: refine` on CPU: a Lightning fit builds the point cloud from a coarse
-checkpoint, trains descriptors and the deferred U-Net, and writes the PLY, weights and orbit video."""
+"""`makeit3d-system` with `stage: refine` on CPU: a Lightning fit builds the point cloud from a
+coarse checkpoint, trains descriptors and the deferred U-Net, and writes the PLY, weights and orbit
+video."""
 
 from __future__ import annotations
 

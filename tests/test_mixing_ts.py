@@ -253,7 +253,8 @@ def test_stock_guidances_in_hifi123_coarse(
         int(x) for x in diffusers.__version__.split(".")[:2]
     ) >= (0, 20):
         pytest.skip(
-            "threestudio's VSD guidance builds LoRA processors with diffusers < 0.20's API (threestudio's pin)"
+            "threestudio's VSD guidance builds LoRA processors with diffusers < 0.20's API "
+            "(threestudio's pin)"
         )
     monkeypatch.chdir(REPO)
     ts = threestudio_env.threestudio

@@ -145,7 +145,8 @@ def test_a_closed_pipe_ends_a_command_quietly(tmp_path):
     code = (
         "import argparse, sys\nfrom hifi123.commands import dispatch\n"
         "p = argparse.ArgumentParser(); s = p.add_subparsers(dest='c')\n"
-        "q = s.add_parser('spam'); q.set_defaults(func=lambda a: [print('x' * 80) for _ in range(200000)] and 0)\n"
+        "q = s.add_parser('spam'); q.set_defaults(func=lambda a: [print('x' * 80) for _ in "
+        "range(200000)] and 0)\n"
         "sys.exit(dispatch(p, ['spam']))\n"
     )
     proc = subprocess.run(

@@ -1,4 +1,5 @@
-"""Make-It-3D refine losses: reference L1, texture regulariser, background loss (algorithms.md D.6)."""
+"""Make-It-3D refine losses: reference L1, texture regulariser, background loss (algorithms.md
+D.6)."""
 
 from __future__ import annotations
 

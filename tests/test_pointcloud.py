@@ -1,5 +1,6 @@
-"""Make-It-3D refine: textured point-cloud building (hifi123.core.makeit3d.pointcloud) on the synthetic sample
-object, whose exact geometry (`sample_sdf`) and renders (`render_sample`) are known.
+"""Make-It-3D refine: textured point-cloud building (hifi123.core.makeit3d.pointcloud) on the
+synthetic sample object, whose exact geometry (`sample_sdf`) and renders (`render_sample`) are
+known.
 
 Brute-force checks use the sample module's own numpy camera code (`project_points`), independent of
 the torch code under test."""
@@ -162,8 +163,8 @@ def test_coverage_is_what_keeps_the_cloud_small(built, monkeypatch):
 def test_zbuffer_keeps_the_nearest_point():
     cam, ref = _reference()
     pts = torch.from_numpy(ref["position"][ref["alpha"]]).float()
-    # a second copy of every point pushed back along its ray (well beyond the same-surface tolerance,
-    # ~0.12 at 64 px), interleaved with the originals
+    # a second copy of every point pushed back along its ray (well beyond the same-surface
+    # tolerance, ~0.12 at 64 px), interleaved with the originals
     behind = pts + 0.3 * (pts - cam.c2w_tensor()[:3, 3]) / (pts - cam.c2w_tensor()[:3, 3]).norm(
         dim=1, keepdim=True
     )
@@ -255,7 +256,8 @@ def test_rasterising_at_the_reference_camera_reproduces_the_reference(built):
     assert int(covered.sum()) == len(pts)
     img = (out.features[0] / cov.clamp_min(1e-8)).permute(1, 2, 0)
     assert torch.allclose(img[covered], torch.from_numpy(ref["rgb"]).float()[covered], atol=1e-5)
-    # the whole 360 deg cloud at the same radius: the far side hides behind (weight <= 1 - alpha_max)
+    # the whole 360 deg cloud at the same radius: the far side hides behind
+    # (weight <= 1 - alpha_max)
     full = raster(cloud.positions, cloud.colors)
     c = full.coverage[0, 0] > 0.9
     err = (

@@ -408,6 +408,24 @@ def test_cli_tiny_end_to_end(tiny, tmp_path, capsys):
         assert im.size == (3 * 64 + 16, 64 + 8)
 
 
+def test_segmentation_options_unused_on_a_cutout_are_named(tiny, tmp_path, capsys):
+    """The sample has its own alpha: no segmenter runs, and segmentation options that were set
+    are named as unused (with the way to use them) instead of being dropped silently."""
+    code, stdout, err = run_cli(
+        capsys, SAMPLE, "--out", str(tmp_path / "a"), "--size", "64", "--tiny",
+        "--foreground-labels", "cat", "--seg-threshold", "0.3",
+    )  # fmt: skip
+    assert code == 0, err
+    (note,) = [n for n in sidecar(tmp_path / "a", "sample")["conversions"] if "not used" in n]
+    assert "--seg-threshold, --foreground-labels not used" in note and "--ignore-alpha" in note
+    assert note in stdout
+    code, stdout, err = run_cli(
+        capsys, SAMPLE, "--out", str(tmp_path / "b"), "--size", "64", "--tiny"
+    )
+    assert code == 0 and "not used" not in stdout
+    assert not [n for n in sidecar(tmp_path / "b", "sample")["conversions"] if "not used" in n]
+
+
 # ------------------------------------------------------------------------------ conversions
 
 
@@ -594,7 +612,8 @@ def test_dpt_disparity_to_depth_is_affine_invariant_and_near_is_small():
 
 def test_a_large_photo_is_downsized_before_any_work(tmp_path):
     """A photo far larger than the outputs is brought down to the working size first (aspect kept,
-    said in the notes), so preprocessing time and memory do not grow with the camera's megapixels."""
+    said in the notes), so preprocessing time and memory do not grow with the camera's
+    megapixels."""
     from hifi123.preprocess.inputs import MAX_WORKING_SIDE, read_image
 
     big = tmp_path / "big.png"

@@ -34,7 +34,8 @@ def test_t_positive_term_is_the_alpha_weighted_latent_mse(rgsd):
     rgb = rgb.requires_grad_(True)
     out = rgsd.loss_random(rgb, alpha, depth, t=3)
     (g_ours,) = torch.autograd.grad(out["loss_rgsd"], rgb)
-    # the paper's form: z_t = sqrt(a) z + sqrt(1-a) eps~ vs the RGNV state z~_t, both built explicitly
+    # the paper's form: z_t = sqrt(a) z + sqrt(1-a) eps~ vs the RGNV state z~_t, both built
+    # explicitly
     rgb2 = rgb.detach().clone().requires_grad_(True)
     image, mask, cond = rgsd.prepare_render(rgb2, alpha, depth)
     z = rgsd.encode(image)

@@ -1,5 +1,6 @@
-"""`hifi123 run --manifest`: entries, tags, sharding over GPUs, worker summaries. No GPU, no threestudio: a fake threestudio root holds a launch.py stub and our config
-names, and torch.cuda.is_available is monkeypatched (run_helpers)."""
+"""`hifi123 run --manifest`: entries, tags, sharding over GPUs, worker summaries. No GPU, no
+threestudio: a fake threestudio root holds a launch.py stub and our config names, and
+torch.cuda.is_available is monkeypatched (run_helpers)."""
 
 from __future__ import annotations
 

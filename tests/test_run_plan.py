@@ -1,6 +1,6 @@
 """`hifi123 run`: the stage plan, its exact commands and the resumption decisions from
-synthetic output trees. No GPU, no threestudio: a fake threestudio root holds a launch.py stub and our config
-names, and torch.cuda.is_available is monkeypatched (run_helpers)."""
+synthetic output trees. No GPU, no threestudio: a fake threestudio root holds a launch.py stub and
+our config names, and torch.cuda.is_available is monkeypatched (run_helpers)."""
 
 from __future__ import annotations
 

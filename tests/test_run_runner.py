@@ -1,6 +1,6 @@
 """`hifi123 run`: the runner (fake stage executor; one real subprocess), the dry run and
-the command line, and the user errors. No GPU, no threestudio: a fake threestudio root holds a launch.py stub and our config
-names, and torch.cuda.is_available is monkeypatched (run_helpers)."""
+the command line, and the user errors. No GPU, no threestudio: a fake threestudio root holds a
+launch.py stub and our config names, and torch.cuda.is_available is monkeypatched (run_helpers)."""
 
 from __future__ import annotations
 
@@ -146,7 +146,8 @@ def test_runner_moves_stale_trial_aside(tmp_path, gpu):
 def test_preprocess_failure_names_the_image_and_the_error(tmp_path, gpu):
     opts = make_opts(tmp_path)
     msg = (
-        "loading seg model ...\nhifi123: error: input /x/cat.png: the segmentation found no foreground\n"
+        "loading seg model ...\n"
+        "hifi123: error: input /x/cat.png: the segmentation found no foreground\n"
         "  expected: an object in front of a background\n  fix: cut the object out yourself\n"
     )
     fake = FakeExecutor(opts, fail={"preprocess": (2, msg, False)})

@@ -1,6 +1,6 @@
-"""The Stable Diffusion plumbing shared by RGNV, RGSD and the Make-It-3D prior (core/diffusion/sd.py):
-the noise predictor (depth channel, CFG batching, v-prediction, one t per item), the VAE codec's
-gradient switch and latent modes, prompt encoding."""
+"""The Stable Diffusion plumbing shared by RGNV, RGSD and the Make-It-3D prior
+(core/diffusion/sd.py): the noise predictor (depth channel, CFG batching, v-prediction, one t per
+item), the VAE codec's gradient switch and latent modes, prompt encoding."""
 
 import pytest
 import torch

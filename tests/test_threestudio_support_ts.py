@@ -1,4 +1,5 @@
-"""The threestudio-marked half of `test_threestudio_support.py` (skipped without a threestudio checkout)."""
+"""The threestudio-marked half of `test_threestudio_support.py` (skipped without a threestudio
+checkout)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`@LAST` that means the newest FINISHED trial, and checkpoints that reload with weights_only=True."""
+"""`@LAST` that means the newest FINISHED trial, and checkpoints that reload with
+weights_only=True."""
 
 from __future__ import annotations
 

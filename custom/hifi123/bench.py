@@ -72,7 +72,8 @@ def bench_rgnv(
     for name in ("cached", "recomputed"):
         r = results[name]
         log(
-            f"  {name:10s} UNet calls {r['unet_calls']:5d}  items {r['unet_items']:5d}  time {r['seconds']:.3f} s"
+            f"  {name:10s} UNet calls {r['unet_calls']:5d}  items {r['unet_items']:5d}  time "
+            f"{r['seconds']:.3f} s"
         )
     log(f"max |cached - recomputed| = {diff:.2e}")
     log(f"UNet calls cached: {results['cached']['unet_calls']}")
@@ -148,15 +149,17 @@ def bench_rgsd(
     nfe_ratio = res["ours"]["calls"] / res["naive"]["calls"]
     time_ratio = res["ours"]["seconds"] / res["naive"]["seconds"]
     log(
-        f"RGSD, tiny SD2-depth on CPU ({torch.get_num_threads()} threads), T={steps}, S={inject_steps}, "
-        f"{iterations} iterations alternating t=0 fixed / t>0 random (same t sequence {ts})"
+        f"RGSD, tiny SD2-depth on CPU ({torch.get_num_threads()} threads), T={steps}, "
+        f"S={inject_steps}, {iterations} iterations alternating t=0 fixed / t>0 random (same t "
+        f"sequence {ts})"
     )
     log("one-time setup (reference branch + 2 fixed-view targets) excluded from both")
     for name in ("ours", "naive"):
         r = res[name]
         log(
-            f"  {name:6s} UNet calls/iter {r['calls'] / iterations:6.2f}  items/iter {r['items'] / iterations:6.2f}"
-            f"  time/iter {r['seconds'] / iterations:.3f} s (median of {repeats})"
+            f"  {name:6s} UNet calls/iter {r['calls'] / iterations:6.2f}  items/iter "
+            f"{r['items'] / iterations:6.2f}  time/iter {r['seconds'] / iterations:.3f} s "
+            f"(median of {repeats})"
         )
     log(f"NFE ratio: {nfe_ratio:.2f}")
     log(f"time ratio: {time_ratio:.2f}")
@@ -164,8 +167,8 @@ def bench_rgsd(
     return res
 
 
-#: the render size of the Make-It-3D refine stage (makeit3d-refine.yaml data.height/width; M3D renders
-#: its refine stage at 800 x 800): `hifi123 bench raster` measures there by default
+#: the render size of the Make-It-3D refine stage (makeit3d-refine.yaml data.height/width; M3D
+#: renders its refine stage at 800 x 800): `hifi123 bench raster` measures there by default
 REFINE_RENDER_SIZE = 800
 
 

@@ -1,14 +1,15 @@
 """The `hifi123` command.
 
     hifi123 tiny-models --out DIR
-    hifi123 rgnv --ref R --coarse V1 [V2 ...] --out DIR [--prompt P] [--steps 50] [--inject-steps 30]
-                 [--model ID_OR_DIR] [--tiny]
+    hifi123 rgnv --ref R --coarse V1 [V2 ...] --out DIR [--prompt P] [--steps 50]
+        [--inject-steps 30] [--model ID_OR_DIR] [--tiny]
     hifi123 bench rgnv [--views 4] [--steps 50] [--inject-steps 30]
     hifi123 bench rgsd [--iterations 8] [--steps 20] [--inject-steps 12]
     hifi123 preprocess IMAGE_OR_DIR [--out DIR] ...
     hifi123 eval single-view|gso ...
     hifi123 align-mesh MESH --ref <name>_rgba.png --out DIR [--pose ...] [--elevation DEG]
-    hifi123 run IMAGE | --manifest FILE [--method hifi123|makeit3d] [--gpu 0 | --gpus 0,1] [--lowvram] [--dry-run]
+    hifi123 run IMAGE | --manifest FILE [--method hifi123|makeit3d] [--gpu 0 | --gpus 0,1]
+        [--lowvram] [--dry-run]
     hifi123 report OUT [--dest DIR]
 
 User errors (bad files, missing models) print a short explanation and exit with code 2; they are

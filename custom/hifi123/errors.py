@@ -76,8 +76,8 @@ def check_config_keys(given, known, path: str, owner: str, foreign_hint: bool = 
     if foreign_hint:
         fix = (
             f"these look like another component's settings: a command-line override merges into "
-            f"`{path}` and cannot remove keys, so copy the YAML and replace the whole `{path}` block "
-            f"with {owner}'s keys only, then pass that YAML to --config"
+            f"`{path}` and cannot remove keys, so copy the YAML and replace the whole `{path}` "
+            f"block with {owner}'s keys only, then pass that YAML to --config"
         )
     raise InputError(
         f"{owner} does not know {', '.join(named)}",

@@ -24,10 +24,13 @@ from .errors import InputError, ModelNotFoundError
 TETS = "load/tets/{res}_tets.npz"
 SHIPPED_TETS = (32, 64, 128)
 ZERO123_DOWNLOAD = {
-    "zero123-guidance": "cd load/zero123 && wget https://zero123.cs.columbia.edu/assets/zero123-xl.ckpt",
+    "zero123-guidance": (
+        "cd load/zero123 && wget https://zero123.cs.columbia.edu/assets/zero123-xl.ckpt"
+    ),
     "stable-zero123-guidance": (
         "accept the licence of stabilityai/stable-zero123 on the hub, then "
-        "`huggingface-cli download stabilityai/stable-zero123 stable_zero123.ckpt --local-dir load/zero123`"
+        "`huggingface-cli download stabilityai/stable-zero123 stable_zero123.ckpt --local-dir "
+        "load/zero123`"
     ),
 }
 GATED = {
@@ -53,8 +56,8 @@ def check_tets(resolution: Any, field: str) -> str:
         return path
     if int(resolution) in SHIPPED_TETS:
         fix = (
-            "run launch.py from the threestudio root (the folder holding load/); the file ships with "
-            f"threestudio's repository: restore it with `git checkout -- {path}` there"
+            "run launch.py from the threestudio root (the folder holding load/); the file ships "
+            f"with threestudio's repository: restore it with `git checkout -- {path}` there"
         )
     else:
         fix = (
@@ -144,8 +147,9 @@ def building(kind: str, path: str) -> Iterator[None]:
         ):
             raise InputError(
                 f"{path} ({kind}): the model hub refused access: {text.splitlines()[0][:200]}",
-                "a model this machine may download (gated models need an accepted licence and a login)",
-                "accept the model's licence on its hub page and run `huggingface-cli login`, or point "
-                f"{path}.pretrained_model_name_or_path at a local folder",
+                "a model this machine may download (gated models need an accepted licence and a "
+                "login)",
+                "accept the model's licence on its hub page and run `huggingface-cli login`, or "
+                f"point {path}.pretrained_model_name_or_path at a local folder",
             ) from err
         raise

@@ -152,7 +152,10 @@ def resolve_last(path: Optional[str], field: str = "system.geometry_convert_from
 
         return latest_last_checkpoint(os.path.join(max(finished, key=mtime), rest))
     if not found:
-        what = f"{field}={path}: no trial folder {tag}@<time> (or {tag}) in {os.path.abspath(directory)}"
+        what = (
+            f"{field}={path}: no trial folder {tag}@<time> (or {tag}) in "
+            f"{os.path.abspath(directory)}"
+        )
     else:
         listed = "; ".join(f"{os.path.basename(t)}: {why}" for t, why in sorted(checked))
         what = f"{field}={path}: no finished trial among {len(found)} found ({listed})"

@@ -50,7 +50,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--size",
         type=integer(16, multiple=4),
         default=800,
-        help="render size (multiple of 4; default 800, the refine config's; 2 px point radius at every size)",
+        help=(
+            "render size (multiple of 4; default 800, the refine config's; 2 px point radius at "
+            "every size)"
+        ),
     )
     bq.add_argument("--repeats", type=integer(1), default=5, help="timing repeats (median)")
     bq.add_argument(

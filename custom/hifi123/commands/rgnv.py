@@ -1,4 +1,5 @@
-"""`hifi123 rgnv`: reference-guided novel-view enhancement (HiFi-123 RGNV) of any generator's views."""
+"""`hifi123 rgnv`: reference-guided novel-view enhancement (HiFi-123 RGNV) of any generator's
+views."""
 
 from __future__ import annotations
 
@@ -246,8 +247,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument(
         "--prompt",
         default=None,
-        help="target prompt, e.g. 'side view of a parrot' (default: the caption file next to --ref, "
-        f"<name>_caption.txt, else {DEFAULT_VIEW_PROMPT!r}; CFG needs a prompt to act)",
+        help=(
+            "target prompt, e.g. 'side view of a parrot' (default: the caption file next to "
+            f"--ref, <name>_caption.txt, else {DEFAULT_VIEW_PROMPT!r}; CFG needs a prompt to act)"
+        ),
     )
     r.add_argument("--negative-prompt", default="")
     r.add_argument("--steps", type=integer(1), default=50, help="DDIM steps T (default 50)")

@@ -18,7 +18,8 @@ def _cmd_tiny_models(args) -> int:
     for name, d in written.items():
         print(f"{name:10s} {d}")
     print(
-        f"\nPoint a model field at one of these, e.g. `hifi123 rgnv --model {written['sd2-depth']} ...`"
+        "\nPoint a model field at one of these, e.g. `hifi123 rgnv --model "
+        f"{written['sd2-depth']} ...`"
     )
     return 0
 

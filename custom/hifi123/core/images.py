@@ -16,7 +16,10 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 
-PREPROCESS_FIX = "cut the object out and pad it to a square with `hifi123 preprocess {path}` (writes <name>_rgba.png)"
+PREPROCESS_FIX = (
+    "cut the object out and pad it to a square with `hifi123 preprocess {path}` (writes "
+    "<name>_rgba.png)"
+)
 MIN_SIZE = 32
 
 
@@ -104,8 +107,8 @@ def load_rgba(path: str, role: str = "image", require_square: bool = True) -> np
         )
     if (rgba[..., 3] > 0.5).all():
         raise InputError(
-            f"{role} {path} is opaque everywhere (alpha is 1 on every pixel): the whole frame would be "
-            "taken for the object",
+            f"{role} {path} is opaque everywhere (alpha is 1 on every pixel): the whole frame "
+            "would be taken for the object",
             "an alpha channel that cuts the object out of its background",
             PREPROCESS_FIX.format(path=path),
         )
@@ -115,7 +118,8 @@ def load_rgba(path: str, role: str = "image", require_square: bool = True) -> np
 def load_depth(
     path: str, shape: Optional[Tuple[int, int]] = None, role: str = "depth map"
 ) -> np.ndarray:
-    """Read a depth/disparity map (threestudio `_depth.png`: near = bright) as float32 [H,W] in [0,1].
+    """Read a depth/disparity map (threestudio `_depth.png`: near = bright) as float32 [H,W] in
+    [0,1].
 
     `shape` (H, W) is the image it belongs to; a mismatch is an error.
     """
@@ -125,14 +129,16 @@ def load_depth(
         colour = arr[..., :3]
         if colour.shape[-1] > 1 and np.abs(colour - colour[..., :1]).max() > 1.0 / 255.0:
             raise InputError(
-                f"{role} {path} is a colour image (mode {img.mode}); its red channel would be read as depth",
+                f"{role} {path} is a colour image (mode {img.mode}); its red channel would be "
+                "read as depth",
                 "a single-channel depth map (grey, near = bright), as `hifi123 preprocess` writes",
                 "pass the depth map, not the photo (or omit it to estimate depth with DPT)",
             )
         arr = arr[..., 0]
     if shape is not None and tuple(arr.shape) != tuple(shape):
         raise InputError(
-            f"{role} {path} is {arr.shape[1]}x{arr.shape[0]} but its image is {shape[1]}x{shape[0]}",
+            f"{role} {path} is {arr.shape[1]}x{arr.shape[0]} but its image is "
+            f"{shape[1]}x{shape[0]}",
             "a depth map of the same size as its image",
             "resize the depth map, or omit it to estimate depth with DPT",
         )

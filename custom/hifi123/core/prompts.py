@@ -72,6 +72,7 @@ def resolve_prompt(
         raise InputError(
             f"no prompt: {source}",
             f"a non-empty `{prompt_field}` or a one-line caption in {cap}",
-            f'set `{prompt_field}="a photo of ..."`, or run `hifi123 preprocess <image>` (writes the caption)',
+            f'set `{prompt_field}="a photo of ..."`, or run `hifi123 preprocess <image>` (writes '
+            "the caption)",
         )
     return text, source

@@ -110,7 +110,8 @@ def check_declared(
 
 # ------------------------------------------------------------------ structured-config derivation
 def plain_type(tp: Any) -> Any:
-    """The OmegaConf-compatible form of an annotation: Literal -> its value type, tuples -> lists."""
+    """The OmegaConf-compatible form of an annotation: Literal -> its value type,
+    tuples -> lists."""
     inner, optional = _strip_optional(tp)
     origin = typing.get_origin(inner)
     if origin is typing.Literal:

@@ -121,7 +121,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lpips-model",
         default=DEFAULT_EVAL_MODELS["lpips"],
-        help="LPIPS backbone: `torchvision` (torch hub cache) or a folder with the torchvision checkpoint",
+        help=(
+            "LPIPS backbone: `torchvision` (torch hub cache) or a folder with the torchvision "
+            "checkpoint"
+        ),
     )
     p.add_argument(
         "--keep-background",
@@ -149,7 +152,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument(
         "--views",
         required=True,
-        help="a threestudio trial directory (its save/it<N>-test renders), a folder of images or a video",
+        help=(
+            "a threestudio trial directory (its save/it<N>-test renders), a folder of images or "
+            "a video"
+        ),
     )
     s.add_argument(
         "--ref-view",
@@ -167,7 +173,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument(
         "--clip-model",
         default=DEFAULT_EVAL_MODELS["clip"],
-        help="open_clip:NAME/TAG, hf-hub:ORG/REPO, an open_clip folder, or a transformers CLIP id/folder",
+        help=(
+            "open_clip:NAME/TAG, hf-hub:ORG/REPO, an open_clip folder, or a transformers CLIP "
+            "id/folder"
+        ),
     )
     s.add_argument(
         "--vgg-model",

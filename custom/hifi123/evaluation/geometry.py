@@ -162,7 +162,8 @@ def fitting_distance(radius: float, fovy_deg: float, margin: float = 1.05) -> fl
 def render_depth(
     vertices: np.ndarray, faces: np.ndarray, c2w: np.ndarray, fovy_deg: float, size: int
 ) -> np.ndarray:
-    """Camera z-depth map [size, size] of a mesh (inf where empty), threestudio camera convention."""
+    """Camera z-depth map [size, size] of a mesh (inf where empty), threestudio camera
+    convention."""
     v = np.asarray(vertices, dtype=np.float64)
     c2w = np.asarray(c2w, dtype=np.float64)
     R, t = c2w[:3, :3], c2w[:3, 3]

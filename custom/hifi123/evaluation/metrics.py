@@ -47,7 +47,8 @@ CX_EPS = 1e-5
 def _check_pair(pred: torch.Tensor, gt: torch.Tensor) -> None:
     if pred.shape != gt.shape or pred.dim() != 4:
         raise ValueError(
-            f"expected two [B,C,H,W] tensors of one shape, got {tuple(pred.shape)} and {tuple(gt.shape)}"
+            f"expected two [B,C,H,W] tensors of one shape, got {tuple(pred.shape)} and "
+            f"{tuple(gt.shape)}"
         )
 
 
@@ -86,7 +87,8 @@ def ssim(pred: torch.Tensor, gt: torch.Tensor, data_range: float = 1.0) -> torch
     _check_pair(pred, gt)
     if min(pred.shape[-2:]) < SSIM_WINDOW:
         raise ValueError(
-            f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {tuple(pred.shape[-2:])}"
+            f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got "
+            f"{tuple(pred.shape[-2:])}"
         )
     x, y = pred.double(), gt.double()
     c = x.shape[1]

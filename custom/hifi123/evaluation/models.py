@@ -174,8 +174,9 @@ def _preflight_torchvision(ref: str, field: str, arch: str) -> str:
             f"torchvision's {arch} checkpoint is not in the torch hub cache ({path}) and the "
             "machine is offline (HF_HUB_OFFLINE=1)",
             f'on a connected machine run `python -c "import torchvision; torchvision.models.{name}'
-            f"(weights='IMAGENET1K_V1')\"` and copy {TORCHVISION_FILES[arch]} to {os.path.dirname(path)} "
-            f"(or into a folder you pass as {field}); for an offline smoke run pass --tiny",
+            f"(weights='IMAGENET1K_V1')\"` and copy {TORCHVISION_FILES[arch]} to "
+            f"{os.path.dirname(path)} (or into a folder you pass as {field}); for an offline "
+            "smoke run pass --tiny",
         )
     return path
 
@@ -290,7 +291,8 @@ def vgg19_layer_names() -> List[str]:
 
 
 class VGG19Features(torch.nn.Module):
-    """torchvision-indexed VGG19 `features`, cut after `layer`; input [0,1] RGB (normalised here)."""
+    """torchvision-indexed VGG19 `features`, cut after `layer`; input [0,1] RGB (normalised
+    here)."""
 
     def __init__(self, widths: Sequence[int] = VGG19_WIDTHS, layer: str = "relu5_4"):
         super().__init__()
@@ -594,7 +596,9 @@ def write_tiny_lpips(out_dir: str) -> None:
         {
             "backbone": "random",
             "seed": TINY_SEED + 2,
-            "hifi123_note": "lpips v0.1 linear heads (shipped with the package) on a seeded random backbone",
+            "hifi123_note": (
+                "lpips v0.1 linear heads (shipped with the package) on a seeded random backbone"
+            ),
         },
     )
 

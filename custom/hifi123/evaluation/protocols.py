@@ -16,8 +16,8 @@ Single-view protocol (Make-It-3D Tab. 1-2, HiFi-123 Tab. 2-3 left half)
 GSO protocol (SyncDreamer's, HiFi-123 Tab. 2 right half)
     * Predicted and ground-truth views are paired in natural sort order (16 expected), composited
       on white, and resized (bilinear, antialiased) to 256 x 256 when they are another size.
-    * PSNR (torchmetrics) and SSIM (ours, border cropped; data range 1) and LPIPS (VGG16, lpips v0.1)
-      per view, averaged.
+    * PSNR (torchmetrics) and SSIM (ours, border cropped; data range 1) and LPIPS (VGG16, lpips
+      v0.1) per view, averaged.
     * With --pred-mesh/--gt-mesh: each mesh is normalised to a unit bounding box (centred, longest
       side 1; --mesh-normalize none keeps the coordinates, e.g. for meshes already aligned in the
       GT frame), then Chamfer distance from points back-projected from 16 rendered depth maps
@@ -332,7 +332,8 @@ def load_mesh(path: str, flag: str):
         raise InputError(
             f"{flag} {path} does not exist",
             "a mesh file (.obj, .ply, .glb, .stl, .off)",
-            "check the path (threestudio exports meshes with `--export`: save/it<N>-export/model.obj)",
+            "check the path (threestudio exports meshes with `--export`: "
+            "save/it<N>-export/model.obj)",
         )
     try:
         import trimesh
@@ -391,16 +392,18 @@ def _gso_inputs(s: GSOSettings):
     if len(pred) != len(gt):
         raise InputError(
             f"--pred {s.pred} has {len(pred)} views but --gt {s.gt} has {len(gt)}",
-            "one predicted view per ground-truth view (16 in the GSO protocol), paired in sorted order",
+            "one predicted view per ground-truth view (16 in the GSO protocol), paired in sorted "
+            "order",
             "render the prediction at the ground truth's cameras",
         )
     for pn, gn, p, g in zip(pred_names, gt_names, pred, gt):
         if p.shape != g.shape:
             raise InputError(
-                f"size mismatch: --pred {os.path.join(s.pred, pn)} is {p.shape[1]}x{p.shape[0]} but "
-                f"--gt {os.path.join(s.gt, gn)} is {g.shape[1]}x{g.shape[0]}",
+                f"size mismatch: --pred {os.path.join(s.pred, pn)} is {p.shape[1]}x{p.shape[0]} "
+                f"but --gt {os.path.join(s.gt, gn)} is {g.shape[1]}x{g.shape[0]}",
                 "each predicted view the size of its ground-truth view",
-                "render the prediction at the ground truth's resolution (256 x 256 in the GSO protocol)",
+                "render the prediction at the ground truth's resolution (256 x 256 in the GSO "
+                "protocol)",
             )
     if bool(s.pred_mesh) != bool(s.gt_mesh):
         missing = "--gt-mesh" if s.pred_mesh else "--pred-mesh"
@@ -434,7 +437,8 @@ def _gso_geometry(s: GSOSettings, meshes, notes: List[str]) -> Dict[str, Any]:
         for w, flag in ((pw, "--pred-mesh"), (gw, "--gt-mesh")):
             if not w:
                 notes.append(
-                    f"{flag} is not watertight: inside/outside (volume IoU) is a 3-axis parity majority vote"
+                    f"{flag} is not watertight: inside/outside (volume IoU) is a 3-axis parity "
+                    "majority vote"
                 )
         if s.up == "y":
             pv, gv = y_up_to_z_up(pv), y_up_to_z_up(gv)
@@ -463,7 +467,8 @@ def _gso_geometry(s: GSOSettings, meshes, notes: List[str]) -> Dict[str, Any]:
             ) from err
     else:
         notes.append(
-            "no meshes given: Chamfer distance and volume IoU not computed (pass --pred-mesh and --gt-mesh)"
+            "no meshes given: Chamfer distance and volume IoU not computed (pass --pred-mesh and "
+            "--gt-mesh)"
         )
     return geometry
 
@@ -473,7 +478,9 @@ def _gso_settings(
 ) -> Dict[str, Any]:
     """Every setting the GSO report prints."""
     settings = {
-        "protocol": "GSO (SyncDreamer's eval_nvs / eval_mesh, as used in HiFi-123 Tab. 2; decisions.md 19)",
+        "protocol": (
+            "GSO (SyncDreamer's eval_nvs / eval_mesh, as used in HiFi-123 Tab. 2; decisions.md 19)"
+        ),
         "background": "white (RGBA composited with alpha)",
         "views": {
             "pred": os.path.abspath(s.pred),
@@ -536,10 +543,16 @@ def _gso_settings(
                 "sampling": "area-uniform, seeded",
             },
             "voxel_size": s.voxel_size,
-            "voxel_downsample": "centroid per occupied voxel, grid anchored at min - voxel/2 (Open3D)",
-            "chamfer_formula": "0.5 * (mean NN dist pred->gt + mean NN dist gt->pred) (scipy cKDTree)",
+            "voxel_downsample": (
+                "centroid per occupied voxel, grid anchored at min - voxel/2 (Open3D)"
+            ),
+            "chamfer_formula": (
+                "0.5 * (mean NN dist pred->gt + mean NN dist gt->pred) (scipy cKDTree)"
+            ),
             "iou_resolution": s.iou_resolution,
-            "iou_grid": "cube around the union bbox, side 1.05 x longest extent, occupancy at cell centres",
+            "iou_grid": (
+                "cube around the union bbox, side 1.05 x longest extent, occupancy at cell centres"
+            ),
             "inside_test": "ray parity on our rasteriser along x, y, z, majority vote",
             "details": {k: v for k, v in geometry.items() if k not in ("chamfer", "volume_iou")},
         }
@@ -590,7 +603,8 @@ def run_gso(s: GSOSettings) -> Dict[str, Any]:
             diffs.append(f"{k}={getattr(s, k)} (protocol: {want})")
     if native != [s.size, s.size]:
         notes.append(
-            f"views are {native[1]}x{native[0]}; resized to {s.size}x{s.size} (bilinear, antialiased)"
+            f"views are {native[1]}x{native[0]}; resized to {s.size}x{s.size} (bilinear, "
+            "antialiased)"
         )
     settings = _gso_settings(s, lp_ref, lp, dev, pred, native, meshes, geometry)
     return _report(PROTOCOL_GSO, metrics, settings, per_view, diffs, notes, t0)

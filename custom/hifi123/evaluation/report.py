@@ -1,10 +1,11 @@
 """Reports: JSON (everything) and a markdown table (metrics, the papers' numbers when the protocol
 matches, every setting, per-view values, notes).
 
-The papers' numbers (`configs/eval/<protocol>.yaml`; algorithms.md E) are shown beside ours only when our run follows the protocol
-(default models, sizes, layers; 16 views at 256 x 256 for GSO). Neither paper states its CLIP
-backbone, contextual layer or image size, so even then the single-view comparison is indicative:
-our settings are decisions.md 19. `None` marks numbers lost in the papers' text extraction.
+The papers' numbers (`configs/eval/<protocol>.yaml`; algorithms.md E) are shown beside ours only
+when our run follows the protocol (default models, sizes, layers; 16 views at 256 x 256 for GSO).
+Neither paper states its CLIP backbone, contextual layer or image size, so even then the single-view
+comparison is indicative: our settings are decisions.md 19. `None` marks numbers lost in the papers'
+text extraction.
 """
 
 from __future__ import annotations

@@ -247,8 +247,9 @@ def find_test_renders(path: str) -> Tuple[str, str, Optional[str]]:
     raise InputError(
         f"--views {path} holds no test renders and no images",
         "save/it<N>-test/*.png or save/it<N>-test.mp4 (a threestudio trial), or image files",
-        "run threestudio's test stage first (`python launch.py --config <trial>/configs/parsed.yaml "
-        "--test resume=<trial>/ckpts/last.ckpt`), or pass a folder of images",
+        "run threestudio's test stage first (`python launch.py --config "
+        "<trial>/configs/parsed.yaml --test resume=<trial>/ckpts/last.ckpt`), or pass a folder "
+        "of images",
     )
 
 
@@ -307,7 +308,8 @@ def load_view_set(path: str, mask_with_opacity: bool = True) -> ViewSet:
         vs.camera = _read_parsed_config(trial) if trial else {}
     if vs.lossy:
         vs.notes.append(
-            "views decoded from a lossy video; re-run the test stage keeping the PNG folder for exact numbers"
+            "views decoded from a lossy video; re-run the test stage keeping the PNG folder for "
+            "exact numbers"
         )
     return vs
 
@@ -348,8 +350,8 @@ def select_reference(vs: ViewSet, ref_view: Optional[str], ref_azimuth: Optional
                 if fr.name == str(ref_view) or (in_set and fr.name == base):
                     idx = i
             if idx is None and os.path.isfile(str(ref_view)):
-                # an image outside the set: the reference-view render; every view of the set is novel
-                # except (threestudio sets) those at the reference azimuth
+                # an image outside the set: the reference-view render; every view of the set is
+                # novel except (threestudio sets) those at the reference azimuth
                 rgb, _, _ = to_white_rgb(_read_image(str(ref_view), "--ref-view image"), True)
                 keep = list(range(n))
                 if vs.kind.startswith("threestudio"):
@@ -385,7 +387,8 @@ def select_reference(vs: ViewSet, ref_view: Optional[str], ref_azimuth: Optional
         )
         if dist[idx] > 1e-3 * step:
             vs.notes.append(
-                f"no test frame at the reference azimuth {az:g} deg; nearest is {vs.frames[idx].azimuth:.2f} deg"
+                f"no test frame at the reference azimuth {az:g} deg; nearest is "
+                f"{vs.frames[idx].azimuth:.2f} deg"
             )
         return idx, novel, rule
     return 0, list(range(1, n)), "first view in natural sort order (pass --ref-view to choose)"
@@ -440,7 +443,8 @@ def load_image_folder(
         )
         if rgb.shape[0] != rgb.shape[1]:
             raise InputError(
-                f"{flag} image {os.path.join(path, f)} is {rgb.shape[1]}x{rgb.shape[0]}, not square",
+                f"{flag} image {os.path.join(path, f)} is {rgb.shape[1]}x{rgb.shape[0]}, not "
+                "square",
                 "square views (256 x 256 in the GSO protocol)",
                 "render square views",
             )

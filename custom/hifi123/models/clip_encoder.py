@@ -125,7 +125,9 @@ def parse_clip_reference(ref: str, field: str) -> Tuple[str, str, Optional[str]]
                 ref,
                 field,
                 "an open_clip reference needs NAME/TAG",
-                extra_fix=f"write it as {field} open_clip:{DEFAULT_OPEN_CLIP[0]}/{DEFAULT_OPEN_CLIP[1]}",
+                extra_fix=(
+                    f"write it as {field} open_clip:{DEFAULT_OPEN_CLIP[0]}/{DEFAULT_OPEN_CLIP[1]}"
+                ),
             )
         name, tag = body.split("/", 1)
         return "open_clip", name, tag
@@ -180,7 +182,9 @@ def preflight_clip(
                 model,
                 field,
                 f"the open_clip directory {d} has no {' or '.join(_OPEN_CLIP_WEIGHTS)}",
-                extra_fix="copy the weights next to open_clip_config.json (open_clip's save layout)",
+                extra_fix=(
+                    "copy the weights next to open_clip_config.json (open_clip's save layout)"
+                ),
             )
         return
     if model.startswith("hf-hub:"):
@@ -200,7 +204,9 @@ def preflight_clip(
             model,
             field,
             "not an open_clip architecture name",
-            extra_fix=f"use a built-in name such as {DEFAULT_OPEN_CLIP[0]} (open_clip.list_models())",
+            extra_fix=(
+                f"use a built-in name such as {DEFAULT_OPEN_CLIP[0]} (open_clip.list_models())"
+            ),
         )
     if not pretrained:
         raise ModelNotFoundError(
@@ -220,15 +226,16 @@ def preflight_clip(
         raise ModelNotFoundError(
             pretrained,
             pretrained_field,
-            f"not a pretrained tag of {name} (known: {', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'})",
+            f"not a pretrained tag of {name} (known: "
+            f"{', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'})",
         )
     hub = (cfg.get("hf_hub") or "").strip("/")
     if is_offline() and hub and not any(loader.hub_file_cached(hub, f) for f in _OPEN_CLIP_WEIGHTS):
         raise ModelNotFoundError(
             hub,
             pretrained_field,
-            f"the weights of {name}/{pretrained} are not in the local hub cache and the hub is offline "
-            "(HF_HUB_OFFLINE=1)",
+            f"the weights of {name}/{pretrained} are not in the local hub cache and the hub is "
+            "offline (HF_HUB_OFFLINE=1)",
             extra_fix="fill the hub cache where the hub is reachable (`huggingface-cli download "
             f"{hub}`, then copy ~/.cache/huggingface here), or use a transformers CLIP folder with "
             "the same OpenAI weights (openai/clip-vit-base-patch16)",

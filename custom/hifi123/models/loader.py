@@ -167,8 +167,10 @@ def _wrap_load_error(ref: str, field: str, err: Exception) -> ModelNotFoundError
             ref,
             field,
             f"the model hub could not be reached, so the network is the cause ({network})",
-            extra_fix="check this machine's network and proxy settings (HTTPS_PROXY) and try again, or "
-            "set HF_HUB_OFFLINE=1 to use only models already in the local hub cache",
+            extra_fix=(
+                "check this machine's network and proxy settings (HTTPS_PROXY) and try again, or "
+                "set HF_HUB_OFFLINE=1 to use only models already in the local hub cache"
+            ),
         )
     return ModelNotFoundError(ref, field, f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
 

@@ -228,20 +228,15 @@ def _seed(offset: int) -> None:
     torch.manual_seed(TINY_SEED + offset)
 
 
-def _sd_pipeline(vae, text_encoder, tokenizer, unet):
-    """A StableDiffusionPipeline with the family's scheduler and no safety checker."""
+def _sd_pipeline(parts: dict):
+    """A StableDiffusionPipeline of `parts` (vae, text_encoder, tokenizer, unet) with the
+    family's scheduler and no safety checker."""
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=tiny_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
+        **parts, scheduler=tiny_scheduler(), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
-    )
+    )  # fmt: skip
 
 
 def write_sd(out_dir: str, depth: bool) -> None:
@@ -255,29 +250,25 @@ def write_sd(out_dir: str, depth: bool) -> None:
     vae = tiny_vae()
     _seed(2)
     text_encoder = CLIPTextModel(_text_config(vocab_size))
+    parts = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet)
     if depth:
         _seed(3)
         dpt, proc = tiny_dpt()
         pipe = StableDiffusionDepth2ImgPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=tiny_scheduler(),
-            depth_estimator=dpt,
-            feature_extractor=proc,
+            **parts, scheduler=tiny_scheduler(), depth_estimator=dpt, feature_extractor=proc
         )
     else:
-        pipe = _sd_pipeline(vae, text_encoder, tokenizer, unet)
+        pipe = _sd_pipeline(parts)
     pipe.save_pretrained(out_dir, safe_serialization=True)
 
 
 def write_sd_x8(out_dir: str) -> None:
-    """A tiny StableDiffusionPipeline for threestudio's own SD guidances (`stable-diffusion-guidance`,
-    `-unified-`, `-vsd-`), which resize every render to 512 px and encode it: this VAE downsamples
-    x8 like SD's (512 px -> 64x64 latents, not the x2 of the others), the UNet attends only at its
-    lowest resolution (16x16 tokens), and its time embedding is 1280 wide, the width threestudio's
-    camera-conditioned LoRA (VSD) hard-codes. Everything else as `sd2-base`."""
+    """A tiny StableDiffusionPipeline for threestudio's own SD guidances
+    (`stable-diffusion-guidance`, `-unified-`, `-vsd-`), which resize every render to 512 px and
+    encode it: this VAE downsamples x8 like SD's (512 px -> 64x64 latents, not the x2 of the
+    others), the UNet attends only at its lowest resolution (16x16 tokens), and its time embedding
+    is 1280 wide, the width threestudio's camera-conditioned LoRA (VSD) hard-codes. Everything else
+    as `sd2-base`."""
     from transformers import CLIPTextModel
 
     tok_dir, vocab_size, tokenizer = clip_tokenizer_in(out_dir, "tokenizer")
@@ -294,9 +285,8 @@ def write_sd_x8(out_dir: str) -> None:
     vae = _vae((8, 8, 16, 16), 512)
     _seed(9)
     text_encoder = CLIPTextModel(_text_config(vocab_size))
-    _sd_pipeline(vae, text_encoder, tokenizer, unet).save_pretrained(
-        out_dir, safe_serialization=True
-    )
+    parts = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet)
+    _sd_pipeline(parts).save_pretrained(out_dir, safe_serialization=True)
 
 
 def write_upscaler(out_dir: str) -> None:
@@ -332,14 +322,9 @@ def write_upscaler(out_dir: str) -> None:
         set_alpha_to_one=False,
         steps_offset=1,
     )
+    parts = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet)
     pipe = StableDiffusionUpscalePipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        low_res_scheduler=low_res,
-        scheduler=sched,
-        max_noise_level=350,
+        **parts, low_res_scheduler=low_res, scheduler=sched, max_noise_level=350
     )
     pipe.save_pretrained(out_dir, safe_serialization=True)
 

@@ -1,4 +1,5 @@
-"""Preprocessing: one command from a photo to threestudio's single-image inputs (`hifi123 preprocess`).
+"""Preprocessing: one command from a photo to threestudio's single-image inputs
+(`hifi123 preprocess`).
 
     inputs.py    discovery, decoding, documented conversions (CMYK, 16-bit, grayscale, palette,
                  EXIF orientation), when an input alpha is kept

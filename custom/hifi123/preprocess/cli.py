@@ -1,6 +1,7 @@
 """The `hifi123 preprocess` subcommand. `add_parser(subparsers)` registers it on the `hifi123`
 command's subparsers and sets `func`; `run(args)` returns the exit code (0 ok, 2 when a file in a
-folder failed). Single-input errors are raised as `Hifi123Error` for `hifi123.commands.dispatch` to print.
+folder failed). Single-input errors are raised as `Hifi123Error` for `hifi123.commands.dispatch` to
+print.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ examples:
   hifi123 preprocess photo.jpg                       # segment, depth (DPT), normals, BLIP-2 caption
   hifi123 preprocess cutout.png --caption "a teapot"  # keeps cutout.png's alpha, no captioner
   hifi123 preprocess photos/ --out prepped/ --size 256
-  hifi123 preprocess photo.jpg --tiny                # offline smoke run on tiny random models (noise)
+  hifi123 preprocess photo.jpg --tiny                # offline smoke run, tiny random models
 """
 
 
@@ -31,7 +32,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "preprocess",
         help="photo(s) -> threestudio inputs: cut-out, recentred RGBA, depth, normals, caption",
-        description="Turn a photo (or every image in a folder) into threestudio's single-image inputs.",
+        description=(
+            "Turn a photo (or every image in a folder) into threestudio's single-image inputs."
+        ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -55,7 +58,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     cap.add_argument(
         "--caption",
         default=None,
-        help="the caption to write (no captioning model loads; the same for every image of a folder)",
+        help=(
+            "the caption to write (no captioning model loads; the same for every image of a folder)"
+        ),
     )
     cap.add_argument("--no-caption", action="store_true", help="write no caption file")
     p.add_argument(
@@ -117,7 +122,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--relief",
         type=real(0.0, 10.0, low_open=True),
         default=0.5,
-        help="assumed depth range of the object / its largest extent, for normals from DPT (default 0.5)",
+        help=(
+            "assumed depth range of the object / its largest extent, for normals from DPT "
+            "(default 0.5)"
+        ),
     )
     p.add_argument(
         "--tiny",

@@ -62,7 +62,10 @@ def output_name(path: str) -> str:
 
 
 def _fix_open(path: str) -> str:
-    return f"check the path; preprocess takes an image file or a folder of images ({', '.join(IMAGE_EXTS)})"
+    return (
+        "check the path; preprocess takes an image file or a folder of images "
+        f"({', '.join(IMAGE_EXTS)})"
+    )
 
 
 def discover(target: str) -> List[str]:
@@ -214,8 +217,8 @@ def read_image(
             img = img.convert("RGBA")
         img.thumbnail((max_side, max_side), Image.LANCZOS)  # in place, keeps the aspect ratio
         notes.append(
-            f"downsized from {before[0]}x{before[1]} to {img.size[0]}x{img.size[1]} before processing "
-            "(the outputs are --size pixels)"
+            f"downsized from {before[0]}x{before[1]} to {img.size[0]}x{img.size[1]} before "
+            "processing (the outputs are --size pixels)"
         )
     arr = _decode(img, notes)
     h, w = arr.shape[:2]
@@ -236,9 +239,10 @@ def read_image(
         elif not (a > ALPHA_THRESHOLD).any():
             raise InputError(
                 f"input {path} has an empty foreground: its alpha channel is below 0.5 everywhere",
-                "an alpha channel that covers the object (threestudio reads mask = alpha > 0.5), or "
-                "no alpha at all",
-                f"re-export the cut-out, or segment the photo instead: hifi123 preprocess {path} --ignore-alpha",
+                "an alpha channel that covers the object (threestudio reads mask = alpha > 0.5), "
+                "or no alpha at all",
+                f"re-export the cut-out, or segment the photo instead: hifi123 preprocess {path} "
+                "--ignore-alpha",
             )
         else:
             alpha = a

@@ -302,7 +302,8 @@ def is_up_to_date(input_path: str, paths: OutputPaths, settings: dict) -> bool:
 
 
 def contact_sheet(rgba_u8: np.ndarray, depth_u8: np.ndarray, normal_u8: np.ndarray) -> np.ndarray:
-    """uint8 [H, 3W + 4 pad, 3]: rgba on a checkerboard | depth | normals as (n + 1) / 2 (x,y,z = RGB)."""
+    """uint8 [H, 3W + 4 pad, 3]: rgba on a checkerboard | depth | normals as (n + 1) / 2
+    (x,y,z = RGB)."""
     from ..core.normals import decode_normal_png
 
     h, w = depth_u8.shape
@@ -365,8 +366,8 @@ def _object_alpha(img: InputImage, cfg: PreprocessConfig, models: Models):
             f"input {img.path}: the segmentation found no foreground ({seg.description}, "
             f"threshold {cfg.seg_threshold})",
             "an object in front of a background",
-            "cut the object out yourself and pass an RGBA image, or try a lower --seg-threshold, another "
-            "--seg-prompt or another --seg-model",
+            "cut the object out yourself and pass an RGBA image, or try a lower --seg-threshold, "
+            "another --seg-prompt or another --seg-model",
         )
     return mask.astype(
         np.float32
@@ -421,6 +422,28 @@ def _caption(
         )
         return PLACEHOLDER_CAPTION, f"placeholder: BLIP-2 {cap.ref} returned an empty caption"
     return caption, source
+
+
+def _unused_segmentation(cfg: PreprocessConfig) -> List[str]:
+    """A note naming the segmentation options that were set but do not apply: the image keeps
+    its own alpha channel, so no segmenter runs for it."""
+    default = PreprocessConfig()
+    given = [
+        flag
+        for flag, key in (
+            ("--seg-model", "seg_model"),
+            ("--seg-prompt", "seg_prompt"),
+            ("--seg-threshold", "seg_threshold"),
+            ("--foreground-labels", "foreground_labels"),
+        )
+        if tuple(np.atleast_1d(getattr(cfg, key))) != tuple(np.atleast_1d(getattr(default, key)))
+    ]
+    if not given:
+        return []
+    return [
+        f"{', '.join(given)} not used: the input's alpha channel is the mask "
+        "(pass --ignore-alpha to segment it instead)"
+    ]
 
 
 def _input_image(image, cfg: PreprocessConfig, depth_z: Optional[np.ndarray]) -> InputImage:
@@ -506,7 +529,7 @@ def preprocess_image(
     need_seg = img.alpha is None
     name = name or output_name(img.path)
     paths = OutputPaths.of(out_dir, name)
-    notes = list(img.notes)
+    notes = list(img.notes) + ([] if need_seg else _unused_segmentation(cfg))
 
     # 1. the object's alpha
     alpha, alpha_source = _object_alpha(img, cfg, models)

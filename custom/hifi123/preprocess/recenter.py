@@ -40,7 +40,8 @@ class Recentring:
 
 
 def object_bbox(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
-    """(x0, y0, x1, y1) of the True pixels, exclusive ends (pixel-edge coordinates); None if empty."""
+    """(x0, y0, x1, y1) of the True pixels, exclusive ends (pixel-edge coordinates); None if
+    empty."""
     ys = np.nonzero(mask.any(axis=1))[0]
     xs = np.nonzero(mask.any(axis=0))[0]
     if ys.size == 0:

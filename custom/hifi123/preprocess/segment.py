@@ -23,8 +23,9 @@ Two kinds of model are supported, told apart by `config.model_type`:
 
 Mask = probability > `--seg-threshold` (default 0.5), binary (resampling in the recentring step
 gives anti-aliased edges). No matting (edge pixels keep the photo's colours, background included)
-and no hole filling or speckle removal (a speckle far from the object widens the bounding box). **For best results cut the object out yourself** (SAM, rembg, BiRefNet,
-an editor) and pass the RGBA: preprocess keeps a meaningful input alpha and runs no segmenter.
+and no hole filling or speckle removal (a speckle far from the object widens the bounding box).
+**For best results cut the object out yourself** (SAM, rembg, BiRefNet, an editor) and pass the
+RGBA: preprocess keeps a meaningful input alpha and runs no segmenter.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def foreground_ids(
             raise Hifi123Error(
                 f"segmentation model {ref} has no label called 'background' (labels: {shown})",
                 "a model with a background label, or the foreground labels named explicitly",
-                f"pass {field} with the labels that make up the object, e.g. {field} {labels[min(labels)]}",
+                f"pass {field} with the labels that make up the object, e.g. {field} "
+                f"{labels[min(labels)]}",
             )
         return sorted(ids)
     by_name = {v.strip().lower(): k for k, v in labels.items()}
@@ -99,7 +101,8 @@ def check_segmenter(ref: str, wanted: Sequence[str], field: str = "--seg-model")
     cfg = _read_config(ref)
     if cfg.get("model_type") == "clipseg" and wanted:
         raise Hifi123Error(
-            f"--foreground-labels {' '.join(map(str, wanted))} given, but {ref} is a CLIPSeg model (text-prompted)",
+            f"--foreground-labels {' '.join(map(str, wanted))} given, but {ref} is a CLIPSeg "
+            "model (text-prompted)",
             "--foreground-labels only with a semantic-segmentation model (labels in config.json)",
             "describe the object with --seg-prompt TEXT instead",
         )

@@ -182,7 +182,8 @@ def tiny_model_dirs(
     names: Iterable[str] = TINY_PREPROCESS_SET, root: Optional[str] = None
 ) -> Dict[str, str]:
     """Directories of the named tiny models under `root` (default: the per-user cache), each
-    written if missing — the tiny family's own cache (`hifi123.models.tiny.ensure_tiny_models`)."""
+    written if missing — the tiny family's own cache
+    (`hifi123.models.tiny.ensure_tiny_models`)."""
     from ..models.tiny import ensure_tiny_models
 
     return ensure_tiny_models(root, names=names)

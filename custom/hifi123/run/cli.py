@@ -38,7 +38,7 @@ examples:
   hifi123 run photo.jpg --gpu 0,1                      # one object on two GPUs (Lightning DDP)
   hifi123 run photo.jpg --method refine-mesh --mesh triposr.obj   # refine a mesh you already have
   hifi123 run photo.jpg --set trainer.max_steps=2000 --set refine:system.loss.lambda_rgb=500
-  hifi123 run --manifest images.txt --gpus 0,1,2,3     # one worker per GPU, images shared round-robin
+  hifi123 run --manifest images.txt --gpus 0,1,2,3     # one worker per GPU, round-robin
   hifi123 run --manifest images.txt --backend slurm --partition gpu --time 04:00:00
                                                        # one Slurm array job, one task per image
   hifi123 run --manifest images.txt --status           # the summary table now (either backend)
@@ -50,7 +50,10 @@ _GPU_SPEC = re.compile(r"^\d+(,\d+)*$")
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "run",
-        help="one command from a photo to an asset: preprocess, coarse, refine, export, video, evaluation",
+        help=(
+            "one command from a photo to an asset: preprocess, coarse, refine, export, video, "
+            "evaluation"
+        ),
         description="Run the whole pipeline through threestudio's launch.py, resumably.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

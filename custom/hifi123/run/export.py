@@ -15,7 +15,8 @@ keep threestudio's coordinates.
 
 Material: the OBJ's diffuse texture (`map_Kd`, threestudio's albedo) becomes the glTF base colour
 texture, embedded as PNG (the decoded pixels exactly; re-encoding the JPEG would lose detail a
-second time), with metallic 0 and roughness 1 (glTF's defaults would make the albedo look metallic). Vertex colours (mesh-exporter fmt obj) are kept.
+second time), with metallic 0 and roughness 1 (glTF's defaults would make the albedo look metallic).
+Vertex colours (mesh-exporter fmt obj) are kept.
 
 Command line (used by `hifi123 run`):
     python -m hifi123.run.export glb TRIAL_DIR|MODEL.obj [--out MODEL.glb]
@@ -86,15 +87,17 @@ def check_obj(obj_path: str) -> None:
         raise InputError(
             f"mesh {obj_path} not found",
             "an OBJ written by threestudio's mesh-exporter",
-            "export the trial first: python launch.py --config <trial>/configs/parsed.yaml --export "
-            "--gpu 0 resume=<trial>/ckpts/last.ckpt system.exporter_type=mesh-exporter",
+            "export the trial first: python launch.py --config <trial>/configs/parsed.yaml "
+            "--export --gpu 0 resume=<trial>/ckpts/last.ckpt system.exporter_type=mesh-exporter",
         )
     for kind, path in _obj_references(obj_path):
         if not os.path.isfile(path):
             raise InputError(
                 f"{os.path.basename(obj_path)}: its {kind} {path} is missing",
-                "the OBJ, its .mtl and its textures together in one folder, as the exporter wrote them",
-                "copy the whole export folder (model.obj, model.mtl, texture_*.jpg), or re-run the export",
+                "the OBJ, its .mtl and its textures together in one folder, as the exporter "
+                "wrote them",
+                "copy the whole export folder (model.obj, model.mtl, texture_*.jpg), or re-run "
+                "the export",
             )
 
 
@@ -120,7 +123,8 @@ def find_exported_obj(trial: str) -> str:
 
 
 def _material_for_glb(visual):
-    """PBR material for a TextureVisuals: the diffuse texture as base colour, metallic 0, roughness 1."""
+    """PBR material for a TextureVisuals: the diffuse texture as base colour, metallic 0, roughness
+    1."""
     from trimesh.visual.material import PBRMaterial
 
     mat = getattr(visual, "material", None)
@@ -218,7 +222,8 @@ def obj_to_glb(obj_path: str, glb_path: Optional[str] = None, *, axes: str = "gl
 
 
 def read_ply(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """`hifi123.core.makeit3d.point_export.read_ply`, with a user-facing error for a file that is not a PLY."""
+    """`hifi123.core.makeit3d.point_export.read_ply`, with a user-facing error for a file that is
+    not a PLY."""
     try:
         return _read_ply(path)
     except ValueError as err:
@@ -269,10 +274,13 @@ def _pick(
             break
     if len(cands) != 1:
         two_d = [f"{k} {list(shape(v))}" for k, v in state.items() if len(shape(v)) == 2][:20]
+        found = (
+            f"candidates: {', '.join(cands)}" if cands else f"names ending in {', '.join(suffixes)}"
+        )
         raise InputError(
-            f"{ckpt}: {'no' if not cands else 'several'} point {what} found "
-            f"({'candidates: ' + ', '.join(cands) if cands else 'names ending in ' + ', '.join(suffixes)})",
-            f"one [N, {'3' if what == 'positions' else 'C>=3'}] tensor; 2-D entries: {', '.join(two_d) or 'none'}",
+            f"{ckpt}: {'no' if not cands else 'several'} point {what} found ({found})",
+            f"one [N, {'3' if what == 'positions' else 'C>=3'}] tensor; 2-D entries: "
+            f"{', '.join(two_d) or 'none'}",
             f"name it with {flag}",
         )
     return cands[0]

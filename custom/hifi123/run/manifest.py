@@ -16,7 +16,8 @@ Several GPUs for ONE object are threestudio's own data parallelism (Lightning DD
 alone with `hifi123 run IMAGE --gpu 0,1`.
 
 Summary: `OUT/summary-<variant>.json` and `.md`: per image its status, each stage's time, the
-evaluation metrics and the failure, built from the per-image run records `OUT/runs/TAG.<variant>.json`.
+evaluation metrics and the failure, built from the per-image run records
+`OUT/runs/TAG.<variant>.json`.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def read_manifest(path: str) -> List[Entry]:
         text_all = data.decode("utf-8-sig")  # a UTF-8 byte-order mark is not part of the first path
     except UnicodeDecodeError as err:
         raise InputError(
-            f"manifest {path} is not UTF-8 text (byte {err.start}: {data[err.start : err.start + 1]!r})",
+            f"manifest {path} is not UTF-8 text (byte {err.start}: "
+            f"{data[err.start : err.start + 1]!r})",
             "a UTF-8 text file with one image path per line",
             "save the manifest as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
         ) from err
@@ -366,7 +368,8 @@ def run_manifest(
 
     check_threestudio(base)
     say(
-        f"hifi123 run: {len(entries)} images from {manifest} on GPU {', '.join(gpus)} ({base.variant})"
+        f"hifi123 run: {len(entries)} images from {manifest} on GPU {', '.join(gpus)} "
+        f"({base.variant})"
     )
     if dry_run:
         for k, (gpu, part) in enumerate(zip(gpus, shards)):
@@ -405,7 +408,8 @@ def run_manifest(
             code = p.wait()
             if code not in (0, 2):
                 say(
-                    f"[gpu {gpu}] worker exited with code {code}; its remaining images are marked not run / interrupted"
+                    f"[gpu {gpu}] worker exited with code {code}; its remaining images are "
+                    "marked not run / interrupted"
                 )
     except KeyboardInterrupt:
         for _, p in procs:

@@ -1,21 +1,27 @@
 """The stage plan of `hifi123 run`: a pure function of (method, options, outputs tree state).
 
     scan_state(layout)               reads the outputs tree (the only I/O in this module)
-    plan_stages(opts, state, ran)    -> [Stage, ...] in order; `Stage.skip` says why one does not run
+    plan_stages(opts, state, ran)    -> [Stage, ...] in order; `Stage.skip` says why one does not
+                                     run
 
 Stages, in order (`ply` only for Make-It-3D; `align` instead of `coarse` for refine-mesh):
 
     preprocess  python -m hifi123.cli preprocess IMAGE --out OUT/preprocessed/TAG
     align       python -m hifi123.cli align-mesh MESH --ref <rgba> --out OUT/aligned/TAG --overwrite
     coarse      python launch.py --config custom/hifi123/configs/<coarse>.yaml --train --gpu G ...
-    refine      python launch.py --config .../<refine>.yaml --train ... system.geometry_convert_from=<coarse>/ckpts/last.ckpt
+    refine      python launch.py --config .../<refine>.yaml --train ...
+                system.geometry_convert_from=<coarse>/ckpts/last.ckpt
                 (refine-mesh: system.geometry.shape_init=mesh:<aligned mesh>, the fitted elevation)
-    export      python launch.py --config <trial>/configs/parsed.yaml --export ... system.exporter_type=mesh-exporter
+    export      python launch.py --config <trial>/configs/parsed.yaml --export ...
+                system.exporter_type=mesh-exporter
     glb         python -m hifi123.run.export glb <trial>           (next to model.obj)
-    ply         python -m hifi123.run.export ply <refine>/ckpts/last.ckpt --out <refine>/save/pointcloud.ply
-    video       python launch.py --config <refine>/configs/parsed.yaml --test ...   (normally already
+    ply         python -m hifi123.run.export ply <refine>/ckpts/last.ckpt --out
+                <refine>/save/pointcloud.ply
+    video       python launch.py --config <refine>/configs/parsed.yaml --test ...   (normally
+                already
                 made by the refine run's own test pass, so skipped)
-    eval        python -m hifi123.cli eval single-view --ref RGBA --views <refine> --out <refine>/save/eval/single_view.json
+    eval        python -m hifi123.cli eval single-view --ref RGBA --views <refine> --out
+                <refine>/save/eval/single_view.json
 
 Layout (deterministic, so a re-run finds everything; threestudio's own `<name>/<tag>` layout with
 `use_timestamp=false`):
@@ -24,7 +30,8 @@ Layout (deterministic, so a re-run finds everything; threestudio's own `<name>/<
     OUT/aligned/TAG/aligned_mesh.ply, alignment.json, alignment_overlay.png   (refine-mesh)
     OUT/<run name>/TAG/{ckpts,configs,save,...}     one threestudio trial per training stage
     OUT/logs/TAG/<variant>-<stage>.log               what each stage printed
-    OUT/runs/TAG.<variant>.json                      the run record (stage timings, outputs, metrics)
+    OUT/runs/TAG.<variant>.json                      the run record (stage timings, outputs,
+                                                     metrics)
 
 Completion evidence ("done"):
     preprocess  the RGBA, depth, normal and caption files and the `_preprocess.json` sidecar (the
@@ -112,7 +119,8 @@ METHODS: Dict[str, MethodSpec] = {
         },
         chain_key="system.geometry_convert_from",
         prompt_key=None,  # makeit3d-guidance reads <name>_caption.txt next to data.image_path
-        mesh_from="coarse",  # the refine stage is a point cloud: the mesh comes from the coarse NeRF
+        # the refine stage is a point cloud: the mesh comes from the coarse NeRF
+        mesh_from="coarse",
         pointcloud=True,
     ),
     "refine-mesh": MethodSpec(  # HiFi-123's refine on a mesh the user has (decision 31)

@@ -100,7 +100,9 @@ def find_threestudio_root(
             root = os.path.abspath(os.path.expanduser(value))
             if not _has_launch(root):
                 raise Hifi123Error(
-                    f"{flag} {value} has no launch.py ({'not a folder' if not os.path.isdir(root) else 'not a threestudio checkout'})",
+                    f"{flag} {value} has no launch.py ("
+                    f"{'not a folder' if not os.path.isdir(root) else 'not a threestudio checkout'}"
+                    ")",
                     expected,
                     INSTALL_FIX,
                 )
@@ -112,7 +114,10 @@ def find_threestudio_root(
         if _has_launch(cand):
             return os.path.abspath(cand)
     raise Hifi123Error(
-        "threestudio not found: no --threestudio-root, THREESTUDIO_ROOT is not set, and there is no launch.py in "
+        (
+            "threestudio not found: no --threestudio-root, THREESTUDIO_ROOT is not set, and "
+            "there is no launch.py in "
+        )
         + " or ".join(dict.fromkeys(looked)),
         expected,
         INSTALL_FIX,
@@ -127,16 +132,19 @@ def check_threestudio(opts: RunOptions) -> None:
         raise Hifi123Error(
             f"hifi123 is not installed in threestudio: {link} does not exist",
             "custom/hifi123 in the threestudio root (a link to this repository's custom/hifi123)",
-            f"bash install.sh (it makes the link), or: ln -s {REPO_ROOT / 'custom' / 'hifi123' if REPO_ROOT else '<hifi123>/custom/hifi123'} {link}",
+            "bash install.sh (it makes the link), or: ln -s "
+            f"{REPO_ROOT / 'custom' / 'hifi123' if REPO_ROOT else '<hifi123>/custom/hifi123'} "
+            f"{link}",
         )
     for st in opts.training_stages:
         cfg = os.path.join(root, CONFIG_DIR, opts.training(st).config)
         if not os.path.isfile(cfg):
             raise Hifi123Error(
-                f"config {CONFIG_DIR}/{opts.training(st).config} ({opts.variant} {st} stage) not found in {root}",
+                f"config {CONFIG_DIR}/{opts.training(st).config} ({opts.variant} {st} stage) not "
+                f"found in {root}",
                 f"the {opts.method} configs in {os.path.join(root, CONFIG_DIR)}",
-                "update hifi123 (git pull) and re-run bash install.sh; the stage table is METHODS in "
-                "custom/hifi123/run/plan.py",
+                "update hifi123 (git pull) and re-run bash install.sh; the stage table is "
+                "METHODS in custom/hifi123/run/plan.py",
             )
 
 
@@ -386,8 +394,9 @@ def run_image(
     lay = Layout.of(opts)
     stages = plan_stages(opts, scan_state(opts))
     say(
-        f"hifi123 run: {opts.image} -> {opts.method}{' (low VRAM)' if opts.lowvram else ''}, tag {lay.tag}, "
-        f"GPU {opts.gpu}\n  threestudio: {opts.threestudio_root}\n  outputs:     {opts.out}"
+        f"hifi123 run: {opts.image} -> {opts.method}{' (low VRAM)' if opts.lowvram else ''}, tag "
+        f"{lay.tag}, GPU {opts.gpu}\n  threestudio: {opts.threestudio_root}\n"
+        f"  outputs:     {opts.out}"
     )
     if dry_run:
         print_plan(stages, say)
@@ -491,7 +500,8 @@ def _run_stage(
             os.remove(marker)
     os.makedirs(stage.cwd, exist_ok=True)
     say(
-        f"\n== {Layout.of(opts).tag}: {stage.name} ({stage.why})\n   {stage.command()}\n   log: {stage.log}"
+        f"\n== {Layout.of(opts).tag}: {stage.name} ({stage.why})\n   {stage.command()}\n"
+        f"   log: {stage.log}"
     )
     prev = record["stages"].get(stage.name) or {}
     entry = {
@@ -525,7 +535,8 @@ def _run_stage(
                 f"preprocessing {opts.image} failed:\n{message}",
                 stage.name,
                 "",
-                f"do what the preprocess error says, then re-run the same command (log: {stage.log})",
+                "do what the preprocess error says, then re-run the same command (log: "
+                f"{stage.log})",
                 stage.log,
             )
         tail = "\n".join("    " + line for line in _tail(stage.log, 15))
@@ -538,8 +549,8 @@ def _run_stage(
             f"{what} for {opts.image}\n  last lines of {stage.log}:\n{tail}",
             stage.name,
             "",
-            "fix the cause shown in the log, then re-run the same command: finished stages are skipped and an "
-            "interrupted training stage resumes from its ckpts/last.ckpt",
+            "fix the cause shown in the log, then re-run the same command: finished stages are "
+            "skipped and an interrupted training stage resumes from its ckpts/last.ckpt",
             stage.log,
         )
     entry["status"] = "ran"

@@ -92,7 +92,12 @@ from ..core.cameras import (  # noqa: F401
     ray_directions,
     rotate_vectors,
 )
-from ..core.images import decode_depth_png, encode_depth_png, procedural_background, to_u8  # noqa: F401
+from ..core.images import (  # noqa: F401
+    decode_depth_png,
+    encode_depth_png,
+    procedural_background,
+    to_u8,
+)
 from ..core.normals import decode_normal_png, encode_normal_png  # noqa: F401
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""Run threestudio on a CPU-only machine, for tests: pure-torch stand-ins behind threestudio's names.
+"""Run threestudio on a CPU-only machine, for tests: pure-torch stand-ins behind threestudio's
+names.
 
 threestudio is written for one GPU: its device helper always answers the GPU of the rank, the mesh
 renderers and the mesh exporter rasterise through nvdiffrast, the hash-grid encoding is
@@ -7,11 +8,12 @@ Trainer with `accelerator="gpu"`. For tests we keep threestudio's code and swap 
 
 * :func:`patch_threestudio_for_cpu` (after `import threestudio`, GPU-only modules stubbed by
   :mod:`hifi123.testing.threestudio_stubs`): `get_device` answers CPU in every threestudio module
-  that holds it; `NVDiffRasterizerContext` is :class:`~hifi123.testing.torch_rasterizer.TorchRasterizerContext`
-  wherever threestudio builds one (its mesh renderers, ours, the mesh exporter); the tiny-cuda-nn
-  encoding (`HashGrid`, `Grid`/`Hash`, `DenseGrid`) is :class:`TorchHashGrid`; and the pure-torch
-  volume renderer of :mod:`hifi123.testing.torch_renderer` is registered under its test name
-  (smoke configs name it instead of `nerf-volume-renderer`).
+  that holds it; `NVDiffRasterizerContext` is
+  :class:`~hifi123.testing.torch_rasterizer.TorchRasterizerContext` wherever threestudio builds one
+  (its mesh renderers, ours, the mesh exporter); the tiny-cuda-nn encoding (`HashGrid`,
+  `Grid`/`Hash`, `DenseGrid`) is :class:`TorchHashGrid`; and the pure-torch volume renderer of
+  :mod:`hifi123.testing.torch_renderer` is registered under its test name (smoke configs name it
+  instead of `nerf-volume-renderer`).
 * ``python -m hifi123.testing.cpu_threestudio launch.py ARGS...`` (from a threestudio root): the
   same patches, plus a `pytorch_lightning.Trainer` that turns `accelerator="gpu"` into the CPU, then
   runs threestudio's own, unmodified `launch.py` as `__main__` with ARGS.
@@ -36,7 +38,8 @@ def _hash_grid_class():
     import torch.nn as nn
 
     class TorchHashGrid(nn.Module):
-        """Multi-resolution hash encoding (Instant-NGP, as tiny-cuda-nn's `HashGrid`) in plain torch.
+        """Multi-resolution hash encoding (Instant-NGP, as tiny-cuda-nn's `HashGrid`) in plain
+        torch.
 
         Level l has resolution floor(base_resolution * per_level_scale**l); a level whose dense
         grid ((res + 1)^3 vertices) fits the table is indexed densely, otherwise through the
@@ -121,8 +124,8 @@ def _torch_encoding_class(hash_grid):
             otype = str(config.get("otype", ""))
             if otype not in ("HashGrid", "Grid", "DenseGrid"):
                 raise NotImplementedError(
-                    f"the CPU test harness has no stand-in for the tiny-cuda-nn encoding {otype!r}; "
-                    "use HashGrid or ProgressiveBandFrequency in CPU test configs"
+                    "the CPU test harness has no stand-in for the tiny-cuda-nn encoding "
+                    f"{otype!r}; use HashGrid or ProgressiveBandFrequency in CPU test configs"
                 )
             self.n_input_dims = in_channels
             self.encoding = hash_grid(in_channels, config)
@@ -234,8 +237,10 @@ def prepare_cpu_process() -> None:
 
 
 USAGE = """usage (from a threestudio root with custom/hifi123):
-  python -m hifi123.testing.cpu_threestudio launch.py --config CONFIG --train|--test|--export [k=v ...]
-  python -m hifi123.testing.cpu_threestudio launch.py --smoke coarse.yaml [--tiny DIR] --train [k=v ...]
+  python -m hifi123.testing.cpu_threestudio launch.py --config CONFIG
+      --train|--test|--export [k=v ...]
+  python -m hifi123.testing.cpu_threestudio launch.py --smoke coarse.yaml [--tiny DIR]
+      --train [k=v ...]
 --smoke NAME expands to --config <the shipped NAME> plus the overrides of configs/smoke/NAME on the
 tiny offline models (--tiny DIR, default: written once to hifi123's cache folder)."""
 

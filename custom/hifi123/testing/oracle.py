@@ -1,6 +1,7 @@
 """Oracle noise predictors: models whose output is known in closed form, so DDIM code is exact.
 
-Both follow the noise-prediction signature of `hifi123.core.diffusion.ddim` (`eps_fn(z, t, **cond)`).
+Both follow the noise-prediction signature of `hifi123.core.diffusion.ddim`
+(`eps_fn(z, t, **cond)`).
 
 * `TrajectoryOracle(noise)`: the perfect denoiser for one forward trajectory
   z_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise. Every state on the trajectory has true noise `noise`,

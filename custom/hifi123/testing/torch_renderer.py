@@ -1,11 +1,12 @@
 """A pure-torch NeRF volume renderer for CPU tests of threestudio systems.
 
 threestudio's `nerf-volume-renderer` needs nerfacc's CUDA kernels. This renderer takes the same
-config fields (the sampler settings are ignored), has the same call signature and output keys (`comp_rgb`, `comp_rgb_fg`, `comp_rgb_bg`, `opacity`, `depth`, and in
-training `weights`, `t_points`, `t_intervals`, `t_dirs`, `ray_indices`, `points`, the geometry
-outputs, `comp_normal`, `normal_perturb`), with uniform (optionally jittered) samples between the
-near and far points of the sphere of radius `radius` around the origin. It is slow and simple, for
-tests only: :func:`register_torch_volume_renderer` registers it (after `import threestudio`) under
+config fields (the sampler settings are ignored), has the same call signature and output keys
+(`comp_rgb`, `comp_rgb_fg`, `comp_rgb_bg`, `opacity`, `depth`, and in training `weights`,
+`t_points`, `t_intervals`, `t_dirs`, `ray_indices`, `points`, the geometry outputs, `comp_normal`,
+`normal_perturb`), with uniform (optionally jittered) samples between the near and far points of the
+sphere of radius `radius` around the origin. It is slow and simple, for tests only:
+:func:`register_torch_volume_renderer` registers it (after `import threestudio`) under
 `TEST_RENDERER_NAME`; it is never registered by the extension itself.
 """
 

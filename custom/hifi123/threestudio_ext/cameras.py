@@ -13,9 +13,10 @@ from ..core.cameras import ViewCamera
 def camera_batch(
     camera: ViewCamera, device=None, near: float = 0.01, far: float = 100.0
 ) -> Dict[str, Any]:
-    """The threestudio batch of one core camera (near / far as threestudio's random views): `rays_o`, `rays_d` (unit), `mvp_mtx`, `c2w`,
-    `camera_positions`, `light_positions` (= camera), `elevation`, `azimuth`, `camera_distances`,
-    `fovy`, `height`, `width` (threestudio's `RandomCameraDataset` layout)."""
+    """The threestudio batch of one core camera (near / far as threestudio's random views):
+    `rays_o`, `rays_d` (unit), `mvp_mtx`, `c2w`, `camera_positions`, `light_positions` (= camera),
+    `elevation`, `azimuth`, `camera_distances`, `fovy`, `height`, `width` (threestudio's
+    `RandomCameraDataset` layout)."""
     from threestudio.utils.ops import (
         get_mvp_matrix,
         get_projection_matrix,

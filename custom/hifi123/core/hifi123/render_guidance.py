@@ -1,9 +1,10 @@
 """What the RGNV-based training losses share: settings, model + reference loading, render inputs.
 
 Two losses drive 3D optimisation with the RGNV pipeline: the image-space RGNV loss
-(`core/hifi123/rgnv_loss.py`, HiFi-123 Fig. 4c) and RGSD (`core/hifi123/rgsd.py`, HiFi-123 §3.3). Both take
-threestudio renders (rgb [B,H,W,3], opacity [B,H,W,1], depth [B,H,W,1]), both run SD2-depth with
-the reference branch cached once, and both use the refine-stage sampler settings (decision 7).
+(`core/hifi123/rgnv_loss.py`, HiFi-123 Fig. 4c) and RGSD (`core/hifi123/rgsd.py`, HiFi-123 §3.3).
+Both take threestudio renders (rgb [B,H,W,3], opacity [B,H,W,1], depth [B,H,W,1]), both run
+SD2-depth with the reference branch cached once, and both use the refine-stage sampler settings
+(decision 7).
 
 Render conventions
 ------------------
@@ -77,7 +78,8 @@ class RGNVGuidanceConfig(RGNVConfig):
         if not self.cond_image_path:
             raise InputError(
                 "no reference image given (cond_image_path is empty)",
-                "the path of the reference RGBA image (<name>_rgba.png, object in the alpha channel)",
+                "the path of the reference RGBA image (<name>_rgba.png, object in the alpha "
+                "channel)",
                 "set cond_image_path=path/to/<name>_rgba.png in the config",
             )
         for key in ("cond_image_path", "cond_depth_path"):

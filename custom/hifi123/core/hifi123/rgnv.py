@@ -78,16 +78,17 @@ class RGNVConfig:
         check_declared(self)
         if not 1 <= self.inject_steps <= self.num_steps:
             raise ValueError(
-                f"inject_steps (S) must be in [1, num_steps={self.num_steps}], got {self.inject_steps}"
+                f"inject_steps (S) must be in [1, num_steps={self.num_steps}], got "
+                f"{self.inject_steps}"
             )
         if self.reference_prompt.strip() and self.inject:
             # both CFG halves of the target attend to ONE reference K/V (the unguided branch's);
             # with a prompt the reference's K/V would differ per half (MasaCtrl injects per half;
             # decision 28)
             raise ValueError(
-                f"reference_prompt must be empty (got {self.reference_prompt!r}): the reference branch runs "
-                "unguided and its self-attention keys/values are shared by both CFG halves of the target, "
-                "which equals per-half injection only for the empty prompt"
+                f"reference_prompt must be empty (got {self.reference_prompt!r}): the reference "
+                "branch runs unguided and its self-attention keys/values are shared by both CFG "
+                "halves of the target, which equals per-half injection only for the empty prompt"
             )
 
 
@@ -156,7 +157,8 @@ class RGNVPipeline:
         self.progress: Optional[Callable[[str, int], None]] = (
             None  # called (phase, n_steps) per step
         )
-        # tests plug an oracle here: noise_model(prompt, depth, guided) -> eps_fn (default: the UNet)
+        # tests plug an oracle here: noise_model(prompt, depth, guided) -> eps_fn (default: the
+        # UNet)
         self.noise_model: Optional[Callable[[str, torch.Tensor, bool], Callable]] = None
 
     def configure(self, config: RGNVConfig) -> None:

@@ -1,7 +1,7 @@
 """RGNV image loss: the "image loss" variant of HiFi-123 §3.3 (Fig. 4c).
 
-Render a novel view, enhance it with RGNV (§3.2, `hifi123.core.hifi123.rgnv`) using the render itself as
-the coarse view, and regress the render onto the enhanced image in image space:
+Render a novel view, enhance it with RGNV (§3.2, `hifi123.core.hifi123.rgnv`) using the render
+itself as the coarse view, and regress the render onto the enhanced image in image space:
 
     L = D(g(θ, c), sg(RGNV(g(θ, c), d_c; x_ref)))
 
@@ -47,7 +47,8 @@ from typing import Dict, Literal, Optional, Sequence, Tuple, Union, get_args
 
 import torch
 
-from .render_guidance import (  # noqa: F401  (re-exported: object_mask, render_disparity, DEPTH_TYPES)
+# re-exported: object_mask, render_disparity, DEPTH_TYPES
+from .render_guidance import (  # noqa: F401
     DEPTH_TYPES,
     MASK_THRESHOLD,
     RGNVGuidanceConfig,

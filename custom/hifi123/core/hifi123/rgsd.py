@@ -8,18 +8,18 @@ computed once per run).
 
 Two kinds of iterations alternate (decision 9):
 
-* t = 0, fixed view j: loss = mean ‖z − z̃0_j‖², where z̃0_j is the fully enhanced latent of fixed
-  view j, computed ONCE at the start of refinement (`compute_fixed_targets`), stored in the
+* t = 0, fixed view j: loss = mean ‖z − z̃0_j‖², where z̃0_j is the fully enhanced latent
+  of fixed view j, computed ONCE at the start of refinement (`compute_fixed_targets`), stored in the
   checkpoint (`state_dict`) and restored on resume.
 * t > 0, random view: t ~ U{1..S} counts the denoising steps still to go. R runs S − t steps from
   ẑ to the state z̃_t, and one more (injected, CFG) evaluation there gives ε̃ and the clean
-  prediction x̂0 = (z̃_t − sqrt(1 − ā_t) ε̃) / sqrt(ā_t). The paper builds the rendering's state as
-  z_t = sqrt(ā_t) z + sqrt(1 − ā_t) ε̃ (gradient only through z), and the noise cancels:
+  prediction x̂0 = (z̃_t − sqrt(1 − ā_t) ε̃) / sqrt(ā_t). The paper builds the rendering's
+  state as z_t = sqrt(ā_t) z + sqrt(1 − ā_t) ε̃ (gradient only through z), and the noise cancels:
 
         z_t − z̃_t = sqrt(ā_t) (z − x̂0)            (decision 8)
 
-  so the loss w(t) ‖z_t − sg(z̃_t)‖² is the ā_t-weighted latent MSE w(t) ā_t ‖z − sg(x̂0)‖²,
-  which is what `loss_random` computes (mean over latent elements).
+  so the loss w(t) ‖z_t − sg(z̃_t)‖² is the ā_t-weighted latent MSE
+  w(t) ā_t ‖z − sg(x̂0)‖², which is what `loss_random` computes (mean over latent elements).
 
 Defaults (decision 7): T = 20, S = 12, CFG 7.5 (textbook form) on the target branch with the
 caption as prompt and "" as negative; reference branch "". Depth condition of renders: the rendered
@@ -153,8 +153,9 @@ class RGSD:
         depth: Optional[torch.Tensor] = None,
         condition: bool = True,
     ):
-        """threestudio render tensors -> (image [B,3,R,R] with grad, mask [B,1,R,R], depth cond; None
-        without `condition`: the t = 0 branch needs no UNet and so no depth, estimated or rendered).
+        """threestudio render tensors -> (image [B,3,R,R] with grad, mask [B,1,R,R], depth cond;
+        None without `condition`: the t = 0 branch needs no UNet and so no depth, estimated or
+        rendered).
 
         rgb [B,H,W,3] in [0,1]; opacity [B,H,W,1] (None: the whole frame is the object); depth
         [B,H,W,1] in `depth_type` (None, or `depth_source="dpt"`: DPT). See render_guidance.
@@ -201,7 +202,8 @@ class RGSD:
     # ------------------------------------------------------------------ t = 0 branch
     @torch.no_grad()
     def compute_fixed_targets(self, rgb: torch.Tensor, opacity=None, depth=None) -> torch.Tensor:
-        """Full RGNV enhancement (invert S, denoise S) of the fixed views' renders -> z̃0 [N,4,h,w].
+        """Full RGNV enhancement (invert S, denoise S) of the fixed views' renders -> z̃0
+        [N,4,h,w].
 
         Computed once at the start of refinement; identical on every rank (broadcast from rank 0).
         """
@@ -220,7 +222,8 @@ class RGSD:
     def loss_fixed(
         self, rgb: torch.Tensor, view_index, opacity=None, depth=None
     ) -> Dict[str, torch.Tensor]:
-        """t = 0: mean ‖E(g) − z̃0_j‖² for renders of fixed views `view_index` (int or [B] ints)."""
+        """t = 0: mean ‖E(g) − z̃0_j‖² for renders of fixed views `view_index` (int or [B]
+        ints)."""
         if self.fixed_targets is None:
             raise RuntimeError(
                 "RGSD: fixed-view targets are missing: compute_fixed_targets() at refine start, "
@@ -277,7 +280,8 @@ class RGSD:
         t: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
     ) -> Dict[str, torch.Tensor]:
-        """t > 0 on a random view: w(t) ā_t mean ‖z − sg(x̂0)‖² (= w(t) mean ‖z_t − sg(z̃_t)‖²)."""
+        """t > 0 on a random view: w(t) ā_t mean ‖z − sg(x̂0)‖² (= w(t) mean
+        ‖z_t − sg(z̃_t)‖²)."""
         image, mask, cond = self.prepare_render(rgb, opacity, depth)
         z = self.encode(image)
         t = self.sample_t(generator) if t is None else int(t)

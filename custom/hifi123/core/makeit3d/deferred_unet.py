@@ -74,8 +74,9 @@ class DeferredUNet(nn.Module):
         for i, w in enumerate(widths[1:], 1):
             if w <= in_channels:
                 raise ValueError(
-                    f"widths[{i}] = {w} must exceed in_channels = {in_channels}: level {i} concatenates "
-                    f"the {in_channels}-channel input of scale {i} to a gated block of {w - in_channels} channels"
+                    f"widths[{i}] = {w} must exceed in_channels = {in_channels}: level {i} "
+                    f"concatenates the {in_channels}-channel input of scale {i} to a gated block "
+                    f"of {w - in_channels} channels"
                 )
         self.in_channels = int(in_channels)
         self.widths = tuple(widths)

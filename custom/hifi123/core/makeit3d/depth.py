@@ -4,8 +4,10 @@ Make-It-3D §3.2 Eq. 5 (which writes -Cov/(Var Var) for what is -Cov/(std std), 
 away from what the official code minimises); algorithms.md C.1 (mask erosion) and C.4 (weight 1,
 `PearsonCorrCoef` over the eroded foreground). Decision 15.
 
-    rho(p, q) = sum (p - mean p)(q - mean q) / (sqrt(sum (p - mean p)^2 + N eps) sqrt(sum (q - mean q)^2 + N eps))
-    loss      = 1 - rho            in [0, 2]: 0 at perfect correlation, 2 at perfect anti-correlation
+    rho(p, q) = sum (p - mean p)(q - mean q) / (sqrt(sum (p - mean p)^2 + N eps) sqrt(sum (q - mean
+        q)^2 + N eps))
+    loss      = 1 - rho            in [0, 2]: 0 at perfect correlation, 2 at perfect
+              anti-correlation
 
 `eps` (default 1e-8, in squared depth units, i.e. a standard deviation of 1e-4) only matters when a
 depth is (nearly) constant over the mask: there the centred values are exactly 0, so rho = 0 and
@@ -79,8 +81,8 @@ def pearson_depth_loss(
         # a NaN/inf depth carries no ordering: leave those pixels out (the official code zeroes
         # them, which would correlate a hole with the background) and say so
         warnings.warn(
-            f"pearson_depth_loss: {int((~finite & m).sum())} masked pixel(s) with a non-finite depth "
-            "left out of the correlation",
+            f"pearson_depth_loss: {int((~finite & m).sum())} masked pixel(s) with a non-finite "
+            "depth left out of the correlation",
             RuntimeWarning,
             stacklevel=2,
         )

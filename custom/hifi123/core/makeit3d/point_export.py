@@ -7,7 +7,8 @@ threestudio's `save/` folder (`SaverMixin.get_save_path`, i.e. ``<trial_dir>/sav
     save/it<step>-export/point_cloud.ply       RGB part of the optimised descriptors (clamped)
     save/it<step>-export/deferred_renderer.pt  U-Net state dict, background descriptor, descriptors,
                                                positions, flags (:func:`save_renderer_weights`)
-    save/it<step>-orbit.mp4                    360° orbit (:func:`write_orbit_video`, 64 frames, 25 fps)
+    save/it<step>-orbit.mp4                    360° orbit (:func:`write_orbit_video`, 64 frames, 25
+                                               fps)
     save/it<step>-test.mp4                     threestudio's test video (test cameras, 30 fps)
 
 PLY: `format binary_little_endian 1.0` (default) or `ascii 1.0`, one `vertex` element with

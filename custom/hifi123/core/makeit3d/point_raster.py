@@ -152,7 +152,8 @@ def focal_from_fovy(height: Union[int, float], fovy: Union[float, torch.Tensor])
 
 def project_points(points: torch.Tensor, c2w: torch.Tensor, fovy, height: int, width: int):
     """World points [N, 3] to continuous pixel coordinates (u = column, v = row; pixel centres at
-    integer + 0.5) and camera z-depth (positive in front). `c2w` [4, 4] (or [3, 4]), `fovy` radians."""
+    integer + 0.5) and camera z-depth (positive in front). `c2w` [4, 4] (or [3, 4]), `fovy`
+    radians."""
     m = [[float(x) for x in row] for row in c2w.detach().double().cpu()[:3]]
     # R^T (p - t) written out per axis: small matmuls are pathologically slow on busy CPUs
     qx, qy, qz = points[:, 0] - m[0][3], points[:, 1] - m[1][3], points[:, 2] - m[2][3]
@@ -309,7 +310,8 @@ def _footprint(radius: float, width: int, device: torch.device, dtype: torch.dty
     rebuilt for every image otherwise): the number of footprint pairs, the half window, the distinct
     offsets (int [S, 1] and float), the pairs grouped by row offset as (first pair, end pair, row,
     first column, end column) indices into the distinct offsets (pairs are ordered by (dj, di), so
-    a row's columns are contiguous), and the linear pixel offset of every pair ([n_off, 1] int32)."""
+    a row's columns are contiguous), and the linear pixel offset of every pair ([n_off, 1]
+    int32)."""
     pairs = footprint_offsets(radius)
     span = sorted({d for p in pairs for d in p})
     span_t = torch.tensor(span, device=device, dtype=torch.int32)[:, None]
@@ -449,8 +451,8 @@ def select_fragments(
     )
     # 2. slab by slab, front to back: select, key, composite
     parts = _composite_slabs(st, us, vs, ci_all, cj_all, order, per_slab)
-    # 3. each slab's fragments are grouped by pixel; a pixel reached in several slabs has one run per
-    # slab, in depth order (the compositing sums runs, so no global re-sort is needed)
+    # 3. each slab's fragments are grouped by pixel; a pixel reached in several slabs has one run
+    # per slab, in depth order (the compositing sums runs, so no global re-sort is needed)
     if not parts:
         e = torch.zeros(0, device=device, dtype=torch.long)
         return Fragments(e, e, e, e.to(dtype), e.to(dtype), e, e, st.trans, h, w)
@@ -746,9 +748,10 @@ def composite_scales(
 ) -> List[torch.Tensor]:
     """sum_k w_k f_k + T_res b per pixel for `frags[scale][camera]`: one batch [B, C, h, w] per
     scale, in channels-last memory (the layout the compositing writes fastest and the U-Net's
-    convolutions run fastest on CPU). `features` [N, C]; differentiable in `features` and `background` [C]
-    (or None: uncovered pixels are 0). Each image's fragments must be grouped by pixel in runs (as
-    :func:`select_fragments` returns them); one sparse product serves all images."""
+    convolutions run fastest on CPU). `features` [N, C]; differentiable in `features` and
+    `background` [C] (or None: uncovered pixels are 0). Each image's fragments must be grouped by
+    pixel in runs (as :func:`select_fragments` returns them); one sparse product serves all
+    images."""
     dt = features.dtype
     flat = [f for per_cam in frags for f in per_cam]
     cat = (lambda xs: torch.cat(xs)) if len(flat) > 1 else (lambda xs: xs[0])
@@ -829,7 +832,8 @@ def rasterize_points(
             for k, (h, w) in enumerate(sizes):
                 scale = h / float(height)
                 r = s.radius_px * scale
-                # occlusion culling pays off for large footprints only (more than 9 candidate pixels)
+                # occlusion culling pays off for large footprints only (more than 9 candidate
+                # pixels)
                 slabs = s.depth_slabs if len(footprint_offsets(r)) > 9 else 1
                 frags[k].append(
                     select_fragments(

@@ -6,7 +6,8 @@ coarse-stage objective and a texture regulariser"); algorithms.md D.3, D.6; deci
 Losses (pure functions; the weights live in the config as `lambda_*`):
 
 * :func:`reference_l1_loss`: mean over all pixels and channels of |I_hat * m - I_ref * m|, m the
-  reference alpha eroded by a 5x5 kernel at 800 px (official utils.py:793-802, 875-877; weight 1000).
+  reference alpha eroded by a 5x5 kernel at 800 px (official utils.py:793-802, 875-877; weight
+  1000).
 * :func:`texture_regularizer`: MSE(colours, initial colours) separately over the reference-visible
   points and the novel points (official utils.py:887: 1e5 and 1e3), so the reference-visible
   colours are nearly frozen while their 16 learned features stay free.

@@ -163,7 +163,8 @@ def _as_map(x, device=None, channels: Optional[int] = None) -> torch.Tensor:
         t = t[0]
     if t.dim() != want or (channels is not None and t.shape[-1] < channels):
         raise ValueError(
-            f"expected a map [H, W{'' if channels is None else f', {channels}'}], got {tuple(t.shape)}"
+            f"expected a map [H, W{'' if channels is None else f', {channels}'}], got "
+            f"{tuple(t.shape)}"
         )
     return t
 
@@ -299,8 +300,9 @@ def coverage_mask(
     mask: torch.Tensor,
     cfg: PointCloudConfig,
 ) -> torch.Tensor:
-    """[H, W] bool: pixels within `coverage_radius_px` of the projection of an existing point that lies
-    on the view's visible surface (:func:`visible_in_view`), i.e. surface the cloud already has."""
+    """[H, W] bool: pixels within `coverage_radius_px` of the projection of an existing point that
+    lies on the view's visible surface (:func:`visible_in_view`), i.e. surface the cloud already
+    has."""
     H, W = camera.height, camera.width
     covered = torch.zeros((H, W), dtype=torch.bool, device=depth_z.device)
     if points.shape[0] == 0:

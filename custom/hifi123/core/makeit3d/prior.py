@@ -4,9 +4,9 @@ Eq. 3-4; algorithms.md C.4; decision 14).
 Everything is written against four callables, so tests can drive the exact mechanism with oracles:
 
 * ``eps_fn(z_t, t) -> eps``: the guided noise prediction (t is a [B] long tensor). Built from an SD
-  UNet by the shared `core.diffusion.sd.UNetNoisePredictor`: CFG in the paper's form (1 + w) eps_c - w eps_u with
-  w = 10, i.e. `cfg_combine(..., form="threestudio", scale=10)` (textbook CFG at 11). Always
-  called under ``torch.no_grad`` (no gradient through the UNet).
+  UNet by the shared `core.diffusion.sd.UNetNoisePredictor`: CFG in the paper's form (1 + w)
+  eps_c - w eps_u with w = 10, i.e. `cfg_combine(..., form="threestudio", scale=10)` (textbook CFG
+  at 11). Always called under ``torch.no_grad`` (no gradient through the UNet).
 * ``encode_fn(rgb) -> z``: the rendering ([B,3,S,S] in [0,1], S the model's image size) to scaled
   latents, WITH gradient. The official code uses a posterior sample (sd.py:212-220); `latent_mode
   = "mean"` uses the posterior mean instead (deterministic).
@@ -27,7 +27,8 @@ Per novel view (every item draws its own t ~ U{min_step, ..., max_step}, t/1000 
                the paper's wording)
         loss_sds = 0.5 || z - sg(z - grad) ||^2 / B,  so d loss_sds / d z = grad / B (threestudio)
     Raw-render CLIP terms (official code, not in the paper; weight 0 by default in our configs):
-        loss_clip_img = -cos(CLIP(render), CLIP(reference)),  loss_clip_txt = -cos(CLIP(render), CLIP_text(caption))
+        loss_clip_img = -cos(CLIP(render), CLIP(reference)),  loss_clip_txt = -cos(CLIP(render),
+                                                              CLIP_text(caption))
 
 The official code builds z_t and decodes under ``no_grad`` (and decodes z_{t-1}, not x0^), so its
 CLIP-D sends no gradient to the NeRF; this implementation follows the paper (decision 14).

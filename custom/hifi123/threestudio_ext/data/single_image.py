@@ -121,7 +121,8 @@ class DeviceSafeSingleImageDataModule(SingleImageDataModule):
 
     def validate(self) -> None:
         """The reference image (and the depth / normal maps the config asks for) are checked before
-        anything loads: RGBA with an alpha that cuts the object out, square, single-channel depth."""
+        anything loads: RGBA with an alpha that cuts the object out, square, single-channel
+        depth."""
         from ...core.images import load_depth, load_rgba
         from ...errors import InputError
 
@@ -137,7 +138,8 @@ class DeviceSafeSingleImageDataModule(SingleImageDataModule):
             if not os.path.isfile(path):
                 raise InputError(
                     f"data.requires_{suffix[1:-4]} is true but {path} does not exist",
-                    f"{suffix[1:]} next to data.image_path (threestudio replaces _rgba.png by {suffix})",
+                    f"{suffix[1:]} next to data.image_path (threestudio replaces _rgba.png by "
+                    f"{suffix})",
                     "run `hifi123 preprocess <photo>` (writes it), or set "
                     f"data.requires_{suffix[1:-4]}=false and its loss weight to 0",
                 )

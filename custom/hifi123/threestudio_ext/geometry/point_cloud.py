@@ -2,11 +2,11 @@
 geometry (a thin shell around `hifi123.core.makeit3d.pointcloud`).
 
 Buffers `positions` [N, 3], `initial_colors` [N, 3], `reference_visible` [N] and `source_view`
-[N]; parameters `descriptors` [N, 3 + n_feature_dims] (RGB initialised with the build colours, features with
-N(0, 1); official utils.py:808-849) and `background` [3 + n_feature_dims] (ones). N is not known
-when threestudio builds the geometry: :meth:`set_point_cloud` / :meth:`from_arrays` fill it, and
-loading a state dict (Lightning resume, `system.weights`, `--test`) resizes every tensor to the
-checkpoint's shape in place (the Parameter objects stay the same, so an optimiser built before
+[N]; parameters `descriptors` [N, 3 + n_feature_dims] (RGB initialised with the build colours,
+features with N(0, 1); official utils.py:808-849) and `background` [3 + n_feature_dims] (ones). N is
+not known when threestudio builds the geometry: :meth:`set_point_cloud` / :meth:`from_arrays` fill
+it, and loading a state dict (Lightning resume, `system.weights`, `--test`) resizes every tensor to
+the checkpoint's shape in place (the Parameter objects stay the same, so an optimiser built before
 keeps them). `point_cloud_path` loads a cloud saved by :meth:`PointCloud.save_npz` or a PLY.
 """
 
@@ -92,7 +92,8 @@ class MakeIt3DPointCloud(StrictConfig, BaseGeometry):
         n = pos.shape[0]
         if pos.shape != (n, 3) or col.shape != (n, 3):
             raise ValueError(
-                f"positions and colours must be [N, 3], got {tuple(pos.shape)} and {tuple(col.shape)}"
+                f"positions and colours must be [N, 3], got {tuple(pos.shape)} and "
+                f"{tuple(col.shape)}"
             )
         ref = (
             torch.zeros(n, dtype=torch.bool)
@@ -127,7 +128,8 @@ class MakeIt3DPointCloud(StrictConfig, BaseGeometry):
     def from_arrays(
         cls, positions, colors, reference_visible=None, source_view=None, cfg: Optional[dict] = None
     ) -> "MakeIt3DPointCloud":
-        """A geometry holding the given cloud (positions [N, 3], colours [N, 3] in [0, 1] or uint8)."""
+        """A geometry holding the given cloud (positions [N, 3], colours [N, 3] in [0, 1] or
+        uint8)."""
         geo = cls(cfg or {})
         return geo.set_point_cloud(positions, colors, reference_visible, source_view)
 
@@ -136,7 +138,8 @@ class MakeIt3DPointCloud(StrictConfig, BaseGeometry):
             raise InputError(
                 f"geometry.point_cloud_path {path!r} does not exist",
                 "a .npz written by PointCloud.save_npz or a coloured .ply",
-                "fix the path, or leave point_cloud_path empty to let makeit3d-system build the cloud",
+                "fix the path, or leave point_cloud_path empty to let makeit3d-system build the "
+                "cloud",
             )
         if path.endswith(".npz"):
             d = np.load(path)
@@ -152,9 +155,10 @@ class MakeIt3DPointCloud(StrictConfig, BaseGeometry):
     @staticmethod
     def create_from(other: BaseGeometry, cfg=None, **kwargs) -> "MakeIt3DPointCloud":
         raise TypeError(
-            f"makeit3d-point-cloud is not converted from a single {type(other).__name__}: the point "
-            "cloud is built from the whole coarse model (geometry, material, background) and the "
-            "reference image by makeit3d-system with `system.stage: refine` (configs/makeit3d-refine.yaml)"
+            f"makeit3d-point-cloud is not converted from a single {type(other).__name__}: the "
+            "point cloud is built from the whole coarse model (geometry, material, background) "
+            "and the reference image by makeit3d-system with `system.stage: refine` "
+            "(configs/makeit3d-refine.yaml)"
         )
 
     # ---------------------------------------------------------------- checkpoints (resize)

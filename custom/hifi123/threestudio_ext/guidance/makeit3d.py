@@ -111,7 +111,8 @@ class MakeIt3DGuidance(StrictConfig, BaseObject):
                 else torch.float32
             )
             threestudio.info(
-                f"makeit3d-guidance: loading {self.cfg.pretrained_model_name_or_path} and CLIP {self.cfg.clip_model} on {device}"
+                f"makeit3d-guidance: loading {self.cfg.pretrained_model_name_or_path} and CLIP "
+                f"{self.cfg.clip_model} on {device}"
             )
             components = load_diffusion(
                 self.cfg.pretrained_model_name_or_path,

@@ -1,7 +1,7 @@
 """`hifi123-rgnv-guidance`: the RGNV image loss (HiFi-123 §3.3, Fig. 4c) as a threestudio guidance.
 
-A thin shell around :class:`hifi123.core.hifi123.rgnv_loss.RGNVImageLoss`. It is a `BaseObject` (not an
-`nn.Module`), so the SD2-depth weights never enter the Lightning checkpoint; the reference branch
+A thin shell around :class:`hifi123.core.hifi123.rgnv_loss.RGNVImageLoss`. It is a `BaseObject` (not
+an `nn.Module`), so the SD2-depth weights never enter the Lightning checkpoint; the reference branch
 is rebuilt deterministically on the first call after a resume.
 
 Call (threestudio's guidance contract, section 3 of docs/threestudio.md)::

@@ -51,8 +51,9 @@ class LazyRGNVCore:
         self.core_config, no_prompt = settings.with_prompt()
         if no_prompt:
             threestudio.warn(
-                f"{getattr(type(self), '_hifi123_name', type(self).__name__)}: no prompt: {no_prompt} "
-                "(next to cond_image_path), so the target branch runs with the empty prompt (CFG has no "
+                f"{getattr(type(self), '_hifi123_name', type(self).__name__)}: no prompt: "
+                f"{no_prompt} (next to cond_image_path), so the target branch runs with the "
+                "empty prompt (CFG has no "
                 'effect). Set `prompt: "a photo of ..."` in this guidance\'s block, or run '
                 "`hifi123 preprocess <image>` to write the caption"
             )
@@ -62,7 +63,8 @@ class LazyRGNVCore:
     def core_on(self, device: torch.device):
         if self.core is None:
             threestudio.info(
-                f"{type(self).__name__}: loading {self.cfg.pretrained_model_name_or_path} on {device}"
+                f"{type(self).__name__}: loading {self.cfg.pretrained_model_name_or_path} on "
+                f"{device}"
             )
             self.core = self.core_cls.from_config(self.core_config, device)
         elif self.core_device() != device:

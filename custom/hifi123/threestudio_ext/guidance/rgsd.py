@@ -1,6 +1,7 @@
 """`hifi123-rgsd-guidance`: RGSD (HiFi-123 §3.3) as a threestudio guidance.
 
-A thin shell around :class:`hifi123.core.hifi123.rgsd.RGSD` (see there for the math and decisions 7-11).
+A thin shell around :class:`hifi123.core.hifi123.rgsd.RGSD` (see there for the math and decisions
+7-11).
 
 Call (threestudio's guidance contract)::
 
@@ -13,8 +14,8 @@ Call (threestudio's guidance contract)::
   (`fixed_cameras()`); the t = 0 branch regresses onto the enhanced latents that
   `compute_fixed_targets()` computed once at the start of refinement. `hifi123-system` does this on
   alternate iterations and keeps the targets in its checkpoint (`state_dict` / `load_state_dict`).
-* In other systems (zero123-system, magic123-system, ...) only the random-view branch runs, by config
-  alone: magic123-system weights every `loss_*` of `guidance_3d` with `lambda_3d_*` (add
+* In other systems (zero123-system, magic123-system, ...) only the random-view branch runs, by
+  config alone: magic123-system weights every `loss_*` of `guidance_3d` with `lambda_3d_*` (add
   `lambda_3d_rgsd`); zero123-system reads `loss_sds`, so set `loss_name: sds` there.
 * `opacity` / `depth` are the renderer's outputs (not batch keys; our system passes them). Without
   them the whole frame is the object and DPT estimates the depth.

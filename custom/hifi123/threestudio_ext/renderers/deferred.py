@@ -3,7 +3,8 @@ refine stage as a threestudio renderer (thin shell around `hifi123.core.makeit3d
 `hifi123.core.makeit3d.deferred_unet`).
 
 Called with a threestudio batch (`c2w` [B, 4, 4], `fovy` [B] radians, `height`, `width`), it
-rasterises all scales and runs the U-Net. Returns `comp_rgb` [B, H, W, 3], `opacity` [B, H, W, 1] (coverage at full
+rasterises all scales and runs the U-Net. Returns `comp_rgb` [B, H, W, 3], `opacity` [B, H, W, 1]
+(coverage at full
   resolution), `depth` [B, H, W, 1] (coverage-weighted camera z), `coverage_scales` (one
   [B, h, w, 1] per scale) and `comp_rgb_bg` (white, the target of the background loss).
 """
@@ -62,7 +63,8 @@ class MakeIt3DDeferredRenderer(StrictConfig, Rasterizer):
         widths = list(self.cfg.unet_widths)
         if len(widths) != int(self.cfg.n_scales):
             raise ValueError(
-                f"renderer.unet_widths needs one width per scale ({self.cfg.n_scales}), got {widths}"
+                f"renderer.unet_widths needs one width per scale ({self.cfg.n_scales}), got "
+                f"{widths}"
             )
         try:  # the rasteriser settings are checked before anything is built
             self.settings = PointRasterSettings(
@@ -77,8 +79,10 @@ class MakeIt3DDeferredRenderer(StrictConfig, Rasterizer):
         except ValueError as e:
             raise InputError(
                 f"system.renderer: {e}",
-                "the makeit3d-deferred-renderer settings of custom/hifi123/configs/makeit3d-refine.yaml",
-                "correct that field in your refine config (or on the command line, e.g. system.renderer.depth_slabs=4)",
+                "the makeit3d-deferred-renderer settings of "
+                "custom/hifi123/configs/makeit3d-refine.yaml",
+                "correct that field in your refine config (or on the command line, e.g. "
+                "system.renderer.depth_slabs=4)",
             ) from None
         in_ch = int(getattr(geometry, "descriptor_dim", 19))
         self.unet = DeferredUNet(in_ch, widths, 3, batch_stats_always=self.cfg.batch_stats_always)
@@ -88,9 +92,10 @@ class MakeIt3DDeferredRenderer(StrictConfig, Rasterizer):
         if geo.n_points == 0:
             raise InputError(
                 "the point cloud is empty",
-                "makeit3d-system (stage: refine) builds it from the coarse checkpoint before training, "
-                "or geometry.point_cloud_path names one",
-                "set system.geometry_convert_from to the coarse run's last.ckpt (or resume a refine run)",
+                "makeit3d-system (stage: refine) builds it from the coarse checkpoint before "
+                "training, or geometry.point_cloud_path names one",
+                "set system.geometry_convert_from to the coarse run's last.ckpt (or resume a "
+                "refine run)",
             )
         dev = geo.positions.device
         fov = fovy.to(dev) if torch.is_tensor(fovy) else fovy

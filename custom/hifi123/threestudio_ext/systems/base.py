@@ -427,7 +427,8 @@ class ImageConditionedSystem(BaseLift3DSystem):
     def novel_batch(self, batch: Dict[str, Any]) -> Dict[str, Any]:
         if "random_camera" not in batch:
             raise KeyError(
-                "the training batch has no random_camera views (data.use_random_camera must be true)"
+                "the training batch has no random_camera views (data.use_random_camera must be "
+                "true)"
             )
         sub = dict(batch["random_camera"])
         if self.cfg.ambient_ratio_min is not None:
@@ -526,7 +527,8 @@ class ImageConditionedSystem(BaseLift3DSystem):
             "ref_depth",
             "reference depth",
             "data.requires_depth: true and a <name>_depth.png next to the image",
-            "set data.requires_depth=true (or lambda_depth=0); `hifi123 preprocess` writes the depth map",
+            "set data.requires_depth=true (or lambda_depth=0); `hifi123 preprocess` writes the "
+            "depth map",
             "depth",
             (
                 f"the renderer {self.cfg.renderer_type} returns no depth",
@@ -664,7 +666,8 @@ class ImageConditionedSystem(BaseLift3DSystem):
         fmt = self.cfg.video_format
         if fmt == "mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:
             threestudio.warn(
-                "imageio-ffmpeg is not installed: saving the video as gif (pip install imageio[ffmpeg])"
+                "imageio-ffmpeg is not installed: saving the video as gif (pip install "
+                "imageio[ffmpeg])"
             )
             fmt = "gif"
         self.save_img_sequence(

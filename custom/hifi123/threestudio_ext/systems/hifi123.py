@@ -115,8 +115,8 @@ class HiFi123System(ImageConditionedSystem):
         if self.refining:
             if not hasattr(self.guidance, "compute_fixed_targets"):
                 raise ValueError(
-                    f"system.refinement is true but guidance_type {self.cfg.guidance_type!r} is not RGSD; "
-                    "set system.guidance_type=hifi123-rgsd-guidance"
+                    f"system.refinement is true but guidance_type {self.cfg.guidance_type!r} is "
+                    "not RGSD; set system.guidance_type=hifi123-rgsd-guidance"
                 )
             if self._rgsd_state is not None:  # resumed: restore, never recompute
                 self.guidance.load_state_dict(self._rgsd_state)
@@ -203,7 +203,8 @@ class HiFi123System(ImageConditionedSystem):
     @torch.no_grad()
     def compute_fixed_targets(self, like: Optional[Dict[str, Any]] = None) -> None:
         """Render the fixed views with the initial refine model and enhance them once (RGSD t = 0).
-        `like`: a training batch (default: one from the trainer's datamodule) for the reference pose."""
+        `like`: a training batch (default: one from the trainer's datamodule) for the reference
+        pose."""
         like = like if like is not None else self._reference_camera()
         outs = [self.renderer(**b) for b in self.fixed_batches(like)]
         rgb = torch.cat([o["comp_rgb"] for o in outs])

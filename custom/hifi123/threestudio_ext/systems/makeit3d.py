@@ -10,7 +10,8 @@ of 100, as the official loader) picks the reference sub-step or a novel-view sub
   (only those whose lambda is > 0 at this step are computed, so the official "no diffusion loss
   before iteration 400" is a lambda schedule), with the reference azimuth of the batch;
 * both: the base regularisers, plus `opacity`: mean(opacity^2), multiplied by
-  `back_view_opacity_factor` (10, official) on back views (|relative azimuth| >= back_threshold_deg).
+  `back_view_opacity_factor` (10, official) on back views (|relative azimuth| >=
+  back_threshold_deg).
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ class MakeIt3DSystem(ImageConditionedSystem):
             raise InputError(
                 f"system.albedo_only_windows={windows}",
                 "a list of [start, end) step pairs, 0 <= start < end",
-                "e.g. system.albedo_only_windows=[[0,1000],[2000,3500]] (or [] for the material's own)",
+                "e.g. system.albedo_only_windows=[[0,1000],[2000,3500]] (or [] for the "
+                "material's own)",
             )
         self.albedo_windows = [(int(a), int(b)) for a, b in windows]
         self.refine = None

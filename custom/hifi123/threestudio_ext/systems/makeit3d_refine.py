@@ -2,11 +2,11 @@
 renderer rebuilt from its checkpoint and used as a render callable to build the point cloud, the
 refine losses and regularisers on threestudio outputs, and the exports.
 
-* :class:`ThreestudioRenderFn` (with `threestudio_ext.cameras.camera_batch`): a threestudio renderer (e.g. the coarse
-  NeRF with its geometry/material/background) as the render callable of
-  :func:`hifi123.core.makeit3d.pointcloud.build_point_cloud`; :func:`load_coarse_renderer` rebuilds the
-  coarse run's renderer from its checkpoint (the `parsed.yaml` next to `ckpts/`, as threestudio's
-  `geometry_convert_from`), and :func:`build_point_cloud_from_checkpoint` chains both.
+* :class:`ThreestudioRenderFn` (with `threestudio_ext.cameras.camera_batch`): a threestudio renderer
+  (e.g. the coarse NeRF with its geometry/material/background) as the render callable of
+  :func:`hifi123.core.makeit3d.pointcloud.build_point_cloud`; :func:`load_coarse_renderer` rebuilds
+  the coarse run's renderer from its checkpoint (the `parsed.yaml` next to `ckpts/`, as
+  threestudio's `geometry_convert_from`), and :func:`build_point_cloud_from_checkpoint` chains both.
 
 The point cloud itself is built by `makeit3d-system` (`stage: refine`), which needs the whole
 coarse model (geometry, material, background) and the reference image; the geometry's
@@ -157,7 +157,8 @@ def build_point_cloud_from_checkpoint(
     log=None,
 ) -> PointCloud:
     """The refine stage's point cloud from a coarse checkpoint: :func:`load_coarse_renderer`, then
-    :func:`build_point_cloud` with the reference RGBA [H, W, 4] in [0, 1] (its alpha is the mask)."""
+    :func:`build_point_cloud` with the reference RGBA [H, W, 4] in [0, 1] (its alpha is the
+    mask)."""
     renderer, _ = load_coarse_renderer(
         checkpoint, renderer_type, renderer_override, geometry_override, device
     )
@@ -202,7 +203,8 @@ def refine_config(block) -> RefineConfig:
     except TypeError as err:
         raise InputError(
             f"system.refine: {err}",
-            "the fields of hifi123.core.makeit3d.point_refine.RefineConfig (point_cloud: PointCloudConfig fields)",
+            "the fields of hifi123.core.makeit3d.point_refine.RefineConfig (point_cloud: "
+            "PointCloudConfig fields)",
             "fix the key names under system.refine (see configs/makeit3d-refine.yaml)",
         ) from err
     return cfg
@@ -297,7 +299,8 @@ def render_orbit_view(
 
 
 def save_initial_point_cloud(saver, cloud: PointCloud) -> Dict[str, str]:
-    """save/it0-point-cloud/point_cloud.{ply,npz} (saver: a threestudio SaverMixin, e.g. the system)."""
+    """save/it0-point-cloud/point_cloud.{ply,npz} (saver: a threestudio SaverMixin, e.g. the
+    system)."""
     return {
         "ply": write_ply(
             saver.get_save_path(SAVE_LAYOUT["initial_ply"]), cloud.positions, cloud.colors
