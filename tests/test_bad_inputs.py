@@ -32,9 +32,8 @@ TRACEBACK = "Traceback (most recent call last)"
 @dataclass
 class Case:
     id: str
-    argv: Optional[str] = (
-        None  # a `hifi123` command line ({in}, {out}, {ts}, {tiny:NAME} filled in)
-    )
+    # a `hifi123` command line ({in}, {out}, {ts}, {tiny:NAME} filled in)
+    argv: Optional[str] = None
     call: Optional[Callable] = None  # an API call, given the input folder
     raises: type = InputError  # API: the exception type
     needles: Tuple[str, ...] = ()
@@ -672,6 +671,23 @@ CLI = [
     cli("run/prompt-with-manifest", RUN_M + " --prompt owl", "--prompt with --manifest"),
     cli("run/prompt-empty", RUN + " --prompt ' '", "--prompt is empty"),
     cli("run/set-no-value", RUN + " --set novalue", "--set", "'novalue'"),
+    cli(
+        "run/set-misspelt-loss",
+        RUN + " --set system.loss.lamda_rgb=500",
+        "--set system.loss.lamda_rgb",
+        "did you mean lambda_rgb",
+    ),
+    cli(
+        "run/set-loss-of-one-stage",
+        RUN + " --set system.loss.lambda_rgsd=10",
+        "the coarse stage (coarse.yaml) has no loss weight 'lambda_rgsd'",
+        "--set refine:system.loss.lambda_rgsd",
+    ),
+    cli(
+        "run/set-loss-not-of-that-stage",
+        RUN + " --method makeit3d --set refine:system.loss.lambda_rgsd=10",
+        "the refine stage (makeit3d-refine.yaml) has no loss weight 'lambda_rgsd'",
+    ),
     cli("run/set-bad-stage", RUN + " --set bogus:x=1", "--set", "unknown stage 'bogus'"),
     cli("run/method", RUN + " --method dreamfusion", "argument --method", "'hifi123', 'makeit3d'"),
     cli(

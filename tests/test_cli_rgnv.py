@@ -151,12 +151,10 @@ def test_rgnv_x4_upscale_on_the_tiny_upscaler(tmp_path, capsys, monkeypatch):
     up = np.asarray(Image.open(out / "sample_coarse_az090_upsample.png"))
     base = np.asarray(Image.open(out / "sample_coarse_az090_enhanced.png"))
     assert up.shape == (2 * base.shape[0], 2 * base.shape[1], 3)  # half-size input, x4 upscaler
-    outside = (base == 255).all(
-        -1
-    )  # the enhanced view's white background (outside the coarse mask)
-    outside_up = np.repeat(
-        np.repeat(outside, 2, 0), 2, 1
-    )  # nearest-upsampled, as the pipeline does
+    # the enhanced view's white background (outside the coarse mask)
+    outside = (base == 255).all(-1)
+    # nearest-upsampled, as the pipeline does
+    outside_up = np.repeat(np.repeat(outside, 2, 0), 2, 1)
     assert (up[outside_up] == 255).all() and up[~outside_up].std() > 0
 
 

@@ -178,9 +178,8 @@ def test_reference_view_selection_follows_the_trial_config(trial, tmp_path):
 
     vs = load_view_set(str(trial["trial"]))
     idx, novel, _ = select_reference(vs, None, 120.0)
-    assert (
-        idx == 5 and 5 not in novel and 0 in novel and len(novel) == 15
-    )  # 120 deg = frame 5 of 16
+    # 120 deg = frame 5 of 16
+    assert idx == 5 and 5 not in novel and 0 in novel and len(novel) == 15
     idx, novel, _ = select_reference(vs, "3.png", None)
     assert idx == 3 and len(novel) == 15
     idx, _, _ = select_reference(vs, os.path.join(vs.source, "4.png"), None)
@@ -442,9 +441,8 @@ def test_missing_metric_models_fail_before_loading(
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # an empty torch hub cache
     from hifi123.models import loader
 
-    monkeypatch.setattr(
-        loader, "hub_file_cached", lambda *a, **k: False
-    )  # nothing is in the hub cache
+    # nothing is in the hub cache
+    monkeypatch.setattr(loader, "hub_file_cached", lambda *a, **k: False)
     args = ["eval", "single-view", "--ref", str(trial["ref"]), "--views", str(trial["trial"])]
     _expect_error(capsys, args, "--clip-model", "open_clip:ViT-B-16-quickgelu/openai", "--tiny")
     _expect_error(

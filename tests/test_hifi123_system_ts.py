@@ -29,9 +29,8 @@ def _refine_cfg(tmp_path, tiny):
         cfg.data[key] = 32
         cfg.data.random_camera[key] = 32
     s = cfg.system
-    s.geometry_convert_from = (
-        None  # no coarse run here: the SDF is set from the sample's ground truth
-    )
+    # no coarse run here: the SDF is set from the sample's ground truth
+    s.geometry_convert_from = None
     s.geometry.isosurface_resolution = 32
     s.geometry.update(torch_field(n_frequencies=4))
     s.image_path = str(SAMPLE)  # load_config resolved ${data.image_path} already
@@ -54,9 +53,8 @@ def _system(find, cfg):
     pts = scale_tensor(
         geo.isosurface_helper.grid_vertices, geo.isosurface_helper.points_range, geo.isosurface_bbox
     )
-    geo.sdf.data = -torch.from_numpy(sample_sdf(pts.numpy())).float()[
-        :, None
-    ]  # DMTet: positive inside
+    # DMTet: positive inside
+    geo.sdf.data = -torch.from_numpy(sample_sdf(pts.numpy())).float()[:, None]
     system.renderer.ctx = TorchRasterizerContext()
     return system
 
@@ -119,9 +117,8 @@ def test_refine_steps_alternate_fixed_and_random_views_and_checkpoint_targets(
     resumed.build_guidance()
     assert resumed.guidance.has_fixed_targets  # so on_fit_start will not compute them again
     rgb, opacity, depth = _fixed_render(resumed, dm)
-    out = resumed.guidance(
-        rgb, opacity=opacity, depth=depth, fixed_view_index=0
-    )  # loads the model lazily
+    # loads the model lazily
+    out = resumed.guidance(rgb, opacity=opacity, depth=depth, fixed_view_index=0)
     assert torch.equal(resumed.guidance.core.fixed_targets, g.core.fixed_targets)
     assert resumed.guidance.core.reference_builds == 1 and torch.isfinite(out["loss_rgsd"])
 
@@ -266,9 +263,8 @@ def test_fixed_views_alternate_and_sit_at_plus_and_minus_90_degrees(
     monkeypatch.chdir(threestudio_env.root)
     find = threestudio_env.threestudio.find
     cfg = _refine_cfg(tmp_path, tiny_models)
-    cfg.data.default_azimuth_deg = (
-        30.0  # an off-axis reference: a mirrored view cannot pass by symmetry
-    )
+    # an off-axis reference: a mirrored view cannot pass by symmetry
+    cfg.data.default_azimuth_deg = 30.0
     cfg.data.default_elevation_deg = 10.0
     dm = find(cfg.data_type)(cfg.data)
     dm.setup("fit")
@@ -307,9 +303,8 @@ def test_resume_computes_no_fixed_view_target(threestudio_env, tiny_models, tmp_
 
     torch.set_num_threads(2)
     monkeypatch.chdir(threestudio_env.root)
-    monkeypatch.setattr(
-        ImageConditionedSystem, "on_fit_start", lambda self: None
-    )  # no trainer here
+    # no trainer here
+    monkeypatch.setattr(ImageConditionedSystem, "on_fit_start", lambda self: None)
     find = threestudio_env.threestudio.find
     cfg = _refine_cfg(tmp_path, tiny_models)
     dm = find(cfg.data_type)(cfg.data)

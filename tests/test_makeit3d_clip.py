@@ -119,6 +119,5 @@ def test_preflight_names_the_field(tmp_path, monkeypatch, tiny_models):
         preflight_clip("open_clip", "ViT-B-16-quickgelu", "openai")
     ckpt = tmp_path / "vit_b_16_openai.pt"
     ckpt.write_bytes(b"")
-    preflight_clip(
-        "open_clip", "ViT-B-16-quickgelu", str(ckpt)
-    )  # a local checkpoint file is accepted
+    # a local checkpoint file is accepted
+    preflight_clip("open_clip", "ViT-B-16-quickgelu", str(ckpt))

@@ -256,7 +256,6 @@ def test_point_cloud_from_a_coarse_checkpoint(tmp_path, threestudio_env):
         renderer_type=renderer_name,
         renderer_override={"radius": 1.0, "num_samples_per_ray": 32},
     )
-    assert (
-        len(cloud) > 50 and cloud.positions.norm(dim=1).max() < 1.0
-    )  # inside the coarse bounding sphere
+    # inside the coarse bounding sphere
+    assert len(cloud) > 50 and cloud.positions.norm(dim=1).max() < 1.0
     assert int(cloud.source_view.max()) >= 1 and bool(cloud.reference_visible.any())

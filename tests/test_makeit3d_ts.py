@@ -57,9 +57,8 @@ def test_config_parses_with_no_unknown_keys_and_every_lambda(
     from threestudio.utils.config import parse_structured
 
     find = threestudio_env.threestudio.find
-    monkeypatch.chdir(
-        REPO
-    )  # image_path is relative to the root (ours mirrors threestudio's custom/)
+    # image_path is relative to the root (ours mirrors threestudio's custom/)
+    monkeypatch.chdir(REPO)
     cfg = _load(name, tmp_path)
     assert (
         cfg.data.image_path == "custom/hifi123/assets/sample_rgba.png"
@@ -123,9 +122,8 @@ def test_names_are_registered(threestudio_env):
     assert issubclass(MakeIt3DSystem, ImageConditionedSystem) and issubclass(
         ImageConditionedSystem, BaseLift3DSystem
     )
-    assert (
-        ImageConditionedSystem not in ts.__modules__.values()
-    )  # the shared base is not registered
+    # the shared base is not registered
+    assert ImageConditionedSystem not in ts.__modules__.values()
 
 
 # ---------------------------------------------------------------------------------- guidance
@@ -148,9 +146,8 @@ def test_guidance_call_on_cpu(threestudio_env, tiny_models):
     g = find("makeit3d-guidance")(
         _guidance_cfg(tiny_models, min_step_percent=0.3, max_step_percent=0.3)
     )
-    assert g.prior is None and g.prompt.startswith(
-        "a toy made of"
-    )  # the caption file; nothing loaded yet
+    # the caption file; nothing loaded yet
+    assert g.prior is None and g.prompt.startswith("a toy made of")
     rgb = torch.rand(1, 16, 16, 3, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     batch = {
         "elevation": torch.tensor([5.0]),
@@ -160,9 +157,8 @@ def test_guidance_call_on_cpu(threestudio_env, tiny_models):
         "width": 16,
         "shading": "albedo",
     }
-    out = g(
-        rgb, object(), **batch, rgb_as_latents=False, guidance_eval=True
-    )  # a positional prompt_utils is ignored
+    # a positional prompt_utils is ignored
+    out = g(rgb, object(), **batch, rgb_as_latents=False, guidance_eval=True)
     assert {k for k in out if k.startswith("loss_")} == {
         f"loss_{t}" for t in ("sds", "clip_d", "clip_d_txt", "clip_img", "clip_txt")
     }
@@ -408,9 +404,8 @@ def test_fit_a_few_steps_with_a_trainer(threestudio_env, tiny_models, tmp_path):
         gradient_clip_val=cfg.trainer.gradient_clip_val,
     )
     trainer.fit(system, datamodule=dm)
-    assert (
-        trainer.global_step == 3 and system.guidance.prior is not None
-    )  # novel steps ran the guidance
+    # novel steps ran the guidance
+    assert trainer.global_step == 3 and system.guidance.prior is not None
     assert (tmp_path / "save" / "all_training_images.png").is_file()
     assert list((tmp_path / "save").glob("it3-val.*"))  # the video (gif without imageio-ffmpeg)
     assert any((p - b).abs().max() > 0 for p, b in zip(system.geometry.parameters(), before))
@@ -498,9 +493,8 @@ def test_depth_loss_compares_disparity_inside_the_eroded_mask(
     mask = ((yy - 256) ** 2 + (xx - 256) ** 2 < 150**2)[None]
     depth = (2.0 + 1.5 * torch.sin(xx / 40.0) * torch.cos(yy / 55.0))[None]  # in [0.5, 3.5]
     disparity = 0.2 / depth + 0.1  # any affine map of 1/D
-    ring = mask & (
-        F.max_pool2d((~mask).float()[:, None], 5, 1, 2)[:, 0] > 0
-    )  # 2 px inside the edge
+    # 2 px inside the edge
+    ring = mask & (F.max_pool2d((~mask).float()[:, None], 5, 1, 2)[:, 0] > 0)
     assert ring.sum() > 1000
     disparity = torch.where(
         ring, torch.rand(disparity.shape, generator=torch.Generator().manual_seed(0)) * 5, disparity

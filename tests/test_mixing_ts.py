@@ -140,10 +140,8 @@ def test_rgsd_as_magic123s_3d_guidance_coarse(threestudio_env, tiny_models, tmp_
         "system.prompt_processor.prompt=a toy",
     )
     _small_nerf(cfg)
-    cfg.system.guidance_type, cfg.system.prompt_processor_type = (
-        "",
-        "",
-    )  # RGSD alone moves the geometry
+    # RGSD alone moves the geometry
+    cfg.system.guidance_type, cfg.system.prompt_processor_type = ("", "")
     cfg.system.guidance_3d_type = "hifi123-rgsd-guidance"
     cfg.system.guidance_3d = _rgsd(tiny_models)  # the whole block replaced: zero123's keys are gone
     _only(cfg, ["lambda_3d_rgsd"])
@@ -296,12 +294,10 @@ def test_stable_diffusion_guidance_in_makeit3d_coarse(
     s.prompt_processor = OmegaConf.create(
         {"pretrained_model_name_or_path": tiny_models["sd-x8"], "prompt": "a toy", "spawn": False}
     )
-    s.optimizer = OmegaConf.create(
-        {"name": "Adam", "args": {"lr": 0.01}}
-    )  # Adan decays weights by itself
-    s.reference_schedule = OmegaConf.create(
-        {"mode": "random", "ref_fraction": 0.0}
-    )  # novel views only
+    # Adan decays weights by itself
+    s.optimizer = OmegaConf.create({"name": "Adam", "args": {"lr": 0.01}})
+    # novel views only
+    s.reference_schedule = OmegaConf.create({"mode": "random", "ref_fraction": 0.0})
     _only(cfg, ["lambda_sds"])
     fit_two_steps(ts, cfg, tmp_path)
 
@@ -332,9 +328,8 @@ def test_a_swapped_guidance_that_keeps_the_old_blocks_keys_is_one_clear_error(
         "system.guidance.cond_elevation_deg",
     ):
         assert foreign in msg
-    assert (
-        "replace the whole `system.guidance` block" in msg and "cond_image_path" in msg
-    )  # the valid keys
+    # the valid keys
+    assert "replace the whole `system.guidance` block" in msg and "cond_image_path" in msg
 
 
 def test_an_unknown_system_key_names_the_closest_one(

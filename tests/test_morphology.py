@@ -54,9 +54,8 @@ def test_a_5x5_kernel_erodes_two_pixels_and_radius_0_is_a_no_op():
     expected = torch.zeros_like(mask)
     expected[0, 7:13, 6:14] = True  # an OpenCV 5x5 kernel = radius 2
     assert torch.equal(erode(mask, 2), expected)
-    assert torch.equal(
-        erode(torch.ones(1, 8, 8, 1), 2), torch.ones(1, 8, 8, 1)
-    )  # border never erodes
+    # border never erodes
+    assert torch.equal(erode(torch.ones(1, 8, 8, 1), 2), torch.ones(1, 8, 8, 1))
     assert erode(mask, 0) is mask and dilate(mask, 0) is mask
 
 

@@ -110,9 +110,8 @@ def test_a_decompression_bomb_is_a_clear_error(tmp_path, capsys, monkeypatch):
 
     big = tmp_path / "big_rgba.png"
     Image.new("RGBA", (64, 64)).save(big)
-    monkeypatch.setattr(
-        Image, "MAX_IMAGE_PIXELS", 1000
-    )  # 64 x 64 > 2 x 1000: Pillow refuses to decode
+    # 64 x 64 > 2 x 1000: Pillow refuses to decode
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     code, err = _run(
         capsys, "rgnv", "--ref", big, "--coarse", SAMPLE, "--out", tmp_path / "o", "--model", "x"
     )

@@ -143,9 +143,8 @@ def test_32_bit_keys_sorted_as_unsigned_match_64_bit_keys(monkeypatch, size, n_s
     monkeypatch.setattr(pr, "_UNSIGNED_KEYS", False)
     wide = select()
     assert modes[n_slabs:] == [(torch.int64, False)] * n_slabs
-    assert (
-        fast.pix.numel() > 100000 and int(fast.pix.max()) >= size * size // 2
-    )  # keys >= 2^31 occurred
+    # keys >= 2^31 occurred
+    assert fast.pix.numel() > 100000 and int(fast.pix.max()) >= size * size // 2
     for a, b in zip(fast[:7], wide[:7]):
         assert torch.equal(a, b)
 
@@ -176,9 +175,8 @@ def test_gradients_reach_exactly_the_contributing_points():
     hidden = torch.rand(300, 3, generator=g) * torch.tensor([0.4, 0.4, 0.5]) - torch.tensor(
         [0.2, 0.2, 1.0]
     )
-    side = torch.randn(300, 3, generator=g) * 0.5 + torch.tensor(
-        [0.0, 0.0, -1.0]
-    )  # some visible around the wall
+    # some visible around the wall
+    side = torch.randn(300, 3, generator=g) * 0.5 + torch.tensor([0.0, 0.0, -1.0])
     off = torch.tensor([[6.0, 0.0, 0.0], [0.0, 0.0, 4.0], [0.0, -7.0, 0.5]])
     pts = torch.cat([wall, hidden, side, off])
     feats = torch.randn(len(pts), 5, generator=g).requires_grad_(True)
@@ -254,9 +252,8 @@ def test_a_camera_batch_equals_one_camera_at_a_time():
     exactly those of separate calls (also without a background)."""
     pts, feats = _scene()
     cams = torch.stack([_camera(3.0), _camera(2.5)])
-    cams[1, :3, :3] = torch.tensor(
-        [[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
-    )  # looks along +x
+    # looks along +x
+    cams[1, :3, :3] = torch.tensor([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     cams[1, :3, 3] = torch.tensor([-2.5, 0.1, 0.0])
     s = PointRasterSettings(radius_px=2.0)
     for bg in (torch.tensor([0.3, -1.0, 2.0, 0.5]), None):

@@ -68,9 +68,8 @@ def test_cameras_cover_360_degrees_without_the_reference():
     azims = sorted({round(v.azimuth_deg % 360.0, 6) for v in views})
     assert azims == [round(360.0 * k / AZIMUTHS, 6) for k in range(AZIMUTHS)]
     assert {v.elevation_deg for v in views} == {-10.0, 0.0, 10.0}
-    assert (
-        abs(views[0].azimuth_deg) < 1e-9 and abs(views[-1].azimuth_deg % 360 - 180) < 1e-9
-    )  # front first
+    # front first
+    assert abs(views[0].azimuth_deg) < 1e-9 and abs(views[-1].azimuth_deg % 360 - 180) < 1e-9
 
 
 def test_points_lie_on_the_ground_truth_surface(built):
@@ -92,9 +91,8 @@ def test_reference_points_carry_the_reference_colours(built):
         cloud.positions[sel].double().numpy(), cam.c2w, cam.fovy_deg, SIZE, SIZE
     )
     i, j = np.floor(u).astype(int), np.floor(v).astype(int)
-    assert np.allclose(u - i, 0.5, atol=1e-3) and np.allclose(
-        v - j, 0.5, atol=1e-3
-    )  # pixel centres
+    # pixel centres
+    assert np.allclose(u - i, 0.5, atol=1e-3) and np.allclose(v - j, 0.5, atol=1e-3)
     assert np.allclose(cloud.colors[sel].numpy(), ref["rgb"][j, i], atol=1e-6)
     assert bool(cloud.reference_visible[sel].all())
 
@@ -170,9 +168,8 @@ def test_zbuffer_keeps_the_nearest_point():
     )
     both = torch.stack([behind, pts], 1).reshape(-1, 3)
     keep = zbuffer_filter(both, cam, 1.0, _cfg())
-    alone = zbuffer_filter(
-        pts, cam, 1.0, _cfg()
-    )  # a point just behind a depth edge goes, copy or not
+    # a point just behind a depth edge goes, copy or not
+    alone = zbuffer_filter(pts, cam, 1.0, _cfg())
     assert not keep[0::2].any() and torch.equal(keep[1::2], alone) and alone.float().mean() > 0.9
     # the rasteriser's 1-nearest selection returns the front point of every pixel
     frags = rasterize_fragments(
@@ -201,9 +198,8 @@ def test_reference_visible_flags_follow_the_reference_view(built):
     novel = (~cloud.reference_visible).numpy()
     assert flagged.sum() > 0 and novel.sum() > 0
     pos = cloud.positions.double().numpy()
-    assert (
-        _seen_from(cam, pos[flagged]).mean() > 0.95
-    )  # flagged novel points: on the reference's visible surface
+    # flagged novel points: on the reference's visible surface
+    assert _seen_from(cam, pos[flagged]).mean() > 0.95
     # the rest: hidden from it, but for grazing silhouette points that fail the strict depth test
     assert _seen_from(cam, pos[novel]).mean() < 0.2
     # flagged points take the reference colours at their projection

@@ -192,9 +192,8 @@ def test_recentring_keeps_aspect_ratio_and_border(tiny, tmp_path, shape, box, bo
     x0, y0, x1, y1 = bbox(out[..., 3] > 127)
     bw, bh = x1 - x0, y1 - y0
     iw, ih = box[2] - box[0], box[3] - box[1]
-    assert max(bw, bh) == pytest.approx(
-        (1 - 2 * border) * size, abs=1.5
-    )  # longer side fills 1 - 2 border
+    # longer side fills 1 - 2 border
+    assert max(bw, bh) == pytest.approx((1 - 2 * border) * size, abs=1.5)
     assert bw / bh == pytest.approx(iw / ih, rel=0.03)  # aspect ratio kept
     assert (x0 + x1) / 2 == pytest.approx(size / 2, abs=1.0)  # centred
     assert (y0 + y1) / 2 == pytest.approx(size / 2, abs=1.0)
@@ -597,17 +596,14 @@ def test_dpt_disparity_to_depth_is_affine_invariant_and_near_is_small():
     disp = np.where(m, 1.0 / np.where(m, geo["depth_z"], 1.0), 0.0)
     cam = CameraAssumptions(relief=0.5)
     z1 = disparity_to_depth(disp, m, 0.6, cam)
-    z2 = disparity_to_depth(
-        3.0 * disp - 7.0, m, 0.6, cam
-    )  # MiDaS disparity: unknown scale and shift
+    # MiDaS disparity: unknown scale and shift
+    z2 = disparity_to_depth(3.0 * disp - 7.0, m, 0.6, cam)
     assert np.allclose(z1, z2) and (z1[~m] == 0).all()
-    assert np.argmin(np.where(m, z1, np.inf)) == np.argmax(
-        np.where(m, disp, -np.inf)
-    )  # nearest = brightest
+    # nearest = brightest
+    assert np.argmin(np.where(m, z1, np.inf)) == np.argmax(np.where(m, disp, -np.inf))
     extent = 0.6 * 2 * np.tan(np.radians(10.0))
-    assert z1[m].max() - z1[m].min() == pytest.approx(
-        0.5 * extent, rel=1e-6
-    )  # relief * object extent
+    # relief * object extent
+    assert z1[m].max() - z1[m].min() == pytest.approx(0.5 * extent, rel=1e-6)
 
 
 def test_a_large_photo_is_downsized_before_any_work(tmp_path):

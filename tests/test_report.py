@@ -355,7 +355,6 @@ def test_page_escapes_and_formats_pure():
     text = page.render(folder, [v], "now")
     assert "&lt;t&gt;" in text and "<t>" not in text and "&lt;o&gt;" in text
     assert 'data-metric="clip" data-value="0.91234567">0.9123<' in text
-    assert (
-        'data-metric="extra" data-value="3">3<' in text
-    )  # metrics beyond the protocol get a column
+    # metrics beyond the protocol get a column
+    assert 'data-metric="extra" data-value="3">3<' in text
     assert "cdn" not in text and '<script type="module"' not in text  # no model: no viewer library

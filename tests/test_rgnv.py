@@ -81,9 +81,8 @@ def test_cached_reference_equals_recomputation_with_fewer_unet_evaluations(
         )
     assert (cached - recomputed).abs().max() <= 1e-5
     n = len(views)
-    assert (
-        cached_n.calls == 2 * S + n * 2 * S
-    )  # reference once; per view S inversions + S CFG calls
+    # reference once; per view S inversions + S CFG calls
+    assert cached_n.calls == 2 * S + n * 2 * S
     assert recomputed_n.calls == n * 4 * S
     assert cached_n.items == 2 * S + n * 3 * S
     # batching views changes nothing but the layout

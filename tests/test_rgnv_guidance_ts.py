@@ -46,9 +46,8 @@ def test_registered_by_the_launch_style_load(threestudio_env):
     from hifi123.threestudio_ext.guidance.rgnv import RGNVGuidance
 
     assert ts.find(NAME) is RGNVGuidance
-    assert not issubclass(
-        RGNVGuidance, torch.nn.Module
-    )  # a BaseObject: SD weights stay out of ckpts
+    # a BaseObject: SD weights stay out of ckpts
+    assert not issubclass(RGNVGuidance, torch.nn.Module)
 
 
 def test_errors_name_the_threestudio_field_before_loading_a_model(threestudio_env, tmp_path):
@@ -92,9 +91,8 @@ def test_one_call_on_cpu_reaches_rgb(threestudio_env):
     loss = out["loss_rgnv"]
     assert loss.dim() == 0 and torch.isfinite(loss) and loss.item() > 0
     assert out["rgnv_target"].shape == rgb.shape and not out["rgnv_target"].requires_grad
-    assert guidance.device == torch.device(
-        "cpu"
-    )  # from the input, never threestudio's get_device()
+    # from the input, never threestudio's get_device()
+    assert guidance.device == torch.device("cpu")
     assert guidance.loss_fn.device == torch.device("cpu")
     ev = out["eval"]
     assert ev["bs"] == 1 and len(ev["texts"]) == 1

@@ -104,9 +104,8 @@ def test_render_depth_to_disparity():
     disp = render_disparity(z, opacity, "disparity")
     assert torch.allclose(disp.flatten(), torch.tensor([2.0, 4.0, 0.0, 0.0]))
     assert torch.allclose(render_disparity(z[..., 0], None, "disparity").flatten(), z.flatten())
-    assert torch.equal(
-        render_disparity(z[..., 0], opacity[..., 0], "z", False), d
-    )  # [B,H,W] inputs
+    # [B,H,W] inputs
+    assert torch.equal(render_disparity(z[..., 0], opacity[..., 0], "z", False), d)
 
 
 def test_config_errors_name_the_field(tmp_path):
@@ -154,10 +153,8 @@ def test_reference_branch_is_built_once(components, reference):
     def per_view(B):  # S single-pass inversions + S CFG-batched denoising calls
         return (2 * S, S * B + S * 2 * B)
 
-    assert counts[0] == (
-        2 * S + per_view(1)[0],
-        2 * S + per_view(1)[1],
-    )  # + reference: S + S, unguided
+    # + reference: S + S, unguided
+    assert counts[0] == (2 * S + per_view(1)[0], 2 * S + per_view(1)[1])
     assert counts[1] == per_view(1) and counts[2] == per_view(2)
     assert loss_fn.reference_builds == 1
 

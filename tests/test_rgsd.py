@@ -200,9 +200,8 @@ def test_restoring_targets_compares_every_setting_that_shapes_them():
         "inject": False,
     }
     checked = {f.name for f in fields(RGSDConfig)} - TARGET_INDEPENDENT
-    assert checked == set(other), checked ^ set(
-        other
-    )  # a new field must be listed here or excluded there
+    # a new field must be listed here or excluded there
+    assert checked == set(other), checked ^ set(other)
     for name, value in other.items():
         changed = replace(base, **{name: value})
         with pytest.raises(ValueError, match=name):
@@ -247,9 +246,8 @@ def test_t_is_uniform_over_1_to_S(rgsd):
     draws = np.array([rgsd.sample_t(g) for _ in range(400 * s)])
     counts = np.bincount(draws, minlength=s + 2)
     assert counts[0] == 0 and counts[s + 1 :].sum() == 0
-    assert np.all(np.abs(counts[1 : s + 1] - 400) < 80), (
-        counts
-    )  # ~4 sigma of a binomial(400 s, 1/s)
+    # ~4 sigma of a binomial(400 s, 1/s)
+    assert np.all(np.abs(counts[1 : s + 1] - 400) < 80), counts
 
 
 def test_fixed_view_steps_build_no_depth_condition(rgsd, monkeypatch):

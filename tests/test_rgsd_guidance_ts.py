@@ -30,9 +30,8 @@ def _render(azimuth, size=64):
     r = render_sample(0.0, azimuth, size=size)
     alpha = torch.from_numpy(r["alpha"]).float()[None, ..., None]
     rgb = torch.from_numpy(r["rgb"]).float()[None] * alpha + (1 - alpha)
-    depth = (
-        torch.from_numpy(r["depth_z"]).float()[None, ..., None] * alpha
-    )  # NeRF-style weighted depth
+    # NeRF-style weighted depth
+    depth = torch.from_numpy(r["depth_z"]).float()[None, ..., None] * alpha
     return rgb, alpha, depth
 
 

@@ -176,9 +176,8 @@ def test_override_quoting_survives_omegaconf():
         OmegaConf.resolve(cfg)  # threestudio resolves, then builds a structured config from it
         again = OmegaConf.create(OmegaConf.to_container(cfg))
         assert again.system.prompt_processor.prompt == text
-    assert (
-        pl.override("p", "a ${x} b") == "p='a {x} b'"
-    )  # `${` cannot survive threestudio's double resolution
+    # `${` cannot survive threestudio's double resolution
+    assert pl.override("p", "a ${x} b") == "p='a {x} b'"
     assert pl.parse_override("coarse:a.b=1") == ("coarse", "a.b=1")
     with pytest.raises(ValueError):
         pl.parse_override("preprocess:a=1")
@@ -186,12 +185,32 @@ def test_override_quoting_survives_omegaconf():
         pl.parse_override("no-equals")
 
 
+def test_loss_weights_set_by_hand_must_exist_in_the_stages_they_reach():
+    """A `--set system.loss.KEY` is checked against the shipped YAML of each training stage it
+    reaches; a stage whose guidance is swapped by `--set` too is left to launch.py."""
+    from hifi123.errors import InputError
+
+    ok = [("refine", "system.loss.lambda_rgsd=10"), (None, "system.loss.lambda_rgb=500")]
+    pl.check_loss_overrides("hifi123", False, ok)
+    pl.check_loss_overrides("hifi123", True, ok)  # the -lowvram configs have the same weights
+    with pytest.raises(InputError, match="the coarse stage .coarse.yaml. has no loss weight"):
+        pl.check_loss_overrides("hifi123", False, [(None, "system.loss.lambda_rgsd=10")])
+    with pytest.raises(InputError, match="makeit3d-coarse-lowvram.yaml"):
+        pl.check_loss_overrides("makeit3d", True, [("coarse", "system.loss.lambda_rgb_=1")])
+    vsd = [
+        ("coarse", "system.guidance_type=stable-diffusion-vsd-guidance"),
+        ("coarse", "system.loss.lambda_lora=1"),
+    ]
+    pl.check_loss_overrides("hifi123", False, vsd)  # its losses are the swapped guidance's
+    with pytest.raises(InputError, match="the refine stage"):  # the swap was for coarse only
+        pl.check_loss_overrides("hifi123", False, [*vsd, ("refine", "system.loss.lambda_lora=1")])
+
+
 def test_tags_are_safe_readable_and_unique_for_threestudio():
     import re
 
-    assert (
-        pl.make_tag("/x/cat.png") == "cat" and pl.make_tag("/y/cat_rgba.png") == "cat"
-    )  # kept as is
+    # kept as is
+    assert pl.make_tag("/x/cat.png") == "cat" and pl.make_tag("/y/cat_rgba.png") == "cat"
     tags = [
         pl.make_tag(p)
         for p in (

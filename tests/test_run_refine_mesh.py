@@ -117,9 +117,8 @@ def test_runner_fresh_then_nothing(tmp_path, gpu, capsys):
         "eval",
     ]
     refine = fake.calls[2]
-    assert (
-        f"data.default_elevation_deg={ALIGNED_ELEVATION}" in refine.argv
-    )  # re-planned after align
+    # re-planned after align
+    assert f"data.default_elevation_deg={ALIGNED_ELEVATION}" in refine.argv
     marker = json.load(open(os.path.join(trial(opts, "refine"), pl.MARKER)))
     assert marker["identity"]["alignment"]
     assert rec["status"] == "done" and all(rec["outputs"][k] for k in rec["outputs"]), rec[

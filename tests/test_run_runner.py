@@ -299,9 +299,8 @@ def test_missing_gpu_error_but_dry_run_works(tmp_path, no_gpu):
     assert "torch.cuda.is_available() is False" in err.value.what and "--dry-run" in err.value.fix
     assert rn.run_image(opts, dry_run=True, say=lambda m: None) == {}
     make_done(opts, *pl.stage_names("hifi123"))
-    rn.run_image(
-        opts, execute=FakeExecutor(opts), say=lambda m: None
-    )  # nothing to run: no GPU needed
+    # nothing to run: no GPU needed
+    rn.run_image(opts, execute=FakeExecutor(opts), say=lambda m: None)
 
 
 def test_missing_image_and_bad_options(tmp_path):

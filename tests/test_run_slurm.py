@@ -253,10 +253,8 @@ def test_submission_skips_finished_and_queued_images_and_summarises(tmp_path, mo
     code = slurm.submit_manifest(man, base, sopts, say=lines.append)
     assert len(fake.submitted) == 1  # one array job
     task, items = fake.submitted[0]
-    assert [e.tag for e in items] == [
-        "new",
-        "failed",
-    ]  # done and still-queued images are not submitted
+    # done and still-queued images are not submitted
+    assert [e.tag for e in items] == ["new", "failed"]
     assert isinstance(task, slurm.ImageTask) and task.base == base
     assert (
         fake.params["partition"] == "gpu"
@@ -303,9 +301,8 @@ def test_status_reads_records_and_the_queue(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(slurm, "queue_states", lambda: {"9_1": ("PENDING", "BeginTime")})
     monkeypatch.delenv("THREESTUDIO_ROOT", raising=False)
-    code, out, err = _cli(
-        ["--manifest", man, "--status", "--out", base.out]
-    )  # needs no threestudio
+    # needs no threestudio
+    code, out, err = _cli(["--manifest", man, "--status", "--out", base.out])
     assert code == 2, err
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert "**queued**" in rows["b"] and "9_1" in rows["b"]  # requeued: waiting for its turn
@@ -337,9 +334,8 @@ def test_task_runs_on_slurms_gpu_and_requeues_itself(tmp_path, monkeypatch):
     man, base = manifest_run(tmp_path, ["a.png"])
     (entry,) = mf.read_manifest(man)
     task = slurm.ImageTask(base, CountingExecutor(mf.entry_options(base, entry, "0")))
-    monkeypatch.setattr(
-        rn, "gpu_available", rn.gpu_available
-    )  # unpickling patches it: undo after the test
+    # unpickling patches it: undo after the test
+    monkeypatch.setattr(rn, "gpu_available", rn.gpu_available)
     task = cloudpickle.loads(cloudpickle.dumps(task))  # as submitit hands it to the task
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "12")
@@ -392,9 +388,8 @@ def test_stages_in_a_task_do_not_see_slurms_variables(tmp_path, monkeypatch):
     assert slurm.run_stage_in_task(stage, False) == 0
     assert "['HIFI123_KEEP']" in log.read_text()  # and Lightning sees no Slurm launch to join
     assert rn.execute_subprocess(stage, False) == 0
-    assert (
-        "'SLURM_JOB_ID'" in log.read_text()
-    )  # the local backend's stages keep the caller's environment
+    # the local backend's stages keep the caller's environment
+    assert "'SLURM_JOB_ID'" in log.read_text()
 
 
 # ---------------------------------------------------------------------------- a real Slurm

@@ -45,9 +45,8 @@ def test_the_newest_finished_trial_wins_over_a_newer_unfinished_one(tmp_path):
         tmp_path, "sample_rgba.png@20260101-000000", step=10, marker=True, mtime=now - 100
     )
     make_trial(tmp_path, "sample_rgba.png@20260102-000000", step=3, mtime=now)  # crashed at step 3
-    make_trial(
-        tmp_path, "other_rgba.png@20260103-000000", step=10, marker=True, mtime=now + 1
-    )  # another image
+    # another image
+    make_trial(tmp_path, "other_rgba.png@20260103-000000", step=10, marker=True, mtime=now + 1)
     assert resolve_last(str(tmp_path / LAST)) == str(done / "ckpts" / "last.ckpt")
 
 

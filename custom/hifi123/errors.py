@@ -101,9 +101,8 @@ def check_config_numbers(given, path: str, owner: str) -> None:
             "inf",
             "infinity",
         ):
-            value = float(
-                value.strip().lower().replace(".", "")
-            )  # YAML `nan`, which a float field parses
+            # YAML `nan`, which a float field parses
+            value = float(value.strip().lower().replace(".", ""))
         if isinstance(value, float):
             if not math.isfinite(value):
                 bad.append(f"{where} = {value}")

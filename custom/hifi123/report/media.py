@@ -23,9 +23,8 @@ from typing import Dict, List, Optional, Set, Tuple
 import numpy as np
 from PIL import Image
 
-CHECKPOINT_KEY = (
-    "hifi123_rgsd"  # threestudio_ext.systems.hifi123.CHECKPOINT_KEY (no threestudio import)
-)
+# threestudio_ext.systems.hifi123.CHECKPOINT_KEY (no threestudio import)
+CHECKPOINT_KEY = "hifi123_rgsd"
 
 
 class Assets:

@@ -14,7 +14,7 @@ from typing import List, Optional
 
 from ..errors import Hifi123Error
 from . import slurm
-from .plan import METHODS, RunOptions, parse_override
+from .plan import METHODS, RunOptions, check_loss_overrides, parse_override
 
 EPILOG = """\
 stages (each skipped when done; an interrupted training stage resumes from ckpts/last.ckpt):
@@ -113,7 +113,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=[],
         metavar="[STAGE:]KEY=VALUE",
         help="threestudio override for both training stages, or for one stage with a prefix "
-        "(coarse:, refine:, export:, video:); repeatable",
+        "(coarse:, refine:, export:, video:); repeatable; a system.loss.* weight must exist in "
+        "every stage it reaches",
     )
     p.add_argument("--dry-run", action="store_true", help="print the exact commands, run nothing")
     p.add_argument("--quiet", action="store_true", help="stage output only to the log files")
@@ -184,9 +185,9 @@ def options_from_args(args) -> RunOptions:
             "the output folder (created if missing)",
             "pass another --out DIR",
         )
-    if (
-        not args.dry_run and not status
-    ):  # a real run writes there: prove it can before anything starts
+    check_loss_overrides(args.method, args.lowvram, overrides)
+    # a real run writes there: prove it can before anything starts
+    if not args.dry_run and not status:
         from ..outputs import check_output_dir
 
         check_output_dir(out, "--out")

@@ -173,9 +173,8 @@ def obj_to_glb(obj_path: str, glb_path: Optional[str] = None, *, axes: str = "gl
     check_obj(obj_path)
     glb_path = glb_path or os.path.splitext(obj_path)[0] + ".glb"
     try:
-        src = trimesh.load(
-            obj_path, force="scene", process=False
-        )  # NOT maintain_order: it drops UV seams
+        # NOT maintain_order: it drops UV seams
+        src = trimesh.load(obj_path, force="scene", process=False)
     except Exception as err:  # trimesh raises many kinds on a malformed file
         raise InputError(
             f"cannot read the mesh {obj_path}: {err}", "a Wavefront OBJ", "re-run the export"

@@ -151,9 +151,8 @@ def run_worker(
         except Hifi123Error as err:
             status[e.tag] = "failed"
             say(f"FAILED {e.tag}: {err.render()}")
-            _mark_failed(
-                opts, err.render()
-            )  # errors before any stage ran leave no record otherwise
+            # errors before any stage ran leave no record otherwise
+            _mark_failed(opts, err.render())
         except Exception as err:  # a bug in one image's run must not stop the others
             status[e.tag] = "failed"
             say(f"FAILED {e.tag}: {type(err).__name__}: {err}")

@@ -79,9 +79,8 @@ class MethodSpec:
 
     stages: Dict[bool, Dict[str, TrainingStage]]  # lowvram -> {"coarse": ..., "refine": ...}
     chain_key: str  # refine override that points at the coarse checkpoint
-    prompt_key: Optional[
-        str
-    ]  # override that receives the caption (None: the config reads <name>_caption.txt)
+    # override that receives the caption (None: the config reads <name>_caption.txt)
+    prompt_key: Optional[str]
     mesh_from: str  # the training stage whose geometry the mesh exporter exports
     pointcloud: bool  # Make-It-3D: a coloured PLY of the refine stage's point cloud
     aligns_mesh: bool = False  # refine-mesh: the user's --mesh, aligned, replaces the coarse stage
@@ -221,6 +220,49 @@ def parse_override(text: str) -> Tuple[Optional[str], str]:
     if value in ("nan", ".nan", "inf", ".inf", "infinity"):
         raise ValueError(f"{text!r}: {m.group(2).split('=', 1)[1]} is not a finite number")
     return stage, m.group(2)
+
+
+def check_loss_overrides(method: str, lowvram: bool, overrides) -> None:
+    """`--set system.loss.KEY=...` must name a loss weight of every training stage it reaches
+    (the stage's shipped YAML lists all of them): a misspelt or foreign weight is refused here,
+    dry runs included, instead of being dropped by a stage whose guidance is not ours. A stage
+    whose `--set` swaps its system or a guidance (whose losses the YAML cannot know) is left to
+    launch.py's own check."""
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    from ..errors import InputError
+
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    for stage, ts in METHODS[method].stages[lowvram].items():
+        keys = [
+            kv.split("=", 1)[0][len("system.loss.") :]
+            for st, kv in overrides
+            if kv.startswith("system.loss.") and (st == stage or st is None)
+        ]
+        swaps = [
+            kv
+            for st, kv in overrides
+            if (st == stage or st is None)
+            and kv.split("=", 1)[0]
+            in ("system_type", "system.guidance_type", "system.guidance_3d_type")
+        ]
+        if not keys or swaps:
+            continue
+        weights = set(OmegaConf.load(os.path.join(here, ts.config)).system.loss.keys())
+        for key in keys:
+            if key in weights:
+                continue
+            close = difflib.get_close_matches(key, sorted(weights), n=1)
+            raise InputError(
+                f"--set system.loss.{key}: the {stage} stage ({ts.config}) has no loss weight "
+                f"{key!r}",
+                f"one of its weights: {', '.join(sorted(weights))}",
+                (f"did you mean {close[0]}? " if close else "")
+                + "a weight only one stage has takes that stage's prefix, e.g. "
+                f"--set {'coarse' if stage == 'refine' else 'refine'}:system.loss.{key}=...",
+            )
 
 
 # left unquoted: words and absolute paths that YAML reads back as the same string (no number,

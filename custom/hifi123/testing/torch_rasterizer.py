@@ -98,9 +98,8 @@ class TorchRasterizerContext:
         idx = tri[(fid - 1).clamp_min(0)]  # [B,H,W,3]
         if attr.shape[0] == 1 and B > 1:
             attr = attr.expand(B, *attr.shape[1:])
-        gathered = torch.stack(
-            [attr[b][idx[b].reshape(-1)].view(H, W, 3, -1) for b in range(B)]
-        )  # [B,H,W,3,C]
+        # [B,H,W,3,C]
+        gathered = torch.stack([attr[b][idx[b].reshape(-1)].view(H, W, 3, -1) for b in range(B)])
         u, v = rast[..., 0:1], rast[..., 1:2]
         bary = torch.cat([u, v, 1 - u - v], -1)[..., None]  # [B,H,W,3,1]
         out = (gathered * bary).sum(-2)

@@ -154,9 +154,8 @@ class RGNVPipeline:
         )
         self._emb: Dict[str, torch.Tensor] = {}
         self._backgrounds: Dict[Tuple[str, int, int], torch.Tensor] = {}
-        self.progress: Optional[Callable[[str, int], None]] = (
-            None  # called (phase, n_steps) per step
-        )
+        # called (phase, n_steps) per step
+        self.progress: Optional[Callable[[str, int], None]] = None
         # tests plug an oracle here: noise_model(prompt, depth, guided) -> eps_fn (default: the
         # UNet)
         self.noise_model: Optional[Callable[[str, torch.Tensor, bool], Callable]] = None

@@ -438,9 +438,8 @@ def select_fragments(
     # 1. up to `depth_slabs` slabs of at least `min_slab_points` points (a slab has a fixed cost of
     # some 60 tensor operations), more when the memory bound requires
     n_slabs = _slab_count(st, n, depth_slabs, min_slab_points, max_fragments_per_chunk)
-    per_slab = -(
-        -n // n_slabs
-    )  # points per slab (the last slabs may hold fewer, or be culled away)
+    # points per slab (the last slabs may hold fewer, or be culled away)
+    per_slab = -(-n // n_slabs)
     ci_all, cj_all = torch.floor(us).int(), torch.floor(vs).int()
     half = st.half
     st.interior = n == 0 or bool(  # no footprint window crosses the image border
@@ -608,15 +607,13 @@ def _composite_slab(
     st.trans.index_copy_(0, seg_pix, new_t)
     st.count.index_copy_(0, seg_pix, new_c.int())
     st.open_px.index_copy_(0, seg_pix, (new_c < K) & (new_t >= eps) if eps > 0 else new_c < K)
-    out = _nonzero(
-        (slots[None, :] < n_counted[:, None]).view(-1)
-    )  # (run, slot)-major: by pixel, front to back
+    # (run, slot)-major: by pixel, front to back
+    out = _nonzero((slots[None, :] < n_counted[:, None]).view(-1))
     row = out >> st.k_shift if st.k_shift is not None else torch.div(out, K, rounding_mode="floor")
     point = ids.index_select(0, j_tab.index_select(0, out))
     t_after = t_incl.view(-1).index_select(0, out)
-    weight = (
-        t_after / one_minus_a.view(-1).index_select(0, out) - t_after
-    )  # alpha T = T_before - T_after
+    # alpha T = T_before - T_after
+    weight = t_after / one_minus_a.view(-1).index_select(0, out) - t_after
     return (
         seg_pix.index_select(0, row),
         (row + n_runs).to(index_dtype),
@@ -826,9 +823,8 @@ def rasterize_points(
     for b in range(B):  # cameras; everything inside is vectorised over points
         with torch.no_grad():
             u, v, z = project_points(pts, c2w[b], fov[b], height, width)
-            order = depth_order(
-                u, v, z, width, height, s.radius_px, s.znear
-            )  # the same at every scale
+            # the same at every scale
+            order = depth_order(u, v, z, width, height, s.radius_px, s.znear)
             for k, (h, w) in enumerate(sizes):
                 scale = h / float(height)
                 r = s.radius_px * scale

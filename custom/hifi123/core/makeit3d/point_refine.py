@@ -67,9 +67,8 @@ class RefineConfig:
     contextual_band_width: float = 0.5
     # outputs under save/ (hifi123.core.makeit3d.point_export.SAVE_LAYOUT)
     save_initial_point_cloud: bool = True  # it0-point-cloud/{point_cloud.ply, point_cloud.npz}
-    export_every_n_steps: int = (
-        1000  # PLY + renderer weights every N steps and at the end (official)
-    )
+    # PLY + renderer weights every N steps and at the end (official)
+    export_every_n_steps: int = 1000
     video_frames: int = 64  # 360 deg orbit of the final renders (official: 64 views, 25 fps)
     video_fps: int = 25
 

@@ -76,9 +76,8 @@ class PointCloudConfig:
     novel_erosion_px: float = 5.0  # @800: 11x11 kernel, 1 iteration (M3D)
     depth_edge_slope_deg: float = 85.0  # our depth-edge detector (M3D: Canny(10, 10) on depth)
     depth_edge_dilation_px: float = 5.0  # @800: the edge map dilated 11x11 (M3D)
-    coverage_radius_px: float = (
-        1.0  # pixels at `resolution`: a visible existing point covers this disc
-    )
+    # pixels at `resolution`: a visible existing point covers this disc
+    coverage_radius_px: float = 1.0
     coverage_erosion_px: float = 0.0  # @800; M3D erodes coverage 15x15 (7 px); 0 = no re-adding
     zbuffer_radius_px: float = 1.0  # pixels at `resolution`
     depth_tolerance: float = 0.005  # relative slack of "same surface" tests on smooth surfaces

@@ -93,9 +93,8 @@ class DeviceSafeSingleImageDataModule(SingleImageDataModule):
     eval_dataset_cls = DeviceSafeSingleImageDataset
 
     def __init__(self, cfg: Optional[Any] = None) -> None:
-        pl.LightningDataModule.__init__(
-            self
-        )  # the parent would parse with its own (smaller) config
+        # the parent would parse with its own (smaller) config
+        pl.LightningDataModule.__init__(self)
         if cfg is not None and hasattr(cfg, "keys"):  # one clear error before threestudio's parse
             from ...errors import check_config_keys, check_config_numbers, check_config_types
 
@@ -166,18 +165,14 @@ class HiFi123SingleImageDataModule(DeviceSafeSingleImageDataModule):
 
 @dataclass
 class MakeIt3DSingleImageDataModuleConfig(DeviceSafeSingleImageDataModuleConfig):
-    max_steps: int = setting(
-        5000, ge=1, hint="the shipped configs set it to ${trainer.max_steps}"
-    )  # the run length the progressive fraction refers to (${trainer.max_steps})
-    progressive_fraction: float = setting(
-        0.4, ge=0.0, le=1.0
-    )  # official: 2000 of 5000 iterations in phase 1
-    phase1_azimuth_half_range: float = setting(
-        45.0, ge=0.0, le=180.0
-    )  # official phase 1: phi in [135, 225]
-    phase2_azimuth_half_range: float = setting(
-        180.0, ge=0.0, le=180.0
-    )  # official phase 2: phi in [0, 360]
+    # the run length the progressive fraction refers to (${trainer.max_steps})
+    max_steps: int = setting(5000, ge=1, hint="the shipped configs set it to ${trainer.max_steps}")
+    # official: 2000 of 5000 iterations in phase 1
+    progressive_fraction: float = setting(0.4, ge=0.0, le=1.0)
+    # official phase 1: phi in [135, 225]
+    phase1_azimuth_half_range: float = setting(45.0, ge=0.0, le=180.0)
+    # official phase 2: phi in [0, 360]
+    phase2_azimuth_half_range: float = setting(180.0, ge=0.0, le=180.0)
     azimuth_sampling: str = "uniform"  # uniform | makeit3d (official mixture)
 
 
@@ -238,6 +233,5 @@ class MakeIt3DSingleImageDataModule(DeviceSafeSingleImageDataModule):
                 f"one of {list(AZIMUTH_SAMPLING)}",
                 f"set data.azimuth_sampling to one of {list(AZIMUTH_SAMPLING)}",
             )
-        check_ranges(
-            c, MakeIt3DSingleImageDataModuleConfig, "data"
-        )  # max_steps: ${trainer.max_steps}
+        # max_steps: ${trainer.max_steps}
+        check_ranges(c, MakeIt3DSingleImageDataModuleConfig, "data")

@@ -39,14 +39,12 @@ class MakeIt3DPointCloud(StrictConfig, BaseGeometry):
 
     @dataclass
     class Config(BaseGeometry.Config):
-        n_feature_dims: int = setting(
-            16, ge=0
-        )  # learned features besides RGB: a 19-d descriptor (M3D utils.py:808)
+        # learned features besides RGB: a 19-d descriptor (M3D utils.py:808)
+        n_feature_dims: int = setting(16, ge=0)
         feature_init_std: float = setting(1.0, ge=0.0)  # features ~ N(0, 1) (M3D utils.py:816-820)
         background_init: float = 1.0  # background descriptor initialised to ones (M3D)
-        point_cloud_path: Optional[str] = (
-            None  # optional .npz (PointCloud.save_npz) or .ply to start from
-        )
+        # optional .npz (PointCloud.save_npz) or .ply to start from
+        point_cloud_path: Optional[str] = None
         seed: int = 0  # feature initialisation
 
     cfg: Config

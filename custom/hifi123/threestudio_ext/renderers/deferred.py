@@ -36,25 +36,20 @@ class MakeIt3DDeferredRenderer(StrictConfig, Rasterizer):
 
     @dataclass
     class Config(Rasterizer.Config):
-        point_radius_px: float = setting(
-            2.0, gt=0.0
-        )  # at full resolution (M3D: 2 px at 800, same NDC at every scale)
+        # at full resolution (M3D: 2 px at 800, same NDC at every scale)
+        point_radius_px: float = setting(2.0, gt=0.0)
         points_per_pixel: int = setting(8, ge=1)  # M3D: 8 nearest points composited per pixel
         n_scales: int = setting(3, ge=1)  # full, /2, /4 (M3D K = 3)
-        min_transmittance: float = setting(
-            1e-4, ge=0.0, lt=1.0
-        )  # compositing stops below (exact zeros behind saturated pixels)
+        # compositing stops below (exact zeros behind saturated pixels)
+        min_transmittance: float = setting(1e-4, ge=0.0, lt=1.0)
         depth_slabs: int = setting(4, ge=1)  # occlusion culling granularity (speed only)
-        min_slab_points: int = setting(
-            16384, ge=1
-        )  # fewer slabs when they would hold fewer points (speed only)
+        # fewer slabs when they would hold fewer points (speed only)
+        min_slab_points: int = setting(16384, ge=1)
         max_fragments_per_chunk: int = setting(4194304, ge=1)  # memory bound of the rasteriser
-        unet_widths: List[int] = field(
-            default_factory=lambda: list(UNET_WIDTHS)
-        )  # M3D [16, 32, 64]
-        batch_stats_always: bool = (
-            True  # M3D keeps its U-Net in train mode (BatchNorm batch statistics)
-        )
+        # M3D [16, 32, 64]
+        unet_widths: List[int] = field(default_factory=lambda: list(UNET_WIDTHS))
+        # M3D keeps its U-Net in train mode (BatchNorm batch statistics)
+        batch_stats_always: bool = True
 
     cfg: Config
 

@@ -102,22 +102,18 @@ class ImageConditionedSystem(BaseLift3DSystem):
         refinement: bool = False
         stage: Optional[str] = None  # coarse | refine; None: as `refinement` says
         reference_shading: Optional[str] = "albedo"  # shading of the reference render
-        ambient_ratio_min: Optional[float] = setting(
-            0.5, ge=0.0, le=1.0
-        )  # novel views: ambient ~ U[min, max]; None: material's own
+        # novel views: ambient ~ U[min, max]; None: material's own
+        ambient_ratio_min: Optional[float] = setting(0.5, ge=0.0, le=1.0)
         ambient_ratio_max: float = setting(1.0, ge=0.0, le=1.0)
         rgb_loss: str = "mse"  # mse | l1
         mask_loss: str = "mse"  # mse | bce
         depth_kind: str = "disparity"  # the reference depth map: disparity (near = bright) | depth
-        depth_erosion: int = setting(
-            5, ge=0
-        )  # mask erosion kernel for the depth loss, at depth_erosion_resolution (<= 1: none)
-        depth_erosion_resolution: int = setting(
-            512, ge=1
-        )  # the kernel is scaled to the render size (M3D erodes at 512)
-        depth_min: float = setting(
-            1e-3, gt=0.0
-        )  # rendered depth clamp before 1/depth (disparity maps)
+        # mask erosion kernel for the depth loss, at depth_erosion_resolution (<= 1: none)
+        depth_erosion: int = setting(5, ge=0)
+        # the kernel is scaled to the render size (M3D erodes at 512)
+        depth_erosion_resolution: int = setting(512, ge=1)
+        # rendered depth clamp before 1/depth (disparity maps)
+        depth_min: float = setting(1e-3, gt=0.0)
         video_format: str = "mp4"  # mp4 (needs imageio-ffmpeg; falls back to gif) | gif
         save_train_images: bool = True
 

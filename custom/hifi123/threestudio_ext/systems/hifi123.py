@@ -58,15 +58,12 @@ class HiFi123System(ImageConditionedSystem):
     class Config(ImageConditionedSystem.Config):
         guidance_3d_type: str = ""  # coarse: zero123-guidance | stable-zero123-guidance ("" = none)
         guidance_3d: dict = field(default_factory=dict)
-        fixed_view_every: int = setting(
-            2, ge=1
-        )  # refine: a t = 0 fixed-view iteration every N iterations (decision 9)
-        fixed_view_resolution: Optional[int] = setting(
-            None, ge=8
-        )  # fixed-view render size (default: the random views')
-        image_path: str = (
-            ""  # the reference (${data.image_path}): an empty 2D prompt reads its caption file
-        )
+        # refine: a t = 0 fixed-view iteration every N iterations (decision 9)
+        fixed_view_every: int = setting(2, ge=1)
+        # fixed-view render size (default: the random views')
+        fixed_view_resolution: Optional[int] = setting(None, ge=8)
+        # the reference (${data.image_path}): an empty 2D prompt reads its caption file
+        image_path: str = ""
 
     cfg: Config
 

@@ -43,15 +43,13 @@ from .makeit3d_refine import (
 class MakeIt3DSystem(ImageConditionedSystem):
     @dataclass
     class Config(ImageConditionedSystem.Config):
-        back_threshold_deg: float = setting(
-            135.0, ge=0.0
-        )  # back view: |azimuth - reference| >= 180 - 45
+        # back view: |azimuth - reference| >= 180 - 45
+        back_threshold_deg: float = setting(135.0, ge=0.0)
         back_view_opacity_factor: float = setting(10.0, ge=0.0)  # official utils.py:521-524
         # stage (the base's switch): coarse = NeRF (paper §3.2), refine = point cloud + deferred
         # renderer (§3.3)
-        refine: dict = field(
-            default_factory=dict
-        )  # stage refine: hifi123.core.makeit3d.point_refine.RefineConfig
+        # stage refine: hifi123.core.makeit3d.point_refine.RefineConfig
+        refine: dict = field(default_factory=dict)
         # novel views are rendered albedo-only while the step lies in one of these [start, end)
         # windows (the official two-phase run: 0-1000, then 2000-3500 as the 360 degree views start)
         albedo_only_windows: list = field(default_factory=list)
@@ -106,9 +104,8 @@ class MakeIt3DSystem(ImageConditionedSystem):
                 device=self.device,
                 log=threestudio.info,
             )
-            self.geometry.set_from_point_cloud(
-                cloud
-            )  # in place: the optimiser keeps the parameters
+            # in place: the optimiser keeps the parameters
+            self.geometry.set_from_point_cloud(cloud)
             if self.refine.save_initial_point_cloud and self._save_dir is not None:
                 save_initial_point_cloud(self, cloud)
 

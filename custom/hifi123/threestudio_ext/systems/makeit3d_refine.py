@@ -126,9 +126,8 @@ def load_coarse_renderer(
     r_cfg.update(renderer_override or {})
     renderer = threestudio.find(renderer_type or prev.renderer_type)(r_cfg, **modules)
     modules["renderer"] = renderer
-    ckpt = torch.load(
-        checkpoint, map_location="cpu", weights_only=False
-    )  # the user's own Lightning checkpoint
+    # the user's own Lightning checkpoint
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     state = ckpt["state_dict"]
     epoch, step = int(ckpt.get("epoch", 0)), int(ckpt.get("global_step", 0))
     for name, module in modules.items():
