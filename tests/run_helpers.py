@@ -3,6 +3,7 @@ names), option and output-tree builders, a fake stage executor, GPU fixtures, th
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -29,6 +30,17 @@ def pl_sha256(path):
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+
+def tree_sha256(folder) -> dict:
+    """{relative path: sha256} of every file below `folder` (proves nothing was written there)."""
+    out = {}
+    for root, _, names in os.walk(folder):
+        for n in names:
+            p = os.path.join(root, n)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
 
 
 def fake_threestudio(tmp_path, configs=True, link=True):

@@ -10,7 +10,6 @@ The YAML configs through threestudio's loader are in `test_bad_inputs_ts.py`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 import shutil
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 from hifi123.errors import Hifi123Error, InputError, ModelNotFoundError
 from PIL import Image
+from run_helpers import tree_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "custom" / "hifi123" / "assets"
@@ -46,16 +46,6 @@ def cli(id, argv, *needles, code=2):
 
 
 # ------------------------------------------------------------------------------------ inputs
-def _hashes(folder) -> dict:
-    out = {}
-    for root, _, names in os.walk(folder):
-        for n in names:
-            p = os.path.join(root, n)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return out
-
-
 def _u8(x):
     return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
 
@@ -768,7 +758,7 @@ def test_cli(case, inputs, tmp_path, fake_ts, model_dirs, capsys, monkeypatch, n
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # --device cuda:1 is not there
     argv = _argv(case, inputs, tmp_path / "out", fake_ts, model_dirs)
-    before = _hashes(inputs)
+    before = tree_sha256(inputs)
     try:
         code = hifi123_cli.main(argv)
     except SystemExit as exit_:  # argparse usage errors
@@ -779,7 +769,7 @@ def test_cli(case, inputs, tmp_path, fake_ts, model_dirs, capsys, monkeypatch, n
     assert "\n  expected: " in err and "\n  fix: " in err, err
     for needle in case.needles:
         assert needle.replace("{in}", str(inputs)) in err, (needle, err)
-    assert _hashes(inputs) == before
+    assert tree_sha256(inputs) == before
 
 
 # ------------------------------------------------------------------------------------ install.sh
@@ -1163,7 +1153,7 @@ API = [
 
 @pytest.mark.parametrize("case", API, ids=[c.id for c in API])
 def test_api(case, inputs, no_model_loads):
-    before = _hashes(inputs)
+    before = tree_sha256(inputs)
     with pytest.raises(case.raises) as info:
         case.call(inputs)
     text = str(info.value)
@@ -1171,7 +1161,7 @@ def test_api(case, inputs, no_model_loads):
         assert needle in text, (needle, text)
     if isinstance(info.value, Hifi123Error):
         assert "\n  expected: " in text and "\n  fix: " in text, text
-    assert _hashes(inputs) == before
+    assert tree_sha256(inputs) == before
 
 
 def test_the_table_covers_every_surface_with_150_cases():

@@ -1,6 +1,5 @@
 """Foundation: tiny model family, the one loader and its errors, test helpers."""
 
-import hashlib
 import os
 
 import pytest
@@ -10,22 +9,13 @@ from hifi123.models import loader
 from hifi123.models.tiny import write_tiny_models
 from hifi123.testing.counter import count_unet_evals
 from hifi123.testing.oracle import CleanLatentOracle
-
-
-def _digest(root):
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(dirpath, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
+from run_helpers import tree_sha256
 
 
 def test_tiny_models_are_deterministic_and_small(tiny_models, tmp_path):
     again = write_tiny_models(str(tmp_path / "again"))
     for name in tiny_models:
-        a, b = _digest(tiny_models[name]), _digest(again[name])
+        a, b = tree_sha256(tiny_models[name]), tree_sha256(again[name])
         assert a == b, f"tiny model {name} differs between two writes"
     total = sum(
         os.path.getsize(os.path.join(dp, f))

@@ -108,14 +108,7 @@ def test_runner_fresh_then_nothing(tmp_path, gpu, capsys):
     opts = mesh_opts(tmp_path)
     fake = FakeExecutor(opts)
     rec = rn.run_image(opts, execute=fake, echo=False)
-    assert [s.name for s in fake.calls] == [
-        "preprocess",
-        "align",
-        "refine",
-        "export",
-        "glb",
-        "eval",
-    ]
+    assert [s.name for s in fake.calls] == "preprocess align refine export glb eval".split()
     refine = fake.calls[2]
     # re-planned after align
     assert f"data.default_elevation_deg={ALIGNED_ELEVATION}" in refine.argv

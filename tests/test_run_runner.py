@@ -33,15 +33,7 @@ def test_runner_fresh_then_nothing_then_outputs(tmp_path, gpu, capsys):
     opts = make_opts(tmp_path, method="makeit3d")
     fake = FakeExecutor(opts)
     rec = rn.run_image(opts, execute=fake, echo=False)
-    assert [s.name for s in fake.calls] == [
-        "preprocess",
-        "coarse",
-        "refine",
-        "export",
-        "glb",
-        "ply",
-        "eval",
-    ]
+    assert [s.name for s in fake.calls] == "preprocess coarse refine export glb ply eval".split()
     for st in ("coarse", "refine"):
         marker = json.load(open(os.path.join(trial(opts, st), pl.MARKER)))
         assert marker["stage"] == st and marker["argv"][1] == "launch.py"
