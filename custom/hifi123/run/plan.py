@@ -556,6 +556,10 @@ class _Plan:
     def launch(self) -> List[str]:
         return [self.opts.python, "launch.py"]
 
+    def hifi123(self, *args: str) -> List[str]:
+        """The command line of a `hifi123` subcommand, run by the run's own Python."""
+        return [self.opts.python, "-m", "hifi123.cli", *args]
+
     def user_overrides(self, stage: str) -> List[str]:
         return [
             kv
@@ -592,15 +596,7 @@ class _Plan:
 # that is more than "all its outputs exist" (None: decide from the outputs).
 def _build_preprocess(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
     opts, lay = p.opts, p.lay
-    stage.argv = [
-        opts.python,
-        "-m",
-        "hifi123.cli",
-        "preprocess",
-        opts.image,
-        "--out",
-        lay.preprocessed_dir,
-    ]
+    stage.argv = p.hifi123("preprocess", opts.image, "--out", lay.preprocessed_dir)
     if opts.prompt is not None:
         stage.argv += ["--caption", opts.prompt]
     stage.env = dict(p.env)
@@ -713,18 +709,10 @@ def _aligned_mesh_args(p: _Plan) -> List[str]:
 
 def _build_align(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
     opts, lay, state = p.opts, p.lay, p.state
-    stage.argv = [
-        opts.python,
-        "-m",
-        "hifi123.cli",
-        "align-mesh",
-        str(opts.mesh),
-        "--ref",
-        lay.rgba,
-        "--out",
-        lay.aligned_dir,
-        "--overwrite",
-    ]  # the folder is this stage's own
+    # --overwrite: the folder is this stage's own
+    stage.argv = p.hifi123(
+        "align-mesh", str(opts.mesh), "--ref", lay.rgba, "--out", lay.aligned_dir, "--overwrite"
+    )
     if opts.pose:
         stage.argv += ["--pose", opts.pose]
     stage.outputs = [glob.escape(lay.aligned(n)) for n in ALIGNED_FILES]
@@ -816,10 +804,7 @@ def _build_video(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
 
 def _build_eval(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
     trial, o = p.trials["refine"], p.outs["refine"]
-    stage.argv = [
-        p.opts.python,
-        "-m",
-        "hifi123.cli",
+    stage.argv = p.hifi123(
         "eval",
         "single-view",
         "--ref",
@@ -828,7 +813,7 @@ def _build_eval(p: _Plan, stage: Stage, upstream: List[str]) -> Optional[bool]:
         trial,
         "--out",
         os.path.join(trial, EVAL_REPORT),
-    ]
+    )
     stage.env = dict(p.env)
     stage.outputs = [o["eval"]]
     stage.trial = trial
